@@ -1,0 +1,288 @@
+#include "quantizer/convert.hpp"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "quantizer/atomic_file.hpp"
+#include "quantizer/checkpoint.hpp"
+#include "quantizer/error.hpp"
+#include "quantizer/packed_file.hpp"
+#include "quantizer/parallel.hpp"
+
+namespace ferry {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One unit of work: rows [row0, row0 + rows) of one weight.
+struct Unit {
+  size_t weight;
+  uint64_t row0, rows;
+};
+
+// A weight viewed as a matrix: 1-D weights (norms, biases) are one row.
+struct Matrix {
+  uint64_t rows, cols;
+};
+
+Matrix matrix_of(const WeightSpec& s) {
+  return s.shape.size() == 2 ? Matrix{s.shape[0], s.shape[1]} : Matrix{1, s.shape[0]};
+}
+
+std::vector<Unit> make_units(const PackedPlan& plan, const std::vector<const TensorView*>& sources,
+                             uint64_t chunk_bytes) {
+  std::vector<Unit> units;
+  for (size_t i = 0; i < plan.weights.size(); ++i) {
+    const Matrix m = matrix_of(plan.weights[i].spec);
+    const uint64_t row_bytes = std::max<uint64_t>(1, m.cols * dtype_size(sources[i]->dtype));
+    const uint64_t step = std::max<uint64_t>(1, chunk_bytes / row_bytes);
+    for (uint64_t r = 0; r < m.rows; r += step) units.push_back({i, r, std::min(step, m.rows - r)});
+  }
+  return units;
+}
+
+// Everything the workers share; read-only except the atomics and the error slot.
+struct Job {
+  Job(const Checkpoint& c, const PackedPlan& p, std::vector<const TensorView*> s, Scheme sc, uint64_t ds,
+      const AtomicFile& o, uint64_t chunk_bytes)
+      : ckpt(c), plan(p), sources(std::move(s)), units(make_units(p, sources, chunk_bytes)), scheme(sc),
+        data_start(ds), out(o), unit_errors(units.size()) {}
+
+  const Checkpoint& ckpt;
+  const PackedPlan& plan;
+  std::vector<const TensorView*> sources;  // per plan.weights entry
+  std::vector<Unit> units;
+  Scheme scheme;
+  uint64_t data_start;
+  const AtomicFile& out;
+
+  std::vector<QuantError> unit_errors;  // per unit, reduced at the end (deterministic)
+  std::atomic<size_t> next_unit{0};
+  std::atomic<uint64_t> bytes_done{0};
+  std::atomic<bool> failed{false};
+  std::mutex error_mu;
+  std::exception_ptr error;
+
+  void fail(std::exception_ptr e) {
+    std::lock_guard lock(error_mu);
+    if (!error) error = e;
+    failed = true;
+  }
+};
+
+// Per-worker buffers, grown to the largest unit and reused: no allocation per unit after warm-up.
+struct Buffers {
+  std::vector<float> f32;      // [rows * cols]
+  std::vector<uint8_t> q4;     // [rows * blocks * 64]
+  std::vector<uint16_t> s16;   // [rows * blocks] scales, or [rows * cols] bf16 values
+  std::vector<uint16_t> mins;  // [rows * blocks]
+};
+
+void to_float(const uint8_t* src, DType t, uint64_t n, float* out) {
+  switch (t) {
+    case DType::F32:
+      std::memcpy(out, src, n * 4);
+      return;
+    case DType::BF16:
+      for (uint64_t i = 0; i < n; ++i) out[i] = load_float(src, DType::BF16, i);
+      return;
+    default:
+      for (uint64_t i = 0; i < n; ++i) out[i] = load_float(src, DType::F16, i);
+  }
+}
+
+void write_tensor_rows(Job& job, const TensorDecl& d, uint64_t row0, uint64_t rows, const void* data) {
+  const uint64_t row_bytes = d.nbytes() / std::max<uint64_t>(1, d.shape.size() == 2 ? d.shape[0] : 1);
+  job.out.pwrite_all(data, rows * row_bytes, job.data_start + d.begin + row0 * row_bytes);
+}
+
+QuantError run_unit(Job& job, const Unit& u, Buffers& b) {
+  const PackedWeight& w = job.plan.weights[u.weight];
+  const TensorView& src = *job.sources[u.weight];
+  const Matrix m = matrix_of(w.spec);
+  const uint64_t n = u.rows * m.cols, esize = dtype_size(src.dtype);
+  b.f32.resize(std::max<size_t>(b.f32.size(), n));
+  to_float(src.data + u.row0 * m.cols * esize, src.dtype, n, b.f32.data());
+  QuantError err;
+  if (w.quantized) {
+    const uint64_t blocks = int4_blocks_per_row(m.cols);
+    b.q4.resize(std::max<size_t>(b.q4.size(), u.rows * blocks * kBlockBytes));
+    b.s16.resize(std::max<size_t>(b.s16.size(), u.rows * blocks));
+    b.mins.resize(std::max<size_t>(b.mins.size(), u.rows * blocks));
+    const bool mins = scheme_has_mins(job.scheme);
+    err = quantize_int4(b.f32.data(), u.rows, m.cols, job.scheme, b.q4.data(), b.s16.data(),
+                        mins ? b.mins.data() : nullptr);
+    write_tensor_rows(job, job.plan.tensors[w.tensors[0]], u.row0, u.rows, b.q4.data());
+    write_tensor_rows(job, job.plan.tensors[w.tensors[1]], u.row0, u.rows, b.s16.data());
+    if (mins) write_tensor_rows(job, job.plan.tensors[w.tensors[2]], u.row0, u.rows, b.mins.data());
+  } else {
+    b.s16.resize(std::max<size_t>(b.s16.size(), n));
+    for (uint64_t i = 0; i < n; ++i) b.s16[i] = float_to_bf16(b.f32[i]);
+    write_tensor_rows(job, job.plan.tensors[w.tensors[0]], u.row0, u.rows, b.s16.data());
+  }
+  job.ckpt.release(src, u.row0 * m.cols * esize, n * esize);
+  job.bytes_done += n * esize;
+  return err;
+}
+
+void worker(Job& job) {
+  Buffers b;
+  for (size_t i; !job.failed && (i = job.next_unit.fetch_add(1)) < job.units.size();) {
+    const Unit& u = job.units[i];
+    try {
+      job.unit_errors[i] = run_unit(job, u, b);
+    } catch (const Error& e) {
+      job.fail(std::make_exception_ptr(Error(fmt::format("tensor {}: {}", job.plan.weights[u.weight].spec.name,
+                                                         e.what()))));
+    } catch (...) {
+      job.fail(std::current_exception());
+    }
+  }
+}
+
+std::vector<const TensorView*> resolve_sources(const Checkpoint& ckpt, const ModelConfig& config,
+                                               const PackedPlan& plan, const std::filesystem::path& dir) {
+  std::vector<const TensorView*> sources;
+  std::set<std::string> used;
+  for (const PackedWeight& w : plan.weights) {
+    std::string name = w.spec.name;
+    // A tied lm_head reads the embedding when the checkpoint stores only one of the two.
+    if (w.spec.role == WeightRole::lm_head && config.tied_embeddings && !ckpt.find(name))
+      name = "model.embed_tokens.weight";
+    sources.push_back(&ckpt.require_float_tensor(name, w.spec.shape));
+    used.insert(sources.back()->name);
+  }
+  for (const TensorView* t : ckpt.tensors())
+    if (!used.contains(t->name) && !is_ignorable_tensor(t->name))
+      throw Error(fmt::format("{}: tensor {} is not part of a {} model as config.json describes it", dir.string(),
+                              t->name, config.architecture));
+  return sources;
+}
+
+std::map<std::string, std::string> source_metadata(const std::filesystem::path& dir, Scheme scheme) {
+  std::map<std::string, std::string> m = {
+      {meta::kFormat, "ferry"},
+      {meta::kVersion, std::to_string(kFormatVersion)},
+      {meta::kScheme, std::string(scheme_name(scheme))},
+      {meta::kBlockSize, std::to_string(kBlock)},
+      {meta::kConfig, read_text_file(dir / "config.json")},
+      {meta::kTokenizer, read_text_file(dir / "tokenizer.json")},
+  };
+  for (auto [key, file] : {std::pair{meta::kTokenizerConfig, "tokenizer_config.json"},
+                           std::pair{meta::kGenerationConfig, "generation_config.json"}})
+    if (std::filesystem::exists(dir / file)) m[key] = read_text_file(dir / file);
+  return m;
+}
+
+// The metadata entries that are known only after the data is written. Every value has a fixed
+// width (16 hex digits, "%.6e"), so the placeholder header and the final one have the same size.
+void set_results(std::map<std::string, std::string>& m, const PackedPlan& plan,
+                 const std::vector<std::string>& checksums, const std::vector<WeightReport>& reports) {
+  nlohmann::ordered_json sums, errs;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) sums[plan.tensors[i].name] = checksums[i];
+  for (const WeightReport& r : reports)
+    if (r.quantized) errs[r.name] = fmt::format("{:.6e}", r.error.relative_rms());
+  m[meta::kChecksums] = sums.dump();
+  m[meta::kQuantError] = errs.dump();
+}
+
+std::vector<std::string> checksum_output(const AtomicFile& out, const PackedPlan& plan, uint64_t data_start,
+                                         unsigned threads, const ProgressFn& progress) {
+  std::vector<std::string> sums(plan.tensors.size());
+  std::atomic<size_t> next{0};
+  std::atomic<uint64_t> done{0};
+  auto work = [&] {
+    std::vector<uint8_t> buf(4 << 20);
+    for (size_t i; (i = next.fetch_add(1)) < plan.tensors.size();) {
+      const TensorDecl& d = plan.tensors[i];
+      const std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(), XXH3_freeState);
+      XXH3_64bits_reset(state.get());
+      for (uint64_t off = 0; off < d.nbytes(); off += buf.size()) {
+        const uint64_t n = std::min<uint64_t>(buf.size(), d.nbytes() - off);
+        out.pread_all(buf.data(), n, data_start + d.begin + off);
+        XXH3_64bits_update(state.get(), buf.data(), n);
+        done += n;
+      }
+      sums[i] = fmt::format("{:016x}", XXH3_64bits_digest(state.get()));
+    }
+  };
+  run_pool(threads, work, [&] { progress("checksum", done, plan.data_bytes); });
+  return sums;
+}
+
+std::vector<WeightReport> reduce_errors(const Job& job) {
+  std::vector<WeightReport> reports;
+  for (const PackedWeight& w : job.plan.weights) reports.push_back({w.spec.name, w.spec.shape, w.quantized, {}});
+  for (size_t i = 0; i < job.units.size(); ++i) reports[job.units[i].weight].error.add(job.unit_errors[i]);
+  return reports;
+}
+
+}  // namespace
+
+std::string read_text_file(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) throw Error(fmt::format("{}: cannot read (missing or unreadable)", p.string()));
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+ConvertReport convert_checkpoint(const std::filesystem::path& dir, const std::filesystem::path& out_path,
+                                 const ConvertOptions& opt, const ProgressFn& progress) {
+  const auto t0 = Clock::now();
+  if (!std::filesystem::is_directory(dir))
+    throw Error(fmt::format("{}: not a directory (expected a Hugging Face checkpoint folder)", dir.string()));
+  ConvertReport report;
+  std::map<std::string, std::string> metadata = source_metadata(dir, opt.scheme);
+  nlohmann::json config_json;
+  try {
+    config_json = nlohmann::json::parse(metadata[meta::kConfig]);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: not valid JSON: {}", (dir / "config.json").string(), e.what()));
+  }
+  report.config = parse_model_config(config_json, (dir / "config.json").string());
+  const Checkpoint ckpt = Checkpoint::open(dir);
+  const PackedPlan plan = plan_packed(report.config, opt.scheme, opt.keep_lm_head);
+  const std::vector<const TensorView*> sources = resolve_sources(ckpt, report.config, plan, dir);
+  const unsigned threads = thread_count(opt.threads);
+
+  std::vector<std::string> placeholder_sums(plan.tensors.size(), std::string(16, '0'));
+  std::vector<WeightReport> placeholder_reports;
+  for (const PackedWeight& w : plan.weights) placeholder_reports.push_back({w.spec.name, w.spec.shape, w.quantized, {}});
+  set_results(metadata, plan, placeholder_sums, placeholder_reports);
+  const uint64_t header_size = safetensors_header(plan.tensors, metadata).size();
+  AtomicFile out(out_path, header_size + plan.data_bytes);
+
+  Job job(ckpt, plan, sources, opt.scheme, header_size, out, opt.chunk_bytes);
+  for (const TensorView* s : sources) report.input_bytes += s->nbytes;
+  run_pool(threads, [&] { worker(job); }, [&] { progress("quantize", job.bytes_done, report.input_bytes); });
+  if (job.error) std::rethrow_exception(job.error);
+
+  report.weights = reduce_errors(job);
+  for (const WeightReport& r : report.weights) report.total.add(r.error);
+  set_results(metadata, plan, checksum_output(out, plan, header_size, threads, progress), report.weights);
+  const std::string header = safetensors_header(plan.tensors, metadata, header_size - 8);
+  if (header.size() != header_size) throw Error("internal error: the final header changed size");
+  out.pwrite_all(header.data(), header.size(), 0);
+  out.commit();
+  report.output_bytes = header_size + plan.data_bytes;
+  report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return report;
+}
+
+}  // namespace ferry

@@ -1,0 +1,56 @@
+// ferry quantize: a Hugging Face checkpoint directory -> one .ferry packed file.
+//
+// Streams on all cores in bounded memory: the work is cut into units of at most
+// ConvertOptions::chunk_bytes of source weights (whole rows); each worker converts one unit at a
+// time into its own buffers, writes the result at its precomputed offset in the output and drops
+// the unit's source pages from its resident set. Peak RSS is therefore about
+// threads x (5 x chunk_bytes) plus the header, whatever the model size (README, "Memory").
+// The output is written through AtomicFile: a kill at any moment leaves no partial file.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "quantizer/int4.hpp"
+#include "quantizer/model_spec.hpp"
+#include "quantizer/parallel.hpp"
+
+namespace ferry {
+
+// The default scheme: the one with the lowest error on real and synthesized weights
+// (docs/quantization.md has the figures).
+inline constexpr Scheme kDefaultScheme = Scheme::asym_clip;
+
+struct ConvertOptions {
+  Scheme scheme = kDefaultScheme;
+  bool keep_lm_head = false;          // store lm_head in bf16 instead of INT4
+  unsigned threads = 0;               // 0: every core
+  uint64_t chunk_bytes = 4ull << 20;  // source bytes per work unit
+};
+
+struct WeightReport {
+  std::string name;
+  std::vector<uint64_t> shape;
+  bool quantized = false;
+  QuantError error;  // zero for weights kept in bf16 (their rounding error is not reported)
+};
+
+struct ConvertReport {
+  ModelConfig config;
+  std::vector<WeightReport> weights;
+  QuantError total;  // over all quantized weights
+  uint64_t input_bytes = 0, output_bytes = 0;
+  double seconds = 0;
+};
+
+// Throws ferry::Error for missing or malformed inputs, an unsupported architecture, a tensor
+// whose shape disagrees with config.json, a full disk; the output path is then untouched.
+ConvertReport convert_checkpoint(const std::filesystem::path& hf_dir, const std::filesystem::path& out,
+                                 const ConvertOptions& options, const ProgressFn& progress);
+
+// Reads a whole small text file (config.json and friends); throws ferry::Error naming it.
+std::string read_text_file(const std::filesystem::path& p);
+
+}  // namespace ferry

@@ -1,0 +1,91 @@
+// The .ferry packed file: a safetensors container (any safetensors reader opens it) holding a
+// model's weights as INT4 blocks or bf16, plus everything needed to run it. Byte-level layout:
+// docs/format.md. Summary:
+//   - a linear weight "X.weight" [out, in] quantized to INT4 becomes the tensors
+//       "X.weight.q4"     U8  [out, ceil(in/128) * 64]
+//       "X.weight.scales" F16 [out, ceil(in/128)]
+//       "X.weight.mins"   F16 [out, ceil(in/128)]   (asym schemes only)
+//   - every other weight (and linear weights under the bf16 scheme) is "X" in BF16;
+//   - lm_head.weight is always stored, also when the source ties it to the embedding;
+//   - tensors of one decoder layer are contiguous, in model_weights() order;
+//   - __metadata__ holds the keys of PackedMeta below, all strings.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "quantizer/dtype.hpp"
+#include "quantizer/int4.hpp"
+#include "quantizer/model_spec.hpp"
+#include "quantizer/safetensors.hpp"
+
+namespace ferry {
+
+inline constexpr int kFormatVersion = 1;
+
+namespace meta {
+inline constexpr const char* kFormat = "format";                 // "ferry" (HF files say "pt")
+inline constexpr const char* kVersion = "ferry.format_version";  // "1"
+inline constexpr const char* kScheme = "ferry.scheme";           // scheme_name(), e.g. "asym-clip"
+inline constexpr const char* kBlockSize = "ferry.block_size";    // "128"
+inline constexpr const char* kChecksums = "ferry.checksums";     // JSON {tensor: xxh3-64 hex}
+inline constexpr const char* kQuantError = "ferry.quant_error";  // JSON {weight: relative RMS error}
+inline constexpr const char* kConfig = "ferry.config.json";      // the source files, verbatim
+inline constexpr const char* kTokenizer = "ferry.tokenizer.json";
+inline constexpr const char* kTokenizerConfig = "ferry.tokenizer_config.json";
+inline constexpr const char* kGenerationConfig = "ferry.generation_config.json";
+}  // namespace meta
+
+// One tensor to be written: name, dtype, shape; offsets are assigned by layout_safetensors.
+struct TensorDecl {
+  std::string name;
+  DType dtype;
+  std::vector<uint64_t> shape;
+  uint64_t begin = 0, end = 0;  // data_offsets, relative to the data section
+  uint64_t nbytes() const { return end - begin; }
+};
+
+// How one source weight is stored in the packed file.
+struct PackedWeight {
+  WeightSpec spec;
+  bool quantized = false;  // INT4 (q4/scales[/mins]) or BF16
+  std::vector<size_t> tensors;  // indices into the decl list: {q4, scales[, mins]} or {bf16}
+};
+
+// The storage plan of a whole model under a scheme (lm_head quantized unless keep_lm_head).
+struct PackedPlan {
+  std::vector<TensorDecl> tensors;  // in file order, offsets assigned
+  std::vector<PackedWeight> weights;
+  uint64_t data_bytes = 0;
+};
+PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, bool keep_lm_head);
+
+// The safetensors header for `tensors` (offsets already set) and `metadata`, padded with spaces
+// to a multiple of 8 bytes and to at least `min_size` bytes; returns the 8-byte length prefix
+// followed by the header.
+std::string safetensors_header(const std::vector<TensorDecl>& tensors,
+                               const std::map<std::string, std::string>& metadata, uint64_t min_size = 0);
+
+// "%016llx" of XXH3_64bits over the bytes.
+std::string checksum_hex(const uint8_t* data, uint64_t n);
+
+// A .ferry file opened for reading (inspect, runtime).
+struct PackedFile {
+  SafetensorsFile file;
+  ModelConfig config;
+  Scheme scheme;
+  std::map<std::string, std::string> checksums;  // tensor -> hex
+  std::map<std::string, double> quant_error;     // weight -> relative RMS
+
+  static bool looks_packed(const SafetensorsFile& f);  // has ferry.format_version
+  // Throws ferry::Error for a file that is not a ferry file, a newer format version, or a plan
+  // that does not match the stored tensors.
+  static PackedFile open(const std::filesystem::path& path);
+  // Names of tensors whose bytes do not match their checksum (empty: all good).
+  std::vector<std::string> verify_checksums(unsigned threads) const;
+};
+
+}  // namespace ferry

@@ -1,0 +1,242 @@
+#include "quantizer/synth.hpp"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "quantizer/atomic_file.hpp"
+#include "quantizer/error.hpp"
+#include "quantizer/model_spec.hpp"
+#include "quantizer/packed_file.hpp"
+
+namespace ferry {
+namespace {
+
+using json = nlohmann::json;
+
+json llama_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t heads, uint64_t kv, uint64_t vocab,
+                  double theta, bool tied) {
+  return {{"architectures", {"LlamaForCausalLM"}},
+          {"model_type", "llama"},
+          {"hidden_size", hidden},
+          {"intermediate_size", inter},
+          {"num_hidden_layers", layers},
+          {"num_attention_heads", heads},
+          {"num_key_value_heads", kv},
+          {"vocab_size", vocab},
+          {"max_position_embeddings", 8192},
+          {"rms_norm_eps", 1e-5},
+          {"rope_theta", theta},
+          {"rope_scaling", nullptr},
+          {"hidden_act", "silu"},
+          {"attention_bias", false},
+          {"mlp_bias", false},
+          {"tie_word_embeddings", tied},
+          {"torch_dtype", "bfloat16"}};
+}
+
+json qwen2_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t heads, uint64_t kv, uint64_t vocab,
+                  bool tied) {
+  json c = llama_config(hidden, inter, layers, heads, kv, vocab, 1e6, tied);
+  c["architectures"] = {"Qwen2ForCausalLM"};
+  c["model_type"] = "qwen2";
+  c["rms_norm_eps"] = 1e-6;
+  c["max_position_embeddings"] = 32768;
+  c.erase("attention_bias");
+  c.erase("mlp_bias");
+  return c;
+}
+
+json with_llama3_rope(json c, uint64_t original_max) {
+  c["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", original_max}};
+  return c;
+}
+
+struct Preset {
+  SynthPresetInfo info;
+  json (*make)();
+};
+
+// Real shapes from the models' published config.json files.
+const std::vector<Preset>& presets() {
+  static const std::vector<Preset> p = {
+      {{"llama-tiny", "Llama, hidden 256, 4 layers, GQA 8/4, vocab 512 (~8 MB bf16)"},
+       [] { return llama_config(256, 768, 4, 8, 4, 512, 10000, false); }},
+      {{"llama3-tiny", "Llama 3 style with llama3 rope scaling, hidden 256, 4 layers, tied"},
+       [] { return with_llama3_rope(llama_config(256, 768, 4, 8, 2, 512, 500000, true), 256); }},
+      {{"qwen2-tiny", "Qwen2, hidden 320 (not a multiple of 128), q/k/v biases, GQA 5/1, vocab 512"},
+       [] { return qwen2_config(320, 896, 4, 5, 1, 512, false); }},
+      {{"qwen2-7b", "Qwen2-7B shapes: hidden 3584, 28 layers, GQA 28/4, vocab 152064 (~15 GB bf16)"},
+       [] { return qwen2_config(3584, 18944, 28, 28, 4, 152064, false); }},
+      {{"qwen2-32b", "DeepSeek-R1-Distill-Qwen-32B shapes: hidden 5120, 64 layers, GQA 40/8 (~65 GB bf16)"},
+       [] { return qwen2_config(5120, 27648, 64, 40, 8, 152064, false); }},
+      {{"llama3-8b", "Llama-3-8B shapes: hidden 4096, 32 layers, GQA 32/8, vocab 128256 (~16 GB bf16)"},
+       [] { return with_llama3_rope(llama_config(4096, 14336, 32, 32, 8, 128256, 500000, false), 8192); }},
+      {{"llama-70b", "Llama-3-70B shapes: hidden 8192, 80 layers, GQA 64/8 (~141 GB bf16)"},
+       [] { return with_llama3_rope(llama_config(8192, 28672, 80, 64, 8, 128256, 500000, false), 8192); }},
+  };
+  return p;
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Element i of tensor `stream`: an Irwin-Hall(4) sample (sum of four 15-bit uniforms, a close
+// Gaussian stand-in that vectorizes, unlike Box-Muller), scaled to `std` around `mean`; one value
+// in 4096 is multiplied by 8, mimicking the outlier features of trained weights.
+float synth_value(uint64_t seed, uint64_t stream, uint64_t i, float mean, float std) {
+  const uint64_t r = splitmix64(seed * 0x100000001b3ull ^ (stream << 40) ^ i);
+  const float sum = float((r & 0x7fff) + ((r >> 15) & 0x7fff) + ((r >> 30) & 0x7fff) + ((r >> 45) & 0x7fff));
+  // mean of the sum 4 * 16383.5, std sqrt(4/12) * 32768
+  float z = (sum - 65534.0f) * (1.0f / 18918.6f);
+  if ((r >> 60) == 0 && ((r >> 48) & 0xff) == 0) z *= 8.0f;
+  return mean + std * z;
+}
+
+struct Shard {
+  std::string file;
+  std::vector<TensorDecl> tensors;
+  std::vector<WeightSpec> specs;
+  uint64_t bytes = 0;
+};
+
+std::vector<Shard> plan_shards(const ModelConfig& c, uint64_t shard_bytes) {
+  std::vector<Shard> shards(1);
+  for (const WeightSpec& w : model_weights(c)) {
+    if (w.role == WeightRole::lm_head && c.tied_embeddings) continue;
+    uint64_t n = 2;
+    for (uint64_t s : w.shape) n *= s;
+    if (shards.back().bytes > 0 && shards.back().bytes + n > shard_bytes) shards.emplace_back();
+    Shard& s = shards.back();
+    s.tensors.push_back({w.name, DType::BF16, w.shape, s.bytes, s.bytes + n});
+    s.specs.push_back(w);
+    s.bytes += n;
+  }
+  for (size_t i = 0; i < shards.size(); ++i)
+    shards[i].file = shards.size() == 1 ? "model.safetensors"
+                                        : fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, shards.size());
+  return shards;
+}
+
+std::pair<float, float> value_spread(WeightRole role) {
+  switch (role) {
+    case WeightRole::norm:
+      return {1.0f, 0.05f};
+    default:
+      return {0.0f, 0.02f};
+  }
+}
+
+struct Chunk {
+  size_t tensor;
+  uint64_t first, count;  // elements
+};
+
+void write_shard(const std::filesystem::path& dir, const Shard& shard, uint64_t seed, unsigned threads,
+                 std::atomic<uint64_t>& done, const std::function<void()>& report) {
+  const std::string header = safetensors_header(shard.tensors, {{"format", "pt"}});
+  AtomicFile out(dir / shard.file, header.size() + shard.bytes);
+  out.pwrite_all(header.data(), header.size(), 0);
+  std::vector<Chunk> chunks;
+  constexpr uint64_t kChunk = 1 << 21;  // elements: 4 MB of bf16 per unit
+  for (size_t t = 0; t < shard.tensors.size(); ++t)
+    for (uint64_t e = 0, n = shard.tensors[t].nbytes() / 2; e < n; e += kChunk)
+      chunks.push_back({t, e, std::min(kChunk, n - e)});
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    std::vector<uint16_t> buf(kChunk);
+    for (size_t i; (i = next.fetch_add(1)) < chunks.size();) {
+      const Chunk& c = chunks[i];
+      const WeightSpec& spec = shard.specs[c.tensor];
+      const auto [mean, std] = value_spread(spec.role);
+      const uint64_t stream = XXH3_64bits(spec.name.data(), spec.name.size());
+      for (uint64_t k = 0; k < c.count; ++k) buf[k] = float_to_bf16(synth_value(seed, stream, c.first + k, mean, std));
+      out.pwrite_all(buf.data(), c.count * 2, header.size() + shard.tensors[c.tensor].begin + c.first * 2);
+      done += c.count * 2;
+    }
+  };
+  run_pool(threads, work, report);
+  out.commit();
+}
+
+void write_text(const std::filesystem::path& p, const std::string& text) {
+  AtomicFile f(p, text.size());
+  f.pwrite_all(text.data(), text.size(), 0);
+  f.commit();
+}
+
+}  // namespace
+
+const std::vector<SynthPresetInfo>& synth_presets() {
+  static const std::vector<SynthPresetInfo> infos = [] {
+    std::vector<SynthPresetInfo> v;
+    for (const Preset& p : presets()) v.push_back(p.info);
+    return v;
+  }();
+  return infos;
+}
+
+json synth_config(std::string_view name, std::optional<uint64_t> layers) {
+  for (const Preset& p : presets()) {
+    if (p.info.name != name) continue;
+    json c = p.make();
+    if (layers) {
+      if (*layers == 0) throw Error("--layers must be at least 1");
+      c["num_hidden_layers"] = *layers;
+    }
+    return c;
+  }
+  std::string names;
+  for (const Preset& p : presets()) names += (names.empty() ? "" : ", ") + std::string(p.info.name);
+  throw Error(fmt::format("unknown preset '{}'; presets: {}", name, names));
+}
+
+SynthReport synth_checkpoint(const std::filesystem::path& dir, const SynthOptions& opt, const ProgressFn& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const json config = synth_config(opt.preset, opt.layers);
+  const ModelConfig mc = parse_model_config(config, opt.preset);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw Error(fmt::format("{}: cannot create directory: {}", dir.string(), ec.message()));
+  const SynthTokenizer tok = synth_tokenizer(config);
+  json full_config = config;
+  full_config["bos_token_id"] = tok.bos_token_id;
+  full_config["eos_token_id"] = tok.eos_token_id;
+  write_text(dir / "config.json", full_config.dump(2));
+  write_text(dir / "generation_config.json",
+             json{{"bos_token_id", tok.bos_token_id}, {"eos_token_id", tok.eos_token_id}}.dump(2));
+  write_text(dir / "tokenizer.json", tok.tokenizer_json);
+  write_text(dir / "tokenizer_config.json", tok.tokenizer_config_json);
+
+  const std::vector<Shard> shards = plan_shards(mc, opt.shard_bytes);
+  SynthReport r;
+  for (const Shard& s : shards) r.bytes += s.bytes;
+  std::atomic<uint64_t> done{0};
+  json weight_map = json::object();
+  for (const Shard& s : shards) {
+    write_shard(dir, s, opt.seed, thread_count(opt.threads), done, [&] { progress("write", done, r.bytes); });
+    for (const TensorDecl& t : s.tensors) weight_map[t.name] = s.file;
+  }
+  if (shards.size() > 1)
+    write_text(dir / "model.safetensors.index.json",
+               json{{"metadata", {{"total_size", r.bytes}}}, {"weight_map", weight_map}}.dump(2));
+  r.shards = int(shards.size());
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace ferry

@@ -1,0 +1,170 @@
+// ferry inspect PATH [--json]: a .ferry file, a safetensors file, or a Hugging Face directory.
+#include <cxxopts.hpp>
+
+#include <cstdio>
+#include <map>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "quantizer/atomic_file.hpp"
+#include "quantizer/checkpoint.hpp"
+#include "quantizer/convert.hpp"
+#include "quantizer/error.hpp"
+#include "quantizer/packed_file.hpp"
+#include "quantizer/parallel.hpp"
+#include "tools/commands.hpp"
+
+namespace ferry {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+json model_json(const ModelConfig& c) {
+  json j = {{"architecture", c.architecture},
+            {"family", family_name(c.family)},
+            {"hidden", c.hidden},
+            {"intermediate", c.intermediate},
+            {"layers", c.layers},
+            {"heads", c.heads},
+            {"kv_heads", c.kv_heads},
+            {"head_dim", c.head_dim},
+            {"vocab", c.vocab},
+            {"max_position", c.max_position},
+            {"rope_theta", c.rope_theta},
+            {"rope_scaling", c.rope_scaling.type.empty() ? "none" : c.rope_scaling.type},
+            {"tied_embeddings", c.tied_embeddings},
+            {"qkv_bias", c.qkv_bias}};
+  return j;
+}
+
+// The model section from a config.json text; an unsupported or broken config is reported, not
+// fatal: inspect describes files that ferry cannot run too.
+void add_model(json& j, const std::string& config_text, const std::string& what) {
+  try {
+    j["model"] = model_json(parse_model_config(nlohmann::json::parse(config_text), what));
+  } catch (const std::exception& e) {
+    j["model_error"] = e.what();
+  }
+}
+
+void add_tensors(json& j, const std::vector<const TensorView*>& tensors) {
+  json list = json::array();
+  std::map<std::string, uint64_t> by_dtype;
+  uint64_t total = 0;
+  for (const TensorView* t : tensors) {
+    list.push_back({{"name", t->name}, {"dtype", dtype_name(t->dtype)}, {"shape", t->shape}, {"bytes", t->nbytes}});
+    by_dtype[std::string(dtype_name(t->dtype))] += t->nbytes;
+    total += t->nbytes;
+  }
+  j["tensors"] = list;
+  j["totals"] = {{"tensors", tensors.size()}, {"bytes", total}, {"bytes_by_dtype", by_dtype}};
+}
+
+std::vector<const TensorView*> views(const SafetensorsFile& f) {
+  std::vector<const TensorView*> v;
+  for (const TensorView& t : f.tensors()) v.push_back(&t);
+  return v;
+}
+
+json inspect_packed(const std::filesystem::path& path, bool verify) {
+  const PackedFile p = PackedFile::open(path);
+  json j = {{"path", path.string()}, {"kind", "ferry"}};
+  const auto& m = p.file.metadata();
+  j["format_version"] = m.at(meta::kVersion);
+  j["scheme"] = scheme_name(p.scheme);
+  j["block_size"] = kBlock;
+  j["model"] = model_json(p.config);
+  add_tensors(j, views(p.file));
+  json files = json::object();
+  for (const char* k : {meta::kConfig, meta::kTokenizer, meta::kTokenizerConfig, meta::kGenerationConfig})
+    files[std::string(k).substr(6)] = m.contains(k) ? json(m.at(k).size()) : json("absent");
+  j["source_files_bytes"] = files;
+  j["quant_error"] = p.quant_error;
+  if (verify) {
+    const std::vector<std::string> bad = p.verify_checksums(thread_count(0));
+    j["checksums"] = {{"verified", p.checksums.size()}, {"mismatched", bad}};
+  } else {
+    j["checksums"] = "not verified (--no-verify)";
+  }
+  return j;
+}
+
+json inspect_hf(const std::filesystem::path& path) {
+  const Checkpoint ck = Checkpoint::open(path);
+  json j = {{"path", path.string()}, {"kind", std::filesystem::is_directory(path) ? "hf-checkpoint" : "safetensors"}};
+  const std::filesystem::path config = std::filesystem::is_directory(path) ? path / "config.json"
+                                                                             : path.parent_path() / "config.json";
+  if (std::filesystem::exists(config)) add_model(j, read_text_file(config), config.string());
+  j["shards"] = ck.shards().size();
+  j["aliases"] = ck.aliases();
+  add_tensors(j, ck.tensors());
+  return j;
+}
+
+void print_text(const json& j) {
+  std::printf("%s (%s)\n", j["path"].get<std::string>().c_str(), j["kind"].get<std::string>().c_str());
+  if (j.contains("model")) {
+    const json& m = j["model"];
+    std::printf("model: %s (%s), %llu layers, hidden %llu, intermediate %llu, heads %llu/%llu kv, head_dim %llu, "
+                "vocab %llu, rope theta %g (%s), %s embeddings%s\n",
+                m["architecture"].get<std::string>().c_str(), m["family"].get<std::string>().c_str(),
+                m["layers"].get<unsigned long long>(), m["hidden"].get<unsigned long long>(),
+                m["intermediate"].get<unsigned long long>(), m["heads"].get<unsigned long long>(),
+                m["kv_heads"].get<unsigned long long>(), m["head_dim"].get<unsigned long long>(),
+                m["vocab"].get<unsigned long long>(), m["rope_theta"].get<double>(),
+                m["rope_scaling"].get<std::string>().c_str(), m["tied_embeddings"].get<bool>() ? "tied" : "untied",
+                m["qkv_bias"].get<bool>() ? ", q/k/v biases" : "");
+  }
+  if (j.contains("model_error")) std::printf("model: not runnable by ferry: %s\n", j["model_error"].get<std::string>().c_str());
+  if (j.contains("scheme"))
+    std::printf("format version %s, scheme %s, block size %llu\n", j["format_version"].get<std::string>().c_str(),
+                j["scheme"].get<std::string>().c_str(), j["block_size"].get<unsigned long long>());
+  std::printf("\n%-56s %-6s %-18s %14s\n", "tensor", "dtype", "shape", "bytes");
+  for (const json& t : j["tensors"])
+    std::printf("%-56s %-6s %-18s %14llu\n", t["name"].get<std::string>().c_str(), t["dtype"].get<std::string>().c_str(),
+                t["shape"].dump().c_str(), t["bytes"].get<unsigned long long>());
+  const json& tot = j["totals"];
+  std::printf("\ntotal: %llu tensors, %s", tot["tensors"].get<unsigned long long>(),
+              human_bytes(tot["bytes"].get<double>()).c_str());
+  for (const auto& [dt, b] : tot["bytes_by_dtype"].items())
+    std::printf(", %s %s", dt.c_str(), human_bytes(b.get<double>()).c_str());
+  std::printf("\n");
+  if (j.contains("checksums") && j["checksums"].is_object())
+    std::printf("checksums (xxh3-64): %llu verified, %zu mismatched\n",
+                j["checksums"]["verified"].get<unsigned long long>(), j["checksums"]["mismatched"].size());
+  if (j.contains("quant_error") && !j["quant_error"].empty()) {
+    double worst = 0;
+    std::string worst_name;
+    for (const auto& [k, v] : j["quant_error"].items())
+      if (v.get<double>() > worst) worst = v.get<double>(), worst_name = k;
+    std::printf("quantization: worst relative RMS error %.4e (%s)\n", worst, worst_name.c_str());
+  }
+}
+
+}  // namespace
+
+int cmd_inspect(int argc, char** argv) {
+  cxxopts::Options o("ferry inspect",
+                     "Describe a .ferry file, a safetensors file or a Hugging Face checkpoint directory: "
+                     "architecture, tensors, totals; for .ferry files also the scheme, and checksums verified.");
+  o.positional_help("PATH");
+  o.add_options()("path", "file or directory", cxxopts::value<std::string>())("json", "machine-readable output")(
+      "no-verify", "skip checksum verification")("h,help", "this help");
+  o.parse_positional({"path"});
+  const auto a = o.parse(argc, argv);
+  if (a.count("help")) return std::puts(o.help().c_str()), 0;
+  if (!a.count("path")) throw Error("usage: ferry inspect PATH [--json]");
+  const std::filesystem::path path = a["path"].as<std::string>();
+  if (!std::filesystem::exists(path)) throw Error(fmt::format("{}: no such file or directory", path.string()));
+  const bool packed = !std::filesystem::is_directory(path) && PackedFile::looks_packed(SafetensorsFile::open(path));
+  const json j = packed ? inspect_packed(path, a.count("no-verify") == 0) : inspect_hf(path);
+  a.count("json") ? (void)std::printf("%s\n", j.dump(2).c_str()) : print_text(j);
+  if (packed && j["checksums"].is_object() && !j["checksums"]["mismatched"].empty())
+    throw Error(fmt::format("{}: {} tensor(s) fail their checksum (first: {}); the file is corrupt, convert it again",
+                            path.string(), j["checksums"]["mismatched"].size(),
+                            j["checksums"]["mismatched"][0].get<std::string>()));
+  return 0;
+}
+
+}  // namespace ferry

@@ -1,0 +1,57 @@
+// ferry — the command line. Each subcommand lives in its own cmd_*.cpp.
+#include <cxxopts.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string_view>
+
+#include "quantizer/error.hpp"
+#include "tools/commands.hpp"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*run)(int, char**);
+  const char* help;
+};
+
+constexpr Command kCommands[] = {
+    {"quantize", ferry::cmd_quantize, "convert a Hugging Face checkpoint into a packed INT4 .ferry file"},
+    {"inspect", ferry::cmd_inspect, "describe a .ferry file or a Hugging Face checkpoint, verify checksums"},
+    {"synth", ferry::cmd_synth, "write a random Hugging Face checkpoint of a named shape (tests, benchmarks)"},
+};
+
+int usage(FILE* out) {
+  std::fprintf(out, "usage: ferry <command> [options]   (ferry <command> --help for its options)\n\ncommands:\n");
+  for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
+  return out == stdout ? 0 : 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage(stderr);
+  const std::string_view name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") return usage(stdout);
+  for (const Command& c : kCommands) {
+    if (name != c.name) continue;
+    try {
+      return c.run(argc - 1, argv + 1);
+    } catch (const ferry::Error& e) {
+      std::fprintf(stderr, "\nferry: error: %s\n", e.what());
+    } catch (const cxxopts::exceptions::exception& e) {
+      std::fprintf(stderr, "ferry %s: %s (see ferry %s --help)\n", c.name, e.what(), c.name);
+      return 2;
+    } catch (const std::bad_alloc&) {
+      std::fprintf(stderr, "\nferry: error: out of memory; close other programs or use fewer --threads\n");
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "\nferry: error: %s\n", e.what());
+    }
+    return 1;
+  }
+  std::fprintf(stderr, "ferry: unknown command '%s'\n", argv[1]);
+  return usage(stderr);
+}
