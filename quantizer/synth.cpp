@@ -76,6 +76,8 @@ const std::vector<Preset>& presets() {
        [] { return with_llama3_rope(llama_config(256, 768, 4, 8, 2, 512, 500000, true), 256); }},
       {{"qwen2-tiny", "Qwen2, hidden 320 (not a multiple of 128), q/k/v biases, GQA 5/1, vocab 512"},
        [] { return qwen2_config(320, 896, 4, 5, 1, 512, false); }},
+      {{"qwen2-small", "Qwen2, hidden 1024, 8 layers, GQA 16/2, vocab 32000 (~300 MB bf16): benchmarks"},
+       [] { return qwen2_config(1024, 2816, 8, 16, 2, 32000, false); }},
       {{"qwen2-7b", "Qwen2-7B shapes: hidden 3584, 28 layers, GQA 28/4, vocab 152064 (~15 GB bf16)"},
        [] { return qwen2_config(3584, 18944, 28, 28, 4, 152064, false); }},
       {{"qwen2-32b", "DeepSeek-R1-Distill-Qwen-32B shapes: hidden 5120, 64 layers, GQA 40/8 (~65 GB bf16)"},

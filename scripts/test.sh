@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs every test ferry has without a GPU (tests labelled gpu skip with a
+# message when no GPU is present):
+#   1. the normal build (CUDA backend too when nvcc is found) and all its tests;
+#   2. an AddressSanitizer + UndefinedBehaviorSanitizer build (CPU backend) and all its tests;
+#   3. the libFuzzer target for the safetensors reader, for FERRY_FUZZ_SECONDS (default 60).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+jobs=$(nproc)
+
+echo "== build and test (build/)"
+bash scripts/build.sh
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+echo "== AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)"
+FERRY_BUILD_DIR=build-asan bash scripts/build.sh -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_SANITIZE=address,undefined
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan --output-on-failure -j "$jobs"
+
+echo "== fuzz the safetensors reader for ${FERRY_FUZZ_SECONDS:-60} s (build-fuzz/)"
+CC=clang CXX=clang++ FERRY_BUILD_DIR=build-fuzz FERRY_BUILD_TARGET=fuzz_safetensors bash scripts/build.sh \
+  -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_FUZZ=ON -DFERRY_SANITIZE=address,undefined
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cp -r tests/fuzz_corpus/safetensors "$work/corpus"
+if ! ./build-fuzz/tests/fuzz_safetensors -max_total_time="${FERRY_FUZZ_SECONDS:-60}" -print_final_stats=1 \
+  -artifact_prefix="$work/" "$work/corpus" >"$work/log" 2>&1; then
+  tail -n 60 "$work/log"
+  echo "fuzzing found a failure (input saved under $work, kept)"; trap - EXIT; exit 1
+fi
+grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)" "$work/log"
+echo "== all tests passed"
