@@ -1,0 +1,103 @@
+// INT4 -> bf16 dequantization on the GPU; the CPU twin is kernels/dequant_cpu.cpp.
+//
+// Bit-exactness with the twin: the product and the sum are __fmul_rn and __fadd_rn, which nvcc
+// never contracts into an FMA (it would contract a plain a * b + c), and the twin rounds each to
+// fp32 too. sym adds -0.0f, the identity of fp32 addition, so one expression serves both layouts.
+// The f16 -> f32 conversion is exact, and the bf16 rounding below is the integer formula of
+// float_to_bf16 in quantizer/dtype.hpp.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "kernels/cuda_check.hpp"
+#include "kernels/dequant.hpp"
+#include "quantizer/error.hpp"
+#include "quantizer/int4.hpp"
+
+namespace ferry {
+namespace {
+
+// Each thread dequantizes 4 packed bytes (8 elements): a 4-byte load and a 16-byte store, so a
+// warp reads 128 contiguous bytes and writes 512. 16 threads cover one 128-element block, and a
+// CUDA block of 256 threads covers 16 quantization blocks.
+constexpr uint32_t kThreads = 256;
+constexpr uint32_t kThreadsPerQuantBlock = kBlockBytes / 4;  // 16
+constexpr uint32_t kQuantBlocksPerCta = kThreads / kThreadsPerQuantBlock;
+
+__device__ uint16_t to_bf16_bits(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+// 4 packed bytes, little-endian: one 4-byte load when q is 4-byte aligned (every block starts at
+// a multiple of 64 bytes from q), else byte by byte. __ldg: read-only path, which the __stcg
+// below would otherwise keep nvcc from using.
+__device__ uint32_t load_codes(const uint8_t* p) {
+  if ((reinterpret_cast<uintptr_t>(p) & 3) == 0)
+    return __ldg(reinterpret_cast<const unsigned int*>(p));
+  return uint32_t(__ldg(p)) | uint32_t(__ldg(p + 1)) << 8 | uint32_t(__ldg(p + 2)) << 16 |
+         uint32_t(__ldg(p + 3)) << 24;
+}
+
+// 8 bf16 values at out[0..n): one 16-byte store when all 8 are real and the address allows it
+// (cols % 8 == 0 and an aligned buffer: every ferry weight), else element by element, so padding
+// elements and odd row starts are handled without writing past the row. __stcg, not a plain
+// uint4 assignment: nvcc 13 split that into four 4-byte stores (seen in the PTX for sm_90).
+__device__ void store8(const uint16_t (&v)[8], uint16_t* out, uint64_t n) {
+  if (n >= 8 && (reinterpret_cast<uintptr_t>(out) & 15) == 0) {
+    const uint4 w =
+        make_uint4(uint32_t(v[0]) | uint32_t(v[1]) << 16, uint32_t(v[2]) | uint32_t(v[3]) << 16,
+                   uint32_t(v[4]) | uint32_t(v[5]) << 16, uint32_t(v[6]) | uint32_t(v[7]) << 16);
+    __stcg(reinterpret_cast<uint4*>(out), w);
+    return;
+  }
+  for (uint64_t i = 0; i < 8 && i < n; ++i) out[i] = v[i];
+}
+
+// Layout in kernels/dequant.hpp. Grid: the rows x blocks quantization blocks, flattened.
+__global__ void dequant_int4_bf16_kernel(const uint8_t* __restrict__ q,
+                                         const uint16_t* __restrict__ scales,
+                                         const uint16_t* __restrict__ mins, uint32_t blocks_per_row,
+                                         uint64_t cols, uint32_t total_blocks,
+                                         uint16_t* __restrict__ out) {
+  const uint32_t qb = blockIdx.x * kQuantBlocksPerCta + threadIdx.x / kThreadsPerQuantBlock;
+  if (qb >= total_blocks) return;
+  const uint32_t t = threadIdx.x % kThreadsPerQuantBlock;
+  const uint64_t row = qb / blocks_per_row;
+  const uint64_t col = uint64_t(qb % blocks_per_row) * kBlock + 8 * t;
+  if (col >= cols) return;  // a thread whose 8 elements are all padding
+  const float scale = __half2float(__ushort_as_half(scales[qb]));
+  const float min = mins ? __half2float(__ushort_as_half(mins[qb])) : -0.0f;
+  const float offset = mins ? 0.0f : 8.0f;
+  const uint32_t codes = load_codes(q + uint64_t(qb) * kBlockBytes + 4 * t);
+  uint16_t v[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float c = float((codes >> (4 * i)) & 15u) - offset;  // low nibble = even element
+    v[i] = to_bf16_bits(__fadd_rn(__fmul_rn(c, scale), min));
+  }
+  store8(v, out + row * cols + col, cols - col);
+}
+
+}  // namespace
+
+void dequant_int4_bf16_cuda(const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
+                            uint64_t rows, uint64_t cols, uint16_t* out, CUstream_st* stream) {
+  if (rows == 0 || cols == 0) return;
+  const uint64_t blocks_per_row = int4_blocks_per_row(cols);
+  const uint64_t total = rows * blocks_per_row;
+  if (total > std::numeric_limits<uint32_t>::max() - kQuantBlocksPerCta)
+    throw Error("dequant_int4_bf16_cuda: " + std::to_string(rows) + " x " + std::to_string(cols) +
+                " weight has more than 2^32 quantization blocks");
+  const auto grid = uint32_t((total + kQuantBlocksPerCta - 1) / kQuantBlocksPerCta);
+  dequant_int4_bf16_kernel<<<grid, kThreads, 0, stream>>>(q, scales, mins, uint32_t(blocks_per_row),
+                                                          cols, uint32_t(total), out);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace ferry

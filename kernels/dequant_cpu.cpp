@@ -1,0 +1,81 @@
+// CPU twins of the INT4 -> bf16 dequantization kernel (kernels/dequant.cu).
+//
+// Bit-exactness with the CUDA kernel: the value is (code - 8) * scale (sym) or code * scale + min
+// (asym), with the product and the sum each rounded to fp32, never fused into an FMA. Here the
+// product and the sum are separate statements: ferry compiles in ISO C++ mode (-std=c++20, no
+// GNU extensions), where g++ defaults to -ffp-contract=off, and clang only contracts within one
+// expression (and neither the default x86-64 target nor the avx2 clones have FMA). The CUDA
+// kernel uses __fmul_rn and __fadd_rn, which nvcc never contracts.
+#include <algorithm>
+#include <array>
+
+#include "kernels/dequant.hpp"
+#include "quantizer/dtype.hpp"
+#include "quantizer/int4.hpp"
+
+namespace ferry {
+namespace {
+
+// Dequantizes one block of 64 bytes into 128 floats. Unpacking the nibbles into a byte array
+// first and converting in a second loop lets g++ -O2 vectorize both loops (fixed trip counts);
+// the one-loop form (two floats per byte) did not vectorize and ran at half the speed.
+__attribute__((target_clones("avx2", "default"))) void dequant_block(const uint8_t* q, float scale,
+                                                                     float min, float offset,
+                                                                     float* out) {
+  alignas(32) std::array<uint8_t, kBlock> codes;  // [kBlock] low nibble = even element
+  for (uint64_t j = 0; j < kBlockBytes; ++j) {
+    codes[2 * j] = q[j] & 15;
+    codes[2 * j + 1] = q[j] >> 4;
+  }
+  for (uint64_t i = 0; i < kBlock; ++i) {
+    const float p = (float(codes[i]) - offset) * scale;
+    out[i] = p + min;
+  }
+}
+
+__attribute__((target_clones("avx2", "default"))) void to_bf16_block(const float* in,
+                                                                     uint16_t* out) {
+  for (uint64_t i = 0; i < kBlock; ++i) out[i] = float_to_bf16(in[i]);
+}
+
+// Calls emit(at, values, n) for every block: values [128] floats, of which the first n are real
+// elements, to go to out[at, at + n).
+template <class Emit>
+void for_each_block(const uint8_t* q, const uint16_t* scales, const uint16_t* mins, uint64_t rows,
+                    uint64_t cols, Emit emit) {
+  const uint64_t blocks = int4_blocks_per_row(cols);
+  // sym: x + (-0.0f) == x for every x, -0 included (+0 would turn a -0 product into +0), so
+  // (code - 8) * scale + -0 is exactly the contract's (code - 8) * scale and one loop serves both.
+  const float offset = mins ? 0.0f : 8.0f;
+  alignas(32) std::array<float, kBlock> buf;
+  for (uint64_t r = 0; r < rows; ++r) {
+    for (uint64_t k = 0; k < blocks; ++k) {
+      const uint64_t i = r * blocks + k;
+      const float scale = f16_to_float(scales[i]);
+      const float min = mins ? f16_to_float(mins[i]) : -0.0f;
+      dequant_block(q + i * kBlockBytes, scale, min, offset, buf.data());
+      emit(r * cols + k * kBlock, buf.data(), std::min(kBlock, cols - k * kBlock));
+    }
+  }
+}
+
+}  // namespace
+
+void dequant_int4_f32_cpu(const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
+                          uint64_t rows, uint64_t cols, float* out) {
+  for_each_block(q, scales, mins, rows, cols,
+                 [out](uint64_t at, const float* v, uint64_t n) { std::copy(v, v + n, out + at); });
+}
+
+void dequant_int4_bf16_cpu(const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
+                           uint64_t rows, uint64_t cols, uint16_t* out) {
+  alignas(32) std::array<uint16_t, kBlock> tail;
+  for_each_block(
+      q, scales, mins, rows, cols, [out, &tail](uint64_t at, const float* v, uint64_t n) {
+        if (n == kBlock) return to_bf16_block(v, out + at);
+        to_bf16_block(v, tail.data());  // a partial block: padding elements are not written
+        std::copy(tail.data(), tail.data() + n, out + at);
+      });
+}
+
+}  // namespace ferry
