@@ -51,7 +51,6 @@ class Checkpoint {
                         const std::filesystem::path& index) const;
   void collect_aliases();
   const TensorView& require(std::string_view name) const;  // find() or "not found" error
-  std::string label(std::string_view name, const TensorView& t) const;
 
   std::filesystem::path root_;
   std::vector<SafetensorsFile> shards_;

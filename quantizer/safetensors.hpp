@@ -21,10 +21,10 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <span>
 #include <string>
 #include <string_view>
-#include <nlohmann/json_fwd.hpp>
 #include <vector>
 
 #include "quantizer/dtype.hpp"
