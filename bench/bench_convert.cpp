@@ -26,12 +26,14 @@ std::filesystem::path scratch() {
 }
 
 // Runs `ferry quantize` and returns {seconds, peak RSS bytes}; -1 seconds on failure.
-std::pair<double, double> run_quantize(const std::filesystem::path& hf, const std::filesystem::path& out,
+std::pair<double, double> run_quantize(const std::filesystem::path& hf,
+                                       const std::filesystem::path& out,
                                        const std::string& scheme) {
   const auto t0 = std::chrono::steady_clock::now();
   const pid_t pid = fork();
   if (pid == 0) {
-    execl(FERRY_BINARY, FERRY_BINARY, "quantize", hf.c_str(), "-o", out.c_str(), "-s", scheme.c_str(), "-q", nullptr);
+    execl(FERRY_BINARY, FERRY_BINARY, "quantize", hf.c_str(), "-o", out.c_str(), "-s",
+          scheme.c_str(), "-q", nullptr);
     _exit(127);
   }
   int status = 0;
@@ -66,8 +68,14 @@ void convert(benchmark::State& state, const char* preset, int layers, const std:
 
 }  // namespace
 
-BENCHMARK_CAPTURE(convert, small_sym, "qwen2-small", 0, "sym")->UseManualTime()->Iterations(1)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(convert, small_asym, "qwen2-small", 0, "asym")->UseManualTime()->Iterations(1)->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(convert, small_sym, "qwen2-small", 0, "sym")
+    ->UseManualTime()
+    ->Iterations(1)
+    ->Unit(benchmark::kSecond);
+BENCHMARK_CAPTURE(convert, small_asym, "qwen2-small", 0, "asym")
+    ->UseManualTime()
+    ->Iterations(1)
+    ->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(convert, small_asym_clip, "qwen2-small", 0, "asym-clip")
     ->UseManualTime()
     ->Iterations(1)
@@ -76,7 +84,8 @@ BENCHMARK_CAPTURE(convert, small_asym_clip, "qwen2-small", 0, "asym-clip")
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (std::getenv("FERRY_BENCH_LARGE"))
-    benchmark::RegisterBenchmark("convert/8GB_asym_clip", convert, "llama3-8b", 14, std::string("asym-clip"))
+    benchmark::RegisterBenchmark("convert/8GB_asym_clip", convert, "llama3-8b", 14,
+                                 std::string("asym-clip"))
         ->UseManualTime()
         ->Iterations(1)
         ->Unit(benchmark::kSecond);

@@ -13,16 +13,16 @@ struct CUstream_st;
 
 namespace ferry {
 
-void dequant_int4_bf16_cpu(const uint8_t* q, const uint16_t* scales, const uint16_t* mins, uint64_t rows,
-                           uint64_t cols, uint16_t* out);
+void dequant_int4_bf16_cpu(const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
+                           uint64_t rows, uint64_t cols, uint16_t* out);
 // fp32 output, used by the quantizer's error report and by tests.
-void dequant_int4_f32_cpu(const uint8_t* q, const uint16_t* scales, const uint16_t* mins, uint64_t rows,
-                          uint64_t cols, float* out);
+void dequant_int4_f32_cpu(const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
+                          uint64_t rows, uint64_t cols, float* out);
 
 #ifdef FERRY_HAVE_CUDA
 // Device pointers; enqueued on `stream`, no synchronization.
-void dequant_int4_bf16_cuda(const uint8_t* q, const uint16_t* scales, const uint16_t* mins, uint64_t rows,
-                            uint64_t cols, uint16_t* out, CUstream_st* stream);
+void dequant_int4_bf16_cuda(const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
+                            uint64_t rows, uint64_t cols, uint16_t* out, CUstream_st* stream);
 #endif
 
 }  // namespace ferry

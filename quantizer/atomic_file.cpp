@@ -24,10 +24,12 @@ std::filesystem::path parent_dir(const std::filesystem::path& p) {
 std::string disk_full_message(const std::filesystem::path& target, uint64_t size) {
   struct statvfs s {};
   const std::filesystem::path dir = parent_dir(target);
-  const double free_bytes = statvfs(dir.c_str(), &s) == 0 ? double(s.f_bavail) * double(s.f_frsize) : 0.0;
-  return fmt::format("{}: not enough disk space: the output needs {}, {} has {} free; free some space or "
-                     "write elsewhere with -o",
-                     target.string(), human_bytes(double(size)), dir.string(), human_bytes(free_bytes));
+  const double free_bytes =
+      statvfs(dir.c_str(), &s) == 0 ? double(s.f_bavail) * double(s.f_frsize) : 0.0;
+  return fmt::format(
+      "{}: not enough disk space: the output needs {}, {} has {} free; free some space or "
+      "write elsewhere with -o",
+      target.string(), human_bytes(double(size)), dir.string(), human_bytes(free_bytes));
 }
 
 [[noreturn]] void throw_errno(const std::filesystem::path& p, const char* op, int err) {
@@ -62,7 +64,9 @@ AtomicFile::AtomicFile(std::filesystem::path target, uint64_t size) : target_(st
   throw_errno(target_, "reserving space", rc);
 }
 
-AtomicFile::~AtomicFile() { discard(); }
+AtomicFile::~AtomicFile() {
+  discard();
+}
 
 void AtomicFile::discard() {
   if (fd_ >= 0) ::close(fd_);

@@ -15,7 +15,7 @@ namespace ferry {
 class AtomicFile {
  public:
   AtomicFile(std::filesystem::path target, uint64_t size);  // throws ferry::Error (e.g. disk full)
-  ~AtomicFile();  // without commit(): discards the data
+  ~AtomicFile();                                            // without commit(): discards the data
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 

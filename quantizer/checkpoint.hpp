@@ -38,9 +38,11 @@ class Checkpoint {
 
   const TensorView* find(std::string_view name) const;  // follows aliases; nullptr when absent
   // "tensor X: not found in DIR" / "tensor X: expected ..., got ...".
-  const TensorView& require_tensor(std::string_view name, DType dtype, std::span<const uint64_t> shape) const;
+  const TensorView& require_tensor(std::string_view name, DType dtype,
+                                   std::span<const uint64_t> shape) const;
   // Same, accepting any of F32, F16, BF16 (the dtypes ferry converts from).
-  const TensorView& require_float_tensor(std::string_view name, std::span<const uint64_t> shape) const;
+  const TensorView& require_float_tensor(std::string_view name,
+                                         std::span<const uint64_t> shape) const;
   // Drops pages of a tensor's byte range from the RSS (see MappedFile::release).
   void release(const TensorView& t, uint64_t offset, uint64_t length) const;
   uint64_t total_bytes() const;  // sum of stored tensor bytes
@@ -54,7 +56,8 @@ class Checkpoint {
 
   std::filesystem::path root_;
   std::vector<SafetensorsFile> shards_;
-  std::map<std::string, std::pair<size_t, const TensorView*>, std::less<>> by_name_;  // -> (shard, view)
+  std::map<std::string, std::pair<size_t, const TensorView*>, std::less<>>
+      by_name_;  // -> (shard, view)
   std::map<std::string, std::string, std::less<>> aliases_;
 };
 

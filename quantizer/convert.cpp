@@ -7,8 +7,8 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
-#include <memory>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -58,10 +58,16 @@ std::vector<Unit> make_units(const PackedPlan& plan, const std::vector<const Ten
 
 // Everything the workers share; read-only except the atomics and the error slot.
 struct Job {
-  Job(const Checkpoint& c, const PackedPlan& p, std::vector<const TensorView*> s, Scheme sc, uint64_t ds,
-      const AtomicFile& o, uint64_t chunk_bytes)
-      : ckpt(c), plan(p), sources(std::move(s)), units(make_units(p, sources, chunk_bytes)), scheme(sc),
-        data_start(ds), out(o), unit_errors(units.size()) {}
+  Job(const Checkpoint& c, const PackedPlan& p, std::vector<const TensorView*> s, Scheme sc,
+      uint64_t ds, const AtomicFile& o, uint64_t chunk_bytes)
+      : ckpt(c),
+        plan(p),
+        sources(std::move(s)),
+        units(make_units(p, sources, chunk_bytes)),
+        scheme(sc),
+        data_start(ds),
+        out(o),
+        unit_errors(units.size()) {}
 
   const Checkpoint& ckpt;
   const PackedPlan& plan;
@@ -106,8 +112,10 @@ void to_float(const uint8_t* src, DType t, uint64_t n, float* out) {
   }
 }
 
-void write_tensor_rows(Job& job, const TensorDecl& d, uint64_t row0, uint64_t rows, const void* data) {
-  const uint64_t row_bytes = d.nbytes() / std::max<uint64_t>(1, d.shape.size() == 2 ? d.shape[0] : 1);
+void write_tensor_rows(Job& job, const TensorDecl& d, uint64_t row0, uint64_t rows,
+                       const void* data) {
+  const uint64_t row_bytes =
+      d.nbytes() / std::max<uint64_t>(1, d.shape.size() == 2 ? d.shape[0] : 1);
   job.out.pwrite_all(data, rows * row_bytes, job.data_start + d.begin + row0 * row_bytes);
 }
 
@@ -147,8 +155,8 @@ void worker(Job& job) {
     try {
       job.unit_errors[i] = run_unit(job, u, b);
     } catch (const Error& e) {
-      job.fail(std::make_exception_ptr(Error(fmt::format("tensor {}: {}", job.plan.weights[u.weight].spec.name,
-                                                         e.what()))));
+      job.fail(std::make_exception_ptr(
+          Error(fmt::format("tensor {}: {}", job.plan.weights[u.weight].spec.name, e.what()))));
     } catch (...) {
       job.fail(std::current_exception());
     }
@@ -156,7 +164,8 @@ void worker(Job& job) {
 }
 
 std::vector<const TensorView*> resolve_sources(const Checkpoint& ckpt, const ModelConfig& config,
-                                               const PackedPlan& plan, const std::filesystem::path& dir) {
+                                               const PackedPlan& plan,
+                                               const std::filesystem::path& dir) {
   std::vector<const TensorView*> sources;
   std::set<std::string> used;
   for (const PackedWeight& w : plan.weights) {
@@ -169,12 +178,13 @@ std::vector<const TensorView*> resolve_sources(const Checkpoint& ckpt, const Mod
   }
   for (const TensorView* t : ckpt.tensors())
     if (!used.contains(t->name) && !is_ignorable_tensor(t->name))
-      throw Error(fmt::format("{}: tensor {} is not part of a {} model as config.json describes it", dir.string(),
-                              t->name, config.architecture));
+      throw Error(fmt::format("{}: tensor {} is not part of a {} model as config.json describes it",
+                              dir.string(), t->name, config.architecture));
   return sources;
 }
 
-std::map<std::string, std::string> source_metadata(const std::filesystem::path& dir, Scheme scheme) {
+std::map<std::string, std::string> source_metadata(const std::filesystem::path& dir,
+                                                   Scheme scheme) {
   std::map<std::string, std::string> m = {
       {meta::kFormat, "ferry"},
       {meta::kVersion, std::to_string(kFormatVersion)},
@@ -192,7 +202,8 @@ std::map<std::string, std::string> source_metadata(const std::filesystem::path& 
 // The metadata entries that are known only after the data is written. Every value has a fixed
 // width (16 hex digits, "%.6e"), so the placeholder header and the final one have the same size.
 void set_results(std::map<std::string, std::string>& m, const PackedPlan& plan,
-                 const std::vector<std::string>& checksums, const std::vector<WeightReport>& reports) {
+                 const std::vector<std::string>& checksums,
+                 const std::vector<WeightReport>& reports) {
   nlohmann::ordered_json sums, errs;
   for (size_t i = 0; i < plan.tensors.size(); ++i) sums[plan.tensors[i].name] = checksums[i];
   for (const WeightReport& r : reports)
@@ -201,8 +212,9 @@ void set_results(std::map<std::string, std::string>& m, const PackedPlan& plan,
   m[meta::kQuantError] = errs.dump();
 }
 
-std::vector<std::string> checksum_output(const AtomicFile& out, const PackedPlan& plan, uint64_t data_start,
-                                         unsigned threads, const ProgressFn& progress) {
+std::vector<std::string> checksum_output(const AtomicFile& out, const PackedPlan& plan,
+                                         uint64_t data_start, unsigned threads,
+                                         const ProgressFn& progress) {
   std::vector<std::string> sums(plan.tensors.size());
   std::atomic<size_t> next{0};
   std::atomic<uint64_t> done{0};
@@ -210,7 +222,8 @@ std::vector<std::string> checksum_output(const AtomicFile& out, const PackedPlan
     std::vector<uint8_t> buf(4 << 20);
     for (size_t i; (i = next.fetch_add(1)) < plan.tensors.size();) {
       const TensorDecl& d = plan.tensors[i];
-      const std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(), XXH3_freeState);
+      const std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
+                                                                           XXH3_freeState);
       XXH3_64bits_reset(state.get());
       for (uint64_t off = 0; off < d.nbytes(); off += buf.size()) {
         const uint64_t n = std::min<uint64_t>(buf.size(), d.nbytes() - off);
@@ -227,8 +240,10 @@ std::vector<std::string> checksum_output(const AtomicFile& out, const PackedPlan
 
 std::vector<WeightReport> reduce_errors(const Job& job) {
   std::vector<WeightReport> reports;
-  for (const PackedWeight& w : job.plan.weights) reports.push_back({w.spec.name, w.spec.shape, w.quantized, {}});
-  for (size_t i = 0; i < job.units.size(); ++i) reports[job.units[i].weight].error.add(job.unit_errors[i]);
+  for (const PackedWeight& w : job.plan.weights)
+    reports.push_back({w.spec.name, w.spec.shape, w.quantized, {}});
+  for (size_t i = 0; i < job.units.size(); ++i)
+    reports[job.units[i].weight].error.add(job.unit_errors[i]);
   return reports;
 }
 
@@ -242,11 +257,13 @@ std::string read_text_file(const std::filesystem::path& p) {
   return s.str();
 }
 
-ConvertReport convert_checkpoint(const std::filesystem::path& dir, const std::filesystem::path& out_path,
-                                 const ConvertOptions& opt, const ProgressFn& progress) {
+ConvertReport convert_checkpoint(const std::filesystem::path& dir,
+                                 const std::filesystem::path& out_path, const ConvertOptions& opt,
+                                 const ProgressFn& progress) {
   const auto t0 = Clock::now();
   if (!std::filesystem::is_directory(dir))
-    throw Error(fmt::format("{}: not a directory (expected a Hugging Face checkpoint folder)", dir.string()));
+    throw Error(fmt::format("{}: not a directory (expected a Hugging Face checkpoint folder)",
+                            dir.string()));
   ConvertReport report;
   std::map<std::string, std::string> metadata = source_metadata(dir, opt.scheme);
   nlohmann::json config_json;
@@ -263,19 +280,23 @@ ConvertReport convert_checkpoint(const std::filesystem::path& dir, const std::fi
 
   std::vector<std::string> placeholder_sums(plan.tensors.size(), std::string(16, '0'));
   std::vector<WeightReport> placeholder_reports;
-  for (const PackedWeight& w : plan.weights) placeholder_reports.push_back({w.spec.name, w.spec.shape, w.quantized, {}});
+  for (const PackedWeight& w : plan.weights)
+    placeholder_reports.push_back({w.spec.name, w.spec.shape, w.quantized, {}});
   set_results(metadata, plan, placeholder_sums, placeholder_reports);
   const uint64_t header_size = safetensors_header(plan.tensors, metadata).size();
   AtomicFile out(out_path, header_size + plan.data_bytes);
 
   Job job(ckpt, plan, sources, opt.scheme, header_size, out, opt.chunk_bytes);
   for (const TensorView* s : sources) report.input_bytes += s->nbytes;
-  run_pool(threads, [&] { worker(job); }, [&] { progress("quantize", job.bytes_done, report.input_bytes); });
+  run_pool(
+      threads, [&] { worker(job); },
+      [&] { progress("quantize", job.bytes_done, report.input_bytes); });
   if (job.error) std::rethrow_exception(job.error);
 
   report.weights = reduce_errors(job);
   for (const WeightReport& r : report.weights) report.total.add(r.error);
-  set_results(metadata, plan, checksum_output(out, plan, header_size, threads, progress), report.weights);
+  set_results(metadata, plan, checksum_output(out, plan, header_size, threads, progress),
+              report.weights);
   const std::string header = safetensors_header(plan.tensors, metadata, header_size - 8);
   if (header.size() != header_size) throw Error("internal error: the final header changed size");
   out.pwrite_all(header.data(), header.size(), 0);

@@ -47,8 +47,9 @@ struct ConvertReport {
 
 // Throws ferry::Error for missing or malformed inputs, an unsupported architecture, a tensor
 // whose shape disagrees with config.json, a full disk; the output path is then untouched.
-ConvertReport convert_checkpoint(const std::filesystem::path& hf_dir, const std::filesystem::path& out,
-                                 const ConvertOptions& options, const ProgressFn& progress);
+ConvertReport convert_checkpoint(const std::filesystem::path& hf_dir,
+                                 const std::filesystem::path& out, const ConvertOptions& options,
+                                 const ProgressFn& progress);
 
 // Reads a whole small text file (config.json and friends); throws ferry::Error naming it.
 std::string read_text_file(const std::filesystem::path& p);

@@ -40,9 +40,15 @@ std::optional<DType> parse_dtype(std::string_view name) {
   return std::nullopt;
 }
 
-std::string_view dtype_name(DType t) { return kDTypes[size_t(t)].name; }
-uint64_t dtype_size(DType t) { return kDTypes[size_t(t)].size; }
-bool is_float16_or_32(DType t) { return t == DType::F16 || t == DType::BF16 || t == DType::F32; }
+std::string_view dtype_name(DType t) {
+  return kDTypes[size_t(t)].name;
+}
+uint64_t dtype_size(DType t) {
+  return kDTypes[size_t(t)].size;
+}
+bool is_float16_or_32(DType t) {
+  return t == DType::F16 || t == DType::BF16 || t == DType::F32;
+}
 
 float f16_to_float(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000) << 16;
@@ -52,7 +58,8 @@ float f16_to_float(uint16_t h) {
     const float v = std::ldexp(float(man), -24);
     return sign ? -v : v;
   }
-  uint32_t u = exp == 31 ? (sign | 0x7f800000u | (man << 13)) : (sign | ((exp + 112) << 23) | (man << 13));
+  uint32_t u =
+      exp == 31 ? (sign | 0x7f800000u | (man << 13)) : (sign | ((exp + 112) << 23) | (man << 13));
   return std::bit_cast<float>(u);
 }
 
@@ -60,7 +67,7 @@ uint16_t float_to_f16(float f) {
   const uint32_t u = std::bit_cast<uint32_t>(f);
   const uint16_t sign = uint16_t((u >> 16) & 0x8000);
   const uint32_t au = u & 0x7fffffffu;
-  if (au > 0x7f800000u) return sign | 0x7e00;  // NaN
+  if (au > 0x7f800000u) return sign | 0x7e00;   // NaN
   if (au >= 0x477ff000u) return sign | 0x7c00;  // rounds to >= 65520: inf
   if (au < 0x38800000u) {  // below 2^-14: subnormal, value = m * 2^-24, round to nearest even
     const float a = std::bit_cast<float>(au);

@@ -9,7 +9,23 @@ namespace ferry {
 
 // Every dtype the safetensors format defines with a whole number of bytes per element.
 // Sub-byte types (F4, F6) are not supported: parse_dtype returns nullopt and readers reject them.
-enum class DType : uint8_t { BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64 };
+enum class DType : uint8_t {
+  BOOL,
+  U8,
+  I8,
+  F8_E5M2,
+  F8_E4M3,
+  I16,
+  U16,
+  F16,
+  BF16,
+  I32,
+  U32,
+  F32,
+  F64,
+  I64,
+  U64
+};
 
 std::optional<DType> parse_dtype(std::string_view name);
 std::string_view dtype_name(DType t);

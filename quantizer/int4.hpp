@@ -30,12 +30,15 @@ enum class Scheme : uint8_t {
   asym_clip,  // asym with the clipping search
 };
 
-std::optional<Scheme> parse_scheme(std::string_view name);  // "bf16", "sym", "sym-clip", "asym", "asym-clip"
+std::optional<Scheme> parse_scheme(
+    std::string_view name);  // "bf16", "sym", "sym-clip", "asym", "asym-clip"
 std::string_view scheme_name(Scheme s);
 bool scheme_has_mins(Scheme s);  // asym and asym_clip store mins
 bool scheme_is_int4(Scheme s);   // everything but bf16
 
-inline uint64_t int4_blocks_per_row(uint64_t cols) { return (cols + kBlock - 1) / kBlock; }
+inline uint64_t int4_blocks_per_row(uint64_t cols) {
+  return (cols + kBlock - 1) / kBlock;
+}
 
 // Sums over the quantized elements (padding excluded): relative RMS error = sqrt(err / ref).
 struct QuantError {

@@ -35,26 +35,30 @@ RopeScaling parse_rope_scaling(const nlohmann::json& c, std::string_view what) {
   const std::string type = s.value("rope_type", s.value("type", std::string()));
   if (type == "default") return r;
   if (type != "llama3")
-    throw Error(fmt::format("{}: rope_scaling type '{}' is not supported (only 'llama3')", what, type));
+    throw Error(
+        fmt::format("{}: rope_scaling type '{}' is not supported (only 'llama3')", what, type));
   r.type = type;
   r.factor = number_or(s, "factor", 0, what);
   r.low_freq_factor = number_or(s, "low_freq_factor", 0, what);
   r.high_freq_factor = number_or(s, "high_freq_factor", 0, what);
   r.original_max_position = require_uint(s, "original_max_position_embeddings", what);
   if (r.factor <= 0 || r.low_freq_factor <= 0 || r.high_freq_factor <= r.low_freq_factor)
-    throw Error(fmt::format("{}: rope_scaling llama3 needs factor > 0 and high_freq_factor > low_freq_factor", what));
+    throw Error(fmt::format(
+        "{}: rope_scaling llama3 needs factor > 0 and high_freq_factor > low_freq_factor", what));
   return r;
 }
 
 }  // namespace
 
-std::string_view family_name(Family f) { return f == Family::llama ? "llama" : "qwen2"; }
+std::string_view family_name(Family f) {
+  return f == Family::llama ? "llama" : "qwen2";
+}
 
 ModelConfig parse_model_config(const nlohmann::json& c, std::string_view what) {
   if (!c.is_object()) throw Error(fmt::format("{}: config is not a JSON object", what));
   ModelConfig m;
-  if (!c.contains("architectures") || !c["architectures"].is_array() || c["architectures"].size() != 1 ||
-      !c["architectures"][0].is_string())
+  if (!c.contains("architectures") || !c["architectures"].is_array() ||
+      c["architectures"].size() != 1 || !c["architectures"][0].is_string())
     throw Error(fmt::format("{}: \"architectures\" must list exactly one architecture", what));
   m.architecture = c["architectures"][0].get<std::string>();
   m.family = family_of(m.architecture, what);
@@ -62,26 +66,33 @@ ModelConfig parse_model_config(const nlohmann::json& c, std::string_view what) {
   m.intermediate = require_uint(c, "intermediate_size", what);
   m.layers = require_uint(c, "num_hidden_layers", what);
   m.heads = require_uint(c, "num_attention_heads", what);
-  m.kv_heads = c.contains("num_key_value_heads") ? require_uint(c, "num_key_value_heads", what) : m.heads;
+  m.kv_heads =
+      c.contains("num_key_value_heads") ? require_uint(c, "num_key_value_heads", what) : m.heads;
   m.vocab = require_uint(c, "vocab_size", what);
   m.max_position = require_uint(c, "max_position_embeddings", what);
-  m.head_dim = c.contains("head_dim") && !c["head_dim"].is_null() ? require_uint(c, "head_dim", what)
-                                                                  : m.hidden / m.heads;
+  m.head_dim = c.contains("head_dim") && !c["head_dim"].is_null()
+                   ? require_uint(c, "head_dim", what)
+                   : m.hidden / m.heads;
   if (!c.contains("head_dim") && m.hidden % m.heads != 0)
-    throw Error(fmt::format("{}: hidden_size {} is not a multiple of num_attention_heads {}", what, m.hidden, m.heads));
+    throw Error(fmt::format("{}: hidden_size {} is not a multiple of num_attention_heads {}", what,
+                            m.hidden, m.heads));
   if (m.heads % m.kv_heads != 0)
-    throw Error(fmt::format("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", what,
-                            m.heads, m.kv_heads));
-  if (m.head_dim % 2 != 0) throw Error(fmt::format("{}: head_dim {} must be even for RoPE", what, m.head_dim));
+    throw Error(
+        fmt::format("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", what,
+                    m.heads, m.kv_heads));
+  if (m.head_dim % 2 != 0)
+    throw Error(fmt::format("{}: head_dim {} must be even for RoPE", what, m.head_dim));
   const std::string act = c.value("hidden_act", std::string("silu"));
-  if (act != "silu") throw Error(fmt::format("{}: hidden_act '{}' is not supported (only silu)", what, act));
+  if (act != "silu")
+    throw Error(fmt::format("{}: hidden_act '{}' is not supported (only silu)", what, act));
   m.rope_theta = number_or(c, "rope_theta", 10000.0, what);
   m.rms_eps = number_or(c, "rms_norm_eps", 1e-6, what);
   m.rope_scaling = parse_rope_scaling(c, what);
   m.tied_embeddings = c.value("tie_word_embeddings", false);
   // Qwen2 always has q/k/v biases; Llama-family configs say so with attention_bias.
   m.qkv_bias = m.family == Family::qwen2 || c.value("attention_bias", false);
-  if (c.value("mlp_bias", false)) throw Error(fmt::format("{}: mlp_bias=true is not supported", what));
+  if (c.value("mlp_bias", false))
+    throw Error(fmt::format("{}: mlp_bias=true is not supported", what));
   return m;
 }
 
@@ -96,7 +107,8 @@ std::vector<WeightSpec> model_weights(const ModelConfig& c) {
     const std::pair<const char*, uint64_t> qkv[] = {{"q", q_out}, {"k", kv_out}, {"v", kv_out}};
     for (const auto& [n, out] : qkv) {
       w.push_back({p + "self_attn." + n + "_proj.weight", {out, c.hidden}, WeightRole::linear, li});
-      if (c.qkv_bias) w.push_back({p + "self_attn." + n + "_proj.bias", {out}, WeightRole::bias, li});
+      if (c.qkv_bias)
+        w.push_back({p + "self_attn." + n + "_proj.bias", {out}, WeightRole::bias, li});
     }
     w.push_back({p + "self_attn.o_proj.weight", {c.hidden, q_out}, WeightRole::linear, li});
     w.push_back({p + "post_attention_layernorm.weight", {c.hidden}, WeightRole::norm, li});
@@ -109,6 +121,8 @@ std::vector<WeightSpec> model_weights(const ModelConfig& c) {
   return w;
 }
 
-bool is_ignorable_tensor(std::string_view name) { return name.ends_with(".rotary_emb.inv_freq"); }
+bool is_ignorable_tensor(std::string_view name) {
+  return name.ends_with(".rotary_emb.inv_freq");
+}
 
 }  // namespace ferry

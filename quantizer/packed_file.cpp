@@ -16,7 +16,8 @@
 namespace ferry {
 namespace {
 
-void add_decl(PackedPlan& plan, PackedWeight& w, std::string name, DType dtype, std::vector<uint64_t> shape) {
+void add_decl(PackedPlan& plan, PackedWeight& w, std::string name, DType dtype,
+              std::vector<uint64_t> shape) {
   TensorDecl d{std::move(name), dtype, std::move(shape)};
   uint64_t n = dtype_size(dtype);
   for (uint64_t s : d.shape) n *= s;
@@ -44,13 +45,15 @@ PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, bool keep_lm_he
   PackedPlan plan;
   for (const WeightSpec& spec : model_weights(config)) {
     PackedWeight w{spec, false, {}};
-    const bool linear = spec.role == WeightRole::linear || (spec.role == WeightRole::lm_head && !keep_lm_head);
+    const bool linear =
+        spec.role == WeightRole::linear || (spec.role == WeightRole::lm_head && !keep_lm_head);
     w.quantized = linear && scheme_is_int4(scheme);
     if (w.quantized) {
       const uint64_t out = spec.shape[0], blocks = int4_blocks_per_row(spec.shape[1]);
       add_decl(plan, w, spec.name + ".q4", DType::U8, {out, blocks * kBlockBytes});
       add_decl(plan, w, spec.name + ".scales", DType::F16, {out, blocks});
-      if (scheme_has_mins(scheme)) add_decl(plan, w, spec.name + ".mins", DType::F16, {out, blocks});
+      if (scheme_has_mins(scheme))
+        add_decl(plan, w, spec.name + ".mins", DType::F16, {out, blocks});
     } else {
       add_decl(plan, w, spec.name, DType::BF16, spec.shape);
     }
@@ -60,11 +63,13 @@ PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, bool keep_lm_he
 }
 
 std::string safetensors_header(const std::vector<TensorDecl>& tensors,
-                               const std::map<std::string, std::string>& metadata, uint64_t min_size) {
+                               const std::map<std::string, std::string>& metadata,
+                               uint64_t min_size) {
   nlohmann::ordered_json h;
   h["__metadata__"] = metadata;
   for (const TensorDecl& t : tensors)
-    h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
+    h[t.name] = {
+        {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
   std::string json = h.dump();
   // Pad with spaces (legal JSON whitespace) so the data section starts 8-byte aligned, as the
   // reference writer does, and to a fixed size when the caller rewrites the header in place.
@@ -80,23 +85,29 @@ std::string checksum_hex(const uint8_t* data, uint64_t n) {
   return fmt::format("{:016x}", XXH3_64bits(data, n));
 }
 
-bool PackedFile::looks_packed(const SafetensorsFile& f) { return f.metadata().contains(meta::kVersion); }
+bool PackedFile::looks_packed(const SafetensorsFile& f) {
+  return f.metadata().contains(meta::kVersion);
+}
 
 PackedFile PackedFile::open(const std::filesystem::path& path) {
   SafetensorsFile f = SafetensorsFile::open(path);
   const std::string what = path.string();
   const auto& m = f.metadata();
   if (!looks_packed(f))
-    throw Error(fmt::format("{}: not a ferry file (no {} in the metadata); convert it with 'ferry quantize'",
-                            what, meta::kVersion));
+    throw Error(fmt::format(
+        "{}: not a ferry file (no {} in the metadata); convert it with 'ferry quantize'", what,
+        meta::kVersion));
   if (m.at(meta::kVersion) != std::to_string(kFormatVersion))
-    throw Error(fmt::format("{}: format version {} is not supported by this build (it reads version {})", what,
-                            m.at(meta::kVersion), kFormatVersion));
+    throw Error(
+        fmt::format("{}: format version {} is not supported by this build (it reads version {})",
+                    what, m.at(meta::kVersion), kFormatVersion));
   auto scheme_it = m.find(meta::kScheme);
   const auto scheme = scheme_it == m.end() ? std::nullopt : parse_scheme(scheme_it->second);
-  if (!scheme) throw Error(fmt::format("{}: metadata {} is missing or unknown", what, meta::kScheme));
+  if (!scheme)
+    throw Error(fmt::format("{}: metadata {} is missing or unknown", what, meta::kScheme));
   if (m.contains(meta::kBlockSize) && m.at(meta::kBlockSize) != std::to_string(kBlock))
-    throw Error(fmt::format("{}: block size {} is not supported (only {})", what, m.at(meta::kBlockSize), kBlock));
+    throw Error(fmt::format("{}: block size {} is not supported (only {})", what,
+                            m.at(meta::kBlockSize), kBlock));
   ModelConfig config = parse_model_config(parse_meta_json(m, meta::kConfig, what), what);
   const bool keep_lm_head = f.find("lm_head.weight") != nullptr;
   const PackedPlan plan = plan_packed(config, *scheme, keep_lm_head);
@@ -104,7 +115,8 @@ PackedFile PackedFile::open(const std::filesystem::path& path) {
   std::map<std::string, std::string> checksums;
   const nlohmann::json sums = parse_meta_json(m, meta::kChecksums, what);
   for (const auto& [k, v] : sums.items())
-    checksums[k] = v.is_string() ? v.get<std::string>() : throw Error(fmt::format("{}: bad checksum entry {}", what, k));
+    checksums[k] = v.is_string() ? v.get<std::string>()
+                                 : throw Error(fmt::format("{}: bad checksum entry {}", what, k));
   std::map<std::string, double> quant_error;
   if (m.contains(meta::kQuantError)) {
     const nlohmann::json errs = parse_meta_json(m, meta::kQuantError, what);
@@ -112,9 +124,11 @@ PackedFile PackedFile::open(const std::filesystem::path& path) {
       quant_error[k] = v.is_string() ? std::strtod(v.get<std::string>().c_str(), nullptr) : -1.0;
   }
   // `m` points into `f`: everything read from it is copied out before `f` moves.
-  PackedFile p{std::move(f), std::move(config), *scheme, std::move(checksums), std::move(quant_error)};
+  PackedFile p{std::move(f), std::move(config), *scheme, std::move(checksums),
+               std::move(quant_error)};
   for (const TensorView& t : p.file.tensors())
-    if (!p.checksums.contains(t.name)) throw Error(fmt::format("{}: tensor {} has no checksum", what, t.name));
+    if (!p.checksums.contains(t.name))
+      throw Error(fmt::format("{}: tensor {} has no checksum", what, t.name));
   return p;
 }
 

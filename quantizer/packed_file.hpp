@@ -32,8 +32,9 @@ inline constexpr const char* kVersion = "ferry.format_version";  // "1"
 inline constexpr const char* kScheme = "ferry.scheme";           // scheme_name(), e.g. "asym-clip"
 inline constexpr const char* kBlockSize = "ferry.block_size";    // "128"
 inline constexpr const char* kChecksums = "ferry.checksums";     // JSON {tensor: xxh3-64 hex}
-inline constexpr const char* kQuantError = "ferry.quant_error";  // JSON {weight: relative RMS error}
-inline constexpr const char* kConfig = "ferry.config.json";      // the source files, verbatim
+inline constexpr const char* kQuantError =
+    "ferry.quant_error";                                     // JSON {weight: relative RMS error}
+inline constexpr const char* kConfig = "ferry.config.json";  // the source files, verbatim
 inline constexpr const char* kTokenizer = "ferry.tokenizer.json";
 inline constexpr const char* kTokenizerConfig = "ferry.tokenizer_config.json";
 inline constexpr const char* kGenerationConfig = "ferry.generation_config.json";
@@ -51,7 +52,7 @@ struct TensorDecl {
 // How one source weight is stored in the packed file.
 struct PackedWeight {
   WeightSpec spec;
-  bool quantized = false;  // INT4 (q4/scales[/mins]) or BF16
+  bool quantized = false;       // INT4 (q4/scales[/mins]) or BF16
   std::vector<size_t> tensors;  // indices into the decl list: {q4, scales[, mins]} or {bf16}
 };
 
@@ -67,7 +68,8 @@ PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, bool keep_lm_he
 // to a multiple of 8 bytes and to at least `min_size` bytes; returns the 8-byte length prefix
 // followed by the header.
 std::string safetensors_header(const std::vector<TensorDecl>& tensors,
-                               const std::map<std::string, std::string>& metadata, uint64_t min_size = 0);
+                               const std::map<std::string, std::string>& metadata,
+                               uint64_t min_size = 0);
 
 // "%016llx" of XXH3_64bits over the bytes.
 std::string checksum_hex(const uint8_t* data, uint64_t n);

@@ -9,7 +9,8 @@
 
 namespace ferry {
 
-void run_pool(unsigned threads, const std::function<void()>& fn, const std::function<void()>& report) {
+void run_pool(unsigned threads, const std::function<void()>& fn,
+              const std::function<void()>& report) {
   std::mutex mu;
   std::condition_variable cv;
   unsigned finished = 0;
@@ -22,7 +23,8 @@ void run_pool(unsigned threads, const std::function<void()>& fn, const std::func
       cv.notify_one();
     });
   std::unique_lock lock(mu);
-  while (!cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return finished == threads; })) report();
+  while (!cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return finished == threads; }))
+    report();
   report();
 }
 

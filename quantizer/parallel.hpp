@@ -11,7 +11,8 @@ namespace ferry {
 // phase (e.g. "quantize", "checksum", "write"), bytes done, bytes total.
 using ProgressFn = std::function<void(std::string_view phase, uint64_t done, uint64_t total)>;
 
-void run_pool(unsigned threads, const std::function<void()>& fn, const std::function<void()>& report);
+void run_pool(unsigned threads, const std::function<void()>& fn,
+              const std::function<void()>& report);
 
 // `requested`, or every core when 0.
 unsigned thread_count(unsigned requested);

@@ -34,7 +34,8 @@ namespace ferry {
 // A read-only memory mapping of a whole file. Movable, not copyable; unmaps on destruction.
 class MappedFile {
  public:
-  static std::shared_ptr<MappedFile> open(const std::filesystem::path& path);  // throws ferry::Error
+  static std::shared_ptr<MappedFile> open(
+      const std::filesystem::path& path);  // throws ferry::Error
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -56,7 +57,7 @@ class MappedFile {
 struct TensorView {
   std::string name;
   DType dtype = DType::U8;
-  std::vector<uint64_t> shape;  // row-major; [] for a scalar
+  std::vector<uint64_t> shape;    // row-major; [] for a scalar
   const uint8_t* data = nullptr;  // [nbytes] bytes inside the mapping (zero-copy)
   uint64_t nbytes = 0;
   uint64_t file_offset = 0;  // absolute offset of data within the file
@@ -77,7 +78,8 @@ SafetensorsHeader parse_safetensors(std::span<const uint8_t> bytes, std::string_
 
 class SafetensorsFile {
  public:
-  static SafetensorsFile open(const std::filesystem::path& path);  // maps and validates; throws ferry::Error
+  static SafetensorsFile open(
+      const std::filesystem::path& path);  // maps and validates; throws ferry::Error
 
   const std::filesystem::path& path() const { return file_->path(); }
   uint64_t file_size() const { return file_->bytes().size(); }
@@ -88,8 +90,10 @@ class SafetensorsFile {
   const TensorView* find(std::string_view name) const;  // nullptr when absent
   // The tensor, checked: "tensor X: expected BF16 [4096, 4096], got F32 [4096, 4096]" or
   // "tensor X: not found in FILE".
-  const TensorView& require_tensor(std::string_view name, DType dtype, std::span<const uint64_t> shape) const;
-  void release(const TensorView& t, uint64_t offset, uint64_t length) const;  // see MappedFile::release
+  const TensorView& require_tensor(std::string_view name, DType dtype,
+                                   std::span<const uint64_t> shape) const;
+  void release(const TensorView& t, uint64_t offset,
+               uint64_t length) const;  // see MappedFile::release
 
  private:
   SafetensorsFile(std::shared_ptr<MappedFile> file, SafetensorsHeader header);

@@ -20,8 +20,8 @@ namespace {
 
 using json = nlohmann::json;
 
-json llama_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t heads, uint64_t kv, uint64_t vocab,
-                  double theta, bool tied) {
+json llama_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t heads, uint64_t kv,
+                  uint64_t vocab, double theta, bool tied) {
   return {{"architectures", {"LlamaForCausalLM"}},
           {"model_type", "llama"},
           {"hidden_size", hidden},
@@ -41,8 +41,8 @@ json llama_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t hea
           {"torch_dtype", "bfloat16"}};
 }
 
-json qwen2_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t heads, uint64_t kv, uint64_t vocab,
-                  bool tied) {
+json qwen2_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t heads, uint64_t kv,
+                  uint64_t vocab, bool tied) {
   json c = llama_config(hidden, inter, layers, heads, kv, vocab, 1e6, tied);
   c["architectures"] = {"Qwen2ForCausalLM"};
   c["model_type"] = "qwen2";
@@ -74,18 +74,27 @@ const std::vector<Preset>& presets() {
        [] { return llama_config(256, 768, 4, 8, 4, 512, 10000, false); }},
       {{"llama3-tiny", "Llama 3 style with llama3 rope scaling, hidden 256, 4 layers, tied"},
        [] { return with_llama3_rope(llama_config(256, 768, 4, 8, 2, 512, 500000, true), 256); }},
-      {{"qwen2-tiny", "Qwen2, hidden 320 (not a multiple of 128), q/k/v biases, GQA 5/1, vocab 512"},
+      {{"qwen2-tiny",
+        "Qwen2, hidden 320 (not a multiple of 128), q/k/v biases, GQA 5/1, vocab 512"},
        [] { return qwen2_config(320, 896, 4, 5, 1, 512, false); }},
-      {{"qwen2-small", "Qwen2, hidden 1024, 8 layers, GQA 16/2, vocab 32000 (~300 MB bf16): benchmarks"},
+      {{"qwen2-small",
+        "Qwen2, hidden 1024, 8 layers, GQA 16/2, vocab 32000 (~300 MB bf16): benchmarks"},
        [] { return qwen2_config(1024, 2816, 8, 16, 2, 32000, false); }},
-      {{"qwen2-7b", "Qwen2-7B shapes: hidden 3584, 28 layers, GQA 28/4, vocab 152064 (~15 GB bf16)"},
+      {{"qwen2-7b",
+        "Qwen2-7B shapes: hidden 3584, 28 layers, GQA 28/4, vocab 152064 (~15 GB bf16)"},
        [] { return qwen2_config(3584, 18944, 28, 28, 4, 152064, false); }},
-      {{"qwen2-32b", "DeepSeek-R1-Distill-Qwen-32B shapes: hidden 5120, 64 layers, GQA 40/8 (~65 GB bf16)"},
+      {{"qwen2-32b",
+        "DeepSeek-R1-Distill-Qwen-32B shapes: hidden 5120, 64 layers, GQA 40/8 (~65 GB bf16)"},
        [] { return qwen2_config(5120, 27648, 64, 40, 8, 152064, false); }},
-      {{"llama3-8b", "Llama-3-8B shapes: hidden 4096, 32 layers, GQA 32/8, vocab 128256 (~16 GB bf16)"},
-       [] { return with_llama3_rope(llama_config(4096, 14336, 32, 32, 8, 128256, 500000, false), 8192); }},
+      {{"llama3-8b",
+        "Llama-3-8B shapes: hidden 4096, 32 layers, GQA 32/8, vocab 128256 (~16 GB bf16)"},
+       [] {
+         return with_llama3_rope(llama_config(4096, 14336, 32, 32, 8, 128256, 500000, false), 8192);
+       }},
       {{"llama-70b", "Llama-3-70B shapes: hidden 8192, 80 layers, GQA 64/8 (~141 GB bf16)"},
-       [] { return with_llama3_rope(llama_config(8192, 28672, 80, 64, 8, 128256, 500000, false), 8192); }},
+       [] {
+         return with_llama3_rope(llama_config(8192, 28672, 80, 64, 8, 128256, 500000, false), 8192);
+       }},
   };
   return p;
 }
@@ -102,7 +111,8 @@ uint64_t splitmix64(uint64_t x) {
 // in 4096 is multiplied by 8, mimicking the outlier features of trained weights.
 float synth_value(uint64_t seed, uint64_t stream, uint64_t i, float mean, float std) {
   const uint64_t r = splitmix64(seed * 0x100000001b3ull ^ (stream << 40) ^ i);
-  const float sum = float((r & 0x7fff) + ((r >> 15) & 0x7fff) + ((r >> 30) & 0x7fff) + ((r >> 45) & 0x7fff));
+  const float sum =
+      float((r & 0x7fff) + ((r >> 15) & 0x7fff) + ((r >> 30) & 0x7fff) + ((r >> 45) & 0x7fff));
   // mean of the sum 4 * 16383.5, std sqrt(4/12) * 32768
   float z = (sum - 65534.0f) * (1.0f / 18918.6f);
   if ((r >> 60) == 0 && ((r >> 48) & 0xff) == 0) z *= 8.0f;
@@ -129,8 +139,9 @@ std::vector<Shard> plan_shards(const ModelConfig& c, uint64_t shard_bytes) {
     s.bytes += n;
   }
   for (size_t i = 0; i < shards.size(); ++i)
-    shards[i].file = shards.size() == 1 ? "model.safetensors"
-                                        : fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, shards.size());
+    shards[i].file = shards.size() == 1
+                         ? "model.safetensors"
+                         : fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, shards.size());
   return shards;
 }
 
@@ -148,8 +159,9 @@ struct Chunk {
   uint64_t first, count;  // elements
 };
 
-void write_shard(const std::filesystem::path& dir, const Shard& shard, uint64_t seed, unsigned threads,
-                 std::atomic<uint64_t>& done, const std::function<void()>& report) {
+void write_shard(const std::filesystem::path& dir, const Shard& shard, uint64_t seed,
+                 unsigned threads, std::atomic<uint64_t>& done,
+                 const std::function<void()>& report) {
   const std::string header = safetensors_header(shard.tensors, {{"format", "pt"}});
   AtomicFile out(dir / shard.file, header.size() + shard.bytes);
   out.pwrite_all(header.data(), header.size(), 0);
@@ -166,8 +178,10 @@ void write_shard(const std::filesystem::path& dir, const Shard& shard, uint64_t 
       const WeightSpec& spec = shard.specs[c.tensor];
       const auto [mean, std] = value_spread(spec.role);
       const uint64_t stream = XXH3_64bits(spec.name.data(), spec.name.size());
-      for (uint64_t k = 0; k < c.count; ++k) buf[k] = float_to_bf16(synth_value(seed, stream, c.first + k, mean, std));
-      out.pwrite_all(buf.data(), c.count * 2, header.size() + shard.tensors[c.tensor].begin + c.first * 2);
+      for (uint64_t k = 0; k < c.count; ++k)
+        buf[k] = float_to_bf16(synth_value(seed, stream, c.first + k, mean, std));
+      out.pwrite_all(buf.data(), c.count * 2,
+                     header.size() + shard.tensors[c.tensor].begin + c.first * 2);
       done += c.count * 2;
     }
   };
@@ -207,7 +221,8 @@ json synth_config(std::string_view name, std::optional<uint64_t> layers) {
   throw Error(fmt::format("unknown preset '{}'; presets: {}", name, names));
 }
 
-SynthReport synth_checkpoint(const std::filesystem::path& dir, const SynthOptions& opt, const ProgressFn& progress) {
+SynthReport synth_checkpoint(const std::filesystem::path& dir, const SynthOptions& opt,
+                             const ProgressFn& progress) {
   const auto t0 = std::chrono::steady_clock::now();
   const json config = synth_config(opt.preset, opt.layers);
   const ModelConfig mc = parse_model_config(config, opt.preset);
@@ -230,7 +245,8 @@ SynthReport synth_checkpoint(const std::filesystem::path& dir, const SynthOption
   std::atomic<uint64_t> done{0};
   json weight_map = json::object();
   for (const Shard& s : shards) {
-    write_shard(dir, s, opt.seed, thread_count(opt.threads), done, [&] { progress("write", done, r.bytes); });
+    write_shard(dir, s, opt.seed, thread_count(opt.threads), done,
+                [&] { progress("write", done, r.bytes); });
     for (const TensorDecl& t : s.tensors) weight_map[t.name] = s.file;
   }
   if (shards.size() > 1)

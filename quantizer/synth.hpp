@@ -32,7 +32,7 @@ nlohmann::json synth_config(std::string_view preset, std::optional<uint64_t> lay
 // their embedding tables. (synth_tokenizer.cpp)
 struct SynthTokenizer {
   std::string tokenizer_json;
-  std::string tokenizer_config_json;  // chat template and special tokens
+  std::string tokenizer_config_json;          // chat template and special tokens
   nlohmann::json bos_token_id, eos_token_id;  // null when the family has no BOS
 };
 SynthTokenizer synth_tokenizer(const nlohmann::json& config);

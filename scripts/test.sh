@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs every test ferry has without a GPU (tests labelled gpu skip with a
-# message when no GPU is present):
+# message when no GPU is present), after checking that every source file is clang-formatted:
 #   1. the normal build (CUDA backend too when nvcc is found) and all its tests;
 #   2. an AddressSanitizer + UndefinedBehaviorSanitizer build (CPU backend) and all its tests;
 #   3. the libFuzzer target for the safetensors reader, for FERRY_FUZZ_SECONDS (default 60).
@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 jobs=$(nproc)
+
+echo "== clang-format check"
+clang-format --dry-run --Werror $(git ls-files '*.cpp' '*.hpp' '*.cu')
 
 echo "== build and test (build/)"
 bash scripts/build.sh

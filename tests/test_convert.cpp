@@ -35,7 +35,8 @@ std::vector<float> source_floats(const TensorView& t) {
 }
 
 // Dequantizes a packed linear weight back to [rows, cols] floats.
-std::vector<float> dequant_packed(const PackedFile& p, const std::string& name, uint64_t rows, uint64_t cols) {
+std::vector<float> dequant_packed(const PackedFile& p, const std::string& name, uint64_t rows,
+                                  uint64_t cols) {
   const TensorView* q = p.file.find(name + ".q4");
   const TensorView* s = p.file.find(name + ".scales");
   const TensorView* m = p.file.find(name + ".mins");
@@ -51,7 +52,8 @@ std::vector<float> dequant_packed(const PackedFile& p, const std::string& name, 
 
 double relative_rms(const std::vector<float>& ref, const std::vector<float>& got) {
   double e = 0, r = 0;
-  for (size_t i = 0; i < ref.size(); ++i) e += std::pow(double(ref[i]) - got[i], 2), r += double(ref[i]) * ref[i];
+  for (size_t i = 0; i < ref.size(); ++i)
+    e += std::pow(double(ref[i]) - got[i], 2), r += double(ref[i]) * ref[i];
   return std::sqrt(e / r);
 }
 
@@ -70,12 +72,15 @@ TEST(Convert, TinyStoriesAsymClipRoundTrips) {
   const Checkpoint src = Checkpoint::open(dir);
   // The embedding (stored only as lm_head.weight, aliased) is kept in bf16, bit for bit.
   const std::vector<float> emb = source_floats(*src.find("model.embed_tokens.weight"));
-  const TensorView& e = p.file.require_tensor("model.embed_tokens.weight", DType::BF16, std::vector<uint64_t>{2048, 128});
-  for (size_t i = 0; i < emb.size(); ++i) ASSERT_EQ(load_float(e.data, DType::BF16, i), bf16_to_float(float_to_bf16(emb[i])));
+  const TensorView& e = p.file.require_tensor("model.embed_tokens.weight", DType::BF16,
+                                              std::vector<uint64_t>{2048, 128});
+  for (size_t i = 0; i < emb.size(); ++i)
+    ASSERT_EQ(load_float(e.data, DType::BF16, i), bf16_to_float(float_to_bf16(emb[i])));
   // Every quantized weight dequantizes to the error the report and the metadata state.
   for (const WeightReport& w : r.weights) {
     if (!w.quantized) continue;
-    const std::vector<float> ref = source_floats(*src.find(w.name == "lm_head.weight" ? "lm_head.weight" : w.name));
+    const std::vector<float> ref =
+        source_floats(*src.find(w.name == "lm_head.weight" ? "lm_head.weight" : w.name));
     const double err = relative_rms(ref, dequant_packed(p, w.name, w.shape[0], w.shape[1]));
     EXPECT_NEAR(err, w.error.relative_rms(), 1e-6) << w.name;
     EXPECT_NEAR(err, p.quant_error.at(w.name), 1e-6 * err + 1e-7) << w.name;
@@ -97,7 +102,8 @@ TEST(Convert, Bf16SchemeKeepsEveryWeightExactly) {
     ASSERT_NE(out, nullptr) << t->name;
     ASSERT_EQ(out->dtype, DType::BF16);
     for (uint64_t i = 0; i < t->numel(); ++i)
-      ASSERT_EQ(load_float(out->data, DType::BF16, i), bf16_to_float(float_to_bf16(load_float(t->data, t->dtype, i))));
+      ASSERT_EQ(load_float(out->data, DType::BF16, i),
+                bf16_to_float(float_to_bf16(load_float(t->data, t->dtype, i))));
   }
 }
 
@@ -115,9 +121,12 @@ TEST(Convert, ShardedQwen2WithPaddedRows) {
   const ConvertReport r = convert_checkpoint(tmp / "hf", tmp / "q.ferry", opt, kNoProgress);
   const PackedFile p = PackedFile::open(tmp / "q.ferry");
   EXPECT_TRUE(p.verify_checksums(2).empty());
-  p.file.require_tensor("model.layers.0.self_attn.q_proj.weight.q4", DType::U8, std::vector<uint64_t>{320, 3 * 64});
-  p.file.require_tensor("model.layers.0.self_attn.k_proj.bias", DType::BF16, std::vector<uint64_t>{64});
-  EXPECT_EQ(p.file.find("model.layers.0.self_attn.q_proj.weight.mins"), nullptr) << "sym stores no mins";
+  p.file.require_tensor("model.layers.0.self_attn.q_proj.weight.q4", DType::U8,
+                        std::vector<uint64_t>{320, 3 * 64});
+  p.file.require_tensor("model.layers.0.self_attn.k_proj.bias", DType::BF16,
+                        std::vector<uint64_t>{64});
+  EXPECT_EQ(p.file.find("model.layers.0.self_attn.q_proj.weight.mins"), nullptr)
+      << "sym stores no mins";
   const Checkpoint src = Checkpoint::open(tmp / "hf");
   const std::vector<float> ref = source_floats(*src.find("model.layers.2.mlp.down_proj.weight"));
   EXPECT_NEAR(relative_rms(ref, dequant_packed(p, "model.layers.2.mlp.down_proj.weight", 320, 896)),
@@ -161,21 +170,31 @@ void edit_config(const std::filesystem::path& hf, const char* key, const nlohman
 }
 
 const CliCase kCliCases[] = {
-    {"missing config", [](const auto& hf) { std::filesystem::remove(hf / "config.json"); }, "config.json: cannot read"},
-    {"malformed config", [](const auto& hf) { test::write_file(hf / "config.json", {'{', 'x'}); }, "not valid JSON"},
+    {"missing config", [](const auto& hf) { std::filesystem::remove(hf / "config.json"); },
+     "config.json: cannot read"},
+    {"malformed config",
+     [](const auto& hf) {
+       test::write_file(hf / "config.json", {'{', 'x'});
+     },
+     "not valid JSON"},
     {"unsupported architecture",
      [](const auto& hf) { edit_config(hf, "architectures", {"GPT2LMHeadModel"}); },
      "unsupported architecture 'GPT2LMHeadModel'"},
-    {"shape disagrees with config", [](const auto& hf) { edit_config(hf, "intermediate_size", 512); },
+    {"shape disagrees with config",
+     [](const auto& hf) { edit_config(hf, "intermediate_size", 512); },
      "expected F32/F16/BF16 [512, 320], got BF16 [896, 320]"},
-    {"missing tokenizer", [](const auto& hf) { std::filesystem::remove(hf / "tokenizer.json"); }, "tokenizer.json: cannot read"},
+    {"missing tokenizer", [](const auto& hf) { std::filesystem::remove(hf / "tokenizer.json"); },
+     "tokenizer.json: cannot read"},
     {"missing shard",
      [](const auto& hf) { std::filesystem::remove(hf / "model-00002-of-00002.safetensors"); },
      "model-00002-of-00002.safetensors"},
     {"truncated shard",
-     [](const auto& hf) { std::filesystem::resize_file(hf / "model-00001-of-00002.safetensors", 100000); },
+     [](const auto& hf) {
+       std::filesystem::resize_file(hf / "model-00001-of-00002.safetensors", 100000);
+     },
      "model-00001-of-00002.safetensors"},
-    {"too few layers in config", [](const auto& hf) { edit_config(hf, "num_hidden_layers", 3); }, "is not part of a Qwen2ForCausalLM model"},
+    {"too few layers in config", [](const auto& hf) { edit_config(hf, "num_hidden_layers", 3); },
+     "is not part of a Qwen2ForCausalLM model"},
 };
 
 TEST(ConvertCli, BadInputsGiveOneClearLineAndKeepThePreviousOutput) {
@@ -188,21 +207,25 @@ TEST(ConvertCli, BadInputsGiveOneClearLineAndKeepThePreviousOutput) {
     const std::vector<uint8_t> previous = {'o', 'l', 'd'};
     test::write_file(tmp / "out.ferry", previous);
     c.break_it(tmp / "hf");
-    const test::RunResult r = run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "out.ferry").string()});
+    const test::RunResult r =
+        run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "out.ferry").string()});
     EXPECT_EQ(r.exit_code, 1) << r.output;
     EXPECT_NE(r.output.find("ferry: error: "), std::string::npos) << r.output;
     EXPECT_NE(r.output.find(c.expected), std::string::npos) << r.output;
     EXPECT_EQ(read_file(tmp / "out.ferry"), previous);
-    EXPECT_EQ(std::distance(std::filesystem::directory_iterator(tmp.path), {}), 2) << "no stray files";
+    EXPECT_EQ(std::distance(std::filesystem::directory_iterator(tmp.path), {}), 2)
+        << "no stray files";
   }
 }
 
 TEST(ConvertCli, QuantizeThenInspectJson) {
   ScratchDir tmp;
-  ASSERT_EQ(run_ferry({"synth", "--preset", "llama3-tiny", "-o", (tmp / "hf").string()}).exit_code, 0);
+  ASSERT_EQ(run_ferry({"synth", "--preset", "llama3-tiny", "-o", (tmp / "hf").string()}).exit_code,
+            0);
   const auto q = run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "m.ferry").string()});
   ASSERT_EQ(q.exit_code, 0) << q.output;
-  EXPECT_NE(q.output.find("quantize: 100%"), std::string::npos) << "plain progress lines off a terminal";
+  EXPECT_NE(q.output.find("quantize: 100%"), std::string::npos)
+      << "plain progress lines off a terminal";
   EXPECT_NE(q.output.find("overall relative RMS error"), std::string::npos);
   const auto i = run_ferry({"inspect", "--json", (tmp / "m.ferry").string()});
   ASSERT_EQ(i.exit_code, 0) << i.output;
@@ -226,7 +249,8 @@ TEST(ConvertCli, InspectDetectsACorruptedTensor) {
   test::write_file(tmp / "m.ferry", bytes);
   const auto r = run_ferry({"inspect", (tmp / "m.ferry").string()});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.output.find("fail their checksum (first: lm_head.weight"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("fail their checksum (first: lm_head.weight"), std::string::npos)
+      << r.output;
 }
 
 // Killed at any moment, a conversion leaves the previous file or the complete new one.
@@ -237,9 +261,13 @@ TEST(ConvertCli, SigkillNeverLeavesAPartialFile) {
   so.layers = 2;  // ~170 MB of bf16: the conversion runs long enough to be killed mid-write
   synth_checkpoint(tmp / "hf", so, kNoProgress);
   const std::filesystem::path out = tmp / "m.ferry";
-  ASSERT_EQ(run_ferry({"quantize", (tmp / "hf").string(), "-o", out.string(), "-s", "sym", "-q"}).exit_code, 0);
+  ASSERT_EQ(run_ferry({"quantize", (tmp / "hf").string(), "-o", out.string(), "-s", "sym", "-q"})
+                .exit_code,
+            0);
   const std::vector<uint8_t> old_bytes = read_file(out);
-  ASSERT_EQ(run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "new.ferry").string(), "-q"}).exit_code, 0);
+  ASSERT_EQ(run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "new.ferry").string(), "-q"})
+                .exit_code,
+            0);
   const std::vector<uint8_t> new_bytes = read_file(tmp / "new.ferry");
   std::filesystem::remove(tmp / "new.ferry");
   int killed_mid_way = 0;
@@ -248,7 +276,8 @@ TEST(ConvertCli, SigkillNeverLeavesAPartialFile) {
     if (pid == 0) {
       const int devnull = open("/dev/null", O_WRONLY);
       dup2(devnull, 1), dup2(devnull, 2);
-      execl(FERRY_BINARY, FERRY_BINARY, "quantize", (tmp / "hf").c_str(), "-o", out.c_str(), "-q", nullptr);
+      execl(FERRY_BINARY, FERRY_BINARY, "quantize", (tmp / "hf").c_str(), "-o", out.c_str(), "-q",
+            nullptr);
       _exit(127);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
@@ -258,12 +287,15 @@ TEST(ConvertCli, SigkillNeverLeavesAPartialFile) {
     const std::vector<uint8_t> now = read_file(out);
     const bool was_killed = WIFSIGNALED(status);
     killed_mid_way += was_killed;
-    EXPECT_TRUE(now == old_bytes || now == new_bytes) << "partial output after a kill at " << delay_ms << " ms";
+    EXPECT_TRUE(now == old_bytes || now == new_bytes)
+        << "partial output after a kill at " << delay_ms << " ms";
     if (now == new_bytes) test::write_file(out, old_bytes);
     for (const auto& e : std::filesystem::directory_iterator(tmp.path))
-      EXPECT_TRUE(e.path().filename() == "hf" || e.path().filename() == "m.ferry") << "stray file " << e.path();
+      EXPECT_TRUE(e.path().filename() == "hf" || e.path().filename() == "m.ferry")
+          << "stray file " << e.path();
   }
-  EXPECT_GE(killed_mid_way, 3) << "the conversion finished before most kills: the test proves little";
+  EXPECT_GE(killed_mid_way, 3)
+      << "the conversion finished before most kills: the test proves little";
 }
 
 // Peak memory stays bounded by threads x chunk, not by the model size.
@@ -277,10 +309,12 @@ TEST(ConvertCli, PeakResidentMemoryIsBounded) {
   synth_checkpoint(tmp / "hf", so, kNoProgress);
   const uint64_t input = Checkpoint::open(tmp / "hf").total_bytes();
   ASSERT_GT(input, 250'000'000u);
-  const auto r = run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "m.ferry").string(), "-q", "-t", "2"});
+  const auto r = run_ferry(
+      {"quantize", (tmp / "hf").string(), "-o", (tmp / "m.ferry").string(), "-q", "-t", "2"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // Bound: 2 threads x 5 x 4 MB chunks + the binary and its libraries; far below the input.
-  EXPECT_LT(r.max_rss_kb * 1024, 100'000'000) << "peak RSS " << r.max_rss_kb << " kB for " << input << " input bytes";
+  EXPECT_LT(r.max_rss_kb * 1024, 100'000'000)
+      << "peak RSS " << r.max_rss_kb << " kB for " << input << " input bytes";
 }
 
 TEST(ConvertCli, FullDiskIsReportedBeforeAnyWork) {
@@ -289,7 +323,8 @@ TEST(ConvertCli, FullDiskIsReportedBeforeAnyWork) {
   if (mount("tmpfs", (tmp / "small").c_str(), "tmpfs", 0, "size=1M") != 0)
     GTEST_SKIP() << "cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN): skipped";
   synth_checkpoint(tmp / "hf", {}, kNoProgress);
-  const auto r = run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "small" / "m.ferry").string()});
+  const auto r =
+      run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "small" / "m.ferry").string()});
   const bool empty = std::filesystem::is_empty(tmp / "small");
   umount((tmp / "small").c_str());
   EXPECT_EQ(r.exit_code, 1);

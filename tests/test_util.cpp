@@ -19,7 +19,8 @@ std::filesystem::path shared_model(const std::string& name) {
 
 ScratchDir::ScratchDir() {
   std::random_device rd;
-  path = std::filesystem::temp_directory_path() / ("ferry-test-" + std::to_string(rd()) + std::to_string(getpid()));
+  path = std::filesystem::temp_directory_path() /
+         ("ferry-test-" + std::to_string(rd()) + std::to_string(getpid()));
   std::filesystem::create_directories(path);
 }
 

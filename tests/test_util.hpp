@@ -21,9 +21,9 @@ struct ScratchDir {
 };
 
 struct RunResult {
-  int exit_code = -1;      // -1 when killed by a signal
-  std::string output;      // stdout and stderr interleaved
-  long max_rss_kb = 0;     // peak resident set of the child (getrusage)
+  int exit_code = -1;   // -1 when killed by a signal
+  std::string output;   // stdout and stderr interleaved
+  long max_rss_kb = 0;  // peak resident set of the child (getrusage)
 };
 // Runs the ferry binary with `args` and waits for it.
 RunResult run_ferry(const std::vector<std::string>& args);
@@ -33,6 +33,6 @@ void write_file(const std::filesystem::path& p, const std::vector<uint8_t>& byte
 
 }  // namespace ferry::test
 
-#define FERRY_REQUIRE_SHARED_MODEL(var, name)                                                  \
-  const std::filesystem::path var = ::ferry::test::shared_model(name);                        \
+#define FERRY_REQUIRE_SHARED_MODEL(var, name)                          \
+  const std::filesystem::path var = ::ferry::test::shared_model(name); \
   if (var.empty()) GTEST_SKIP() << "../shared/models/" name " is absent (fresh clone): skipped"

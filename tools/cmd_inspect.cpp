@@ -53,7 +53,10 @@ void add_tensors(json& j, const std::vector<const TensorView*>& tensors) {
   std::map<std::string, uint64_t> by_dtype;
   uint64_t total = 0;
   for (const TensorView* t : tensors) {
-    list.push_back({{"name", t->name}, {"dtype", dtype_name(t->dtype)}, {"shape", t->shape}, {"bytes", t->nbytes}});
+    list.push_back({{"name", t->name},
+                    {"dtype", dtype_name(t->dtype)},
+                    {"shape", t->shape},
+                    {"bytes", t->nbytes}});
     by_dtype[std::string(dtype_name(t->dtype))] += t->nbytes;
     total += t->nbytes;
   }
@@ -77,7 +80,8 @@ json inspect_packed(const std::filesystem::path& path, bool verify) {
   j["model"] = model_json(p.config);
   add_tensors(j, views(p.file));
   json files = json::object();
-  for (const char* k : {meta::kConfig, meta::kTokenizer, meta::kTokenizerConfig, meta::kGenerationConfig})
+  for (const char* k :
+       {meta::kConfig, meta::kTokenizer, meta::kTokenizerConfig, meta::kGenerationConfig})
     files[std::string(k).substr(6)] = m.contains(k) ? json(m.at(k).size()) : json("absent");
   j["source_files_bytes"] = files;
   j["quant_error"] = p.quant_error;
@@ -92,9 +96,11 @@ json inspect_packed(const std::filesystem::path& path, bool verify) {
 
 json inspect_hf(const std::filesystem::path& path) {
   const Checkpoint ck = Checkpoint::open(path);
-  json j = {{"path", path.string()}, {"kind", std::filesystem::is_directory(path) ? "hf-checkpoint" : "safetensors"}};
-  const std::filesystem::path config = std::filesystem::is_directory(path) ? path / "config.json"
-                                                                             : path.parent_path() / "config.json";
+  json j = {{"path", path.string()},
+            {"kind", std::filesystem::is_directory(path) ? "hf-checkpoint" : "safetensors"}};
+  const std::filesystem::path config = std::filesystem::is_directory(path)
+                                           ? path / "config.json"
+                                           : path.parent_path() / "config.json";
   if (std::filesystem::exists(config)) add_model(j, read_text_file(config), config.string());
   j["shards"] = ck.shards().size();
   j["aliases"] = ck.aliases();
@@ -103,27 +109,34 @@ json inspect_hf(const std::filesystem::path& path) {
 }
 
 void print_text(const json& j) {
-  std::printf("%s (%s)\n", j["path"].get<std::string>().c_str(), j["kind"].get<std::string>().c_str());
+  std::printf("%s (%s)\n", j["path"].get<std::string>().c_str(),
+              j["kind"].get<std::string>().c_str());
   if (j.contains("model")) {
     const json& m = j["model"];
-    std::printf("model: %s (%s), %llu layers, hidden %llu, intermediate %llu, heads %llu/%llu kv, head_dim %llu, "
-                "vocab %llu, rope theta %g (%s), %s embeddings%s\n",
-                m["architecture"].get<std::string>().c_str(), m["family"].get<std::string>().c_str(),
-                m["layers"].get<unsigned long long>(), m["hidden"].get<unsigned long long>(),
-                m["intermediate"].get<unsigned long long>(), m["heads"].get<unsigned long long>(),
-                m["kv_heads"].get<unsigned long long>(), m["head_dim"].get<unsigned long long>(),
-                m["vocab"].get<unsigned long long>(), m["rope_theta"].get<double>(),
-                m["rope_scaling"].get<std::string>().c_str(), m["tied_embeddings"].get<bool>() ? "tied" : "untied",
-                m["qkv_bias"].get<bool>() ? ", q/k/v biases" : "");
+    std::printf(
+        "model: %s (%s), %llu layers, hidden %llu, intermediate %llu, heads %llu/%llu kv, head_dim "
+        "%llu, "
+        "vocab %llu, rope theta %g (%s), %s embeddings%s\n",
+        m["architecture"].get<std::string>().c_str(), m["family"].get<std::string>().c_str(),
+        m["layers"].get<unsigned long long>(), m["hidden"].get<unsigned long long>(),
+        m["intermediate"].get<unsigned long long>(), m["heads"].get<unsigned long long>(),
+        m["kv_heads"].get<unsigned long long>(), m["head_dim"].get<unsigned long long>(),
+        m["vocab"].get<unsigned long long>(), m["rope_theta"].get<double>(),
+        m["rope_scaling"].get<std::string>().c_str(),
+        m["tied_embeddings"].get<bool>() ? "tied" : "untied",
+        m["qkv_bias"].get<bool>() ? ", q/k/v biases" : "");
   }
-  if (j.contains("model_error")) std::printf("model: not runnable by ferry: %s\n", j["model_error"].get<std::string>().c_str());
+  if (j.contains("model_error"))
+    std::printf("model: not runnable by ferry: %s\n", j["model_error"].get<std::string>().c_str());
   if (j.contains("scheme"))
-    std::printf("format version %s, scheme %s, block size %llu\n", j["format_version"].get<std::string>().c_str(),
+    std::printf("format version %s, scheme %s, block size %llu\n",
+                j["format_version"].get<std::string>().c_str(),
                 j["scheme"].get<std::string>().c_str(), j["block_size"].get<unsigned long long>());
   std::printf("\n%-56s %-6s %-18s %14s\n", "tensor", "dtype", "shape", "bytes");
   for (const json& t : j["tensors"])
-    std::printf("%-56s %-6s %-18s %14llu\n", t["name"].get<std::string>().c_str(), t["dtype"].get<std::string>().c_str(),
-                t["shape"].dump().c_str(), t["bytes"].get<unsigned long long>());
+    std::printf("%-56s %-6s %-18s %14llu\n", t["name"].get<std::string>().c_str(),
+                t["dtype"].get<std::string>().c_str(), t["shape"].dump().c_str(),
+                t["bytes"].get<unsigned long long>());
   const json& tot = j["totals"];
   std::printf("\ntotal: %llu tensors, %s", tot["tensors"].get<unsigned long long>(),
               human_bytes(tot["bytes"].get<double>()).c_str());
@@ -132,7 +145,8 @@ void print_text(const json& j) {
   std::printf("\n");
   if (j.contains("checksums") && j["checksums"].is_object())
     std::printf("checksums (xxh3-64): %llu verified, %zu mismatched\n",
-                j["checksums"]["verified"].get<unsigned long long>(), j["checksums"]["mismatched"].size());
+                j["checksums"]["verified"].get<unsigned long long>(),
+                j["checksums"]["mismatched"].size());
   if (j.contains("quant_error") && !j["quant_error"].empty()) {
     double worst = 0;
     std::string worst_name;
@@ -145,25 +159,30 @@ void print_text(const json& j) {
 }  // namespace
 
 int cmd_inspect(int argc, char** argv) {
-  cxxopts::Options o("ferry inspect",
-                     "Describe a .ferry file, a safetensors file or a Hugging Face checkpoint directory: "
-                     "architecture, tensors, totals; for .ferry files also the scheme, and checksums verified.");
+  cxxopts::Options o(
+      "ferry inspect",
+      "Describe a .ferry file, a safetensors file or a Hugging Face checkpoint directory: "
+      "architecture, tensors, totals; for .ferry files also the scheme, and checksums verified.");
   o.positional_help("PATH");
-  o.add_options()("path", "file or directory", cxxopts::value<std::string>())("json", "machine-readable output")(
-      "no-verify", "skip checksum verification")("h,help", "this help");
+  o.add_options()("path", "file or directory", cxxopts::value<std::string>())(
+      "json", "machine-readable output")("no-verify", "skip checksum verification")("h,help",
+                                                                                    "this help");
   o.parse_positional({"path"});
   const auto a = o.parse(argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
   if (!a.count("path")) throw Error("usage: ferry inspect PATH [--json]");
   const std::filesystem::path path = a["path"].as<std::string>();
-  if (!std::filesystem::exists(path)) throw Error(fmt::format("{}: no such file or directory", path.string()));
-  const bool packed = !std::filesystem::is_directory(path) && PackedFile::looks_packed(SafetensorsFile::open(path));
+  if (!std::filesystem::exists(path))
+    throw Error(fmt::format("{}: no such file or directory", path.string()));
+  const bool packed =
+      !std::filesystem::is_directory(path) && PackedFile::looks_packed(SafetensorsFile::open(path));
   const json j = packed ? inspect_packed(path, a.count("no-verify") == 0) : inspect_hf(path);
   a.count("json") ? (void)std::printf("%s\n", j.dump(2).c_str()) : print_text(j);
   if (packed && j["checksums"].is_object() && !j["checksums"]["mismatched"].empty())
-    throw Error(fmt::format("{}: {} tensor(s) fail their checksum (first: {}); the file is corrupt, convert it again",
-                            path.string(), j["checksums"]["mismatched"].size(),
-                            j["checksums"]["mismatched"][0].get<std::string>()));
+    throw Error(fmt::format(
+        "{}: {} tensor(s) fail their checksum (first: {}); the file is corrupt, convert it again",
+        path.string(), j["checksums"]["mismatched"].size(),
+        j["checksums"]["mismatched"][0].get<std::string>()));
   return 0;
 }
 

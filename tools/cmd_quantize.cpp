@@ -26,33 +26,41 @@ void print_summary(const ConvertReport& r, const std::filesystem::path& out, Sch
     if (w.quantized)
       std::printf("%-48s %-14s %12.4e %12.4e\n", w.name.c_str(), shape_text(w.shape).c_str(),
                   w.error.relative_rms(), w.error.max_abs_err);
-  std::printf("\n%s: %s, %s, %llu layers, scheme %s\n", out.string().c_str(), r.config.architecture.c_str(),
-              std::string(family_name(r.config.family)).c_str(), (unsigned long long)r.config.layers,
-              std::string(scheme_name(scheme)).c_str());
-  if (scheme_is_int4(scheme)) std::printf("overall relative RMS error of the quantized weights: %.4e\n", r.total.relative_rms());
-  std::printf("read %s, wrote %s (%.2fx smaller) in %.1f s: %.2f GB/s of input\n", human_bytes(double(r.input_bytes)).c_str(),
-              human_bytes(double(r.output_bytes)).c_str(), double(r.input_bytes) / double(r.output_bytes), r.seconds,
+  std::printf("\n%s: %s, %s, %llu layers, scheme %s\n", out.string().c_str(),
+              r.config.architecture.c_str(), std::string(family_name(r.config.family)).c_str(),
+              (unsigned long long)r.config.layers, std::string(scheme_name(scheme)).c_str());
+  if (scheme_is_int4(scheme))
+    std::printf("overall relative RMS error of the quantized weights: %.4e\n",
+                r.total.relative_rms());
+  std::printf("read %s, wrote %s (%.2fx smaller) in %.1f s: %.2f GB/s of input\n",
+              human_bytes(double(r.input_bytes)).c_str(),
+              human_bytes(double(r.output_bytes)).c_str(),
+              double(r.input_bytes) / double(r.output_bytes), r.seconds,
               double(r.input_bytes) / r.seconds / 1e9);
 }
 
 }  // namespace
 
 int cmd_quantize(int argc, char** argv) {
-  cxxopts::Options o("ferry quantize",
-                     "Convert a Hugging Face checkpoint (Llama or Qwen2 family, safetensors) into one packed "
-                     ".ferry file.\nThe output is written atomically: interrupted, it leaves no partial file.");
+  cxxopts::Options o(
+      "ferry quantize",
+      "Convert a Hugging Face checkpoint (Llama or Qwen2 family, safetensors) into one packed "
+      ".ferry file.\nThe output is written atomically: interrupted, it leaves no partial file.");
   o.positional_help("HF_DIR -o OUT.ferry");
   o.add_options()("input", "checkpoint directory", cxxopts::value<std::string>())(
       "o,output", "output .ferry file", cxxopts::value<std::string>())(
-      "s,scheme", "asym-clip (default: lowest error), asym, sym-clip, sym, or bf16 (no quantization)",
+      "s,scheme",
+      "asym-clip (default: lowest error), asym, sym-clip, sym, or bf16 (no quantization)",
       cxxopts::value<std::string>()->default_value(std::string(scheme_name(kDefaultScheme))))(
       "keep-lm-head", "store lm_head in bf16 instead of INT4")(
-      "t,threads", "worker threads (default: every core)", cxxopts::value<unsigned>()->default_value("0"))(
+      "t,threads", "worker threads (default: every core)",
+      cxxopts::value<unsigned>()->default_value("0"))(
       "q,quiet", "no progress and no per-tensor table")("h,help", "this help");
   o.parse_positional({"input"});
   const auto a = o.parse(argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
-  if (!a.count("input") || !a.count("output")) throw Error("usage: ferry quantize HF_DIR -o OUT.ferry [--scheme S]");
+  if (!a.count("input") || !a.count("output"))
+    throw Error("usage: ferry quantize HF_DIR -o OUT.ferry [--scheme S]");
   ConvertOptions opt;
   const auto scheme = parse_scheme(a["scheme"].as<std::string>());
   if (!scheme)
@@ -64,8 +72,9 @@ int cmd_quantize(int argc, char** argv) {
   const bool quiet = a.count("quiet") > 0;
   ProgressBar bar(quiet);
   const std::filesystem::path out = a["output"].as<std::string>();
-  const ConvertReport r = convert_checkpoint(a["input"].as<std::string>(), out, opt,
-                                             [&](std::string_view p, uint64_t d, uint64_t t) { bar.update(p, d, t); });
+  const ConvertReport r =
+      convert_checkpoint(a["input"].as<std::string>(), out, opt,
+                         [&](std::string_view p, uint64_t d, uint64_t t) { bar.update(p, d, t); });
   bar.finish();
   if (!quiet) print_summary(r, out, opt.scheme);
   return 0;

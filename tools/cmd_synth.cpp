@@ -12,16 +12,19 @@
 namespace ferry {
 
 int cmd_synth(int argc, char** argv) {
-  cxxopts::Options o("ferry synth",
-                     "Write a random Hugging Face checkpoint (config.json, bf16 safetensors shards, byte-level "
-                     "tokenizer.json) of a named shape, for tests and benchmarks.");
+  cxxopts::Options o(
+      "ferry synth",
+      "Write a random Hugging Face checkpoint (config.json, bf16 safetensors shards, byte-level "
+      "tokenizer.json) of a named shape, for tests and benchmarks.");
   o.add_options()("p,preset", "shape preset (--list shows them)", cxxopts::value<std::string>())(
       "o,output", "output directory", cxxopts::value<std::string>())(
       "layers", "override the number of layers (to size a model)", cxxopts::value<uint64_t>())(
-      "shard-size", "start a new shard past this size", cxxopts::value<std::string>()->default_value("2G"))(
+      "shard-size", "start a new shard past this size",
+      cxxopts::value<std::string>()->default_value("2G"))(
       "seed", "random seed", cxxopts::value<uint64_t>()->default_value("1"))(
-      "t,threads", "worker threads (default: every core)", cxxopts::value<unsigned>()->default_value("0"))(
-      "list", "list the presets")("q,quiet", "no progress")("h,help", "this help");
+      "t,threads", "worker threads (default: every core)",
+      cxxopts::value<unsigned>()->default_value("0"))("list", "list the presets")(
+      "q,quiet", "no progress")("h,help", "this help");
   const auto a = o.parse(argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
   if (a.count("list")) {
@@ -29,7 +32,8 @@ int cmd_synth(int argc, char** argv) {
       std::printf("%-12s %s\n", std::string(p.name).c_str(), std::string(p.description).c_str());
     return 0;
   }
-  if (!a.count("preset") || !a.count("output")) throw Error("usage: ferry synth --preset NAME -o DIR (--list for presets)");
+  if (!a.count("preset") || !a.count("output"))
+    throw Error("usage: ferry synth --preset NAME -o DIR (--list for presets)");
   SynthOptions opt;
   opt.preset = a["preset"].as<std::string>();
   if (a.count("layers")) opt.layers = a["layers"].as<uint64_t>();
@@ -38,11 +42,11 @@ int cmd_synth(int argc, char** argv) {
   opt.threads = a["threads"].as<unsigned>();
   ProgressBar bar(a.count("quiet") > 0);
   const std::filesystem::path dir = a["output"].as<std::string>();
-  const SynthReport r =
-      synth_checkpoint(dir, opt, [&](std::string_view p, uint64_t d, uint64_t t) { bar.update(p, d, t); });
+  const SynthReport r = synth_checkpoint(
+      dir, opt, [&](std::string_view p, uint64_t d, uint64_t t) { bar.update(p, d, t); });
   bar.finish();
-  std::printf("%s: preset %s, %s of bf16 weights in %d shard(s), %.1f s\n", dir.string().c_str(), opt.preset.c_str(),
-              human_bytes(double(r.bytes)).c_str(), r.shards, r.seconds);
+  std::printf("%s: preset %s, %s of bf16 weights in %d shard(s), %.1f s\n", dir.string().c_str(),
+              opt.preset.c_str(), human_bytes(double(r.bytes)).c_str(), r.shards, r.seconds);
   return 0;
 }
 

@@ -19,13 +19,18 @@ struct Command {
 };
 
 constexpr Command kCommands[] = {
-    {"quantize", ferry::cmd_quantize, "convert a Hugging Face checkpoint into a packed INT4 .ferry file"},
-    {"inspect", ferry::cmd_inspect, "describe a .ferry file or a Hugging Face checkpoint, verify checksums"},
-    {"synth", ferry::cmd_synth, "write a random Hugging Face checkpoint of a named shape (tests, benchmarks)"},
+    {"quantize", ferry::cmd_quantize,
+     "convert a Hugging Face checkpoint into a packed INT4 .ferry file"},
+    {"inspect", ferry::cmd_inspect,
+     "describe a .ferry file or a Hugging Face checkpoint, verify checksums"},
+    {"synth", ferry::cmd_synth,
+     "write a random Hugging Face checkpoint of a named shape (tests, benchmarks)"},
 };
 
 int usage(FILE* out) {
-  std::fprintf(out, "usage: ferry <command> [options]   (ferry <command> --help for its options)\n\ncommands:\n");
+  std::fprintf(
+      out,
+      "usage: ferry <command> [options]   (ferry <command> --help for its options)\n\ncommands:\n");
   for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
   return out == stdout ? 0 : 2;
 }
@@ -46,7 +51,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "ferry %s: %s (see ferry %s --help)\n", c.name, e.what(), c.name);
       return 2;
     } catch (const std::bad_alloc&) {
-      std::fprintf(stderr, "\nferry: error: out of memory; close other programs or use fewer --threads\n");
+      std::fprintf(stderr,
+                   "\nferry: error: out of memory; close other programs or use fewer --threads\n");
     } catch (const std::exception& e) {
       std::fprintf(stderr, "\nferry: error: %s\n", e.what());
     }
