@@ -53,7 +53,7 @@ AtomicFile::AtomicFile(std::filesystem::path target, uint64_t size) : target_(st
     fd_ = mkstemp(tmpl.data());
     if (fd_ >= 0) named_tmp_ = tmpl, fchmod(fd_, 0644);
   }
-  if (fd_ < 0) throw_errno(dir, "creating the output file in", errno);
+  if (fd_ < 0) throw_errno(target_, "creating the file", errno);
   if (size == 0) return;
   const int rc = posix_fallocate(fd_, 0, off_t(size));
   // Filesystems without fallocate support (EOPNOTSUPP) still get a correct file; a full disk is

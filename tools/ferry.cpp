@@ -46,15 +46,15 @@ int main(int argc, char** argv) {
     try {
       return c.run(argc - 1, argv + 1);
     } catch (const ferry::Error& e) {
-      std::fprintf(stderr, "\nferry: error: %s\n", e.what());
+      std::fprintf(stderr, "ferry: error: %s\n", e.what());
     } catch (const cxxopts::exceptions::exception& e) {
       std::fprintf(stderr, "ferry %s: %s (see ferry %s --help)\n", c.name, e.what(), c.name);
       return 2;
     } catch (const std::bad_alloc&) {
       std::fprintf(stderr,
-                   "\nferry: error: out of memory; close other programs or use fewer --threads\n");
+                   "ferry: error: out of memory; close other programs or use fewer --threads\n");
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "\nferry: error: %s\n", e.what());
+      std::fprintf(stderr, "ferry: error: %s\n", e.what());
     }
     return 1;
   }

@@ -50,7 +50,8 @@ void ProgressBar::draw_tty(uint64_t done, uint64_t total, double seconds) {
   const std::string tail =
       fmt::format(" {:5.1f}% {:.2f}/{:.2f} GB {} ETA {:.0f}s", 100 * frac, double(done) / 1e9,
                   double(total) / 1e9, rate_text(done, seconds), eta);
-  const int width = std::clamp(terminal_width() - int(phase_.size() + tail.size()) - 4, 10, 50);
+  // A fixed budget for the tail (~48 columns) keeps the bar from changing width as rates appear.
+  const int width = std::clamp(terminal_width() - int(phase_.size()) - 52, 10, 50);
   const int fill = int(frac * width);
   std::fprintf(stderr, "\r%s [%s%s]%s\033[K", phase_.c_str(),
                std::string(size_t(fill), '#').c_str(),
