@@ -1,0 +1,110 @@
+#include "runtime/model.hpp"
+
+#include <cmath>
+#include <numbers>
+
+#include <fmt/format.h>
+
+#include "quantizer/error.hpp"
+
+namespace ferry {
+namespace {
+
+const TensorView& tensor(const PackedFile& f, const std::string& name) {
+  const TensorView* t = f.file.find(name);
+  if (!t) throw Error(fmt::format("{}: tensor {} is missing", f.file.path().string(), name));
+  return *t;
+}
+
+const uint16_t* u16(const TensorView& t) {
+  return reinterpret_cast<const uint16_t*>(t.data);
+}
+
+// cols comes from the config: the q4 tensor's shape holds the padded column count.
+Linear bind_linear(const PackedFile& f, const std::string& name, uint64_t cols,
+                   bool with_bias = false) {
+  Linear l;
+  l.cols = cols;
+  if (const TensorView* q = f.file.find(name + ".q4")) {
+    l.q4 = q->data;
+    l.scales = u16(tensor(f, name + ".scales"));
+    if (scheme_has_mins(f.scheme)) l.mins = u16(tensor(f, name + ".mins"));
+    l.rows = q->shape[0];
+  } else {
+    const TensorView& t = tensor(f, name);
+    l.bf16 = u16(t);
+    l.rows = t.shape[0];
+  }
+  if (with_bias) {
+    const std::string bias = name.substr(0, name.size() - 6) + "bias";  // "...weight" -> "...bias"
+    l.bias = u16(tensor(f, bias));
+  }
+  return l;
+}
+
+}  // namespace
+
+ModelWeights bind_weights(const PackedFile& f) {
+  const ModelConfig& c = f.config;
+  ModelWeights w;
+  w.embed = u16(tensor(f, "model.embed_tokens.weight"));
+  const uint64_t q_dim = c.heads * c.head_dim;
+  for (uint64_t i = 0; i < c.layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    LayerWeights L{};
+    L.attn_norm = u16(tensor(f, p + "input_layernorm.weight"));
+    L.q = bind_linear(f, p + "self_attn.q_proj.weight", c.hidden, c.qkv_bias);
+    L.k = bind_linear(f, p + "self_attn.k_proj.weight", c.hidden, c.qkv_bias);
+    L.v = bind_linear(f, p + "self_attn.v_proj.weight", c.hidden, c.qkv_bias);
+    L.o = bind_linear(f, p + "self_attn.o_proj.weight", q_dim);
+    L.mlp_norm = u16(tensor(f, p + "post_attention_layernorm.weight"));
+    L.gate = bind_linear(f, p + "mlp.gate_proj.weight", c.hidden);
+    L.up = bind_linear(f, p + "mlp.up_proj.weight", c.hidden);
+    L.down = bind_linear(f, p + "mlp.down_proj.weight", c.intermediate);
+    w.layers.push_back(L);
+  }
+  w.final_norm = u16(tensor(f, "model.norm.weight"));
+  w.lm_head = bind_linear(f, "lm_head.weight", c.hidden);
+  return w;
+}
+
+std::vector<float> rope_inv_freq(const ModelConfig& c) {
+  std::vector<float> f(c.head_dim / 2);
+  const RopeScaling& r = c.rope_scaling;
+  for (size_t i = 0; i < f.size(); ++i) {
+    double inv = std::pow(c.rope_theta, -double(2 * i) / double(c.head_dim));
+    if (r.type == "llama3") {
+      // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
+      // interpolated (transformers' _compute_llama3_parameters).
+      const double wavelen = 2 * std::numbers::pi / inv;
+      const double low = double(r.original_max_position) / r.low_freq_factor;
+      const double high = double(r.original_max_position) / r.high_freq_factor;
+      if (wavelen > low) {
+        inv /= r.factor;
+      } else if (wavelen >= high) {
+        const double smooth = (double(r.original_max_position) / wavelen - r.low_freq_factor) /
+                              (r.high_freq_factor - r.low_freq_factor);
+        inv = (1 - smooth) * inv / r.factor + smooth * inv;
+      }
+    }
+    f[i] = float(inv);
+  }
+  return f;
+}
+
+RunState::RunState(const ModelConfig& c, uint64_t ctx_)
+    : ctx(ctx_),
+      x(c.hidden),
+      xb(c.hidden),
+      q(c.heads * c.head_dim),
+      att_out(c.heads * c.head_dim),
+      proj(c.hidden),
+      gate(c.intermediate),
+      up(c.intermediate),
+      scores(ctx_),
+      inv_freq(rope_inv_freq(c)),
+      k_cache(c.layers * ctx_ * c.kv_heads * c.head_dim),
+      v_cache(c.layers * ctx_ * c.kv_heads * c.head_dim),
+      logits(c.vocab) {}
+
+}  // namespace ferry
