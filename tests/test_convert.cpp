@@ -334,3 +334,32 @@ TEST(ConvertCli, FullDiskIsReportedBeforeAnyWork) {
 
 }  // namespace
 }  // namespace ferry
+
+namespace ferry {
+namespace {
+
+TEST(RunCli, TinyStoriesBf16TellsTheReferenceStory) {
+  FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
+  ScratchDir tmp;
+  ASSERT_EQ(
+      run_ferry({"quantize", dir.string(), "-o", (tmp / "b.ferry").string(), "-s", "bf16", "-q"})
+          .exit_code,
+      0);
+  const auto r = run_ferry({"run", (tmp / "b.ferry").string(), "-n", "40"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // SOURCE.md: "Once upon a time, there was a little girl named Lily. She had a toy car that
+  // she loved very much. ..."
+  EXPECT_EQ(
+      r.output.rfind("Once upon a time, there was a little girl named Lily. She had a toy car", 0),
+      0u)
+      << r.output;
+  EXPECT_NE(r.output.find("tok/s"), std::string::npos);
+  EXPECT_NE(r.output.find("GB/s of weights read"), std::string::npos);
+  const auto over = run_ferry({"run", (tmp / "b.ferry").string(), "-n", "40", "--ctx", "16"});
+  EXPECT_EQ(over.exit_code, 1);
+  EXPECT_NE(over.output.find("exceed the context of 16; raise --ctx"), std::string::npos)
+      << over.output;
+}
+
+}  // namespace
+}  // namespace ferry

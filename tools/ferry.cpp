@@ -23,6 +23,7 @@ constexpr Command kCommands[] = {
      "convert a Hugging Face checkpoint into a packed INT4 .ferry file"},
     {"inspect", ferry::cmd_inspect,
      "describe a .ferry file or a Hugging Face checkpoint, verify checksums"},
+    {"run", ferry::cmd_run, "generate text from a .ferry model on the CPU"},
     {"synth", ferry::cmd_synth,
      "write a random Hugging Face checkpoint of a named shape (tests, benchmarks)"},
 };
