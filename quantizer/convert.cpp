@@ -231,17 +231,23 @@ std::vector<std::string> checksum_output(const AtomicFile& out, const PackedPlan
         XXH3_64bits_update(state.get(), buf.data(), n);
         done += n;
       }
-      sums[i] = fmt::format("{:016x}", XXH3_64bits_digest(state.get()));
+      sums[i] = checksum_hex(XXH3_64bits_digest(state.get()));
     }
   };
   run_pool(threads, work, [&] { progress("checksum", done, plan.data_bytes); });
   return sums;
 }
 
-std::vector<WeightReport> reduce_errors(const Job& job) {
+// One report per weight, errors zero: the placeholder header and the reduction start here.
+std::vector<WeightReport> empty_reports(const PackedPlan& plan) {
   std::vector<WeightReport> reports;
-  for (const PackedWeight& w : job.plan.weights)
+  for (const PackedWeight& w : plan.weights)
     reports.push_back({w.spec.name, w.spec.shape, w.quantized, {}});
+  return reports;
+}
+
+std::vector<WeightReport> reduce_errors(const Job& job) {
+  std::vector<WeightReport> reports = empty_reports(job.plan);
   for (size_t i = 0; i < job.units.size(); ++i)
     reports[job.units[i].weight].error.add(job.unit_errors[i]);
   return reports;
@@ -279,10 +285,7 @@ ConvertReport convert_checkpoint(const std::filesystem::path& dir,
   const unsigned threads = thread_count(opt.threads);
 
   std::vector<std::string> placeholder_sums(plan.tensors.size(), std::string(16, '0'));
-  std::vector<WeightReport> placeholder_reports;
-  for (const PackedWeight& w : plan.weights)
-    placeholder_reports.push_back({w.spec.name, w.spec.shape, w.quantized, {}});
-  set_results(metadata, plan, placeholder_sums, placeholder_reports);
+  set_results(metadata, plan, placeholder_sums, empty_reports(plan));
   const uint64_t header_size = safetensors_header(plan.tensors, metadata).size();
   AtomicFile out(out_path, header_size + plan.data_bytes);
 

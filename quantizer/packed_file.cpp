@@ -6,12 +6,12 @@
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
-#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "quantizer/error.hpp"
+#include "quantizer/parallel.hpp"
 
 namespace ferry {
 namespace {
@@ -82,7 +82,11 @@ std::string safetensors_header(const std::vector<TensorDecl>& tensors,
 }
 
 std::string checksum_hex(const uint8_t* data, uint64_t n) {
-  return fmt::format("{:016x}", XXH3_64bits(data, n));
+  return checksum_hex(XXH3_64bits(data, n));
+}
+
+std::string checksum_hex(uint64_t digest) {
+  return fmt::format("{:016x}", digest);
 }
 
 bool PackedFile::looks_packed(const SafetensorsFile& f) {
@@ -144,9 +148,7 @@ std::vector<std::string> PackedFile::verify_checksums(unsigned threads) const {
       bad.push_back(ts[i].name);
     }
   };
-  std::vector<std::jthread> pool;
-  for (unsigned t = 0; t < std::max(1u, threads); ++t) pool.emplace_back(work);
-  pool.clear();
+  run_pool(std::max(1u, threads), work, [] {});
   std::sort(bad.begin(), bad.end());
   return bad;
 }

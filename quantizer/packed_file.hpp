@@ -71,8 +71,9 @@ std::string safetensors_header(const std::vector<TensorDecl>& tensors,
                                const std::map<std::string, std::string>& metadata,
                                uint64_t min_size = 0);
 
-// "%016llx" of XXH3_64bits over the bytes.
+// "%016llx" of XXH3_64bits over the bytes; the second form formats a digest computed elsewhere.
 std::string checksum_hex(const uint8_t* data, uint64_t n);
+std::string checksum_hex(uint64_t digest);
 
 // A .ferry file opened for reading (inspect, runtime).
 struct PackedFile {
