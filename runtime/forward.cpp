@@ -1,73 +1,123 @@
-// The forward pass of the Llama and Qwen2 families, top to bottom, one token at a time:
-// embedding -> per layer (RMSNorm, q/k/v (+bias), RoPE, grouped-query attention over the KV
-// cache, o, residual, RMSNorm, gate/up, SiLU*mul, down, residual) -> final RMSNorm -> lm_head.
-#include <algorithm>
+// The forward pass of the Llama and Qwen2 families, top to bottom, for a batch of n consecutive
+// tokens (the prompt in prefill, one token in decode):
+//   embedding -> per layer (RMSNorm, q/k/v (+bias), RoPE, grouped-query causal attention over
+//   the KV cache, o, residual, RMSNorm, gate/up, SiLU*mul, down, residual) -> final RMSNorm ->
+//   lm_head of the last token.
+// Activations are rows of [n, dim]; every linear runs once per batch, so prefill reads each
+// weight once per batch instead of once per token. Weights come from a WeightSource (the file,
+// or the paging cache), acquired in schedule order and released as soon as they are used.
 #include <cmath>
 
 #include <fmt/format.h>
 
-#include "kernels/matvec.hpp"
+#include "kernels/cpu_pool.hpp"
+#include "kernels/matmul.hpp"
 #include "kernels/ops.hpp"
+#include "quantizer/dtype.hpp"
 #include "quantizer/error.hpp"
 #include "runtime/model.hpp"
 
 namespace ferry {
 namespace {
 
-void linear(const Linear& l, const float* x, float* y) {
+// y[n, rows] = x[n, cols] W^T (+ b), with W acquired from the source for just this call.
+void linear(WeightSource& src, CpuPool& pool, uint32_t id, const float* x, uint64_t n, float* y) {
+  const Linear l = src.acquire(id);
   if (l.q4)
-    matvec_int4_cpu(l.q4, l.scales, l.mins, l.rows, l.cols, x, y);
+    matmul_int4_cpu(pool, l.q4, l.scales, l.mins, l.rows, l.cols, x, n, y);
   else
-    matvec_bf16_cpu(l.bf16, l.rows, l.cols, x, y);
+    matmul_bf16_cpu(pool, l.bf16, l.rows, l.cols, x, n, y);
   if (l.bias)
-    for (uint64_t i = 0; i < l.rows; ++i) y[i] += bf16_to_float(l.bias[i]);
+    for (uint64_t t = 0; t < n; ++t)
+      for (uint64_t i = 0; i < l.rows; ++i) y[t * l.rows + i] += bf16_to_float(l.bias[i]);
+  src.release(id);
 }
 
-void attention_block(const ModelConfig& c, const LayerWeights& L, RunState& s, size_t layer,
-                     uint64_t pos) {
-  const uint64_t kv_dim = c.kv_heads * c.head_dim;
-  float* k = s.k_cache.data() + (layer * s.ctx + pos) * kv_dim;
-  float* v = s.v_cache.data() + (layer * s.ctx + pos) * kv_dim;
-  rmsnorm_cpu(s.x.data(), L.attn_norm, float(c.rms_eps), c.hidden, s.xb.data());
-  linear(L.q, s.xb.data(), s.q.data());
-  linear(L.k, s.xb.data(), k);
-  linear(L.v, s.xb.data(), v);
-  rope_cpu(s.q.data(), c.heads, c.head_dim, pos, s.inv_freq.data());
-  rope_cpu(k, c.kv_heads, c.head_dim, pos, s.inv_freq.data());
-  const float* k_layer = s.k_cache.data() + layer * s.ctx * kv_dim;
-  const float* v_layer = s.v_cache.data() + layer * s.ctx * kv_dim;
-  attention_cpu(s.q.data(), k_layer, v_layer, pos + 1, c.heads, c.kv_heads, c.head_dim,
-                s.scores.data(), s.att_out.data());
-  linear(L.o, s.att_out.data(), s.proj.data());
-  for (uint64_t i = 0; i < c.hidden; ++i) s.x[i] += s.proj[i];
+struct Pass {
+  const ModelConfig& c;
+  WeightSource& src;
+  CpuPool& pool;
+  RunState& s;
+  uint64_t n, pos;  // tokens in this batch, position of the first
+};
+
+void rmsnorm_rows(const Pass& p, const uint16_t* weight) {
+  for (uint64_t t = 0; t < p.n; ++t)
+    rmsnorm_cpu(&p.s.x[t * p.c.hidden], weight, float(p.c.rms_eps), p.c.hidden,
+                &p.s.xb[t * p.c.hidden]);
 }
 
-void mlp_block(const ModelConfig& c, const LayerWeights& L, RunState& s) {
-  rmsnorm_cpu(s.x.data(), L.mlp_norm, float(c.rms_eps), c.hidden, s.xb.data());
-  linear(L.gate, s.xb.data(), s.gate.data());
-  linear(L.up, s.xb.data(), s.up.data());
-  silu_mul_cpu(s.gate.data(), s.up.data(), c.intermediate, s.gate.data());
-  linear(L.down, s.gate.data(), s.proj.data());
-  for (uint64_t i = 0; i < c.hidden; ++i) s.x[i] += s.proj[i];
+void add_residual(const Pass& p) {
+  for (uint64_t i = 0; i < p.n * p.c.hidden; ++i) p.s.x[i] += p.s.proj[i];
+}
+
+void attention_block(const Pass& p, const LayerWeights& L, uint64_t layer) {
+  const ModelConfig& c = p.c;
+  RunState& s = p.s;
+  const uint64_t q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
+  float* k_layer = s.k_cache.data() + layer * s.ctx * kv_dim;  // [ctx, kv_dim]
+  float* v_layer = s.v_cache.data() + layer * s.ctx * kv_dim;
+  rmsnorm_rows(p, L.attn_norm);
+  // k and v of the batch land straight in their cache rows pos .. pos+n-1.
+  linear(p.src, p.pool, linear_id(layer, kQ), s.xb.data(), p.n, s.q.data());
+  linear(p.src, p.pool, linear_id(layer, kK), s.xb.data(), p.n, k_layer + p.pos * kv_dim);
+  linear(p.src, p.pool, linear_id(layer, kV), s.xb.data(), p.n, v_layer + p.pos * kv_dim);
+  for (uint64_t t = 0; t < p.n; ++t) {
+    rope_cpu(&s.q[t * q_dim], c.heads, c.head_dim, p.pos + t, s.inv_freq.data());
+    rope_cpu(k_layer + (p.pos + t) * kv_dim, c.kv_heads, c.head_dim, p.pos + t, s.inv_freq.data());
+  }
+  // Causal: token t sees positions 0 .. pos+t. Queries are independent, so they split over the
+  // pool, each with its own row of score scratch.
+  p.pool.parallel_for(p.n, 1, [&](uint64_t begin, uint64_t end) {
+    for (uint64_t t = begin; t < end; ++t)
+      attention_cpu(&s.q[t * q_dim], k_layer, v_layer, p.pos + t + 1, c.heads, c.kv_heads,
+                    c.head_dim, &s.scores[t * s.ctx], &s.att_out[t * q_dim]);
+  });
+  linear(p.src, p.pool, linear_id(layer, kO), s.att_out.data(), p.n, s.proj.data());
+  add_residual(p);
+}
+
+void mlp_block(const Pass& p, const LayerWeights& L, uint64_t layer) {
+  RunState& s = p.s;
+  const uint64_t inter = p.c.intermediate;
+  rmsnorm_rows(p, L.mlp_norm);
+  linear(p.src, p.pool, linear_id(layer, kGate), s.xb.data(), p.n, s.gate.data());
+  linear(p.src, p.pool, linear_id(layer, kUp), s.xb.data(), p.n, s.up.data());
+  silu_mul_cpu(s.gate.data(), s.up.data(), p.n * inter, s.gate.data());
+  linear(p.src, p.pool, linear_id(layer, kDown), s.gate.data(), p.n, s.proj.data());
+  add_residual(p);
+}
+
+void check_batch(const ModelConfig& c, const RunState& s, std::span<const int32_t> tokens,
+                 uint64_t pos) {
+  if (tokens.empty() || tokens.size() > s.batch)
+    throw Error(fmt::format("a forward call takes 1 to {} tokens, got {}", s.batch, tokens.size()));
+  if (pos + tokens.size() > s.ctx)
+    throw Error(fmt::format("position {} is past the context of {} tokens; raise --ctx",
+                            pos + tokens.size() - 1, s.ctx));
+  for (int32_t t : tokens)
+    if (t < 0 || uint64_t(t) >= c.vocab)
+      throw Error(fmt::format("token id {} is outside the vocabulary of {}", t, c.vocab));
 }
 
 }  // namespace
 
-void forward(const ModelConfig& c, const ModelWeights& w, RunState& s, int32_t token,
-             uint64_t pos) {
-  if (pos >= s.ctx)
-    throw Error(
-        fmt::format("position {} is past the context of {} tokens; raise --ctx", pos, s.ctx));
-  if (token < 0 || uint64_t(token) >= c.vocab)
-    throw Error(fmt::format("token id {} is outside the vocabulary of {}", token, c.vocab));
-  const uint16_t* row = w.embed + uint64_t(token) * c.hidden;
-  for (uint64_t i = 0; i < c.hidden; ++i) s.x[i] = bf16_to_float(row[i]);
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    attention_block(c, w.layers[l], s, l, pos);
-    mlp_block(c, w.layers[l], s);
+void forward(const ModelConfig& c, const ModelWeights& w, WeightSource& src, CpuPool& pool,
+             RunState& s, std::span<const int32_t> tokens, uint64_t pos) {
+  check_batch(c, s, tokens, pos);
+  const Pass p{c, src, pool, s, tokens.size(), pos};
+  for (uint64_t t = 0; t < p.n; ++t) {
+    const uint16_t* row = w.embed + uint64_t(tokens[t]) * c.hidden;
+    for (uint64_t i = 0; i < c.hidden; ++i) s.x[t * c.hidden + i] = bf16_to_float(row[i]);
   }
-  rmsnorm_cpu(s.x.data(), w.final_norm, float(c.rms_eps), c.hidden, s.xb.data());
-  linear(w.lm_head, s.xb.data(), s.logits.data());
+  for (uint64_t l = 0; l < c.layers; ++l) {
+    attention_block(p, w.layers[l], l);
+    mlp_block(p, w.layers[l], l);
+  }
+  // Only the last token's logits are needed to choose the next one.
+  const float* last = &s.x[(p.n - 1) * c.hidden];
+  rmsnorm_cpu(last, w.final_norm, float(c.rms_eps), c.hidden, s.xb.data());
+  linear(src, pool, lm_head_id(c.layers), s.xb.data(), 1, s.logits.data());
 }
 
 }  // namespace ferry

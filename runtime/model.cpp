@@ -51,20 +51,19 @@ ModelWeights bind_weights(const PackedFile& f) {
   const uint64_t q_dim = c.heads * c.head_dim;
   for (uint64_t i = 0; i < c.layers; ++i) {
     const std::string p = fmt::format("model.layers.{}.", i);
-    LayerWeights L{};
-    L.attn_norm = u16(tensor(f, p + "input_layernorm.weight"));
-    L.q = bind_linear(f, p + "self_attn.q_proj.weight", c.hidden, c.qkv_bias);
-    L.k = bind_linear(f, p + "self_attn.k_proj.weight", c.hidden, c.qkv_bias);
-    L.v = bind_linear(f, p + "self_attn.v_proj.weight", c.hidden, c.qkv_bias);
-    L.o = bind_linear(f, p + "self_attn.o_proj.weight", q_dim);
-    L.mlp_norm = u16(tensor(f, p + "post_attention_layernorm.weight"));
-    L.gate = bind_linear(f, p + "mlp.gate_proj.weight", c.hidden);
-    L.up = bind_linear(f, p + "mlp.up_proj.weight", c.hidden);
-    L.down = bind_linear(f, p + "mlp.down_proj.weight", c.intermediate);
-    w.layers.push_back(L);
+    w.layers.push_back({.attn_norm = u16(tensor(f, p + "input_layernorm.weight")),
+                        .mlp_norm = u16(tensor(f, p + "post_attention_layernorm.weight"))});
+    // Schedule order (runtime/model.hpp): q k v o gate up down.
+    w.linears.push_back(bind_linear(f, p + "self_attn.q_proj.weight", c.hidden, c.qkv_bias));
+    w.linears.push_back(bind_linear(f, p + "self_attn.k_proj.weight", c.hidden, c.qkv_bias));
+    w.linears.push_back(bind_linear(f, p + "self_attn.v_proj.weight", c.hidden, c.qkv_bias));
+    w.linears.push_back(bind_linear(f, p + "self_attn.o_proj.weight", q_dim));
+    w.linears.push_back(bind_linear(f, p + "mlp.gate_proj.weight", c.hidden));
+    w.linears.push_back(bind_linear(f, p + "mlp.up_proj.weight", c.hidden));
+    w.linears.push_back(bind_linear(f, p + "mlp.down_proj.weight", c.intermediate));
   }
   w.final_norm = u16(tensor(f, "model.norm.weight"));
-  w.lm_head = bind_linear(f, "lm_head.weight", c.hidden);
+  w.linears.push_back(bind_linear(f, "lm_head.weight", c.hidden));
   return w;
 }
 
@@ -92,16 +91,17 @@ std::vector<float> rope_inv_freq(const ModelConfig& c) {
   return f;
 }
 
-RunState::RunState(const ModelConfig& c, uint64_t ctx_)
+RunState::RunState(const ModelConfig& c, uint64_t ctx_, uint64_t batch_)
     : ctx(ctx_),
-      x(c.hidden),
-      xb(c.hidden),
-      q(c.heads * c.head_dim),
-      att_out(c.heads * c.head_dim),
-      proj(c.hidden),
-      gate(c.intermediate),
-      up(c.intermediate),
-      scores(ctx_),
+      batch(batch_),
+      x(batch_ * c.hidden),
+      xb(batch_ * c.hidden),
+      q(batch_ * c.heads * c.head_dim),
+      att_out(batch_ * c.heads * c.head_dim),
+      proj(batch_ * c.hidden),
+      gate(batch_ * c.intermediate),
+      up(batch_ * c.intermediate),
+      scores(batch_ * ctx_),
       inv_freq(rope_inv_freq(c)),
       k_cache(c.layers * ctx_ * c.kv_heads * c.head_dim),
       v_cache(c.layers * ctx_ * c.kv_heads * c.head_dim),

@@ -1,13 +1,17 @@
-// A packed model bound for the forward pass: pointers into a .ferry file's tensors (no copies)
-// and the run state, allocated once at load (never per token).
+// A packed model bound for the forward pass: pointers into a .ferry file's tensors (no copies),
+// the source the forward pass acquires each linear weight from (the file itself, or the paging
+// cache), and the run state, allocated once at load (never per token).
 #pragma once
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "quantizer/model_spec.hpp"
 #include "quantizer/packed_file.hpp"
 
 namespace ferry {
+
+class CpuPool;
 
 // One linear layer y = W x (+ b), INT4 or bf16.
 struct Linear {
@@ -19,44 +23,77 @@ struct Linear {
   const uint16_t* bias = nullptr;    // [rows] bf16, Qwen2 q/k/v only
 };
 
+// The linear weights of one forward pass in the order it uses them: per layer q k v o gate up
+// down, then lm_head. A weight's id is its index in that order; the paging cache's schedule is
+// this list.
+enum LinearSlot : uint32_t { kQ, kK, kV, kO, kGate, kUp, kDown, kLinearsPerLayer };
+constexpr uint32_t linear_id(uint64_t layer, LinearSlot slot) {
+  return uint32_t(layer * kLinearsPerLayer + slot);
+}
+constexpr uint32_t lm_head_id(uint64_t layers) {
+  return uint32_t(layers * kLinearsPerLayer);
+}
+
 struct LayerWeights {
-  const uint16_t* attn_norm;  // [hidden]
-  Linear q, k, v, o;
-  const uint16_t* mlp_norm;  // [hidden]
-  Linear gate, up, down;
+  const uint16_t* attn_norm = nullptr;  // [hidden]
+  const uint16_t* mlp_norm = nullptr;   // [hidden]
 };
 
 struct ModelWeights {
-  const uint16_t* embed = nullptr;  // [vocab, hidden] bf16
-  std::vector<LayerWeights> layers;
+  const uint16_t* embed = nullptr;       // [vocab, hidden] bf16
+  std::vector<LayerWeights> layers;      // [layers] norms
   const uint16_t* final_norm = nullptr;  // [hidden]
-  Linear lm_head;
+  std::vector<Linear> linears;           // [layers * 7 + 1] by linear id, lm_head last
 };
 
 // Throws ferry::Error if a tensor the config implies is missing (PackedFile::open checked shapes).
 ModelWeights bind_weights(const PackedFile& file);
 
-// Activations and KV cache of one sequence, sized at load from the config and --ctx.
+// Where the forward pass gets each linear weight. acquire(id) returns the weight ready to read
+// (waiting for it if it is still being fetched); the pointers stay valid until release(id).
+// Ids are acquired in schedule order, one pass after another.
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual Linear acquire(uint32_t id) = 0;
+  virtual void release(uint32_t id) = 0;
+};
+
+// Every weight read in place from the file's memory: acquire never waits, release is a no-op.
+class DirectWeights final : public WeightSource {
+ public:
+  explicit DirectWeights(const ModelWeights& w) : w_(w) {}
+  Linear acquire(uint32_t id) override { return w_.linears.at(id); }
+  void release(uint32_t) override {}
+
+ private:
+  const ModelWeights& w_;
+};
+
+// Activations and KV cache of one sequence, sized at load from the config, --ctx and the prefill
+// batch (the most tokens one forward call takes).
 struct RunState {
-  explicit RunState(const ModelConfig& c, uint64_t ctx);
-  uint64_t ctx;
-  std::vector<float> x;                 // [hidden] residual stream
-  std::vector<float> xb;                // [hidden] normed input of a block
-  std::vector<float> q;                 // [heads * head_dim]
-  std::vector<float> att_out;           // [heads * head_dim]
-  std::vector<float> proj;              // [hidden] attention / MLP output
-  std::vector<float> gate, up;          // [intermediate]
-  std::vector<float> scores;            // [ctx]
+  RunState(const ModelConfig& c, uint64_t ctx, uint64_t batch);
+  uint64_t ctx, batch;
+  std::vector<float> x;                 // [batch, hidden] residual stream
+  std::vector<float> xb;                // [batch, hidden] normed input of a block
+  std::vector<float> q;                 // [batch, heads * head_dim]
+  std::vector<float> att_out;           // [batch, heads * head_dim]
+  std::vector<float> proj;              // [batch, hidden] attention / MLP output
+  std::vector<float> gate, up;          // [batch, intermediate]
+  std::vector<float> scores;            // [batch, ctx] attention weights, one row per query
   std::vector<float> inv_freq;          // [head_dim / 2] RoPE frequencies (scaling applied)
   std::vector<float> k_cache, v_cache;  // [layers, ctx, kv_heads * head_dim]
-  std::vector<float> logits;            // [vocab]
+  std::vector<float> logits;            // [vocab] of the last token of the last call
 };
 
 // RoPE inverse frequencies theta^(-2i/d), with Llama 3's frequency-dependent scaling if set.
 std::vector<float> rope_inv_freq(const ModelConfig& c);
 
-// Runs one token at position pos through the model; leaves the logits in s.logits.
-// Throws ferry::Error when pos reaches the context size.
-void forward(const ModelConfig& c, const ModelWeights& w, RunState& s, int32_t token, uint64_t pos);
+// Runs tokens (1 .. s.batch of them) at positions pos, pos+1, ... through the model in one batch
+// and leaves the logits of the last one in s.logits. Throws ferry::Error when the tokens would
+// pass the context size, a token id is outside the vocabulary, or the batch is too large.
+void forward(const ModelConfig& c, const ModelWeights& w, WeightSource& src, CpuPool& pool,
+             RunState& s, std::span<const int32_t> tokens, uint64_t pos);
 
 }  // namespace ferry

@@ -3,10 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "quantizer/convert.hpp"
 #include "quantizer/error.hpp"
-#include "runtime/model.hpp"
+#include "runtime/engine.hpp"
 #include "tests/test_util.hpp"
 
 namespace ferry {
@@ -17,14 +18,13 @@ const std::vector<int32_t> kSourceMdGreedy = {
     1482, 951, 628, 499, 826, 872, 921,  318, 385, 628, 499,  826,  617,  242, 198};
 
 std::vector<int32_t> greedy_from_bos(const std::filesystem::path& ferry_file, size_t n) {
-  const PackedFile f = PackedFile::open(ferry_file);
-  const ModelWeights w = bind_weights(f);
-  RunState s(f.config, 64);
+  Engine e({.model = ferry_file, .ctx = 64});
   std::vector<int32_t> out;
   int32_t token = 1;  // BOS <|start_story|>
   for (uint64_t pos = 0; out.size() < n; ++pos) {
-    forward(f.config, w, s, token, pos);
-    token = int32_t(std::max_element(s.logits.begin(), s.logits.end()) - s.logits.begin());
+    e.eval(std::span(&token, 1), pos);
+    const std::vector<float>& l = e.state.logits;
+    token = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
     out.push_back(token);
   }
   return out;
@@ -51,15 +51,45 @@ TEST(Forward, TinyStoriesInt4GreedyStartsLikeTheReference) {
   EXPECT_GE(same, 5u);
 }
 
+// Prefill runs the prompt in batches; its last logits must be those of token-by-token decode up
+// to rounding (the batched kernels may sum in another order), whatever the batch boundaries.
+TEST(Forward, BatchedPrefillEqualsTokenByToken) {
+  FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
+  test::ScratchDir tmp;
+  convert_checkpoint(dir, tmp / "q.ferry", {}, [](std::string_view, uint64_t, uint64_t) {});
+  const std::vector<int32_t> prompt = {1,    147,  201,  282, 215, 286,  598, 1662, 356, 499, 826,
+                                       1363, 1145, 1652, 615, 242, 1482, 951, 628,  499, 826};
+  for (uint64_t batch : {uint64_t(7), uint64_t(64)}) {
+    Engine one({.model = tmp / "q.ferry", .ctx = 64, .batch = 1});
+    for (size_t i = 0; i < prompt.size(); ++i) one.eval(std::span(&prompt[i], 1), i);
+    Engine many({.model = tmp / "q.ferry", .ctx = 64, .batch = batch});
+    many.eval(prompt, 0);
+    // The KV cache the batch wrote must then serve a decode step like the one-by-one cache.
+    const int32_t next = 872;
+    for (int step = 0; step < 2; ++step) {
+      const std::vector<float>&x = one.state.logits, &y = many.state.logits;
+      float max_abs = 0, max_diff = 0;
+      for (size_t i = 0; i < x.size(); ++i) {
+        max_abs = std::max(max_abs, std::abs(x[i]));
+        max_diff = std::max(max_diff, std::abs(x[i] - y[i]));
+      }
+      EXPECT_LT(max_diff, 1e-4f * max_abs) << "batch " << batch << ", step " << step;
+      one.eval(std::span(&next, 1), prompt.size());
+      many.eval(std::span(&next, 1), prompt.size());
+    }
+  }
+}
+
 TEST(Forward, PositionPastContextIsAnError) {
   FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
   test::ScratchDir tmp;
   convert_checkpoint(dir, tmp / "q.ferry", {}, [](std::string_view, uint64_t, uint64_t) {});
-  const PackedFile f = PackedFile::open(tmp / "q.ferry");
-  const ModelWeights w = bind_weights(f);
-  RunState s(f.config, 4);
-  EXPECT_THROW(forward(f.config, w, s, 1, 4), Error);
-  EXPECT_THROW(forward(f.config, w, s, 5000, 0), Error);
+  Engine e({.model = tmp / "q.ferry", .ctx = 4});
+  const int32_t bos = 1, bad = 5000;
+  EXPECT_THROW(e.eval(std::span(&bos, 1), 4), Error);
+  EXPECT_THROW(e.eval(std::span(&bad, 1), 0), Error);
+  const std::vector<int32_t> five(5, 1);
+  EXPECT_THROW(e.eval(five, 0), Error);
 }
 
 }  // namespace

@@ -1,3 +1,8 @@
+// GCC 12 reports a false -Wrestrict inside std::string::assign as inlined into cxxopts'
+// SplitInteger (GCC bug 105651, fixed in GCC 13); only this file instantiates that path at -O2.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#pragma GCC diagnostic ignored "-Wrestrict"
+#endif
 #include <cctype>
 #include <charconv>
 #include <cmath>
@@ -29,6 +34,47 @@ uint64_t parse_size(std::string_view text, std::string_view option) {
         return uint64_t(std::llround(value * u.scale));
   throw Error(
       fmt::format("{}: '{}' is not a size (examples: 4096, 512M, 2G, 1.5GiB)", option, text));
+}
+
+void add_engine_options(cxxopts::Options& o) {
+  o.add_options()("model", "packed model (.ferry)", cxxopts::value<std::string>())(
+      "ctx", "context size (KV cache) in tokens",
+      cxxopts::value<uint64_t>()->default_value("1024"))(
+      "batch", "prefill batch: prompt tokens per forward pass",
+      cxxopts::value<uint64_t>()->default_value("64"))(
+      "threads", "CPU threads (0: every core)", cxxopts::value<unsigned>()->default_value("0"));
+}
+
+EngineOptions engine_options(const cxxopts::ParseResult& a) {
+  if (!a.count("model"))
+    throw Error("no model given: pass a .ferry file (ferry quantize makes one)");
+  return {.model = a["model"].as<std::string>(),
+          .ctx = a["ctx"].as<uint64_t>(),
+          .batch = a["batch"].as<uint64_t>(),
+          .threads = a["threads"].as<unsigned>()};
+}
+
+void add_sampler_options(cxxopts::Options& o) {
+  o.add_options()("temp", "temperature (0: greedy)", cxxopts::value<float>()->default_value("0"))(
+      "top-k", "keep the k most likely tokens (0: off)",
+      cxxopts::value<uint32_t>()->default_value("0"))("top-p", "nucleus sampling threshold",
+                                                      cxxopts::value<float>()->default_value("1"))(
+      "min-p", "drop tokens below min-p times the top probability",
+      cxxopts::value<float>()->default_value("0"))("repeat-penalty",
+                                                   "penalty on tokens already seen (1: off)",
+                                                   cxxopts::value<float>()->default_value("1"))(
+      "seed", "random seed", cxxopts::value<uint64_t>()->default_value("0"));
+}
+
+SamplerOptions sampler_options(const cxxopts::ParseResult& a) {
+  SamplerOptions s;
+  s.temperature = a["temp"].as<float>();
+  s.top_k = a["top-k"].as<uint32_t>();
+  s.top_p = a["top-p"].as<float>();
+  s.min_p = a["min-p"].as<float>();
+  s.repetition_penalty = a["repeat-penalty"].as<float>();
+  s.seed = a["seed"].as<uint64_t>();
+  return s;
 }
 
 }  // namespace ferry

@@ -4,6 +4,11 @@
 #include <cstdint>
 #include <string_view>
 
+#include <cxxopts.hpp>
+
+#include "runtime/engine.hpp"
+#include "runtime/sampler.hpp"
+
 namespace ferry {
 
 int cmd_quantize(int argc, char** argv);
@@ -14,5 +19,13 @@ int cmd_run(int argc, char** argv);
 // "512M", "2G", "1.5GB", "4096" (bytes); decimal units (G = 1e9) like the sizes ferry prints,
 // binary ones with "GiB"/"MiB"/"KiB". Throws ferry::Error naming `option` on anything else.
 uint64_t parse_size(std::string_view text, std::string_view option);
+
+// The options that load a model, shared by run, chat and bench (MODEL positional, --ctx,
+// --threads, and the paging cache's), and the EngineOptions they make.
+void add_engine_options(cxxopts::Options& o);
+EngineOptions engine_options(const cxxopts::ParseResult& a);
+// --temp, --top-k, --top-p, --min-p, --repeat-penalty, --seed.
+void add_sampler_options(cxxopts::Options& o);
+SamplerOptions sampler_options(const cxxopts::ParseResult& a);
 
 }  // namespace ferry

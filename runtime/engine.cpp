@@ -1,0 +1,52 @@
+#include "runtime/engine.hpp"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "quantizer/error.hpp"
+
+namespace ferry {
+namespace {
+
+std::string meta_or_empty(const PackedFile& f, const char* key) {
+  auto it = f.file.metadata().find(key);
+  return it == f.file.metadata().end() ? std::string() : it->second;
+}
+
+uint64_t checked_ctx(const EngineOptions& o) {
+  if (o.ctx == 0) throw Error("--ctx must be at least 1 token");
+  if (o.batch == 0) throw Error("the prefill batch must be at least 1 token");
+  return o.ctx;
+}
+
+}  // namespace
+
+Engine::Engine(const EngineOptions& o)
+    : file(PackedFile::open(o.model)),
+      weights(bind_weights(file)),
+      tokenizer(Tokenizer::from_json(meta_or_empty(file, meta::kTokenizer),
+                                     meta_or_empty(file, meta::kTokenizerConfig))),
+      pool(o.threads),
+      source(std::make_unique<DirectWeights>(weights)),
+      state(file.config, checked_ctx(o), std::min(o.batch, o.ctx)) {}
+
+void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {
+  if (pos + tokens.size() > state.ctx)
+    throw Error(fmt::format("{} tokens at position {} exceed the context of {}; raise --ctx",
+                            tokens.size(), pos, state.ctx));
+  for (size_t i = 0; i < tokens.size(); i += state.batch) {
+    const size_t n = std::min<size_t>(state.batch, tokens.size() - i);
+    forward(file.config, weights, *source, pool, state, tokens.subspan(i, n), pos + i);
+  }
+}
+
+double weight_bytes_per_token(const PackedFile& f) {
+  double b = 0;
+  for (const TensorView& t : f.file.tensors())
+    b += t.name == "model.embed_tokens.weight" ? double(t.nbytes) / double(t.shape[0])
+                                               : double(t.nbytes);
+  return b;
+}
+
+}  // namespace ferry

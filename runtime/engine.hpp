@@ -1,0 +1,44 @@
+// One loaded model ready to generate: the packed file, its bound weights, the tokenizer, the
+// thread pool of the CPU kernels, the weight source and the run state, all made once at load.
+// `ferry run`, `ferry chat`, `ferry bench` and the tests load a model through here.
+#pragma once
+#include <filesystem>
+#include <memory>
+#include <span>
+
+#include "kernels/cpu_pool.hpp"
+#include "quantizer/packed_file.hpp"
+#include "runtime/model.hpp"
+#include "runtime/tokenizer.hpp"
+
+namespace ferry {
+
+struct EngineOptions {
+  std::filesystem::path model;  // .ferry file
+  uint64_t ctx = 1024;          // KV cache size in tokens
+  uint64_t batch = 64;          // prefill batch: tokens per forward call
+  unsigned threads = 0;         // CPU kernel threads, 0: every core
+};
+
+struct Engine {
+  explicit Engine(const EngineOptions& o);
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Runs tokens at positions pos.. in batches of at most `batch`; leaves the logits of the last
+  // in state.logits. Throws ferry::Error past the context.
+  void eval(std::span<const int32_t> tokens, uint64_t pos);
+  const ModelConfig& config() const { return file.config; }
+
+  PackedFile file;
+  ModelWeights weights;
+  Tokenizer tokenizer;
+  CpuPool pool;
+  std::unique_ptr<WeightSource> source;
+  RunState state;
+};
+
+// Bytes of weights one decoded token reads: every tensor but the embedding, of which one row.
+double weight_bytes_per_token(const PackedFile& f);
+
+}  // namespace ferry
