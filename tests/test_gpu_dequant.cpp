@@ -12,32 +12,12 @@
 #include "kernels/dequant.hpp"
 #include "quantizer/dtype.hpp"
 #include "quantizer/int4.hpp"
+#include "tests/gpu_util.hpp"
 
 namespace ferry {
 namespace {
 
-bool have_gpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-#define FERRY_REQUIRE_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU present: skipped"
-
-// A device copy of a host vector; freed by the destructor.
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(const std::vector<T>& host) {
-    void* p = nullptr;
-    CUDA_CHECK(cudaMalloc(&p, host.size() * sizeof(T)));
-    ptr = static_cast<T*>(p);
-    CUDA_CHECK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
+using test::DeviceBuffer;
 
 struct Case {
   Scheme scheme;
