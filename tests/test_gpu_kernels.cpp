@@ -3,6 +3,7 @@
 // a message where no GPU is present.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -10,6 +11,9 @@
 
 #include "kernels/matmul.hpp"
 #include "kernels/matmul_cuda.hpp"
+#include "kernels/ops.hpp"
+#include "kernels/ops_cuda.hpp"
+#include "quantizer/dtype.hpp"
 #include "quantizer/int4.hpp"
 #include "tests/gpu_util.hpp"
 
@@ -67,6 +71,76 @@ TEST(GpuKernels, GemvInt4MatchesCpuTwin) {
       gemv_case(s, 1000, 4096, n);
       gemv_case(s, 37, 320, n);  // cols not a multiple of 128, rows not of the 8 per CTA
     }
+}
+
+std::vector<float> random_vector(uint64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+void expect_close(const char* what, const std::vector<float>& got, const std::vector<float>& want,
+                  double bound) {
+  const double e = nmse(got, want);
+  std::printf("  %-10s NMSE vs CPU twin %.3g (bound %.0e)\n", what, e, bound);
+  EXPECT_LT(e, bound) << what;
+}
+
+TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
+  FERRY_REQUIRE_GPU();
+  const uint64_t n = 5, dim = 320, heads = 5, hd = 64, pos = 17;
+  const std::vector<float> x = random_vector(n * dim, 1), y = random_vector(n * dim, 2);
+  std::vector<uint16_t> w(dim);
+  for (uint64_t i = 0; i < dim; ++i) w[i] = float_to_bf16(1.0f + 0.01f * float(i % 7));
+  std::vector<float> inv_freq(hd / 2);
+  for (uint64_t i = 0; i < hd / 2; ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * i / hd);
+
+  std::vector<float> want(n * dim);
+  for (uint64_t t = 0; t < n; ++t) rmsnorm_cpu(&x[t * dim], w.data(), 1e-6f, dim, &want[t * dim]);
+  DeviceBuffer<float> d_x(x), d_y(y), d_out(want), d_f(inv_freq);
+  DeviceBuffer<uint16_t> d_w(w);
+  rmsnorm_cuda(d_x.ptr, d_w.ptr, 1e-6f, n, dim, d_out.ptr, nullptr);
+  expect_close("rmsnorm", d_out.to_host(), want, 1e-12);
+
+  want = x;  // [n, heads, hd] with heads * hd == dim
+  for (uint64_t t = 0; t < n; ++t) rope_cpu(&want[t * dim], heads, hd, pos + t, inv_freq.data());
+  DeviceBuffer<float> d_r(x);
+  rope_cuda(d_r.ptr, n, heads, hd, pos, d_f.ptr, nullptr);
+  expect_close("rope", d_r.to_host(), want, 1e-10);
+
+  silu_mul_cpu(x.data(), y.data(), n * dim, want.data());
+  silu_mul_cuda(d_x.ptr, d_y.ptr, n * dim, d_out.ptr, nullptr);
+  expect_close("silu_mul", d_out.to_host(), want, 1e-12);
+
+  for (uint64_t i = 0; i < n * dim; ++i) want[i] = x[i] + y[i];
+  add_cuda(d_x.ptr, d_y.ptr, n * dim, nullptr);
+  expect_close("add", d_x.to_host(), want, 1e-30);  // exact: one fp32 add each
+
+  std::vector<float> ties(1000, 1.0f);
+  ties[700] = ties[300] = 2.0f;  // the first of equal maxima, as std::max_element
+  DeviceBuffer<float> d_t(ties);
+  DeviceBuffer<int32_t> d_i(std::vector<int32_t>(1, -1));
+  argmax_cuda(d_t.ptr, ties.size(), d_i.ptr, nullptr);
+  EXPECT_EQ(d_i.to_host()[0], 300);
+}
+
+TEST(GpuKernels, AttentionMatchesCpuTwin) {
+  FERRY_REQUIRE_GPU();
+  const uint64_t heads = 8, kv_heads = 2, hd = 64, n = 4, pos = 29, ctx = pos + n;
+  const std::vector<float> q = random_vector(n * heads * hd, 3);
+  const std::vector<float> k = random_vector(ctx * kv_heads * hd, 4);
+  const std::vector<float> v = random_vector(ctx * kv_heads * hd, 5);
+  std::vector<float> want(n * heads * hd), scores(ctx);
+  for (uint64_t t = 0; t < n; ++t)
+    attention_cpu(&q[t * heads * hd], k.data(), v.data(), pos + t + 1, heads, kv_heads, hd,
+                  scores.data(), &want[t * heads * hd]);
+  DeviceBuffer<float> d_q(q), d_k(k), d_v(v), d_out(want);
+  DeviceBuffer<float> d_scores(std::vector<float>(n * heads * ctx));
+  attention_cuda(d_q.ptr, d_k.ptr, d_v.ptr, n, pos, heads, kv_heads, hd, d_scores.ptr, d_out.ptr,
+                 nullptr);
+  expect_close("attention", d_out.to_host(), want, 1e-10);
 }
 
 }  // namespace

@@ -1,0 +1,135 @@
+// Element-wise kernels of the forward pass on the GPU; CPU twins in kernels/ops_cpu.cpp. These
+// move a few KB per token each (hidden 5120 x 4 bytes), so they are written for clarity and
+// launch count, not for peak bandwidth: the weights dominate every token by ~1000x.
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "kernels/cuda_check.hpp"
+#include "kernels/ops_cuda.hpp"
+
+namespace ferry {
+namespace {
+
+constexpr uint32_t kThreads = 256;
+
+__device__ float bf16_to_f32(uint16_t b) {
+  return __uint_as_float(uint32_t(b) << 16);
+}
+
+// Block-wide sum of 256 threads through shared memory; every thread gets the result.
+__device__ float block_sum(float v, float* shared) {
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = v;
+  __syncthreads();
+  float total = 0;
+  for (uint32_t i = 0; i < kThreads / 32; ++i) total += shared[i];
+  __syncthreads();
+  return total;
+}
+
+// One block per row.
+__global__ void rmsnorm_kernel(const float* x, const uint16_t* w, float eps, uint64_t dim,
+                               float* out) {
+  __shared__ float shared[kThreads / 32];
+  const float* xr = x + blockIdx.x * dim;
+  float ss = 0;
+  for (uint64_t i = threadIdx.x; i < dim; i += kThreads) ss += xr[i] * xr[i];
+  const float inv = rsqrtf(block_sum(ss, shared) / float(dim) + eps);
+  for (uint64_t i = threadIdx.x; i < dim; i += kThreads)
+    out[blockIdx.x * dim + i] = xr[i] * inv * bf16_to_f32(w[i]);
+}
+
+// One thread per (token, head, pair); rotate_half pairing (i, i + hd/2) as rope_cpu.
+__global__ void rope_kernel(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t pos,
+                            const float* inv_freq) {
+  const uint64_t half = head_dim / 2;
+  const uint64_t id = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (id >= n * heads * half) return;
+  const uint64_t i = id % half, head_row = id / half, t = head_row / heads;
+  float* x = v + head_row * head_dim;
+  float s, c;
+  sincosf(float(pos + t) * inv_freq[i], &s, &c);
+  const float a = x[i], b = x[i + half];
+  x[i] = a * c - b * s;
+  x[i + half] = b * c + a * s;
+}
+
+__global__ void silu_mul_kernel(const float* gate, const float* up, uint64_t count, float* out) {
+  const uint64_t i = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < count) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+__global__ void add_kernel(float* x, const float* y, uint64_t count) {
+  const uint64_t i = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < count) x[i] += y[i];
+}
+
+// One block: each thread scans a strided share, then a shared-memory tree keeps the larger value
+// and, on ties, the smaller index.
+__global__ void argmax_kernel(const float* v, uint64_t count, int32_t* out) {
+  __shared__ float best_v[kThreads];
+  __shared__ uint64_t best_i[kThreads];
+  float bv = -FLT_MAX;
+  uint64_t bi = ~0ull;
+  for (uint64_t i = threadIdx.x; i < count; i += kThreads)
+    if (v[i] > bv || bi == ~0ull) bv = v[i], bi = i;
+  best_v[threadIdx.x] = bv;
+  best_i[threadIdx.x] = bi;
+  __syncthreads();
+  for (uint32_t s = kThreads / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) {
+      const float ov = best_v[threadIdx.x + s];
+      const uint64_t oi = best_i[threadIdx.x + s];
+      if (oi != ~0ull &&
+          (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x]))) {
+        best_v[threadIdx.x] = ov;
+        best_i[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = int32_t(best_i[0]);
+}
+
+uint32_t grid_for(uint64_t count) {
+  return uint32_t((count + kThreads - 1) / kThreads);
+}
+
+}  // namespace
+
+void rmsnorm_cuda(const float* x, const uint16_t* w, float eps, uint64_t n, uint64_t dim,
+                  float* out, CUstream_st* stream) {
+  if (n == 0) return;
+  rmsnorm_kernel<<<uint32_t(n), kThreads, 0, stream>>>(x, w, eps, dim, out);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void rope_cuda(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t pos,
+               const float* inv_freq, CUstream_st* stream) {
+  const uint64_t count = n * heads * (head_dim / 2);
+  if (count == 0) return;
+  rope_kernel<<<grid_for(count), kThreads, 0, stream>>>(v, n, heads, head_dim, pos, inv_freq);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void silu_mul_cuda(const float* gate, const float* up, uint64_t count, float* out,
+                   CUstream_st* stream) {
+  if (count == 0) return;
+  silu_mul_kernel<<<grid_for(count), kThreads, 0, stream>>>(gate, up, count, out);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void add_cuda(float* x, const float* y, uint64_t count, CUstream_st* stream) {
+  if (count == 0) return;
+  add_kernel<<<grid_for(count), kThreads, 0, stream>>>(x, y, count);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void argmax_cuda(const float* v, uint64_t count, int32_t* out, CUstream_st* stream) {
+  argmax_kernel<<<1, kThreads, 0, stream>>>(v, count, out);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace ferry
