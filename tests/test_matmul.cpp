@@ -1,0 +1,153 @@
+// The multithreaded CPU matrix products (kernels/matmul.hpp) against the scalar reference
+// matvecs (kernels/matvec.hpp), every instruction-set path, and the thread pool they run on.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <random>
+#include <stdexcept>
+
+#include "kernels/matmul.hpp"
+#include "kernels/matvec.hpp"
+#include "quantizer/dtype.hpp"
+#include "quantizer/int4.hpp"
+
+namespace ferry {
+namespace {
+
+struct Weights {
+  uint64_t rows, cols;
+  std::vector<uint8_t> q;              // [rows, blocks * 64]
+  std::vector<uint16_t> scales, mins;  // [rows, blocks]
+  std::vector<uint16_t> bf16;          // [rows, cols]
+  const uint16_t* mins_or_null = nullptr;
+};
+
+Weights make_weights(Scheme scheme, uint64_t rows, uint64_t cols) {
+  Weights w{rows, cols, {}, {}, {}, {}, nullptr};
+  std::mt19937 rng(uint32_t(rows * 131 + cols));
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::vector<float> f(rows * cols);
+  for (float& v : f) v = nd(rng);
+  const uint64_t blocks = int4_blocks_per_row(cols);
+  w.q.resize(rows * blocks * kBlockBytes);
+  w.scales.resize(rows * blocks);
+  w.mins.resize(rows * blocks);
+  quantize_int4(f.data(), rows, cols, scheme, w.q.data(), w.scales.data(), w.mins.data());
+  if (scheme_has_mins(scheme)) w.mins_or_null = w.mins.data();
+  for (float v : f) w.bf16.push_back(float_to_bf16(v));
+  return w;
+}
+
+std::vector<float> activations(uint64_t n, uint64_t cols) {
+  std::mt19937 rng(uint32_t(n * 7 + cols));
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(n * cols);
+  for (float& v : x) v = nd(rng);
+  return x;
+}
+
+// Reference: the scalar matvec per token, transposed into [n, rows].
+std::vector<float> reference(const Weights& w, bool int4, const std::vector<float>& x, uint64_t n) {
+  std::vector<float> y(n * w.rows);
+  for (uint64_t t = 0; t < n; ++t)
+    int4 ? matvec_int4_cpu(w.q.data(), w.scales.data(), w.mins_or_null, w.rows, w.cols,
+                           &x[t * w.cols], &y[t * w.rows])
+         : matvec_bf16_cpu(w.bf16.data(), w.rows, w.cols, &x[t * w.cols], &y[t * w.rows]);
+  return y;
+}
+
+std::vector<float> run(const Weights& w, bool int4, const std::vector<float>& x, uint64_t n,
+                       unsigned threads, KernelIsa isa) {
+  CpuPool pool(threads);
+  std::vector<float> y(n * w.rows, NAN);
+  int4 ? matmul_int4_cpu(pool, w.q.data(), w.scales.data(), w.mins_or_null, w.rows, w.cols,
+                         x.data(), n, y.data(), isa)
+       : matmul_bf16_cpu(pool, w.bf16.data(), w.rows, w.cols, x.data(), n, y.data(), isa);
+  return y;
+}
+
+double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0, ref = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err += double(got[i] - want[i]) * double(got[i] - want[i]);
+    ref += double(want[i]) * double(want[i]);
+  }
+  return std::sqrt(err / ref);
+}
+
+struct Shape {
+  uint64_t rows, cols;
+};
+
+TEST(Matmul, EveryPathMatchesTheScalarReference) {
+  std::vector<KernelIsa> isas = {KernelIsa::portable};
+  if (kernel_isa_available(KernelIsa::avx2)) isas.push_back(KernelIsa::avx2);
+  for (Scheme scheme : {Scheme::bf16, Scheme::sym, Scheme::asym_clip})
+    for (Shape s : {Shape{67, 320}, Shape{40, 200}, Shape{33, 4096}, Shape{5, 100}})
+      for (uint64_t n : {1u, 3u, 8u, 17u}) {
+        const bool int4 = scheme != Scheme::bf16;
+        const Weights w = make_weights(int4 ? scheme : Scheme::sym, s.rows, s.cols);
+        const std::vector<float> x = activations(n, s.cols), want = reference(w, int4, x, n);
+        for (KernelIsa isa : isas) {
+          SCOPED_TRACE(testing::Message() << scheme_name(scheme) << " " << s.rows << "x" << s.cols
+                                          << " n=" << n << " isa=" << int(isa));
+          // fp32 sums in another order (vector lanes, FMA): ~1e-7 per term, 4096 terms.
+          EXPECT_LT(relative_error(run(w, int4, x, n, 2, isa), want), 2e-6);
+        }
+      }
+}
+
+// Paging and batching tests compare logits bit for bit: the result may not depend on the
+// thread count, nor on which tokens share a batch.
+TEST(Matmul, BitIdenticalAcrossThreadCountsAndBatchSplits) {
+  for (bool int4 : {false, true}) {
+    const Weights w = make_weights(Scheme::asym, 131, 640);
+    const uint64_t n = 11;
+    const std::vector<float> x = activations(n, w.cols);
+    const KernelIsa isa = best_kernel_isa();
+    const std::vector<float> one = run(w, int4, x, n, 1, isa);
+    for (unsigned threads : {2u, 3u, 4u}) EXPECT_EQ(run(w, int4, x, n, threads, isa), one);
+    for (uint64_t t = 0; t < n; ++t) {  // each token alone, as decode would run it
+      const std::vector<float> xt(x.begin() + t * w.cols, x.begin() + (t + 1) * w.cols);
+      const std::vector<float> yt = run(w, int4, xt, 1, 3, isa);
+      for (uint64_t r = 0; r < w.rows; ++r) ASSERT_EQ(yt[r], one[t * w.rows + r]) << t << "," << r;
+    }
+  }
+}
+
+TEST(CpuPool, CoversEveryIndexOnceForAnySplit) {
+  for (unsigned threads : {1u, 2u, 5u}) {
+    CpuPool pool(threads);
+    EXPECT_EQ(pool.size(), threads);
+    for (uint64_t n : {0u, 1u, 7u, 100u, 1001u})
+      for (uint64_t grain : {1u, 3u, 64u}) {
+        std::vector<std::atomic<int>> hits(n);
+        pool.parallel_for(n, grain, [&](uint64_t b, uint64_t e) {
+          for (uint64_t i = b; i < e; ++i) hits[i]++;
+        });
+        for (uint64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << n << "/" << grain;
+      }
+  }
+}
+
+TEST(CpuPool, RethrowsAWorkersExceptionAndStaysUsable) {
+  CpuPool pool(3);
+  EXPECT_THROW(pool.parallel_for(300, 1,
+                                 [](uint64_t b, uint64_t) {
+                                   if (b > 0) throw std::runtime_error("worker failed");
+                                 }),
+               std::runtime_error);
+  std::atomic<uint64_t> sum = 0;
+  pool.parallel_for(300, 1, [&](uint64_t b, uint64_t e) { sum += e - b; });
+  EXPECT_EQ(sum.load(), 300u);
+}
+
+TEST(Matmul, TooManyColumnsIsAnError) {
+  CpuPool pool(1);
+  EXPECT_ANY_THROW(
+      matmul_int4_cpu(pool, nullptr, nullptr, nullptr, 1, 1u << 20, nullptr, 1, nullptr));
+}
+
+}  // namespace
+}  // namespace ferry
