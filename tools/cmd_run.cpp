@@ -1,74 +1,72 @@
-// ferry run MODEL.ferry -p "..." -n N: generate text on the CPU, streaming it as it comes.
-#include <cxxopts.hpp>
-
-#include <chrono>
+// ferry run MODEL.ferry -p "..." -n N: generate text, streaming it as it comes, then one line of
+// figures on stderr (prompt and generation tokens/s, GB/s of weights read).
 #include <cstdio>
 
 #include <fmt/format.h>
 
 #include "quantizer/error.hpp"
 #include "runtime/engine.hpp"
-#include "runtime/sampler.hpp"
-#include "runtime/tokenizer.hpp"
+#include "runtime/generate.hpp"
 #include "tools/commands.hpp"
 
 namespace ferry {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+// Every --stop, in order. Declared as a plain string and read from the parse sequence: a
+// vector option would split each value at commas, and a stop string may contain one.
+std::vector<std::string> stop_strings(const cxxopts::ParseResult& a) {
+  std::vector<std::string> out;
+  for (const cxxopts::KeyValue& kv : a.arguments())
+    if (kv.key() == "stop") out.push_back(kv.value());
+  return out;
+}
 
 }  // namespace
 
 int cmd_run(int argc, char** argv) {
-  cxxopts::Options o("ferry run",
-                     "Generate text from a .ferry model on the CPU, streaming it to stdout.");
+  cxxopts::Options o("ferry run", "Generate text from a .ferry model, streaming it to stdout.");
   o.positional_help("MODEL.ferry");
   add_engine_options(o);
   add_sampler_options(o);
   o.add_options()("p,prompt", "prompt text", cxxopts::value<std::string>()->default_value(""))(
       "n,tokens", "tokens to generate", cxxopts::value<uint64_t>()->default_value("128"))(
-      "h,help", "this help");
+      "stop", "stop when the text contains this string (repeatable)",
+      cxxopts::value<std::string>())("h,help", "this help");
   o.parse_positional({"model"});
   const auto a = o.parse(argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
 
-  const uint64_t n = a["tokens"].as<uint64_t>(), ctx = a["ctx"].as<uint64_t>();
   Engine e(engine_options(a));
-  const Tokenizer& tok = e.tokenizer;
-  std::vector<int32_t> ids = tok.encode(a["prompt"].as<std::string>(), true);
+  const std::string prompt = a["prompt"].as<std::string>();
+  std::vector<int32_t> ids = e.tokenizer.encode(prompt, true);
   if (ids.empty())
     throw Error("the prompt encodes to no tokens and the tokenizer adds no BOS: give a prompt");
-  if (ids.size() + n > ctx)
+  GenerateOptions g;
+  g.max_tokens = a["tokens"].as<uint64_t>();
+  if (ids.size() + g.max_tokens > e.state.ctx)
     throw Error(fmt::format(
         "prompt ({} tokens) plus {} generated exceed the context of {}; raise --ctx or lower -n",
-        ids.size(), n, ctx));
+        ids.size(), g.max_tokens, e.state.ctx));
+  g.stop_strings = stop_strings(a);
+  g.stop_ids = eos_token_ids(e);
   Sampler sampler(sampler_options(a), e.config().vocab);
-  StreamDecoder out(tok);
 
-  std::fputs(a["prompt"].as<std::string>().c_str(), stdout);  // echoed, as the text continues it
-  const auto t0 = Clock::now();
-  e.eval(ids, 0);
-  const auto t1 = Clock::now();
-  const size_t prompt_len = ids.size();
-  uint64_t generated = 0;
-  for (; generated < n; ++generated) {
-    const int32_t next = sampler.sample(e.state.logits, ids);
-    if (next == tok.eos_id()) break;
-    ids.push_back(next);
-    std::fputs(out.push(next).c_str(), stdout);
+  std::fputs(prompt.c_str(), stdout);  // echoed, as the text continues it
+  uint64_t evaluated = 0;
+  const GenerateStats st = generate(e, sampler, ids, evaluated, g, [](std::string_view text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
-    if (generated + 1 < n) e.eval(std::span(&ids.back(), 1), ids.size() - 1);
-  }
-  std::fputs((out.flush() + "\n").c_str(), stdout);
+  });
+  std::fputs("\n", stdout);
   std::fflush(stdout);
-  const double tp = std::chrono::duration<double>(t1 - t0).count();
-  const double tg = std::chrono::duration<double>(Clock::now() - t1).count();
-  const double gen_rate = generated ? double(generated) / tg : 0;
+  const double gen_rate = st.generated ? double(st.generated) / st.generate_seconds : 0;
   std::fprintf(stderr,
-               "prompt %zu tokens, %.1f tok/s | generated %llu tokens, %.1f tok/s | %.2f GB/s of "
-               "weights read\n",
-               prompt_len, double(prompt_len) / tp, (unsigned long long)generated, gen_rate,
-               gen_rate * weight_bytes_per_token(e.file) / 1e9);
+               "prompt %llu tokens, %.1f tok/s | generated %llu tokens, %.1f tok/s | %.2f GB/s of "
+               "weights read | stopped: %s\n",
+               (unsigned long long)st.prompt_tokens, double(st.prompt_tokens) / st.prompt_seconds,
+               (unsigned long long)st.generated, gen_rate,
+               gen_rate * weight_bytes_per_token(e.file) / 1e9,
+               std::string(stop_reason_name(st.reason)).c_str());
   return 0;
 }
 
