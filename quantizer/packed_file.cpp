@@ -94,8 +94,12 @@ bool PackedFile::looks_packed(const SafetensorsFile& f) {
 }
 
 PackedFile PackedFile::open(const std::filesystem::path& path) {
-  SafetensorsFile f = SafetensorsFile::open(path);
-  const std::string what = path.string();
+  return from_mapping(MappedFile::open(path));
+}
+
+PackedFile PackedFile::from_mapping(std::shared_ptr<MappedFile> mapping) {
+  SafetensorsFile f = SafetensorsFile::from_mapping(std::move(mapping));
+  const std::string what = f.path().string();
   const auto& m = f.metadata();
   if (!looks_packed(f))
     throw Error(fmt::format(

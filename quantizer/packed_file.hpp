@@ -87,6 +87,7 @@ struct PackedFile {
   // Throws ferry::Error for a file that is not a ferry file, a newer format version, or a plan
   // that does not match the stored tensors.
   static PackedFile open(const std::filesystem::path& path);
+  static PackedFile from_mapping(std::shared_ptr<MappedFile> mapping);  // same checks as open
   // Names of tensors whose bytes do not match their checksum (empty: all good).
   std::vector<std::string> verify_checksums(unsigned threads) const;
 };

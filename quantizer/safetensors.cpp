@@ -339,6 +339,20 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) 
   return std::shared_ptr<MappedFile>(new MappedFile(path, static_cast<const uint8_t*>(p), size));
 }
 
+std::shared_ptr<MappedFile> MappedFile::anonymous(uint64_t size, std::string name,
+                                                  const std::function<void(uint8_t*)>& fill) {
+  void* p = size ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                 : nullptr;
+  if (p == MAP_FAILED)
+    fail(name, fmt::format("cannot allocate {} bytes of memory: {}", size, std::strerror(errno)));
+  std::shared_ptr<MappedFile> m(new MappedFile(name, static_cast<const uint8_t*>(p), size));
+  if (size) {
+    fill(static_cast<uint8_t*>(p));
+    mprotect(p, size, PROT_READ);  // from here on it is read like a file
+  }
+  return m;
+}
+
 void MappedFile::release(uint64_t offset, uint64_t length) const {
   if (offset >= size_) return;
   const uint64_t end = length > size_ - offset ? size_ : offset + length;
@@ -399,8 +413,11 @@ SafetensorsFile::SafetensorsFile(std::shared_ptr<MappedFile> file, SafetensorsHe
 }
 
 SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
-  std::shared_ptr<MappedFile> file = MappedFile::open(path);
-  SafetensorsHeader header = parse_safetensors(file->bytes(), path.string());
+  return from_mapping(MappedFile::open(path));
+}
+
+SafetensorsFile SafetensorsFile::from_mapping(std::shared_ptr<MappedFile> file) {
+  SafetensorsHeader header = parse_safetensors(file->bytes(), file->path().string());
   return SafetensorsFile(std::move(file), std::move(header));
 }
 

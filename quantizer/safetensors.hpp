@@ -19,6 +19,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
@@ -36,6 +37,11 @@ class MappedFile {
  public:
   static std::shared_ptr<MappedFile> open(
       const std::filesystem::path& path);  // throws ferry::Error
+  // Anonymous memory of `size` bytes that `fill` writes once, then read-only like a file mapping:
+  // a model synthesized in memory (ferry bench --synthetic) is read exactly like a file.
+  // `name` stands for the path in messages. Throws ferry::Error when the memory is not there.
+  static std::shared_ptr<MappedFile> anonymous(uint64_t size, std::string name,
+                                               const std::function<void(uint8_t*)>& fill);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -80,6 +86,7 @@ class SafetensorsFile {
  public:
   static SafetensorsFile open(
       const std::filesystem::path& path);  // maps and validates; throws ferry::Error
+  static SafetensorsFile from_mapping(std::shared_ptr<MappedFile> file);  // validates
 
   const std::filesystem::path& path() const { return file_->path(); }
   uint64_t file_size() const { return file_->bytes().size(); }

@@ -22,8 +22,10 @@ uint64_t checked_ctx(const EngineOptions& o) {
 
 }  // namespace
 
-Engine::Engine(const EngineOptions& o)
-    : file(PackedFile::open(o.model)),
+Engine::Engine(const EngineOptions& o) : Engine(PackedFile::open(o.model), o) {}
+
+Engine::Engine(PackedFile f, const EngineOptions& o)
+    : file(std::move(f)),
       weights(bind_weights(file)),
       tokenizer(Tokenizer::from_json(meta_or_empty(file, meta::kTokenizer),
                                      meta_or_empty(file, meta::kTokenizerConfig))),

@@ -21,7 +21,8 @@ struct EngineOptions {
 };
 
 struct Engine {
-  explicit Engine(const EngineOptions& o);
+  explicit Engine(const EngineOptions& o);          // opens o.model
+  Engine(PackedFile file, const EngineOptions& o);  // a file already open, or synthesized
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
