@@ -90,6 +90,7 @@ class SafetensorsFile {
 
   const std::filesystem::path& path() const { return file_->path(); }
   uint64_t file_size() const { return file_->bytes().size(); }
+  const std::shared_ptr<MappedFile>& mapping() const { return file_; }  // to open it again
   const SafetensorsHeader& header() const { return header_; }
   const std::vector<TensorView>& tensors() const { return header_.tensors; }
   const std::map<std::string, std::string>& metadata() const { return header_.metadata; }

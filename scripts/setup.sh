@@ -9,7 +9,7 @@ debs=(
   build-essential cmake ninja-build pkg-config git
   clang libclang-rt-14-dev          # libFuzzer target and sanitizer runtimes
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libfmt-dev libxxhash-dev libcxxopts-dev libconcurrentqueue-dev libpcre2-dev libutf8proc-dev
+  nlohmann-json3-dev libfmt-dev libxxhash-dev libcxxopts-dev libconcurrentqueue-dev libpcre2-dev libutf8proc-dev gnuplot-nox
   clang-format python3
 )
 

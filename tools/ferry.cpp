@@ -24,6 +24,8 @@ constexpr Command kCommands[] = {
     {"inspect", ferry::cmd_inspect,
      "describe a .ferry file or a Hugging Face checkpoint, verify checksums"},
     {"run", ferry::cmd_run, "generate text from a .ferry model on the CPU"},
+    {"bench", ferry::cmd_bench,
+     "throughput per cache budget, policy and format, against the bound"},
     {"chat", ferry::cmd_chat, "chat with a .ferry model (its chat template, multi-turn)"},
     {"synth", ferry::cmd_synth,
      "write a random Hugging Face checkpoint of a named shape (tests, benchmarks)"},

@@ -1,0 +1,55 @@
+// ferry bench end to end on a model synthesized in memory: the table, the JSON and CSV files,
+// and the errors for what this build cannot run.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tests/test_util.hpp"
+
+namespace ferry {
+namespace {
+
+std::string text_of(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+TEST(BenchCli, SyntheticRunWritesTableJsonAndCsv) {
+  test::ScratchDir tmp;
+  const auto r = test::run_ferry({"bench", "--synthetic", "qwen2-tiny", "--prompt", "8", "--gen",
+                                  "4", "--threads", "2", "--json", (tmp / "b.json").string(),
+                                  "--csv", (tmp / "b.csv").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("host memory: read"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("decode t/s"), std::string::npos) << r.output;
+  const auto j = nlohmann::json::parse(text_of(tmp / "b.json"));
+  EXPECT_EQ(j["model"], "qwen2-tiny");
+  EXPECT_GT(j["bandwidth_gbps"]["host_read"].get<double>(), 0.1);
+  ASSERT_EQ(j["runs"].size(), 1u);
+  const auto& run = j["runs"][0];
+  EXPECT_EQ(run["budget"], "all");
+  EXPECT_GT(run["decode_tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(run["prefill_tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(run["gb_read_per_token"].get<double>(), 0.001);  // qwen2-tiny: ~3 MB packed
+  const std::string csv = text_of(tmp / "b.csv");
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 2) << csv;
+  EXPECT_EQ(csv.rfind("budget,policy,format,", 0), 0u) << csv;
+}
+
+TEST(BenchCli, BadInvocationsAreOneLineErrors) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"bench"},
+        {"bench", "m.ferry", "--synthetic", "qwen2-tiny"},
+        {"bench", "--synthetic", "no-such-preset"},
+        {"bench", "--synthetic", "qwen2-tiny", "--scheme", "bf16"},
+        {"bench", "--synthetic", "qwen2-tiny", "--gen", "0"},
+        {"bench", "--synthetic", "qwen2-tiny", "--device", "tpu"}}) {
+    const auto r = test::run_ferry(args);
+    EXPECT_EQ(r.exit_code, 1) << args.back() << ": " << r.output;
+    EXPECT_NE(r.output.find("ferry: error: "), std::string::npos) << r.output;
+  }
+}
+
+}  // namespace
+}  // namespace ferry
