@@ -23,7 +23,14 @@ namespace {
 
 constexpr uint64_t kTile = 4;         // tokens per pass over a weight row
 constexpr uint64_t kMaxBlocks = 512;  // cols up to 65,536 (Llama-70B's widest: 28,672)
-constexpr uint64_t kRowGrain = 16;    // rows per task at least: ~5 us of work per task at 4096 cols
+// A task gets at least this many weight-token products: ~50 us of work, well above the ~10 us it
+// takes to wake a pool thread. Small matrices (TinyStories' 128 x 384) then run on the caller
+// alone: with a thread per 64 rows they spent more time waking threads than computing.
+constexpr uint64_t kMinWorkPerTask = 1ull << 18;
+
+uint64_t row_grain(uint64_t cols, uint64_t n) {
+  return std::max<uint64_t>(1, kMinWorkPerTask / std::max<uint64_t>(1, cols * n));
+}
 
 bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -184,7 +191,7 @@ KernelIsa best_kernel_isa() {
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                      uint64_t n, float* y, KernelIsa isa) {
   const bool avx2 = isa == KernelIsa::avx2 && cpu_has_avx2();
-  pool.parallel_for(rows, kRowGrain, [&](uint64_t r0, uint64_t r1) {
+  pool.parallel_for(rows, row_grain(cols, n), [&](uint64_t r0, uint64_t r1) {
     for (uint64_t t0 = 0; t0 < n; t0 += kTile) {
       const uint64_t tn = std::min(kTile, n - t0);
       for (uint64_t r = r0; r < r1; ++r)
@@ -202,7 +209,7 @@ void matmul_int4_cpu(CpuPool& pool, const uint8_t* q, const uint16_t* scales, co
     throw Error("matmul_int4_cpu: " + std::to_string(cols) + " columns exceed the kernel's " +
                 std::to_string(kMaxBlocks * kBlock));
   const bool avx2 = isa == KernelIsa::avx2 && cpu_has_avx2();
-  pool.parallel_for(rows, kRowGrain, [&](uint64_t r0, uint64_t r1) {
+  pool.parallel_for(rows, row_grain(cols, n), [&](uint64_t r0, uint64_t r1) {
     float sums[kTile][kMaxBlocks];  // [token of the tile, block] sums of x, on the stack (8 KB)
     for (uint64_t t0 = 0; t0 < n; t0 += kTile) {
       const uint64_t tn = std::min(kTile, n - t0);
