@@ -20,6 +20,11 @@ uint64_t checked_ctx(const EngineOptions& o) {
   return o.ctx;
 }
 
+std::unique_ptr<WeightSource> make_source(const ModelWeights& w, const CacheOptions& c) {
+  if (!c.enabled) return std::make_unique<DirectWeights>(w);
+  return std::make_unique<PagedWeights>(w, c);
+}
+
 }  // namespace
 
 Engine::Engine(const EngineOptions& o) : Engine(PackedFile::open(o.model), o) {}
@@ -30,7 +35,7 @@ Engine::Engine(PackedFile f, const EngineOptions& o)
       tokenizer(Tokenizer::from_json(meta_or_empty(file, meta::kTokenizer),
                                      meta_or_empty(file, meta::kTokenizerConfig))),
       pool(o.threads),
-      source(std::make_unique<DirectWeights>(weights)),
+      source(make_source(weights, o.cache)),
       state(file.config, checked_ctx(o), std::min(o.batch, o.ctx)) {}
 
 void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {

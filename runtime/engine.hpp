@@ -9,6 +9,7 @@
 #include "kernels/cpu_pool.hpp"
 #include "quantizer/packed_file.hpp"
 #include "runtime/model.hpp"
+#include "runtime/paged_weights.hpp"
 #include "runtime/tokenizer.hpp"
 
 namespace ferry {
@@ -18,6 +19,7 @@ struct EngineOptions {
   uint64_t ctx = 1024;          // KV cache size in tokens
   uint64_t batch = 64;          // prefill batch: tokens per forward call
   unsigned threads = 0;         // CPU kernel threads, 0: every core
+  CacheOptions cache = {};      // the paging cache; off: weights read in place
 };
 
 struct Engine {
@@ -30,6 +32,8 @@ struct Engine {
   // in state.logits. Throws ferry::Error past the context.
   void eval(std::span<const int32_t> tokens, uint64_t pos);
   const ModelConfig& config() const { return file.config; }
+  // The paging cache's weight source, or nullptr when the weights are read in place.
+  const PagedWeights* paged() const { return dynamic_cast<const PagedWeights*>(source.get()); }
 
   PackedFile file;
   ModelWeights weights;

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 #include <fmt/format.h>
@@ -42,7 +43,44 @@ void add_engine_options(cxxopts::Options& o) {
       cxxopts::value<uint64_t>()->default_value("1024"))(
       "batch", "prefill batch: prompt tokens per forward pass",
       cxxopts::value<uint64_t>()->default_value("64"))(
-      "threads", "CPU threads (0: every core)", cxxopts::value<unsigned>()->default_value("0"));
+      "threads", "CPU threads (0: every core)", cxxopts::value<unsigned>()->default_value("0"))(
+      "cache-budget",
+      "page the weights through a cache of this size: 6G, 50% (of the weights), all, auto "
+      "(default: no cache, weights read in place)",
+      cxxopts::value<std::string>())("cache-policy", "lru or pin",
+                                     cxxopts::value<std::string>()->default_value("lru"))(
+      "cache-format", "int4 (packed, as stored) or bf16 (dequantized while filling)",
+      cxxopts::value<std::string>()->default_value("int4"))(
+      "lookahead", "weights the prefetcher fetches ahead of the compute",
+      cxxopts::value<uint32_t>()->default_value("2"));
+}
+
+CacheOptions cache_options(const cxxopts::ParseResult& a) {
+  CacheOptions c;
+  if (!a.count("cache-budget")) return c;
+  c.enabled = true;
+  const std::string b = a["cache-budget"].as<std::string>();
+  if (b == "all" || b == "auto") {
+    c.budget_fraction = 1.0;  // the CPU backend: the whole model fits its "device" memory
+  } else if (!b.empty() && b.back() == '%') {
+    char* end = nullptr;
+    const double pct = std::strtod(b.c_str(), &end);
+    if (end != b.c_str() + b.size() - 1 || !(pct > 0 && pct <= 100))
+      throw Error("--cache-budget: '" + b + "' is not a percentage in (0, 100]");
+    c.budget_fraction = pct / 100;
+  } else {
+    c.budget_bytes = parse_size(b, "--cache-budget");
+  }
+  const std::string policy = a["cache-policy"].as<std::string>();
+  if (policy != "lru" && policy != "pin")
+    throw Error("--cache-policy: '" + policy + "' is not lru or pin");
+  c.policy = policy == "pin" ? CachePolicy::pin : CachePolicy::lru;
+  const std::string format = a["cache-format"].as<std::string>();
+  if (format != "int4" && format != "bf16")
+    throw Error("--cache-format: '" + format + "' is not int4 or bf16");
+  c.format = format == "bf16" ? CacheFormat::bf16 : CacheFormat::int4;
+  c.lookahead = a["lookahead"].as<uint32_t>();
+  return c;
 }
 
 EngineOptions engine_options(const cxxopts::ParseResult& a) {
@@ -51,7 +89,8 @@ EngineOptions engine_options(const cxxopts::ParseResult& a) {
   return {.model = a["model"].as<std::string>(),
           .ctx = a["ctx"].as<uint64_t>(),
           .batch = a["batch"].as<uint64_t>(),
-          .threads = a["threads"].as<unsigned>()};
+          .threads = a["threads"].as<unsigned>(),
+          .cache = cache_options(a)};
 }
 
 void add_sampler_options(cxxopts::Options& o) {

@@ -31,7 +31,8 @@ int cmd_run(int argc, char** argv) {
   o.add_options()("p,prompt", "prompt text", cxxopts::value<std::string>()->default_value(""))(
       "n,tokens", "tokens to generate", cxxopts::value<uint64_t>()->default_value("128"))(
       "stop", "stop when the text contains this string (repeatable)",
-      cxxopts::value<std::string>())("h,help", "this help");
+      cxxopts::value<std::string>())("stats", "print the paging cache's statistics at the end")(
+      "h,help", "this help");
   o.parse_positional({"model"});
   const auto a = o.parse(argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
@@ -67,6 +68,10 @@ int cmd_run(int argc, char** argv) {
                (unsigned long long)st.generated, gen_rate,
                gen_rate * weight_bytes_per_token(e.file) / 1e9,
                std::string(stop_reason_name(st.reason)).c_str());
+  if (a.count("stats")) {
+    if (!e.paged()) throw Error("--stats: there is no cache to report on; add --cache-budget");
+    std::fputs(format_cache_stats(e.paged()->stats(), st.generated).c_str(), stderr);
+  }
   return 0;
 }
 

@@ -26,6 +26,7 @@ uint64_t parse_size(std::string_view text, std::string_view option);
 // --threads, and the paging cache's), and the EngineOptions they make.
 void add_engine_options(cxxopts::Options& o);
 EngineOptions engine_options(const cxxopts::ParseResult& a);
+CacheOptions cache_options(const cxxopts::ParseResult& a);  // --cache-budget and its companions
 // --temp, --top-k, --top-p, --min-p, --repeat-penalty, --seed.
 void add_sampler_options(cxxopts::Options& o);
 SamplerOptions sampler_options(const cxxopts::ParseResult& a);
