@@ -56,10 +56,16 @@ void add_engine_options(cxxopts::Options& o) {
 }
 
 CacheOptions cache_options(const cxxopts::ParseResult& a) {
+  if (!a.count("cache-budget")) return {};
+  return parse_cache_options(a["cache-budget"].as<std::string>(),
+                             a["cache-policy"].as<std::string>(),
+                             a["cache-format"].as<std::string>(), a["lookahead"].as<uint32_t>());
+}
+
+CacheOptions parse_cache_options(const std::string& b, const std::string& policy,
+                                 const std::string& format, uint32_t lookahead) {
   CacheOptions c;
-  if (!a.count("cache-budget")) return c;
   c.enabled = true;
-  const std::string b = a["cache-budget"].as<std::string>();
   if (b == "all" || b == "auto") {
     c.budget_fraction = 1.0;  // the CPU backend: the whole model fits its "device" memory
   } else if (!b.empty() && b.back() == '%') {
@@ -71,15 +77,13 @@ CacheOptions cache_options(const cxxopts::ParseResult& a) {
   } else {
     c.budget_bytes = parse_size(b, "--cache-budget");
   }
-  const std::string policy = a["cache-policy"].as<std::string>();
   if (policy != "lru" && policy != "pin")
     throw Error("--cache-policy: '" + policy + "' is not lru or pin");
   c.policy = policy == "pin" ? CachePolicy::pin : CachePolicy::lru;
-  const std::string format = a["cache-format"].as<std::string>();
   if (format != "int4" && format != "bf16")
     throw Error("--cache-format: '" + format + "' is not int4 or bf16");
   c.format = format == "bf16" ? CacheFormat::bf16 : CacheFormat::int4;
-  c.lookahead = a["lookahead"].as<uint32_t>();
+  c.lookahead = lookahead;
   return c;
 }
 

@@ -33,9 +33,11 @@ struct BenchConfig {
 struct BenchRow {
   BenchConfig config;
   double prefill_tps = 0, decode_tps = 0;
-  double gb_per_token = 0;  // weights read per decoded token
-  double bound_tps = 0;     // the performance model's ceiling for decode
-  double ratio = 0;         // decode time per token / bound time per token (>= 1)
+  double gb_per_token = 0;         // weights read per decoded token
+  double upload_gb_per_token = 0;  // of them, copied into the cache during decode
+  double hit_rate = 0, wait_fraction = 0;
+  double bound_tps = 0;  // the performance model's ceiling for decode
+  double ratio = 0;      // decode time per token / bound time per token (>= 1)
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -59,39 +61,51 @@ int32_t argmax(const std::vector<float>& v) {
 // greedy decode.
 BenchRow run_config(const PackedFile& file, const BenchConfig& c, const EngineOptions& base,
                     uint64_t prompt, uint64_t gen, const HostBandwidth& bw) {
-  if (c.budget != "all")
-    throw Error(
-        "--budgets: only 'all' runs in this build: the paging cache (cache/) has not "
-        "landed yet");
-  PackedFile copy = PackedFile::from_mapping(file.file.mapping());
-  Engine e(std::move(copy), base);
+  EngineOptions o = base;
+  if (c.budget != "none") o.cache = parse_cache_options(c.budget, c.policy, c.format, 2);
+  Engine e(PackedFile::from_mapping(file.file.mapping()), o);
   std::mt19937 rng(1);
   std::vector<int32_t> ids(prompt);
   for (int32_t& t : ids) t = int32_t(rng() % e.config().vocab);
   const auto t0 = Clock::now();
   e.eval(ids, 0);
   const double prefill_s = seconds_since(t0);
+  const CacheStats before = e.paged() ? e.paged()->stats() : CacheStats{};
   const auto t1 = Clock::now();
   for (uint64_t i = 0; i < gen; ++i) {
     const int32_t next = argmax(e.state.logits);
     e.eval(std::span(&next, 1), prompt + i);
   }
   const double decode_s = seconds_since(t1);
-  BenchRow r{c, double(prompt) / prefill_s, double(gen) / decode_s, 0, 0, 0};
+  BenchRow r{c, double(prompt) / prefill_s, double(gen) / decode_s};
   const double w = weight_bytes_per_token(file);
   r.gb_per_token = w / 1e9;
-  r.bound_tps = bw.read_gbps * 1e9 / w;  // everything resident: t >= W / read bandwidth
+  double streamed = 0;  // bytes copied into the cache per decoded token
+  if (e.paged()) {
+    const CacheStats s = e.paged()->stats();
+    streamed = double(s.uploaded_bytes - before.uploaded_bytes) / double(gen);
+    r.upload_gb_per_token = streamed / 1e9;
+    const uint64_t uses = s.acquires - before.acquires;
+    r.hit_rate = uses ? double(s.hits - before.hits) / double(uses) : 0;
+    r.wait_fraction = (s.wait_seconds - before.wait_seconds) / decode_s;
+  }
+  // DESIGN.md's model on the CPU backend: every weight is read from memory once per token, and
+  // the streamed ones are also copied into the cache first.
+  const double bound_s = std::max(w / (bw.read_gbps * 1e9), streamed / (bw.memcpy_gbps * 1e9));
+  r.bound_tps = 1 / bound_s;
   r.ratio = r.bound_tps / r.decode_tps;
   return r;
 }
 
 void print_table(const std::vector<BenchRow>& rows) {
-  std::printf("%-8s %-6s %-6s %12s %12s %10s %12s %8s\n", "budget", "policy", "format",
-              "prefill t/s", "decode t/s", "GB/token", "bound t/s", "x bound");
+  std::printf("%-8s %-6s %-6s %11s %10s %9s %10s %6s %6s %10s %7s\n", "budget", "policy", "format",
+              "prefill t/s", "decode t/s", "GB/token", "upload GB", "hits", "wait", "bound t/s",
+              "x bound");
   for (const BenchRow& r : rows)
-    std::printf("%-8s %-6s %-6s %12.1f %12.2f %10.3f %12.2f %8.2f\n", r.config.budget.c_str(),
-                r.config.policy.c_str(), r.config.format.c_str(), r.prefill_tps, r.decode_tps,
-                r.gb_per_token, r.bound_tps, r.ratio);
+    std::printf("%-8s %-6s %-6s %11.1f %10.2f %9.3f %10.3f %5.0f%% %5.0f%% %10.2f %7.2f\n",
+                r.config.budget.c_str(), r.config.policy.c_str(), r.config.format.c_str(),
+                r.prefill_tps, r.decode_tps, r.gb_per_token, r.upload_gb_per_token,
+                100 * r.hit_rate, 100 * r.wait_fraction, r.bound_tps, r.ratio);
 }
 
 json to_json(const std::string& model, const HostBandwidth& bw, const std::vector<BenchRow>& rows) {
@@ -106,6 +120,9 @@ json to_json(const std::string& model, const HostBandwidth& bw, const std::vecto
                          {"prefill_tokens_per_s", r.prefill_tps},
                          {"decode_tokens_per_s", r.decode_tps},
                          {"gb_read_per_token", r.gb_per_token},
+                         {"gb_uploaded_per_token", r.upload_gb_per_token},
+                         {"hit_rate", r.hit_rate},
+                         {"wait_fraction", r.wait_fraction},
                          {"bound_tokens_per_s", r.bound_tps},
                          {"ratio_to_bound", r.ratio}});
   return j;
@@ -120,10 +137,11 @@ void write_text(const std::string& path, const std::string& text) {
 std::string to_csv(const std::vector<BenchRow>& rows) {
   std::string s =
       "budget,policy,format,prefill_tokens_per_s,decode_tokens_per_s,gb_read_per_token,"
-      "bound_tokens_per_s,ratio_to_bound\n";
+      "gb_uploaded_per_token,hit_rate,wait_fraction,bound_tokens_per_s,ratio_to_bound\n";
   for (const BenchRow& r : rows)
-    s += fmt::format("{},{},{},{:.3f},{:.3f},{:.5f},{:.3f},{:.3f}\n", r.config.budget,
-                     r.config.policy, r.config.format, r.prefill_tps, r.decode_tps, r.gb_per_token,
+    s += fmt::format("{},{},{},{:.3f},{:.3f},{:.5f},{:.5f},{:.4f},{:.4f},{:.3f},{:.3f}\n",
+                     r.config.budget, r.config.policy, r.config.format, r.prefill_tps, r.decode_tps,
+                     r.gb_per_token, r.upload_gb_per_token, r.hit_rate, r.wait_fraction,
                      r.bound_tps, r.ratio);
   return s;
 }
@@ -164,8 +182,10 @@ int cmd_bench(int argc, char** argv) {
                                                  cxxopts::value<uint64_t>())(
       "scheme", "with --synthetic: INT4 scheme",
       cxxopts::value<std::string>()->default_value("asym-clip"))(
-      "budgets", "cache budgets, comma-separated (sizes, percentages of the weights, all)",
-      cxxopts::value<std::string>()->default_value("all"))(
+      "budgets",
+      "cache budgets, comma-separated: sizes, percentages of the weights, all, or none (weights "
+      "read in place)",
+      cxxopts::value<std::string>()->default_value("none"))(
       "policy", "cache policies: lru,pin", cxxopts::value<std::string>()->default_value("lru"))(
       "format", "cache formats: int4,bf16", cxxopts::value<std::string>()->default_value("int4"))(
       "prompt", "prompt tokens (prefill)", cxxopts::value<uint64_t>()->default_value("128"))(
@@ -212,12 +232,21 @@ int cmd_bench(int argc, char** argv) {
   std::vector<BenchConfig> configs;
   for (const auto& b : split(a["budgets"].as<std::string>()))
     for (const auto& p : split(a["policy"].as<std::string>()))
-      for (const auto& f : split(a["format"].as<std::string>())) configs.push_back({b, p, f});
+      for (const auto& f : split(a["format"].as<std::string>()))
+        if (b != "none") {
+          configs.push_back({b, p, f});
+        } else if (configs.empty() || configs.back().budget != "none") {
+          configs.push_back({b, "-", "-"});  // no cache: policy and format do not apply
+        }
   std::vector<BenchRow> rows;
   for (size_t i = 0; i < configs.size(); ++i) {
     std::fprintf(stderr, "[%zu/%zu] budget %s, policy %s, format %s\n", i + 1, configs.size(),
                  configs[i].budget.c_str(), configs[i].policy.c_str(), configs[i].format.c_str());
-    rows.push_back(run_config(file, configs[i], base, prompt, gen, bw));
+    try {
+      rows.push_back(run_config(file, configs[i], base, prompt, gen, bw));
+    } catch (const Error& e) {  // e.g. a budget below the minimum: the sweep goes on
+      std::fprintf(stderr, "  skipped: %s\n", e.what());
+    }
   }
   print_table(rows);
   if (a.count("json"))

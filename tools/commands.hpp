@@ -27,6 +27,9 @@ uint64_t parse_size(std::string_view text, std::string_view option);
 void add_engine_options(cxxopts::Options& o);
 EngineOptions engine_options(const cxxopts::ParseResult& a);
 CacheOptions cache_options(const cxxopts::ParseResult& a);  // --cache-budget and its companions
+// "6G" | "50%" | "all" | "auto", "lru" | "pin", "int4" | "bf16"; throws naming the bad value.
+CacheOptions parse_cache_options(const std::string& budget, const std::string& policy,
+                                 const std::string& format, uint32_t lookahead);
 // --temp, --top-k, --top-p, --min-p, --repeat-penalty, --seed.
 void add_sampler_options(cxxopts::Options& o);
 SamplerOptions sampler_options(const cxxopts::ParseResult& a);
