@@ -17,23 +17,30 @@ std::string text_of(const std::filesystem::path& p) {
 
 TEST(BenchCli, SyntheticRunWritesTableJsonAndCsv) {
   test::ScratchDir tmp;
-  const auto r = test::run_ferry({"bench", "--synthetic", "qwen2-tiny", "--prompt", "8", "--gen",
-                                  "4", "--threads", "2", "--json", (tmp / "b.json").string(),
-                                  "--csv", (tmp / "b.csv").string()});
+  const auto r =
+      test::run_ferry({"bench", "--synthetic", "qwen2-tiny", "--prompt", "8", "--gen", "4",
+                       "--threads", "2", "--budgets", "none,50%", "--policy", "pin", "--json",
+                       (tmp / "b.json").string(), "--csv", (tmp / "b.csv").string()});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("host memory: read"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("decode t/s"), std::string::npos) << r.output;
   const auto j = nlohmann::json::parse(text_of(tmp / "b.json"));
   EXPECT_EQ(j["model"], "qwen2-tiny");
   EXPECT_GT(j["bandwidth_gbps"]["host_read"].get<double>(), 0.1);
-  ASSERT_EQ(j["runs"].size(), 1u);
+  ASSERT_EQ(j["runs"].size(), 2u);
   const auto& run = j["runs"][0];
-  EXPECT_EQ(run["budget"], "all");
+  EXPECT_EQ(run["budget"], "none");
   EXPECT_GT(run["decode_tokens_per_s"].get<double>(), 0);
   EXPECT_GT(run["prefill_tokens_per_s"].get<double>(), 0);
   EXPECT_GT(run["gb_read_per_token"].get<double>(), 0.001);  // qwen2-tiny: ~3 MB packed
+  EXPECT_EQ(run["gb_uploaded_per_token"].get<double>(), 0);  // no cache, nothing copied
+  const auto& paged = j["runs"][1];
+  EXPECT_EQ(paged["budget"], "50%");
+  EXPECT_EQ(paged["policy"], "pin");
+  EXPECT_GT(paged["hit_rate"].get<double>(), 0.2);  // pin keeps part of the model resident
+  EXPECT_GT(paged["gb_uploaded_per_token"].get<double>(), 0);  // and streams the rest
   const std::string csv = text_of(tmp / "b.csv");
-  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 2) << csv;
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 3) << csv;
   EXPECT_EQ(csv.rfind("budget,policy,format,", 0), 0u) << csv;
 }
 
