@@ -1,10 +1,13 @@
 // The CPU matrix kernels (kernels/matmul.hpp) in GB/s of weight bytes read, beside the host's
-// memory bandwidth measured in the same run (runtime/bandwidth.hpp): decode (n = 1) reads each
-// weight once per token, so read bandwidth bounds it; prefill (n = 64) reuses each weight for 64
-// tokens and is bound by arithmetic instead.
+// memory bandwidth measured in the same run (runtime/bandwidth.hpp) on one thread and on the
+// pool: decode (n = 1) reads each weight once per token, so read bandwidth bounds it (memcpy
+// bandwidth, bytes copied per second, moves each byte twice and is the lower figure); prefill
+// (n = 64) reuses each weight for 64 tokens and is bound by arithmetic instead. pool_dispatch is
+// the round trip of an empty parallel_for over every thread.
 //   bench_kernels                    every core; FERRY_THREADS=1 for one
 #include <benchmark/benchmark.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <random>
@@ -33,17 +36,38 @@ const HostBandwidth& host() {
   return bw;
 }
 
+const HostBandwidth& host_one_thread() {
+  static const HostBandwidth bw = [] {
+    CpuPool one(1);
+    return measure_host_bandwidth(one, 256ull << 20);  // 8x the 32 MB L3
+  }();
+  return bw;
+}
+
 double since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Enough copies of one matrix that a pass over them all is far larger than the last-level cache
+// (32 MB here): a 4096 x 4096 INT4 matrix (8.9 MB) alone would be served from L3, not DRAM.
+constexpr uint64_t kWorkingSet = 256ull << 20;
+
 struct Weights {
-  std::vector<uint8_t> q;              // [rows, blocks * 64]
-  std::vector<uint16_t> scales, mins;  // [rows, blocks]
-  std::vector<uint16_t> bf16;          // [rows, cols]
+  uint64_t copies = 1;
+  std::vector<uint8_t> q;              // [copies, rows, blocks * 64]
+  std::vector<uint16_t> scales, mins;  // [copies, rows, blocks]
+  std::vector<uint16_t> bf16;          // [copies, rows, cols]
+  uint64_t bytes = 0;                  // weight bytes of one copy (mins counted only if asym)
 };
 
-Weights make(uint64_t rows, uint64_t cols, bool int4) {
+template <class T>
+void replicate(std::vector<T>& v, uint64_t copies) {
+  const uint64_t one = v.size();
+  v.resize(one * copies);
+  for (uint64_t c = 1; c < copies; ++c) std::copy(v.begin(), v.begin() + one, v.begin() + c * one);
+}
+
+Weights make(uint64_t rows, uint64_t cols, bool int4, bool asym) {
   std::mt19937 rng(7);
   Weights w;
   if (int4) {
@@ -52,10 +76,17 @@ Weights make(uint64_t rows, uint64_t cols, bool int4) {
     for (auto& b : w.q) b = uint8_t(rng());
     w.scales.assign(rows * blocks, 0x2000);  // f16 0.0078
     w.mins.assign(rows * blocks, 0xa000);    // f16 -0.0078
+    w.bytes = w.q.size() + 2 * w.scales.size() * (asym ? 2 : 1);
   } else {
     w.bf16.resize(rows * cols);
     for (auto& v : w.bf16) v = uint16_t(0x3c00 + (rng() & 0xff));
+    w.bytes = 2 * w.bf16.size();
   }
+  w.copies = (kWorkingSet + w.bytes - 1) / w.bytes;
+  replicate(w.q, w.copies);
+  replicate(w.scales, w.copies);
+  replicate(w.mins, w.copies);
+  replicate(w.bf16, w.copies);
   return w;
 }
 
@@ -65,8 +96,7 @@ void report(benchmark::State& state, double weight_bytes, double seconds) {
   const double gbps = seconds > 0 ? weight_bytes * double(state.iterations()) / seconds / 1e9 : 0;
   state.counters["weights_GB/s"] = gbps;
   state.counters["frac_of_read"] = gbps / host().read_gbps;
-  state.counters["host_read_GB/s"] = host().read_gbps;
-  state.counters["host_memcpy_GB/s"] = host().memcpy_gbps;
+  state.counters["frac_of_memcpy"] = gbps / host().memcpy_gbps;
   state.counters["threads"] = pool().size();
 }
 
@@ -74,32 +104,56 @@ void report(benchmark::State& state, double weight_bytes, double seconds) {
 void int4(benchmark::State& state) {
   const uint64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
   const bool asym = state.range(3) != 0;
-  const Weights w = make(rows, cols, true);
+  const Weights w = make(rows, cols, true, asym);
+  const uint64_t q_size = w.q.size() / w.copies, s_size = w.scales.size() / w.copies;
   std::vector<float> x(n * cols, 0.25f), y(n * rows);
   host();
+  uint64_t c = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  for (auto _ : state)
-    matmul_int4_cpu(pool(), w.q.data(), w.scales.data(), asym ? w.mins.data() : nullptr, rows, cols,
-                    x.data(), n, y.data());
-  report(state, double(w.q.size() + 2 * w.scales.size() * (asym ? 2 : 1)), since(t0));
+  for (auto _ : state) {
+    const uint64_t s_at = c * s_size;
+    matmul_int4_cpu(pool(), w.q.data() + c * q_size, w.scales.data() + s_at,
+                    asym ? w.mins.data() + s_at : nullptr, rows, cols, x.data(), n, y.data());
+    c = (c + 1) % w.copies;
+  }
+  report(state, double(w.bytes), since(t0));
 }
 
 void bf16(benchmark::State& state) {
   const uint64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
-  const Weights w = make(rows, cols, false);
+  const Weights w = make(rows, cols, false, false);
   std::vector<float> x(n * cols, 0.25f), y(n * rows);
   host();
+  uint64_t c = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  for (auto _ : state) matmul_bf16_cpu(pool(), w.bf16.data(), rows, cols, x.data(), n, y.data());
-  report(state, double(w.bf16.size() * 2), since(t0));
+  for (auto _ : state) {
+    matmul_bf16_cpu(pool(), w.bf16.data() + c * rows * cols, rows, cols, x.data(), n, y.data());
+    c = (c + 1) % w.copies;
+  }
+  report(state, double(w.bytes), since(t0));
 }
 
 void host_bandwidth(benchmark::State& state) {
-  for (auto _ : state) benchmark::DoNotOptimize(host());
-  report(state, 0, 0);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(host());
+    benchmark::DoNotOptimize(host_one_thread());
+  }
+  state.counters["read_GB/s"] = host().read_gbps;
+  state.counters["memcpy_GB/s"] = host().memcpy_gbps;
+  state.counters["read_1t_GB/s"] = host_one_thread().read_gbps;
+  state.counters["memcpy_1t_GB/s"] = host_one_thread().memcpy_gbps;
+  state.counters["threads"] = pool().size();
 }
 
-BENCHMARK(host_bandwidth)->Iterations(1);
+void pool_dispatch(benchmark::State& state) {
+  const uint64_t n = pool().size();
+  std::atomic<uint64_t> sum = 0;
+  for (auto _ : state) pool().parallel_for(n, 1, [&](uint64_t b, uint64_t e) { sum += e - b; });
+  state.counters["threads"] = pool().size();
+}
+
+BENCHMARK(host_bandwidth)->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(pool_dispatch)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(int4)
     ->ArgNames({"rows", "cols", "n", "asym"})
     ->Args({4096, 4096, 1, 1})

@@ -3,14 +3,41 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <random>
 #include <stdexcept>
+#include <thread>
 
 #include "kernels/matmul.hpp"
 #include "kernels/matvec.hpp"
 #include "quantizer/dtype.hpp"
 #include "quantizer/int4.hpp"
+
+// Counts every allocation of the test binary, to show that a matmul call makes none. Not under
+// AddressSanitizer, which owns operator new (the test skips there).
+namespace {
+std::atomic<uint64_t> g_allocations = 0;
+}  // namespace
+
+#ifndef __SANITIZE_ADDRESS__
+#define FERRY_COUNT_ALLOCATIONS 1
+// noinline: inlined into gtest's `new TestClass` / `delete`, GCC 12 mistakes the malloc/free pair
+// for a mismatched new/free (-Wmismatched-new-delete).
+[[gnu::noinline]] void* operator new(std::size_t size) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+[[gnu::noinline]] void operator delete(void* p) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+#endif
 
 namespace ferry {
 namespace {
@@ -80,22 +107,41 @@ struct Shape {
   uint64_t rows, cols;
 };
 
+std::vector<KernelIsa> isas() {
+  std::vector<KernelIsa> v = {KernelIsa::portable};
+  if (kernel_isa_available(KernelIsa::avx2)) v.push_back(KernelIsa::avx2);
+  return v;
+}
+
 TEST(Matmul, EveryPathMatchesTheScalarReference) {
-  std::vector<KernelIsa> isas = {KernelIsa::portable};
-  if (kernel_isa_available(KernelIsa::avx2)) isas.push_back(KernelIsa::avx2);
-  for (Scheme scheme : {Scheme::bf16, Scheme::sym, Scheme::asym_clip})
+  // cols: partial last blocks (320, 200, 100), a partial last group of 16 (200 % 16 = 8, 100),
+  // several column chunks for multi-token tiles (4096 > 512); rows: not a multiple of the row
+  // tiles (3, 4) nor of the 32-row panel.
+  for (Scheme scheme : {Scheme::bf16, Scheme::sym, Scheme::asym, Scheme::asym_clip})
     for (Shape s : {Shape{67, 320}, Shape{40, 200}, Shape{33, 4096}, Shape{5, 100}})
-      for (uint64_t n : {1u, 3u, 8u, 17u}) {
+      for (uint64_t n : {1u, 3u, 8u, 17u, 64u}) {
         const bool int4 = scheme != Scheme::bf16;
         const Weights w = make_weights(int4 ? scheme : Scheme::sym, s.rows, s.cols);
         const std::vector<float> x = activations(n, s.cols), want = reference(w, int4, x, n);
-        for (KernelIsa isa : isas) {
+        for (KernelIsa isa : isas()) {
           SCOPED_TRACE(testing::Message() << scheme_name(scheme) << " " << s.rows << "x" << s.cols
                                           << " n=" << n << " isa=" << int(isa));
           // fp32 sums in another order (vector lanes, FMA): ~1e-7 per term, 4096 terms.
           EXPECT_LT(relative_error(run(w, int4, x, n, 2, isa), want), 2e-6);
         }
       }
+}
+
+// Wider than the 16,384 columns of a decode chunk: the accumulators cross chunk boundaries.
+TEST(Matmul, WideRowsCrossColumnChunks) {
+  for (bool int4 : {false, true}) {
+    const Weights w = make_weights(Scheme::asym, 9, 20000);
+    for (uint64_t n : {1u, 2u}) {
+      const std::vector<float> x = activations(n, w.cols), want = reference(w, int4, x, n);
+      for (KernelIsa isa : isas())
+        EXPECT_LT(relative_error(run(w, int4, x, n, 1, isa), want), 4e-6) << int4 << n;
+    }
+  }
 }
 
 // Paging and batching tests compare logits bit for bit: the result may not depend on the
@@ -105,13 +151,15 @@ TEST(Matmul, BitIdenticalAcrossThreadCountsAndBatchSplits) {
     const Weights w = make_weights(Scheme::asym, 131, 640);
     const uint64_t n = 11;
     const std::vector<float> x = activations(n, w.cols);
-    const KernelIsa isa = best_kernel_isa();
-    const std::vector<float> one = run(w, int4, x, n, 1, isa);
-    for (unsigned threads : {2u, 3u, 4u}) EXPECT_EQ(run(w, int4, x, n, threads, isa), one);
-    for (uint64_t t = 0; t < n; ++t) {  // each token alone, as decode would run it
-      const std::vector<float> xt(x.begin() + t * w.cols, x.begin() + (t + 1) * w.cols);
-      const std::vector<float> yt = run(w, int4, xt, 1, 3, isa);
-      for (uint64_t r = 0; r < w.rows; ++r) ASSERT_EQ(yt[r], one[t * w.rows + r]) << t << "," << r;
+    for (KernelIsa isa : isas()) {
+      const std::vector<float> one = run(w, int4, x, n, 1, isa);
+      for (unsigned threads : {2u, 3u, 4u}) EXPECT_EQ(run(w, int4, x, n, threads, isa), one);
+      for (uint64_t t = 0; t < n; ++t) {  // each token alone, as decode would run it
+        const std::vector<float> xt(x.begin() + t * w.cols, x.begin() + (t + 1) * w.cols);
+        const std::vector<float> yt = run(w, int4, xt, 1, 3, isa);
+        for (uint64_t r = 0; r < w.rows; ++r)
+          ASSERT_EQ(yt[r], one[t * w.rows + r]) << t << "," << r;
+      }
     }
   }
 }
@@ -141,6 +189,56 @@ TEST(CpuPool, RethrowsAWorkersExceptionAndStaysUsable) {
   std::atomic<uint64_t> sum = 0;
   pool.parallel_for(300, 1, [&](uint64_t b, uint64_t e) { sum += e - b; });
   EXPECT_EQ(sum.load(), 300u);
+}
+
+// Back-to-back calls, as decode makes them, with pauses long enough for the workers to fall
+// asleep between some of them: no call may lose a worker's share or its wake-up.
+TEST(CpuPool, ManyCallsAcrossSpinAndSleep) {
+  CpuPool pool(4);
+  std::vector<std::atomic<uint64_t>> count(64);
+  for (int call = 0; call < 1000; ++call) {
+    pool.parallel_for(64, 1, [&](uint64_t b, uint64_t e) {
+      for (uint64_t i = b; i < e; ++i) count[i]++;
+    });
+    if (call % 100 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  for (auto& c : count) ASSERT_EQ(c.load(), 1000u);
+}
+
+// A call from inside fn (or from a second thread while one runs) does its work on its caller.
+TEST(CpuPool, NestedCallRunsInline) {
+  CpuPool pool(3);
+  std::vector<std::atomic<int>> hits(30 * 10);
+  pool.parallel_for(30, 1, [&](uint64_t b, uint64_t e) {
+    for (uint64_t i = b; i < e; ++i)
+      pool.parallel_for(10, 1, [&](uint64_t b2, uint64_t e2) {
+        for (uint64_t k = b2; k < e2; ++k) hits[i * 10 + k]++;
+      });
+  });
+  for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+}
+
+// Decode calls the kernels ~7 times per layer per token: no call may allocate (the pool's
+// std::function holds one captured pointer in place, the scratch is on the stack).
+TEST(Matmul, CallsDoNotAllocate) {
+#ifndef FERRY_COUNT_ALLOCATIONS
+  GTEST_SKIP() << "allocations are not counted under AddressSanitizer";
+#endif
+  const Weights w = make_weights(Scheme::asym, 200, 640);
+  const std::vector<float> x = activations(9, w.cols);
+  std::vector<float> y(9 * w.rows);
+  CpuPool pool(3);
+  for (KernelIsa isa : isas()) {
+    const uint64_t before = g_allocations.load();
+    for (uint64_t n : {1u, 9u}) {
+      matmul_int4_cpu(pool, w.q.data(), w.scales.data(), w.mins.data(), w.rows, w.cols, x.data(), n,
+                      y.data(), isa);
+      matmul_int4_cpu(pool, w.q.data(), w.scales.data(), nullptr, w.rows, w.cols, x.data(), n,
+                      y.data(), isa);
+      matmul_bf16_cpu(pool, w.bf16.data(), w.rows, w.cols, x.data(), n, y.data(), isa);
+    }
+    EXPECT_EQ(g_allocations.load(), before) << int(isa);
+  }
 }
 
 TEST(Matmul, TooManyColumnsIsAnError) {
