@@ -39,6 +39,7 @@
 // The AVX2 path exists on x86 only; elsewhere (Arm) the portable path is the only one.
 #if defined(__x86_64__) || defined(__i386__)
 #define FERRY_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define FERRY_X86 0
@@ -69,8 +70,10 @@ uint64_t row_grain(uint64_t cols, uint64_t n) {
 
 bool cpu_has_avx2() {
 #if FERRY_X86
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  // Clang 14 has no "f16c" for __builtin_cpu_supports: read CPUID leaf 1 (ECX bit 29) instead.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
   return false;
 #endif
