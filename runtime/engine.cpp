@@ -20,9 +20,11 @@ uint64_t checked_ctx(const EngineOptions& o) {
   return o.ctx;
 }
 
-std::unique_ptr<WeightSource> make_source(const ModelWeights& w, const CacheOptions& c) {
-  if (!c.enabled) return std::make_unique<DirectWeights>(w);
-  return std::make_unique<PagedWeights>(w, c);
+// No cache unless asked: the weights are read in place from the file's memory.
+std::unique_ptr<WeightSource> make_source(const PackedFile& f, const ModelWeights& w,
+                                          const EngineOptions& o) {
+  if (!o.cache.enabled) return std::make_unique<DirectWeights>(w);
+  return std::make_unique<PagedWeights>(f, w, o.cache, o.threads);
 }
 
 }  // namespace
@@ -35,7 +37,7 @@ Engine::Engine(PackedFile f, const EngineOptions& o)
       tokenizer(Tokenizer::from_json(meta_or_empty(file, meta::kTokenizer),
                                      meta_or_empty(file, meta::kTokenizerConfig))),
       pool(o.threads),
-      source(make_source(weights, o.cache)),
+      source(make_source(file, weights, o)),
       state(file.config, checked_ctx(o), std::min(o.batch, o.ctx)) {}
 
 void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {
@@ -46,6 +48,11 @@ void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {
     const size_t n = std::min<size_t>(state.batch, tokens.size() - i);
     forward(file.config, weights, *source, pool, state, tokens.subspan(i, n), pos + i);
   }
+}
+
+std::optional<CacheStats> Engine::cache_stats() const {
+  if (const PagedWeights* p = paged()) return p->stats();
+  return std::nullopt;
 }
 
 double weight_bytes_per_token(const PackedFile& f) {

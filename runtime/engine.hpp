@@ -4,6 +4,7 @@
 #pragma once
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 
 #include "kernels/cpu_pool.hpp"
@@ -19,7 +20,7 @@ struct EngineOptions {
   uint64_t ctx = 1024;          // KV cache size in tokens
   uint64_t batch = 64;          // prefill batch: tokens per forward call
   unsigned threads = 0;         // CPU kernel threads, 0: every core
-  CacheOptions cache = {};      // the paging cache; off: weights read in place
+  CacheOptions cache = {};      // the paging cache; off (the default): weights read in place
 };
 
 struct Engine {
@@ -34,6 +35,8 @@ struct Engine {
   const ModelConfig& config() const { return file.config; }
   // The paging cache's weight source, or nullptr when the weights are read in place.
   const PagedWeights* paged() const { return dynamic_cast<const PagedWeights*>(source.get()); }
+  // Its statistics (format_cache_stats() writes them for --stats), or nullopt without a cache.
+  std::optional<CacheStats> cache_stats() const;
 
   PackedFile file;
   ModelWeights weights;

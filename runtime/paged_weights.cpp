@@ -1,104 +1,158 @@
 #include "runtime/paged_weights.hpp"
 
 #include <cstring>
+#include <map>
 
 #include <fmt/format.h>
 
-#include "kernels/dequant.hpp"
-#include "quantizer/atomic_file.hpp"
+#include "cache/cpu_backend.hpp"
+#include "quantizer/error.hpp"
 #include "quantizer/int4.hpp"
 
 namespace ferry {
 namespace {
 
-constexpr uint64_t kAlign = 64;
-uint64_t aligned(uint64_t n) {
-  return (n + kAlign - 1) / kAlign * kAlign;
-}
-
-// Byte layout of an entry in the int4 format: codes, then scales, then mins, each 64-aligned.
-struct Int4Layout {
-  uint64_t q, scales, mins, total;
+// The file's tensors of one linear weight: {q4, scales[, mins]} or {bf16}.
+struct LinearTensors {
+  std::vector<const TensorView*> parts;
+  std::string name;  // the weight, e.g. "model.layers.3.mlp.up_proj"
 };
-Int4Layout int4_layout(const Linear& l) {
-  const uint64_t blocks = int4_blocks_per_row(l.cols);
-  const uint64_t q = l.rows * blocks * kBlockBytes, s = l.rows * blocks * 2;
-  return {0, aligned(q), aligned(q) + aligned(s), aligned(q) + aligned(s) + (l.mins ? s : 0)};
+
+std::string weight_name(std::string tensor) {
+  for (const char* suffix : {".q4", ".weight"})
+    if (tensor.ends_with(suffix)) tensor.resize(tensor.size() - std::strlen(suffix));
+  return tensor;
 }
 
-uint64_t entry_bytes(const Linear& l, CacheFormat f) {
-  if (!l.q4 || f == CacheFormat::bf16) return l.rows * l.cols * 2;
-  return int4_layout(l).total;
-}
-
-void fill(const Linear& l, CacheFormat f, uint8_t* dst) {
-  if (!l.q4) {
-    std::memcpy(dst, l.bf16, l.rows * l.cols * 2);
-  } else if (f == CacheFormat::bf16) {  // dequantized while filling, on the prefetch thread
-    dequant_int4_bf16_cpu(l.q4, l.scales, l.mins, l.rows, l.cols, reinterpret_cast<uint16_t*>(dst));
-  } else {
-    const Int4Layout m = int4_layout(l);
-    const uint64_t blocks = int4_blocks_per_row(l.cols);
-    std::memcpy(dst + m.q, l.q4, l.rows * blocks * kBlockBytes);
-    std::memcpy(dst + m.scales, l.scales, l.rows * blocks * 2);
-    if (l.mins) std::memcpy(dst + m.mins, l.mins, l.rows * blocks * 2);
+// bind_weights() binds pointers, not names: the tensors are found again by where their data lies.
+std::vector<LinearTensors> linear_tensors(const PackedFile& f, const ModelWeights& w) {
+  std::map<const uint8_t*, const TensorView*> at;
+  for (const TensorView& t : f.file.tensors()) at.emplace(t.data, &t);
+  auto find = [&](const void* p) {
+    const auto it = at.find(static_cast<const uint8_t*>(p));
+    if (it == at.end()) throw Error("internal error: a linear weight is not a tensor of the file");
+    return it->second;
+  };
+  std::vector<LinearTensors> out;
+  for (const Linear& l : w.linears) {
+    LinearTensors t;
+    if (l.q4) {
+      t.parts = {find(l.q4), find(l.scales)};
+      if (l.mins) t.parts.push_back(find(l.mins));
+    } else {
+      t.parts = {find(l.bf16)};
+    }
+    t.name = weight_name(t.parts[0]->name);
+    out.push_back(std::move(t));
   }
+  return out;
+}
+
+uint64_t int4_bytes(const Linear& l) {
+  return l.rows * int4_blocks_per_row(l.cols) * kBlockBytes;
+}
+uint64_t scale_bytes(const Linear& l) {
+  return l.rows * int4_blocks_per_row(l.cols) * 2;
+}
+
+uint64_t entry_bytes(const Linear& l, CacheFormat format) {
+  if (!l.q4 || format == CacheFormat::bf16) return l.rows * l.cols * 2;
+  return entry_aligned(int4_bytes(l)) + entry_aligned(scale_bytes(l)) +
+         (l.mins ? entry_aligned(scale_bytes(l)) : 0);
 }
 
 }  // namespace
 
-std::vector<uint64_t> PagedWeights::entry_sizes(const ModelWeights& w, CacheFormat f) {
-  std::vector<uint64_t> sizes;
-  for (const Linear& l : w.linears) sizes.push_back(entry_bytes(l, f));
-  return sizes;
+const char* format_name(CacheFormat f) {
+  return f == CacheFormat::bf16 ? "bf16" : "int4";
 }
 
-PagedWeights::PagedWeights(const ModelWeights& w, const CacheOptions& o)
-    : w_(w), format_(o.format) {
-  const std::vector<uint64_t> sizes = entry_sizes(w, o.format);
-  std::vector<uint32_t> layers;
-  for (uint32_t id = 0; id < sizes.size(); ++id) {
-    layers.push_back(id / kLinearsPerLayer);
-    total_ += aligned(sizes[id]);
+Schedule paging_schedule(const PackedFile& f, const ModelWeights& w, CacheFormat format) {
+  const std::vector<LinearTensors> tensors = linear_tensors(f, w);
+  Schedule s;
+  for (uint32_t id = 0; id < w.linears.size(); ++id)
+    s.weights.push_back({.bytes = entry_bytes(w.linears[id], format),
+                         .layer = id / kLinearsPerLayer,
+                         .name = tensors[id].name});
+  return s;
+}
+
+PagedWeights::PagedWeights(const PackedFile& f, const ModelWeights& w, const CacheOptions& o,
+                           unsigned threads)
+    : format_(o.format),
+      backend_(o.backend ? o.backend : std::make_shared<CpuBackend>()),
+      stored_(w.linears) {
+  // The host store: every part of every linear weight, in id order.
+  const std::vector<LinearTensors> tensors = linear_tensors(f, w);
+  std::vector<HostPiece> pieces;
+  for (const LinearTensors& t : tensors)
+    for (const TensorView* v : t.parts) {
+      const auto sum = f.checksums.find(v->name);
+      pieces.push_back({v->name, v->data, v->nbytes, sum == f.checksums.end() ? "" : sum->second});
+    }
+  store_ = std::make_unique<HostWeightStore>(*backend_, pieces,
+                                             HostStoreOptions{threads, o.verify, o.progress});
+  size_t piece = 0;
+  for (Linear& l : stored_) {
+    if (l.q4) {
+      l.q4 = store_->piece(piece++);
+      l.scales = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
+      if (l.mins) l.mins = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
+    } else {
+      l.bf16 = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
+    }
+    const uint64_t scales = entry_aligned(int4_bytes(l));
+    layouts_.push_back({scales, scales + entry_aligned(scale_bytes(l))});
   }
-  const uint64_t budget =
-      o.budget_fraction > 0 ? uint64_t(o.budget_fraction * double(total_)) : o.budget_bytes;
-  cache_ = std::make_unique<WeightCache>(
-      sizes, layers, budget, o.policy, o.lookahead,
-      [this](uint32_t id, uint8_t* dst) { fill(w_.linears[id], format_, dst); });
+
+  Schedule schedule = paging_schedule(f, w, o.format);
+  const uint64_t whole = schedule.whole_bytes();
+  const uint64_t budget = o.budget_auto           ? backend_->auto_budget(whole)
+                          : o.budget_fraction > 0 ? uint64_t(o.budget_fraction * double(whole))
+                                                  : o.budget_bytes;
+  cache_ = std::make_unique<DeviceCache>(
+      *backend_, std::move(schedule),
+      CacheConfig{
+          .budget = budget, .policy = o.policy, .lookahead = o.lookahead, .on_evict = o.on_evict},
+      [this](uint32_t id, uint8_t* dst) { fill(id, dst); });
+}
+
+PagedWeights::~PagedWeights() = default;
+
+// Runs on the prefetch thread (or the compute thread on a miss, or at load).
+void PagedWeights::fill(uint32_t id, uint8_t* dst) {
+  const Linear& l = stored_[id];
+  if (!l.q4) {
+    backend_->copy(dst, reinterpret_cast<const uint8_t*>(l.bf16), l.rows * l.cols * 2);
+  } else if (format_ == CacheFormat::bf16) {
+    backend_->dequant_int4_bf16({l.q4, l.scales, l.mins, l.rows, l.cols},
+                                reinterpret_cast<uint16_t*>(dst));
+  } else {
+    const Layout& m = layouts_[id];
+    backend_->copy(dst, l.q4, int4_bytes(l));
+    backend_->copy(dst + m.scales, reinterpret_cast<const uint8_t*>(l.scales), scale_bytes(l));
+    if (l.mins)
+      backend_->copy(dst + m.mins, reinterpret_cast<const uint8_t*>(l.mins), scale_bytes(l));
+  }
 }
 
 Linear PagedWeights::acquire(uint32_t id) {
-  Linear l = w_.linears.at(id);
   const uint8_t* p = cache_->acquire(id);
+  Linear l = stored_[id];
   if (!l.q4 || format_ == CacheFormat::bf16) {
     l.q4 = nullptr;
     l.scales = l.mins = nullptr;
     l.bf16 = reinterpret_cast<const uint16_t*>(p);
     return l;
   }
-  const Int4Layout m = int4_layout(l);
-  l.q4 = p + m.q;
-  l.scales = reinterpret_cast<const uint16_t*>(p + m.scales);
-  if (l.mins) l.mins = reinterpret_cast<const uint16_t*>(p + m.mins);
+  l.q4 = p;
+  l.scales = reinterpret_cast<const uint16_t*>(p + layouts_[id].scales);
+  if (l.mins) l.mins = reinterpret_cast<const uint16_t*>(p + layouts_[id].mins);
   return l;
 }
 
 void PagedWeights::release(uint32_t id) {
   cache_->release(id);
-}
-
-std::string format_cache_stats(const CacheStats& s, uint64_t tokens) {
-  const double per_token = tokens ? double(s.uploaded_bytes) / double(tokens) : 0;
-  return fmt::format(
-      "cache: budget {}, pinned {}, resident {}, high-water {}\n"
-      "cache: {} weight uses, {} hits ({:.1f}%), {} uploads ({} per token), {} evictions, {} "
-      "on-demand fetches\n"
-      "cache: compute waited {:.3f} s for weights\n",
-      human_bytes(double(s.budget)), human_bytes(double(s.pinned_bytes)),
-      human_bytes(double(s.resident_bytes)), human_bytes(double(s.high_water)), s.acquires, s.hits,
-      s.acquires ? 100.0 * double(s.hits) / double(s.acquires) : 0.0, s.uploads,
-      human_bytes(per_token), s.evictions, s.sync_fetches, s.wait_seconds);
 }
 
 }  // namespace ferry

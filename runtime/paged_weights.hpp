@@ -1,45 +1,74 @@
-// The weight source of the paging cache: each linear weight of the model is an entry of a
-// WeightCache (cache/weight_cache.hpp), filled from the packed file's memory either as stored
-// (format int4: the INT4 kernels read the packed blocks) or dequantized to bf16 on the prefetch
-// thread (format bf16: Linear runs the bf16 product).
+// The weight source of the paging cache. At load, every linear weight of the file is copied into
+// the host weight store (cache/host_store.hpp, checksums verified); the forward pass then gets
+// each one from the device cache (cache/device_cache.hpp), whose entries are filled from the store
+// either as stored (format int4: the INT4 kernels read the packed blocks) or dequantized to bf16
+// by the filling thread (format bf16: Linear runs the bf16 product, 4x the bytes per entry).
+// Biases, norms and the embedding stay in the file's memory.
 #pragma once
+#include <functional>
 #include <memory>
+#include <optional>
+#include <vector>
 
-#include "cache/weight_cache.hpp"
+#include "cache/backend.hpp"
+#include "cache/device_cache.hpp"
+#include "cache/host_store.hpp"
+#include "cache/schedule.hpp"
+#include "cache/stats.hpp"
 #include "runtime/model.hpp"
 
 namespace ferry {
 
 enum class CacheFormat { int4, bf16 };
+const char* format_name(CacheFormat f);
 
+// What `--cache-budget` and its companions ask for. The default (enabled false) is no cache: the
+// forward pass reads every weight in place from the file's memory (DirectWeights).
 struct CacheOptions {
-  bool enabled = false;        // false: weights are read in place (DirectWeights)
+  bool enabled = false;
   double budget_fraction = 0;  // of the linear weights in the cache format, when > 0
-  uint64_t budget_bytes = 0;   // otherwise
+  uint64_t budget_bytes = 0;   // otherwise, unless budget_auto
+  bool budget_auto = false;    // the backend decides (CPU: the whole model)
   CachePolicy policy = CachePolicy::lru;
   CacheFormat format = CacheFormat::int4;
   uint32_t lookahead = 2;
+  bool verify = true;        // checksums of the host store (--no-verify: false)
+  ProgressFn progress = {};  // loading the host store; may be empty
+  std::shared_ptr<CacheBackend> backend = nullptr;  // nullptr: the CPU backend
+  std::function<void(uint32_t)> on_evict = {};      // tests: each evicted id
 };
+
+// The schedule of a model in a cache format: its linear weights by id (runtime/model.hpp order),
+// each with its entry size in that format, its layer (lm_head counts as a layer past the last)
+// and its name.
+Schedule paging_schedule(const PackedFile& f, const ModelWeights& w, CacheFormat format);
 
 class PagedWeights final : public WeightSource {
  public:
-  // Throws ferry::Error for a budget below the minimum, stating it.
-  PagedWeights(const ModelWeights& w, const CacheOptions& o);
+  // Throws ferry::Error for a budget below the minimum (stating it), memory that cannot be had,
+  // or a checksum mismatch.
+  PagedWeights(const PackedFile& f, const ModelWeights& w, const CacheOptions& o, unsigned threads);
+  ~PagedWeights() override;
   Linear acquire(uint32_t id) override;
   void release(uint32_t id) override;
+
   CacheStats stats() const { return cache_->stats(); }
-  uint64_t weight_bytes() const { return total_; }  // all linear weights in the cache format
-  // Entry sizes of each linear weight in a format, in schedule order.
-  static std::vector<uint64_t> entry_sizes(const ModelWeights& w, CacheFormat f);
+  uint64_t weight_bytes() const { return cache_->schedule().whole_bytes(); }
+  const DeviceCache& cache() const { return *cache_; }
+  CacheBackend& backend() { return *backend_; }
 
  private:
-  const ModelWeights& w_;
-  CacheFormat format_;
-  uint64_t total_ = 0;
-  std::unique_ptr<WeightCache> cache_;
-};
+  struct Layout {  // byte offsets inside an int4 entry, each 256-aligned
+    uint64_t scales = 0, mins = 0;
+  };
+  void fill(uint32_t id, uint8_t* dst);
 
-// The statistics for `ferry run --stats`, one fact a line, per generated token where it says so.
-std::string format_cache_stats(const CacheStats& s, uint64_t tokens);
+  CacheFormat format_;
+  std::shared_ptr<CacheBackend> backend_;
+  std::vector<Linear> stored_;   // [ids] pointers into the host store (bias: the file)
+  std::vector<Layout> layouts_;  // [ids]
+  std::unique_ptr<HostWeightStore> store_;
+  std::unique_ptr<DeviceCache> cache_;  // last: stopped before the store it reads goes
+};
 
 }  // namespace ferry

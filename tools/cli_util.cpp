@@ -7,12 +7,14 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include <fmt/format.h>
 
 #include "quantizer/error.hpp"
 #include "tools/commands.hpp"
+#include "tools/progress.hpp"
 
 namespace ferry {
 
@@ -45,29 +47,50 @@ void add_engine_options(cxxopts::Options& o) {
       cxxopts::value<uint64_t>()->default_value("64"))(
       "threads", "CPU threads (0: every core)", cxxopts::value<unsigned>()->default_value("0"))(
       "cache-budget",
-      "page the weights through a cache of this size: 6G, 50% (of the weights), all, auto "
-      "(default: no cache, weights read in place)",
-      cxxopts::value<std::string>())("cache-policy", "lru or pin",
+      "page the weights through a cache of this size: 6G, 50% (of the linear weights in the "
+      "cache format), all, auto (the CPU backend: all). Default: no cache, the weights are read "
+      "in place from the file",
+      cxxopts::value<std::string>())("cache-policy", "lru or pin (keeps a share resident)",
                                      cxxopts::value<std::string>()->default_value("lru"))(
-      "cache-format", "int4 (packed, as stored) or bf16 (dequantized while filling)",
+      "cache-format", "int4 (packed, as stored) or bf16 (dequantized while filling, 4x the bytes)",
       cxxopts::value<std::string>()->default_value("int4"))(
       "lookahead", "weights the prefetcher fetches ahead of the compute",
-      cxxopts::value<uint32_t>()->default_value("2"));
+      cxxopts::value<uint32_t>()->default_value("2"))(
+      "no-verify", "with --cache-budget: load the weights without checking their checksums");
 }
 
 CacheOptions cache_options(const cxxopts::ParseResult& a) {
-  if (!a.count("cache-budget")) return {};
-  return parse_cache_options(a["cache-budget"].as<std::string>(),
-                             a["cache-policy"].as<std::string>(),
-                             a["cache-format"].as<std::string>(), a["lookahead"].as<uint32_t>());
+  if (!a.count("cache-budget")) {
+    for (const char* companion : {"cache-policy", "cache-format", "lookahead", "no-verify"})
+      if (a.count(companion))
+        throw Error(fmt::format(
+            "--{} needs --cache-budget (without it the weights are read in place, uncached)",
+            companion));
+    return {};
+  }
+  CacheOptions c =
+      parse_cache_options(a["cache-budget"].as<std::string>(), a["cache-policy"].as<std::string>(),
+                          a["cache-format"].as<std::string>(), a["lookahead"].as<uint32_t>());
+  c.verify = !a.count("no-verify");
+  // A bar only for stores that take a noticeable time to read (256 MB: ~0.1 s at the 2-3 GB/s a
+  // cold page cache gives), so that small models do not print load lines before their text.
+  auto bar = std::make_shared<ProgressBar>();
+  c.progress = [bar](std::string_view phase, uint64_t done, uint64_t total) {
+    if (total < (256 << 20)) return;
+    bar->update(phase, done, total);
+    if (done == total) bar->finish();
+  };
+  return c;
 }
 
 CacheOptions parse_cache_options(const std::string& b, const std::string& policy,
                                  const std::string& format, uint32_t lookahead) {
   CacheOptions c;
   c.enabled = true;
-  if (b == "all" || b == "auto") {
-    c.budget_fraction = 1.0;  // the CPU backend: the whole model fits its "device" memory
+  if (b == "all") {
+    c.budget_fraction = 1.0;
+  } else if (b == "auto") {
+    c.budget_auto = true;  // the backend's choice; the CPU backend's "device" holds everything
   } else if (!b.empty() && b.back() == '%') {
     char* end = nullptr;
     const double pct = std::strtod(b.c_str(), &end);

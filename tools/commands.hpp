@@ -26,7 +26,10 @@ uint64_t parse_size(std::string_view text, std::string_view option);
 // --threads, and the paging cache's), and the EngineOptions they make.
 void add_engine_options(cxxopts::Options& o);
 EngineOptions engine_options(const cxxopts::ParseResult& a);
-CacheOptions cache_options(const cxxopts::ParseResult& a);  // --cache-budget and its companions
+// --cache-budget and its companions (--cache-policy, --cache-format, --lookahead, --no-verify).
+// Without --cache-budget there is no cache (the weights are read in place) and a companion is an
+// error.
+CacheOptions cache_options(const cxxopts::ParseResult& a);
 // "6G" | "50%" | "all" | "auto", "lru" | "pin", "int4" | "bf16"; throws naming the bad value.
 CacheOptions parse_cache_options(const std::string& budget, const std::string& policy,
                                  const std::string& format, uint32_t lookahead);

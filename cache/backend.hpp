@@ -1,0 +1,95 @@
+// What the paging cache needs from the machine it runs on (DESIGN.md, "The paging core"): host
+// memory for the weight store, one device arena, a copy engine that fills an entry (a copy, or a
+// copy and an INT4 -> bf16 dequantization) and two signals per entry:
+//   ready    recorded by the copy side after an entry's bytes are written; the compute side waits
+//            on it before reading the entry;
+//   last use recorded by the compute side after the Linear that read the entry ran; the copy side
+//            waits on it before it overwrites the entry's memory with another weight.
+// The CUDA backend maps these onto cudaHostAlloc (pinned store), one cudaMalloc (the arena),
+// cudaMemcpyAsync and the dequant kernel on a copy stream, and one pair of events per entry, so
+// that no call on the hot path synchronizes the device. The CPU backend (cpu_backend.hpp) stands a
+// bounded host arena in for device memory and does each copy on the calling thread.
+//
+// Fault injection, for tests, lives on the backend object (never a global): the N-th allocation
+// or the N-th transfer throws ferry::Error as if the memory or the copy had failed.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+namespace ferry {
+
+class CacheBackend;
+
+enum class MemoryKind { host, device };
+
+// Frees through the backend that allocated the memory.
+struct MemoryFree {
+  CacheBackend* backend = nullptr;
+  MemoryKind kind = MemoryKind::host;
+  uint64_t bytes = 0;
+  void operator()(uint8_t* p) const;
+};
+using Memory = std::unique_ptr<uint8_t, MemoryFree>;
+
+// INT4 blocks of one weight as stored (quantizer/int4.hpp, docs/format.md).
+struct PackedInt4 {
+  const uint8_t* q = nullptr;        // [rows, ceil(cols/128) * 64]
+  const uint16_t* scales = nullptr;  // [rows, ceil(cols/128)] f16
+  const uint16_t* mins = nullptr;    // [rows, ceil(cols/128)] f16, or nullptr (sym)
+  uint64_t rows = 0, cols = 0;
+};
+
+class CacheBackend {
+ public:
+  virtual ~CacheBackend() = default;
+  virtual std::string_view name() const = 0;
+  virtual bool pins_host_memory() const = 0;
+  // The budget `--cache-budget auto` gives for a model whose linear weights take `whole_model`
+  // bytes in the cache's format.
+  virtual uint64_t auto_budget(uint64_t whole_model) const = 0;
+
+  // Memory: throw ferry::Error naming `what` and the size when it cannot be had (or when the
+  // injected fault hits). `place` counts an entry placed inside the arena, which on a device is
+  // not an allocation of its own but is where a placement bug would surface, so tests can fail it.
+  Memory allocate_host(uint64_t bytes, std::string_view what);
+  Memory allocate_device(uint64_t bytes, std::string_view what);
+  void place(uint64_t bytes, std::string_view what);
+
+  // The copy side. `dst` is device (arena) memory, the sources host (store) memory.
+  void copy(uint8_t* dst, const uint8_t* src, uint64_t bytes);
+  void dequant_int4_bf16(const PackedInt4& src, uint16_t* dst);  // [rows, cols] bf16
+  virtual void record_ready(uint32_t entry) = 0;
+  virtual void wait_last_use(uint32_t entry) = 0;  // before reusing the entry's memory
+  // The compute side.
+  virtual void wait_ready(uint32_t entry) = 0;
+  virtual void record_last_use(uint32_t entry) = 0;
+  // Called once by the cache before any signal is used, with the number of entries.
+  virtual void create_signals(uint32_t entries) = 0;
+
+  // Tests: the n-th allocation (host, device or placement; 1-based, counted from now on) or the
+  // n-th transfer (copy or dequantization) throws. 0 turns the fault off.
+  void fail_allocation_at(uint64_t n);
+  void fail_transfer_at(uint64_t n);
+  uint64_t allocations() const { return allocations_.load(); }
+  uint64_t transfers() const { return transfers_.load(); }
+
+ protected:
+  // nullptr when the memory cannot be had.
+  virtual uint8_t* do_allocate(uint64_t bytes, MemoryKind kind) = 0;
+  virtual void do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) = 0;
+  virtual void do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) = 0;
+  virtual void do_dequant_int4_bf16(const PackedInt4& src, uint16_t* dst) = 0;
+
+ private:
+  friend struct MemoryFree;
+  void count_allocation(uint64_t bytes, std::string_view what);
+  void count_transfer(uint64_t bytes);
+  Memory allocate(uint64_t bytes, MemoryKind kind, std::string_view what);
+
+  std::atomic<uint64_t> allocations_{0}, fail_allocation_{0};
+  std::atomic<uint64_t> transfers_{0}, fail_transfer_{0};
+};
+
+}  // namespace ferry
