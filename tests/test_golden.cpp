@@ -2,13 +2,18 @@
 // (tools/reference/gen_model_golden.py; fixtures in tests/fixtures/model/): the real TinyStories
 // model and synthesized tiny Qwen2 (q/k/v biases, GQA 5:1, hidden 320) and Llama 3 (llama3 rope
 // scaling) checkpoints. bf16 scheme: logits within 1e-3 of HF's and 64 greedy tokens equal. INT4
-// schemes: the top-1 token after each prompt equals HF's and the KL divergence stays bounded.
+// schemes: the mean KL divergence to HF stays bounded, and the top-1 token after each prompt is
+// HF's (real model) or one HF ranks nearly as high (random models).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+#include <vector>
 
 #include "quantizer/convert.hpp"
 #include "quantizer/packed_file.hpp"
@@ -76,6 +81,17 @@ int32_t argmax(std::span<const float> v) {
   return int32_t(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
+// ctx 256 holds a prompt (<= 22 tokens) plus 64 greedy tokens; batch 16 makes the prefill of a
+// longer prompt take two batches. Assigned field by field: options added later keep defaults.
+EngineOptions engine_options(const fs::path& model) {
+  EngineOptions o;
+  o.model = model;
+  o.ctx = 256;
+  o.batch = 16;
+  o.threads = 2;
+  return o;
+}
+
 // ferry's logits at every position of the prompt, token by token (decode path).
 std::vector<float> ferry_logits(Engine& e, const std::vector<int32_t>& ids) {
   std::vector<float> out;
@@ -87,7 +103,7 @@ std::vector<float> ferry_logits(Engine& e, const std::vector<int32_t>& ids) {
 }
 
 void check_bf16(const fs::path& model, const Golden& g, const std::string& name) {
-  Engine e({.model = model, .ctx = 256, .batch = 16, .threads = 2});
+  Engine e(engine_options(model));
   double worst = 0;
   for (const Prompt& p : g.prompts) {
     const std::vector<float> got = ferry_logits(e, p.ids);
@@ -136,56 +152,66 @@ std::pair<double, double> kl_to_hf(const std::vector<float>& ferry, const std::v
 }
 
 // `mean_bound`: on the mean KL per position, the worst scheme's measured value (printed) with
-// ~1.6x margin. `top1`: assert the top-1 token after each prompt. Only the real model is asked
-// to: a random model's next-token distribution is nearly flat (its top two logits lie closer
-// than INT4 noise moves them), so there the top-1 agreement is printed, and KL carries the test.
+// ~1.6x margin. `gap_bound`: on how far below HF's best logit HF puts the token ferry ranks first
+// after each prompt; 0 asks for HF's top-1 token itself. The real model gets 0 (its top two logits
+// after the prompts lie 6.3 and 1.0 apart). A random model's next-token distribution is nearly
+// flat: its top two logits lie 0.015 to 0.14 apart, closer than INT4 noise moves them, so there
+// ferry's pick has to be one HF ranks nearly as high instead: within 0.25 (measured up to 0.13;
+// e^-0.25 = 0.78, so HF gives it at least 78% of the probability of its own top-1).
 void check_int4(const test::ScratchDir& tmp, const fs::path& hf, const Golden& g,
-                const std::string& name, double mean_bound, bool top1_required) {
+                const std::string& name, double mean_bound, float gap_bound) {
   for (Scheme s : {Scheme::sym, Scheme::sym_clip, Scheme::asym, Scheme::asym_clip}) {
-    Engine e({.model = convert(tmp, hf, s), .ctx = 256, .batch = 16, .threads = 2});
+    Engine e(engine_options(convert(tmp, hf, s)));
     double mean = 0, worst = 0;
     int top1 = 0;
+    float gap = 0;  // worst over prompts: HF's best logit - HF's logit of ferry's top-1 token
     for (const Prompt& p : g.prompts) {
       const std::vector<float> got = ferry_logits(e, p.ids);
       const auto [m, w] = kl_to_hf(got, p.logits, g.vocab);
       mean += m / double(g.prompts.size());
       worst = std::max(worst, w);
-      const size_t last = (p.ids.size() - 1) * g.vocab;
-      top1 += argmax(std::span(got).subspan(last, g.vocab)) ==
-              argmax(std::span(p.logits).subspan(last, g.vocab));
+      const std::span<const float> hf_last =
+          std::span(p.logits).subspan((p.ids.size() - 1) * g.vocab, g.vocab);
+      const int32_t pick = argmax(std::span(got).subspan((p.ids.size() - 1) * g.vocab, g.vocab));
+      top1 += pick == argmax(hf_last);
+      gap = std::max(gap, hf_last[size_t(argmax(hf_last))] - hf_last[size_t(pick)]);
     }
-    std::printf("  %-12s %-9s KL(HF || ferry) mean %.4f max %.4f nats, top-1 after prompt %d/%zu\n",
-                name.c_str(), std::string(scheme_name(s)).c_str(), mean, worst, top1,
-                g.prompts.size());
+    std::printf(
+        "  %-12s %-9s KL(HF || ferry) mean %.4f max %.4f nats, top-1 after prompt %d/%zu "
+        "(HF logit gap %.3f)\n",
+        name.c_str(), std::string(scheme_name(s)).c_str(), mean, worst, top1, g.prompts.size(),
+        gap);
     EXPECT_LT(mean, mean_bound) << name << " " << scheme_name(s);
-    if (top1_required) {
-      EXPECT_EQ(size_t(top1), g.prompts.size()) << name << " " << scheme_name(s);
-    }
+    EXPECT_LE(gap, gap_bound) << name << " " << scheme_name(s)
+                              << ": ferry's top-1 token after a prompt is far down HF's ranking";
   }
 }
 
 TEST(Golden, TinyStoriesMatchesTransformers) {
   FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
   const Golden g = load_golden("tinystories");
+  ASSERT_FALSE(HasFailure()) << "golden data unreadable";
   test::ScratchDir tmp;
   check_bf16(convert(tmp, dir, Scheme::bf16), g, "tinystories");
-  check_int4(tmp, dir, g, "tinystories", 0.15, true);  // measured 0.055 .. 0.091
+  check_int4(tmp, dir, g, "tinystories", 0.15, 0);  // measured 0.055 .. 0.091
 }
 
 TEST(Golden, SynthesizedQwen2MatchesTransformers) {
   const Golden g = load_golden("qwen2_tiny");
   test::ScratchDir tmp;
   const fs::path hf = synthesize(tmp, "qwen2-tiny", g);
+  ASSERT_FALSE(HasFailure()) << "golden data unreadable or made from another checkpoint";
   check_bf16(convert(tmp, hf, Scheme::bf16), g, "qwen2-tiny");
-  check_int4(tmp, hf, g, "qwen2-tiny", 0.011, false);  // measured 0.0052 .. 0.0067
+  check_int4(tmp, hf, g, "qwen2-tiny", 0.011, 0.25f);  // measured 0.0052 .. 0.0067
 }
 
 TEST(Golden, SynthesizedLlama3MatchesTransformers) {
   const Golden g = load_golden("llama3_tiny");
   test::ScratchDir tmp;
   const fs::path hf = synthesize(tmp, "llama3-tiny", g);
+  ASSERT_FALSE(HasFailure()) << "golden data unreadable or made from another checkpoint";
   check_bf16(convert(tmp, hf, Scheme::bf16), g, "llama3-tiny");
-  check_int4(tmp, hf, g, "llama3-tiny", 0.008, false);  // measured 0.0035 .. 0.0048
+  check_int4(tmp, hf, g, "llama3-tiny", 0.008, 0.25f);  // measured 0.0035 .. 0.0048
 }
 
 }  // namespace

@@ -11,33 +11,71 @@ ferry's bf16 scheme stores every weight rounded to bf16 and computes in fp32: th
 therefore rounds the weights to bf16 (a no-op for the synthesized checkpoints, which are bf16)
 and runs in float32 with eager attention.
 
-Usage (the route and versions are in README.md next to this file):
-  python3 -m venv tools/reference/.venv
-  tools/reference/.venv/bin/pip install torch transformers tokenizers xxhash
-  tools/reference/.venv/bin/python tools/reference/gen_model_golden.py --ferry build/ferry
+Usage, from the repository root (the routes and versions are in README.md next to this file):
+  cmake --build build --target ferry       # the synthesized checkpoints come from `ferry synth`
+  python3 tools/reference/gen_model_golden.py --ferry build/ferry [--route pypi|debian]
+
+The script runs itself in tools/reference/.venv, which it makes on first use with pinned versions:
+  --route pypi    (default) torch, transformers, tokenizers, xxhash from PyPI: ~5.6 GB, no root
+  --route debian  Debian's python3-torch (apt-get install python3-torch first: 811 MB) seen
+                  through --system-site-packages, transformers 4.46.3 from PyPI: 163 MB
+A venv of the other route is an error (delete it). --no-venv runs in the current interpreter.
 """
 import argparse
 import json
+import os
 import pathlib
 import subprocess
+import sys
 import tempfile
-
-import tokenizers
-import torch
-import transformers
-import xxhash
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "model"
+VENV = ROOT / "tools" / "reference" / ".venv"
+# Pinned so that a rerun reproduces the recorded versions. transformers 4.46.3 is the release
+# checked with Debian bookworm's torch 1.13 (it knows Qwen2 and rope_scaling "llama3", and its
+# metadata asks for no torch 2.x, as 4.48's does).
+ROUTES = {
+    "pypi": {"python": sys.executable, "system_site": False,
+             "packages": ["torch==2.15.0", "transformers==5.23.0", "tokenizers==0.23.3",
+                          "xxhash==4.1.0"]},
+    "debian": {"python": "/usr/bin/python3", "system_site": True,
+               "packages": ["transformers==4.46.3", "xxhash==4.1.0"]},
+}
+DTYPE_ARG = "torch_dtype"
 GREEDY = 64
 TEXTS = ["Once upon a time, there was a little girl named Lily.",
          "The sun was warm and the dog ran to the park"]
 
 
-def reference(model_dir: pathlib.Path, name: str, bos, synth_hash=None):
+def enter_venv(route: str):
+    """Re-executes this script in tools/reference/.venv, making the venv of `route` first."""
+    python = VENV / "bin" / "python"
+    if pathlib.Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    marker = VENV / "ferry-route"
+    if VENV.exists():
+        made = marker.read_text().strip() if marker.exists() else "unknown"
+        if made != route:
+            sys.exit(f"{VENV} was made for route '{made}', not '{route}': delete it or pass "
+                     f"--route {made}")
+    else:
+        r = ROUTES[route]
+        if route == "debian" and subprocess.run(
+                [r["python"], "-c", "import torch"], capture_output=True).returncode != 0:
+            sys.exit("route debian needs Debian's torch: apt-get install python3-torch")
+        print(f"making {VENV} (route {route}): {' '.join(r['packages'])}", flush=True)
+        subprocess.run([r["python"], "-m", "venv", str(VENV)] +
+                       (["--system-site-packages"] if r["system_site"] else []), check=True)
+        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q"] + r["packages"], check=True)
+        marker.write_text(route + "\n")
+    os.execv(str(python), [str(python), str(pathlib.Path(__file__).resolve())] + sys.argv[1:])
+
+
+def reference(out: pathlib.Path, model_dir: pathlib.Path, name: str, bos, synth_hash=None):
     tok = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+        model_dir, **{DTYPE_ARG: torch.float32}, attn_implementation="eager")
     model.eval()
     with torch.no_grad():
         for p in model.parameters():  # the bf16 scheme: weights rounded to bf16, fp32 compute
@@ -48,17 +86,17 @@ def reference(model_dir: pathlib.Path, name: str, bos, synth_hash=None):
         x = torch.tensor([ids])
         with torch.no_grad():
             logits = model(x).logits[0].to(torch.float32).numpy()
-            out = model.generate(x, do_sample=False, max_new_tokens=GREEDY, min_new_tokens=GREEDY,
-                                 eos_token_id=None, pad_token_id=0)
-        prompts.append({"ids": ids, "positions": len(ids), "greedy": out[0, len(ids):].tolist()})
+            gen = model.generate(x, do_sample=False, max_new_tokens=GREEDY, min_new_tokens=GREEDY,
+                                 eos_token_id=None, pad_token_id=0, synced_gpus=False)
+        prompts.append({"ids": ids, "positions": len(ids), "greedy": gen[0, len(ids):].tolist()})
         blobs.append(logits.astype("<f4").tobytes())
-    (OUT / f"{name}.logits.f32").write_bytes(b"".join(blobs))
+    (out / f"{name}.logits.f32").write_bytes(b"".join(blobs))
     index = {"model": name, "vocab": int(model.config.vocab_size), "prompts": prompts,
              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                           "tokenizers": tokenizers.__version__}}
     if synth_hash:
         index["synth_safetensors_xxh3"] = synth_hash
-    (OUT / f"{name}.json").write_text(json.dumps(index, indent=1) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(index, indent=1) + "\n")
     print(f"{name}: {len(prompts)} prompts, vocab {index['vocab']}")
 
 
@@ -66,11 +104,26 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
     ap.add_argument("--ferry", default=str(ROOT / "build" / "ferry"))
+    ap.add_argument("--out", default=str(OUT), help="where the fixtures go (another folder to "
+                    "compare a torch or transformers release with the committed ones)")
+    ap.add_argument("--route", choices=sorted(ROUTES), default="pypi")
+    ap.add_argument("--no-venv", action="store_true", help="use the current interpreter's torch")
     a = ap.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
+    if not a.no_venv:
+        enter_venv(a.route)
+    global tokenizers, torch, transformers, xxhash
+    import tokenizers
+    import torch
+    import transformers
+    import xxhash
+    # transformers 5 names the argument `dtype` and warns on `torch_dtype`; 4.46 knows only the latter.
+    global DTYPE_ARG
+    DTYPE_ARG = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    out = pathlib.Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     tiny = pathlib.Path(a.shared) / "models" / "tinystories-656k"
     if tiny.exists():
-        reference(tiny, "tinystories", bos=1)
+        reference(out, tiny, "tinystories", bos=1)
     else:
         print(f"{tiny} is absent: tinystories fixtures left as they are")
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +133,7 @@ def main():
             h = xxhash.xxh3_64_hexdigest((d / "model.safetensors").read_bytes())
             cfg = json.loads((d / "config.json").read_text())
             bos = cfg.get("bos_token_id")
-            reference(d, name, bos=bos if isinstance(bos, int) else None, synth_hash=h)
+            reference(out, d, name, bos=bos if isinstance(bos, int) else None, synth_hash=h)
 
 
 if __name__ == "__main__":
