@@ -12,6 +12,7 @@
 #include "kernels/dequant.hpp"
 #include "quantizer/dtype.hpp"
 #include "quantizer/int4.hpp"
+#include "quantizer/target_clones.hpp"
 
 namespace ferry {
 namespace {
@@ -19,9 +20,8 @@ namespace {
 // Dequantizes one block of 64 bytes into 128 floats. Unpacking the nibbles into a byte array
 // first and converting in a second loop lets g++ -O2 vectorize both loops (fixed trip counts);
 // the one-loop form (two floats per byte) did not vectorize and ran at half the speed.
-__attribute__((target_clones("avx2", "default"))) void dequant_block(const uint8_t* q, float scale,
-                                                                     float min, float offset,
-                                                                     float* out) {
+FERRY_CLONES_AVX2 void dequant_block(const uint8_t* q, float scale, float min, float offset,
+                                     float* out) {
   alignas(32) std::array<uint8_t, kBlock> codes;  // [kBlock] low nibble = even element
   for (uint64_t j = 0; j < kBlockBytes; ++j) {
     codes[2 * j] = q[j] & 15;
@@ -33,8 +33,7 @@ __attribute__((target_clones("avx2", "default"))) void dequant_block(const uint8
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) void to_bf16_block(const float* in,
-                                                                     uint16_t* out) {
+FERRY_CLONES_AVX2 void to_bf16_block(const float* in, uint16_t* out) {
   for (uint64_t i = 0; i < kBlock; ++i) out[i] = float_to_bf16(in[i]);
 }
 

@@ -3,7 +3,9 @@
 # message when no GPU is present), after checking that every source file is clang-formatted:
 #   1. the normal build (CUDA backend too when nvcc is found) and all its tests;
 #   2. an AddressSanitizer + UndefinedBehaviorSanitizer build (CPU backend) and all its tests;
-#   3. the libFuzzer target for the safetensors reader, for FERRY_FUZZ_SECONDS (default 60).
+#   3. a ThreadSanitizer build (clang, CPU backend) of the paging cache's tests: the prefetch
+#      thread, cancellation, errors and faults injected on it, and the forward pass through it;
+#   4. the libFuzzer target for the safetensors reader, for FERRY_FUZZ_SECONDS (default 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -19,6 +21,13 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)"
 FERRY_BUILD_DIR=build-asan bash scripts/build.sh -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_SANITIZE=address,undefined
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan --output-on-failure -j "$jobs"
+
+echo "== ThreadSanitizer: the paging cache and the forward pass through it (build-tsan/)"
+# clang: GCC 12 refuses moodycamel's atomic_thread_fence under -fsanitize=thread (-Werror=tsan).
+CC=clang CXX=clang++ FERRY_BUILD_DIR=build-tsan FERRY_BUILD_TARGET="ferry test_cache test_paging" \
+  bash scripts/build.sh -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_SANITIZE=thread
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --test-dir build-tsan \
+  --output-on-failure -j "$jobs" -R '^(Cache|Paging)'
 
 echo "== fuzz the safetensors reader for ${FERRY_FUZZ_SECONDS:-60} s (build-fuzz/)"
 CC=clang CXX=clang++ FERRY_BUILD_DIR=build-fuzz FERRY_BUILD_TARGET=fuzz_safetensors bash scripts/build.sh \

@@ -1,0 +1,19 @@
+// FERRY_CLONES_AVX2: an AVX2 clone and a baseline one of a hot loop, picked once at load through
+// an ifunc. The ifunc's resolver runs while the dynamic loader relocates the program, before
+// ThreadSanitizer's runtime starts; instrumented, it crashes there (SIGSEGV in __tsan_func_entry
+// before main). ThreadSanitizer builds (scripts/test.sh) therefore compile the baseline only.
+#pragma once
+
+#if defined(__SANITIZE_THREAD__)
+#define FERRY_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FERRY_TSAN 1
+#endif
+#endif
+
+#ifdef FERRY_TSAN
+#define FERRY_CLONES_AVX2
+#else
+#define FERRY_CLONES_AVX2 __attribute__((target_clones("avx2", "default")))
+#endif
