@@ -5,9 +5,15 @@
 // product is the "TN" GEMM C[rows, n] = op_T(W) · x with fp32 output and fp32 accumulation.
 // The activations are rounded to bf16 first (tensor cores take bf16 pairs): the twin keeps them
 // fp32, so the two differ by that rounding (relative 2^-9 per element, NMSE ~1e-6).
+//
+// cuBLASLt is loaded with dlopen when the first CublasLt is made, not linked: merely loading
+// libcublasLt.so.13 costs 210 MB of resident memory (measured: a program that links it and
+// prints one line peaks at 211,776 kB; with only cudart, 1,652 kB), which every `ferry quantize`
+// and CPU run of a CUDA build would pay for nothing.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <string>
 
@@ -16,6 +22,56 @@
 #include "quantizer/error.hpp"
 
 namespace ferry {
+namespace {
+
+#define FERRY_STR2(x) #x
+#define FERRY_STR(x) FERRY_STR2(x)
+constexpr const char* kLibrary = "libcublasLt.so." FERRY_STR(CUBLAS_VER_MAJOR);
+
+}  // namespace
+
+// The entry points ferry calls, resolved from the library at load.
+struct CublasLt::Api {
+  void* lib = nullptr;
+  decltype(&cublasLtCreate) create = nullptr;
+  decltype(&cublasLtDestroy) destroy = nullptr;
+  decltype(&cublasLtMatrixLayoutCreate) layout_create = nullptr;
+  decltype(&cublasLtMatrixLayoutDestroy) layout_destroy = nullptr;
+  decltype(&cublasLtMatmulDescCreate) desc_create = nullptr;
+  decltype(&cublasLtMatmulDescSetAttribute) desc_set = nullptr;
+  decltype(&cublasLtMatmulDescDestroy) desc_destroy = nullptr;
+  decltype(&cublasLtMatmul) matmul = nullptr;
+
+  Api() {
+    lib = dlopen(kLibrary, RTLD_NOW | RTLD_LOCAL);
+    if (!lib)
+      throw Error(std::string("cannot load ") + kLibrary + " (" + dlerror() +
+                  "): the bf16 GEMM needs cuBLASLt of the CUDA toolkit; add its lib directory to "
+                  "LD_LIBRARY_PATH");
+    bind(create, "cublasLtCreate");
+    bind(destroy, "cublasLtDestroy");
+    bind(layout_create, "cublasLtMatrixLayoutCreate");
+    bind(layout_destroy, "cublasLtMatrixLayoutDestroy");
+    bind(desc_create, "cublasLtMatmulDescCreate");
+    bind(desc_set, "cublasLtMatmulDescSetAttribute");
+    bind(desc_destroy, "cublasLtMatmulDescDestroy");
+    bind(matmul, "cublasLtMatmul");
+  }
+  ~Api() { dlclose(lib); }
+  Api(const Api&) = delete;
+  Api& operator=(const Api&) = delete;
+
+  template <typename F>
+  void bind(F& f, const char* name) {
+    f = reinterpret_cast<F>(dlsym(lib, name));
+    if (!f) {
+      dlclose(lib);
+      throw Error(std::string(kLibrary) + " has no " + name +
+                  ": a cuBLASLt older than the build's");
+    }
+  }
+};
+
 namespace {
 
 void lt_check(cublasStatus_t s, const char* what) {
@@ -31,20 +87,23 @@ __global__ void to_bf16_kernel(const float* x, uint64_t count, __nv_bfloat16* ou
 
 // A matrix layout of `rows` x `cols`, column-major, bf16 or fp32; destroyed with the scope.
 struct Layout {
+  const CublasLt::Api& api;
   cublasLtMatrixLayout_t h = nullptr;
-  Layout(cudaDataType t, uint64_t rows, uint64_t cols, uint64_t ld) {
-    lt_check(cublasLtMatrixLayoutCreate(&h, t, rows, cols, int64_t(ld)), "layout");
+  Layout(const CublasLt::Api& a, cudaDataType t, uint64_t rows, uint64_t cols, uint64_t ld)
+      : api(a) {
+    lt_check(api.layout_create(&h, t, rows, cols, int64_t(ld)), "layout");
   }
-  ~Layout() { cublasLtMatrixLayoutDestroy(h); }
+  ~Layout() { api.layout_destroy(h); }
   Layout(const Layout&) = delete;
   Layout& operator=(const Layout&) = delete;
 };
 
 }  // namespace
 
-CublasLt::CublasLt(uint64_t max_activations) : max_activations_(max_activations) {
+CublasLt::CublasLt(uint64_t max_activations)
+    : api_(std::make_unique<Api>()), max_activations_(max_activations) {
   cublasLtHandle_t h = nullptr;
-  lt_check(cublasLtCreate(&h), "cublasLtCreate");
+  lt_check(api_->create(&h), "cublasLtCreate");
   handle_ = h;
   CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
   CUDA_CHECK(cudaMalloc(&x_bf16_, max_activations * sizeof(__nv_bfloat16)));
@@ -53,7 +112,7 @@ CublasLt::CublasLt(uint64_t max_activations) : max_activations_(max_activations)
 CublasLt::~CublasLt() {
   cudaFree(x_bf16_);
   cudaFree(workspace_);
-  cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
+  api_->destroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
 void CublasLt::matmul_bf16(const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
@@ -69,18 +128,18 @@ void CublasLt::matmul_bf16(const uint16_t* w, uint64_t rows, uint64_t cols, cons
   CUDA_CHECK(cudaGetLastError());
 
   cublasLtMatmulDesc_t op = nullptr;
-  lt_check(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+  const Api& lt = *api_;
+  lt_check(lt.desc_create(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
   const cublasOperation_t transpose = CUBLAS_OP_T;
-  lt_check(
-      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose),
-      "transpose attribute");
-  Layout a(CUDA_R_16BF, cols, rows, cols), b(CUDA_R_16BF, cols, n, cols),
-      c(CUDA_R_32F, rows, n, rows);
+  lt_check(lt.desc_set(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose),
+           "transpose attribute");
+  Layout a(lt, CUDA_R_16BF, cols, rows, cols), b(lt, CUDA_R_16BF, cols, n, cols),
+      c(lt, CUDA_R_32F, rows, n, rows);
   const float one = 1.0f, zero = 0.0f;
   const cublasStatus_t s =
-      cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), op, &one, w, a.h, xb, b.h, &zero, y,
-                     c.h, y, c.h, nullptr, workspace_, kWorkspaceBytes, stream);
-  cublasLtMatmulDescDestroy(op);
+      lt.matmul(static_cast<cublasLtHandle_t>(handle_), op, &one, w, a.h, xb, b.h, &zero, y, c.h, y,
+                c.h, nullptr, workspace_, kWorkspaceBytes, stream);
+  lt.desc_destroy(op);
   lt_check(s, "cublasLtMatmul");
 }
 

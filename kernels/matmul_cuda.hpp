@@ -2,6 +2,7 @@
 // kernels/dequant.hpp), device pointers, enqueued on `stream` without synchronization.
 #pragma once
 #include <cstdint>
+#include <memory>
 
 struct CUstream_st;
 
@@ -23,7 +24,10 @@ class CublasLt {
   void matmul_bf16(const uint16_t* w, uint64_t rows, uint64_t cols, const float* x, uint64_t n,
                    float* y, CUstream_st* stream);
 
+  struct Api;  // cuBLASLt's entry points, loaded with dlopen (kernels/gemm_bf16.cu says why)
+
  private:
+  std::unique_ptr<Api> api_;
   static constexpr uint64_t kWorkspaceBytes = 32ull << 20;  // NVIDIA's advice for Hopper: 32 MB
   void* handle_ = nullptr;
   void* workspace_ = nullptr;

@@ -66,6 +66,12 @@ __global__ void add_kernel(float* x, const float* y, uint64_t count) {
   if (i < count) x[i] += y[i];
 }
 
+// y[t, i] += bias[i] for t < n, i < rows (bias bf16): Qwen2's q/k/v biases.
+__global__ void add_bias_kernel(float* y, const uint16_t* bias, uint64_t rows, uint64_t count) {
+  const uint64_t i = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < count) y[i] += bf16_to_f32(bias[i % rows]);
+}
+
 // One block: each thread scans a strided share, then a shared-memory tree keeps the larger value
 // and, on ties, the smaller index.
 __global__ void argmax_kernel(const float* v, uint64_t count, int32_t* out) {
@@ -124,6 +130,12 @@ void silu_mul_cuda(const float* gate, const float* up, uint64_t count, float* ou
 void add_cuda(float* x, const float* y, uint64_t count, CUstream_st* stream) {
   if (count == 0) return;
   add_kernel<<<grid_for(count), kThreads, 0, stream>>>(x, y, count);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void add_bias_cuda(float* y, const uint16_t* bias, uint64_t n, uint64_t rows, CUstream_st* stream) {
+  if (n == 0 || rows == 0) return;
+  add_bias_kernel<<<grid_for(n * rows), kThreads, 0, stream>>>(y, bias, rows, n * rows);
   CUDA_CHECK(cudaGetLastError());
 }
 

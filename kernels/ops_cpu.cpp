@@ -31,6 +31,11 @@ void silu_mul_cpu(const float* gate, const float* up, uint64_t n, float* out) {
   for (uint64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+void add_bias_cpu(float* y, const uint16_t* bias, uint64_t n, uint64_t rows) {
+  for (uint64_t t = 0; t < n; ++t)
+    for (uint64_t i = 0; i < rows; ++i) y[t * rows + i] += bf16_to_float(bias[i]);
+}
+
 void attention_cpu(const float* q, const float* k_cache, const float* v_cache, uint64_t n_ctx,
                    uint64_t heads, uint64_t kv_heads, uint64_t head_dim, float* scores,
                    float* out) {

@@ -19,6 +19,8 @@ void silu_mul_cuda(const float* gate, const float* up, uint64_t count, float* ou
                    CUstream_st* stream);
 // x[i] += y[i], i < count (residual adds)
 void add_cuda(float* x, const float* y, uint64_t count, CUstream_st* stream);
+// y[t, i] += bias[i] (bf16), t < n, i < rows
+void add_bias_cuda(float* y, const uint16_t* bias, uint64_t n, uint64_t rows, CUstream_st* stream);
 // *out = index of the largest of v[0..count) (the first one on ties, as std::max_element)
 void argmax_cuda(const float* v, uint64_t count, int32_t* out, CUstream_st* stream);
 

@@ -20,11 +20,26 @@ uint64_t checked_ctx(const EngineOptions& o) {
   return o.ctx;
 }
 
-// No cache unless asked: the weights are read in place from the file's memory.
+std::unique_ptr<DeviceForward> make_device(const PackedFile& f, const ModelWeights& w,
+                                           const EngineOptions& o) {
+  if (!o.device) return nullptr;
+  return o.device(f.config, w, checked_ctx(o), std::min(o.batch, o.ctx));
+}
+
+// On the CPU, no cache unless asked: the weights are read in place from the file's memory. On a
+// device they always page through its cache, whose budget is `auto` unless one is given.
 std::unique_ptr<WeightSource> make_source(const PackedFile& f, const ModelWeights& w,
-                                          const EngineOptions& o) {
-  if (!o.cache.enabled) return std::make_unique<DirectWeights>(w);
-  return std::make_unique<PagedWeights>(f, w, o.cache, o.threads);
+                                          const EngineOptions& o, DeviceForward* device) {
+  if (!device) {
+    if (!o.cache.enabled) return std::make_unique<DirectWeights>(w);
+    return std::make_unique<PagedWeights>(f, w, o.cache, o.threads);
+  }
+  CacheOptions c = o.cache;
+  if (!c.enabled) c.enabled = c.budget_auto = true;
+  if (c.backend)
+    throw Error("internal error: a cache backend given with a device (the device brings its own)");
+  c.backend = device->cache_backend();
+  return std::make_unique<PagedWeights>(f, w, c, o.threads);
 }
 
 }  // namespace
@@ -37,8 +52,9 @@ Engine::Engine(PackedFile f, const EngineOptions& o)
       tokenizer(Tokenizer::from_json(meta_or_empty(file, meta::kTokenizer),
                                      meta_or_empty(file, meta::kTokenizerConfig))),
       pool(o.threads),
-      source(make_source(file, weights, o)),
-      state(file.config, checked_ctx(o), std::min(o.batch, o.ctx)) {}
+      device(make_device(file, weights, o)),
+      source(make_source(file, weights, o, device.get())),
+      state(file.config, checked_ctx(o), std::min(o.batch, o.ctx), device == nullptr) {}
 
 void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {
   if (pos + tokens.size() > state.ctx)
@@ -46,7 +62,10 @@ void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {
                             tokens.size(), pos, state.ctx));
   for (size_t i = 0; i < tokens.size(); i += state.batch) {
     const size_t n = std::min<size_t>(state.batch, tokens.size() - i);
-    forward(file.config, weights, *source, pool, state, tokens.subspan(i, n), pos + i);
+    if (device)
+      device->forward(*source, tokens.subspan(i, n), pos + i, state.logits);
+    else
+      forward(file.config, weights, *source, pool, state, tokens.subspan(i, n), pos + i);
   }
 }
 

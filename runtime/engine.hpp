@@ -9,6 +9,7 @@
 
 #include "kernels/cpu_pool.hpp"
 #include "quantizer/packed_file.hpp"
+#include "runtime/device_forward.hpp"
 #include "runtime/model.hpp"
 #include "runtime/paged_weights.hpp"
 #include "runtime/tokenizer.hpp"
@@ -21,6 +22,9 @@ struct EngineOptions {
   uint64_t batch = 64;          // prefill batch: tokens per forward call
   unsigned threads = 0;         // CPU kernel threads, 0: every core
   CacheOptions cache = {};      // the paging cache; off (the default): weights read in place
+  // The device the forward pass runs on: empty for the CPU; a factory (runtime/forward_cuda.hpp)
+  // for the GPU, where the weights always page through the cache (budget auto unless given).
+  DeviceFactory device = {};
 };
 
 struct Engine {
@@ -42,6 +46,7 @@ struct Engine {
   ModelWeights weights;
   Tokenizer tokenizer;
   CpuPool pool;
+  std::unique_ptr<DeviceForward> device;  // nullptr: the forward pass runs on the CPU
   std::unique_ptr<WeightSource> source;
   RunState state;
 };

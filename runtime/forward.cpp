@@ -27,9 +27,7 @@ void linear(WeightSource& src, CpuPool& pool, uint32_t id, const float* x, uint6
     matmul_int4_cpu(pool, l.q4, l.scales, l.mins, l.rows, l.cols, x, n, y);
   else
     matmul_bf16_cpu(pool, l.bf16, l.rows, l.cols, x, n, y);
-  if (l.bias)
-    for (uint64_t t = 0; t < n; ++t)
-      for (uint64_t i = 0; i < l.rows; ++i) y[t * l.rows + i] += bf16_to_float(l.bias[i]);
+  if (l.bias) add_bias_cpu(y, l.bias, n, l.rows);
   src.release(id);
 }
 

@@ -91,20 +91,20 @@ std::vector<float> rope_inv_freq(const ModelConfig& c) {
   return f;
 }
 
-RunState::RunState(const ModelConfig& c, uint64_t ctx_, uint64_t batch_)
+RunState::RunState(const ModelConfig& c, uint64_t ctx_, uint64_t batch_, bool host_compute)
     : ctx(ctx_),
       batch(batch_),
-      x(batch_ * c.hidden),
-      xb(batch_ * c.hidden),
-      q(batch_ * c.heads * c.head_dim),
-      att_out(batch_ * c.heads * c.head_dim),
-      proj(batch_ * c.hidden),
-      gate(batch_ * c.intermediate),
-      up(batch_ * c.intermediate),
-      scores(batch_ * ctx_),
+      x(host_compute ? batch_ * c.hidden : 0),
+      xb(host_compute ? batch_ * c.hidden : 0),
+      q(host_compute ? batch_ * c.heads * c.head_dim : 0),
+      att_out(host_compute ? batch_ * c.heads * c.head_dim : 0),
+      proj(host_compute ? batch_ * c.hidden : 0),
+      gate(host_compute ? batch_ * c.intermediate : 0),
+      up(host_compute ? batch_ * c.intermediate : 0),
+      scores(host_compute ? batch_ * ctx_ : 0),
       inv_freq(rope_inv_freq(c)),
-      k_cache(c.layers * ctx_ * c.kv_heads * c.head_dim),
-      v_cache(c.layers * ctx_ * c.kv_heads * c.head_dim),
+      k_cache(host_compute ? c.layers * ctx_ * c.kv_heads * c.head_dim : 0),
+      v_cache(host_compute ? c.layers * ctx_ * c.kv_heads * c.head_dim : 0),
       logits(c.vocab) {}
 
 }  // namespace ferry

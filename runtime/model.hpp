@@ -71,9 +71,11 @@ class DirectWeights final : public WeightSource {
 };
 
 // Activations and KV cache of one sequence, sized at load from the config, --ctx and the prefill
-// batch (the most tokens one forward call takes).
+// batch (the most tokens one forward call takes). With host_compute false (the forward pass runs
+// on a GPU, which holds its own) only the logits are allocated: a 32B model's KV cache alone is
+// 512 MB of host memory at --ctx 1024.
 struct RunState {
-  RunState(const ModelConfig& c, uint64_t ctx, uint64_t batch);
+  RunState(const ModelConfig& c, uint64_t ctx, uint64_t batch, bool host_compute = true);
   uint64_t ctx, batch;
   std::vector<float> x;                 // [batch, hidden] residual stream
   std::vector<float> xb;                // [batch, hidden] normed input of a block

@@ -1,8 +1,12 @@
-// The start-up check of a GPU against the architectures a build compiles (pure logic: no GPU).
+// The start-up check of a GPU against the architectures a build compiles (pure logic: no GPU),
+// and what `--device` says on a machine without one.
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include "quantizer/error.hpp"
 #include "runtime/device_check.hpp"
+#include "tests/test_util.hpp"
 
 namespace ferry {
 namespace {
@@ -35,6 +39,29 @@ TEST(DeviceCheck, TheMessageNamesTheCardTheBuildAndBothWaysOut) {
   EXPECT_NE(m.find("-DFERRY_CUDA_ARCHITECTURES=61"), std::string::npos);
   EXPECT_NE(m.find("--device cpu"), std::string::npos);
   EXPECT_EQ(m.find('\n'), std::string::npos);  // one line
+}
+
+// Without a GPU (or without the CUDA backend in the build) `--device cuda` is one line that says
+// what to do, exit 1; a bad device name or --vram-limit on the CPU is an error too.
+TEST(DeviceCli, CudaWithoutAGpuIsOneClearLine) {
+  test::ScratchDir tmp;
+  const std::string hf = (tmp / "hf").string(), model = (tmp / "m.ferry").string();
+  ASSERT_EQ(test::run_ferry({"synth", "--preset", "qwen2-tiny", "-o", hf}).exit_code, 0);
+  ASSERT_EQ(test::run_ferry({"quantize", hf, "-o", model, "-q"}).exit_code, 0);
+  const test::RunResult bad = test::run_ferry({"run", model, "-n", "2", "--device", "tpu"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("'tpu' is not cpu or cuda"), std::string::npos) << bad.output;
+  const test::RunResult limit = test::run_ferry({"run", model, "-n", "2", "--vram-limit", "8G"});
+  EXPECT_EQ(limit.exit_code, 1);
+  EXPECT_NE(limit.output.find("--vram-limit needs --device cuda"), std::string::npos)
+      << limit.output;
+
+  const test::RunResult r = test::run_ferry({"run", model, "-n", "2", "--device", "cuda"});
+  if (r.exit_code == 0) GTEST_SKIP() << "a usable GPU is present: nothing to refuse";
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_NE(r.output.find("--device cpu"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("no kernel image"), std::string::npos) << r.output;
 }
 
 }  // namespace

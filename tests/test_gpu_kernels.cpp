@@ -138,6 +138,11 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
   add_cuda(d_x.ptr, d_y.ptr, n * dim, nullptr);
   expect_close("add", d_x.to_host(), want, 1e-30);  // exact: one fp32 add each
 
+  want = y;  // y[n, dim] += bias[dim]: the q/k/v biases of Qwen2
+  add_bias_cpu(want.data(), w.data(), n, dim);
+  add_bias_cuda(d_y.ptr, d_w.ptr, n, dim, nullptr);
+  expect_close("add_bias", d_y.to_host(), want, 1e-30);
+
   std::vector<float> ties(1000, 1.0f);
   ties[700] = ties[300] = 2.0f;  // the first of equal maxima, as std::max_element
   DeviceBuffer<float> d_t(ties);

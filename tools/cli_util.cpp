@@ -15,6 +15,9 @@
 #include "quantizer/error.hpp"
 #include "tools/commands.hpp"
 #include "tools/progress.hpp"
+#ifdef FERRY_HAVE_CUDA
+#include "runtime/forward_cuda.hpp"
+#endif
 
 namespace ferry {
 
@@ -56,11 +59,41 @@ void add_engine_options(cxxopts::Options& o) {
       cxxopts::value<std::string>()->default_value("int4"))(
       "lookahead", "weights the prefetcher fetches ahead of the compute",
       cxxopts::value<uint32_t>()->default_value("2"))(
-      "no-verify", "with --cache-budget: load the weights without checking their checksums");
+      "no-verify", "with --cache-budget: load the weights without checking their checksums")(
+      "device",
+      "cpu or cuda (the weights then page through the GPU's cache, budget auto unless "
+      "--cache-budget says otherwise)",
+      cxxopts::value<std::string>()->default_value("cpu"))(
+      "vram-limit", "with --device cuda: pretend the card has this much memory (e.g. 24G)",
+      cxxopts::value<std::string>());
+}
+
+DeviceFactory device_factory(const cxxopts::ParseResult& a, const CacheOptions& c) {
+  const std::string device = a["device"].as<std::string>();
+  if (device != "cpu" && device != "cuda")
+    throw Error("--device: '" + device + "' is not cpu or cuda");
+  if (device == "cpu") {
+    if (a.count("vram-limit")) throw Error("--vram-limit needs --device cuda");
+    return {};
+  }
+#ifdef FERRY_HAVE_CUDA
+  CudaForwardOptions o;
+  o.bf16_cache = c.format == CacheFormat::bf16;
+  if (a.count("vram-limit"))
+    o.vram_limit = parse_size(a["vram-limit"].as<std::string>(), "--vram-limit");
+  return cuda_forward_factory(o);
+#else
+  (void)c;
+  throw Error(
+      "this build of ferry has no CUDA backend (nvcc was not found when it was built): install "
+      "the CUDA toolkit and rebuild, or use --device cpu");
+#endif
 }
 
 CacheOptions cache_options(const cxxopts::ParseResult& a) {
-  if (!a.count("cache-budget")) {
+  // On a GPU the weights always page through its cache: `auto` unless a budget is given.
+  const bool gpu = a.count("device") && a["device"].as<std::string>() != "cpu";
+  if (!a.count("cache-budget") && !gpu) {
     for (const char* companion : {"cache-policy", "cache-format", "lookahead", "no-verify"})
       if (a.count(companion))
         throw Error(fmt::format(
@@ -69,8 +102,9 @@ CacheOptions cache_options(const cxxopts::ParseResult& a) {
     return {};
   }
   CacheOptions c =
-      parse_cache_options(a["cache-budget"].as<std::string>(), a["cache-policy"].as<std::string>(),
-                          a["cache-format"].as<std::string>(), a["lookahead"].as<uint32_t>());
+      parse_cache_options(a.count("cache-budget") ? a["cache-budget"].as<std::string>() : "auto",
+                          a["cache-policy"].as<std::string>(), a["cache-format"].as<std::string>(),
+                          a["lookahead"].as<uint32_t>());
   c.verify = !a.count("no-verify");
   // A bar only for stores that take a noticeable time to read (256 MB: ~0.1 s at the 2-3 GB/s a
   // cold page cache gives), so that small models do not print load lines before their text.
@@ -113,11 +147,13 @@ CacheOptions parse_cache_options(const std::string& b, const std::string& policy
 EngineOptions engine_options(const cxxopts::ParseResult& a) {
   if (!a.count("model"))
     throw Error("no model given: pass a .ferry file (ferry quantize makes one)");
+  const CacheOptions c = cache_options(a);
   return {.model = a["model"].as<std::string>(),
           .ctx = a["ctx"].as<uint64_t>(),
           .batch = a["batch"].as<uint64_t>(),
           .threads = a["threads"].as<unsigned>(),
-          .cache = cache_options(a)};
+          .cache = c,
+          .device = device_factory(a, c)};
 }
 
 void add_sampler_options(cxxopts::Options& o) {

@@ -30,6 +30,9 @@ EngineOptions engine_options(const cxxopts::ParseResult& a);
 // Without --cache-budget there is no cache (the weights are read in place) and a companion is an
 // error.
 CacheOptions cache_options(const cxxopts::ParseResult& a);
+// --device and --vram-limit: empty for the CPU, the CUDA forward pass's factory for cuda (which
+// probes the GPU: one clear line when there is none, or when the build has no CUDA backend).
+DeviceFactory device_factory(const cxxopts::ParseResult& a, const CacheOptions& c);
 // "6G" | "50%" | "all" | "auto", "lru" | "pin", "int4" | "bf16"; throws naming the bad value.
 CacheOptions parse_cache_options(const std::string& budget, const std::string& policy,
                                  const std::string& format, uint32_t lookahead);

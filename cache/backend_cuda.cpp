@@ -1,0 +1,163 @@
+#include "cache/backend_cuda.hpp"
+
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "kernels/cuda_check.hpp"
+#include "kernels/dequant.hpp"
+#include "quantizer/atomic_file.hpp"
+#include "quantizer/int4.hpp"
+
+namespace ferry {
+namespace {
+
+// Offsets inside the staging buffer: q, then scales, then mins, each 256-byte aligned as
+// cudaMalloc would align them (the dequantization kernel reads them with 2-byte loads).
+uint64_t aligned256(uint64_t n) {
+  return (n + 255) / 256 * 256;
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(CUstream_st* compute, uint64_t staging_bytes, uint64_t available,
+                         uint64_t margin)
+    : compute_(compute), staging_bytes_(staging_bytes), available_(available), margin_(margin) {
+  CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
+  device_allocated_ = staging_bytes_;
+  if (staging_bytes_ &&
+      (staging_bytes_ > available_ ||
+       cudaMalloc(reinterpret_cast<void**>(&staging_), staging_bytes_) != cudaSuccess)) {
+    cudaGetLastError();
+    cudaStreamDestroy(copy_);
+    throw Error("cannot allocate " + human_bytes(double(staging_bytes_)) +
+                " of device memory for the dequantization staging buffer; free device memory or "
+                "use --cache-format int4");
+  }
+}
+
+CudaBackend::~CudaBackend() {
+  // The cache (and its prefetch thread) is gone before its backend: finish what is in flight.
+  cudaStreamSynchronize(copy_);
+  destroy_events();
+  if (staging_) cudaFree(staging_);
+  cudaStreamDestroy(copy_);
+}
+
+void CudaBackend::destroy_events() {
+  for (CUevent_st* e : ready_) cudaEventDestroy(e);
+  for (CUevent_st* e : last_use_) cudaEventDestroy(e);
+  ready_.clear();
+  last_use_.clear();
+}
+
+uint64_t CudaBackend::auto_budget(uint64_t whole_model) const {
+  const uint64_t left = available_ - device_allocated_;
+  const uint64_t usable = left > margin_ ? left - margin_ : 0;
+  return usable < whole_model ? usable : whole_model;
+}
+
+void CudaBackend::create_signals(uint32_t entries) {
+  destroy_events();
+  ready_.resize(entries, nullptr);
+  last_use_.resize(entries, nullptr);
+  for (uint32_t i = 0; i < entries; ++i) {
+    // Timing off: an event then costs a few hundred ns to record, not a timestamp.
+    CUDA_CHECK(cudaEventCreateWithFlags(&ready_[i], cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&last_use_[i], cudaEventDisableTiming));
+  }
+}
+
+void CudaBackend::record_ready(uint32_t entry) {
+  CUDA_CHECK(cudaEventRecord(ready_.at(entry), copy_));
+}
+
+// A last-use event never recorded (the entry was never read) makes this a no-op.
+void CudaBackend::wait_last_use(uint32_t entry) {
+  CUDA_CHECK(cudaStreamWaitEvent(copy_, last_use_.at(entry), 0));
+}
+
+void CudaBackend::wait_ready(uint32_t entry) {
+  CUDA_CHECK(cudaStreamWaitEvent(compute_, ready_.at(entry), 0));
+}
+
+void CudaBackend::record_last_use(uint32_t entry) {
+  CUDA_CHECK(cudaEventRecord(last_use_.at(entry), compute_));
+}
+
+uint8_t* CudaBackend::do_allocate(uint64_t bytes, MemoryKind kind) {
+  void* p = nullptr;
+  if (kind == MemoryKind::device) {
+    if (bytes > available_ - device_allocated_) return nullptr;  // past --vram-limit
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+      cudaGetLastError();  // clear the error so that later calls do not report it
+      return nullptr;
+    }
+    device_allocated_ += bytes;
+    return static_cast<uint8_t*>(p);
+  }
+  if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) == cudaSuccess)
+    return static_cast<uint8_t*>(p);
+  cudaGetLastError();
+  // Pageable memory still works: the driver stages each upload through its own pinned buffer,
+  // which costs about half the bandwidth and makes every cudaMemcpyAsync block the prefetcher.
+  p = std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+  if (!p) return nullptr;
+  std::fprintf(stderr,
+               "ferry: warning: cannot pin %s of host memory (cudaHostAlloc failed; see ulimit "
+               "-l); using pageable memory: uploads run at roughly half the PCIe bandwidth\n",
+               human_bytes(double(bytes)).c_str());
+  pageable_fallback_ = true;
+  pageable_.push_back(static_cast<uint8_t*>(p));
+  return static_cast<uint8_t*>(p);
+}
+
+void CudaBackend::do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) {
+  if (kind == MemoryKind::device) {
+    cudaStreamSynchronize(copy_);  // no upload may still write into memory being freed
+    cudaFree(p);
+    device_allocated_ -= bytes;
+    return;
+  }
+  for (size_t i = 0; i < pageable_.size(); ++i)
+    if (pageable_[i] == p) {
+      pageable_.erase(pageable_.begin() + long(i));
+      std::free(p);
+      return;
+    }
+  cudaFreeHost(p);
+}
+
+void CudaBackend::do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
+  std::lock_guard lock(copy_mu_);
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy_));
+}
+
+void CudaBackend::do_dequant_int4_bf16(const PackedInt4& s, uint16_t* dst) {
+  const uint64_t blocks = int4_blocks_per_row(s.cols);
+  const uint64_t q_bytes = s.rows * blocks * kBlockBytes, scale_bytes = s.rows * blocks * 2;
+  const uint64_t scales_at = aligned256(q_bytes), mins_at = scales_at + aligned256(scale_bytes);
+  if (mins_at + (s.mins ? scale_bytes : 0) > staging_bytes_)
+    throw Error("internal error: a weight does not fit the dequantization staging buffer");
+  std::lock_guard lock(copy_mu_);
+  CUDA_CHECK(cudaMemcpyAsync(staging_, s.q, q_bytes, cudaMemcpyHostToDevice, copy_));
+  CUDA_CHECK(
+      cudaMemcpyAsync(staging_ + scales_at, s.scales, scale_bytes, cudaMemcpyHostToDevice, copy_));
+  if (s.mins)
+    CUDA_CHECK(
+        cudaMemcpyAsync(staging_ + mins_at, s.mins, scale_bytes, cudaMemcpyHostToDevice, copy_));
+  dequant_int4_bf16_cuda(staging_, reinterpret_cast<const uint16_t*>(staging_ + scales_at),
+                         s.mins ? reinterpret_cast<const uint16_t*>(staging_ + mins_at) : nullptr,
+                         s.rows, s.cols, dst, copy_);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+uint64_t cuda_staging_bytes(uint64_t rows, uint64_t cols, bool has_mins) {
+  const uint64_t blocks = int4_blocks_per_row(cols);
+  return aligned256(rows * blocks * kBlockBytes) + aligned256(rows * blocks * 2) +
+         (has_mins ? rows * blocks * 2 : 0);
+}
+
+}  // namespace ferry

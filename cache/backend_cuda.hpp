@@ -1,0 +1,75 @@
+// The CUDA backend of the paging cache (DESIGN.md, "The paging core"): the host weight store in
+// pinned memory (cudaHostAlloc; pageable with a warning when pinning fails), the arena one
+// cudaMalloc made at load, fills as cudaMemcpyAsync (and, in the bf16 format, an upload to a
+// staging buffer and the dequantization kernel) on a copy stream owned by this backend, and two
+// events per entry:
+//   ready     recorded on the copy stream after the entry's fill; the compute stream waits on it
+//             (cudaStreamWaitEvent) in acquire, so the host never blocks on a copy;
+//   last use  recorded on the compute stream after the Linear that read the entry; the copy
+//             stream waits on it before an eviction lets another weight overwrite the memory.
+// Nothing here synchronizes the device on the per-token path. CUDA builds only: host code
+// compiled by the C++ compiler (files named *_cuda.cpp go to the ferry_cuda library).
+#pragma once
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "cache/backend.hpp"
+
+struct CUstream_st;
+struct CUevent_st;
+
+namespace ferry {
+
+class CudaBackend final : public CacheBackend {
+ public:
+  // `compute` is the stream the forward pass runs on. `staging_bytes` is the largest packed
+  // weight (the bf16 format uploads it there before dequantizing), 0 when unused. `available`
+  // is the device memory this backend may allocate (what is free, or what `--vram-limit` leaves);
+  // `margin` is what `--cache-budget auto` leaves of it unallocated.
+  CudaBackend(CUstream_st* compute, uint64_t staging_bytes, uint64_t available, uint64_t margin);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string_view name() const override { return "cuda"; }
+  bool pins_host_memory() const override { return true; }
+  // min(whole model, what is available and not yet allocated - margin), at least 0.
+  uint64_t auto_budget(uint64_t whole_model) const override;
+
+  void record_ready(uint32_t entry) override;
+  void wait_last_use(uint32_t entry) override;
+  void wait_ready(uint32_t entry) override;
+  void record_last_use(uint32_t entry) override;
+  void create_signals(uint32_t entries) override;
+
+  CUstream_st* copy_stream() const { return copy_; }
+  bool host_fallback_used() const { return pageable_fallback_; }
+
+ protected:
+  uint8_t* do_allocate(uint64_t bytes, MemoryKind kind) override;
+  void do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) override;
+  void do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) override;
+  void do_dequant_int4_bf16(const PackedInt4& src, uint16_t* dst) override;
+
+ private:
+  void destroy_events();
+
+  CUstream_st* compute_ = nullptr;
+  CUstream_st* copy_ = nullptr;  // owned: the prefetcher's uploads
+  uint64_t staging_bytes_ = 0;
+  uint8_t* staging_ = nullptr;  // [staging_bytes_] device: packed blocks awaiting dequantization
+  uint64_t available_ = 0, margin_ = 0;
+  uint64_t device_allocated_ = 0;  // by this backend, staging included
+  // Fills come from the prefetch thread and, on a miss, the compute thread: one at a time on the
+  // copy stream, so that two never share the staging buffer.
+  std::mutex copy_mu_;
+  std::vector<CUevent_st*> ready_, last_use_;  // [entries]
+  std::vector<uint8_t*> pageable_;             // host blocks that could not be pinned
+  bool pageable_fallback_ = false;
+};
+
+// The staging bytes the bf16 format needs for one INT4 weight of rows x cols.
+uint64_t cuda_staging_bytes(uint64_t rows, uint64_t cols, bool has_mins);
+
+}  // namespace ferry

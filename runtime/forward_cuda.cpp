@@ -1,0 +1,290 @@
+// The forward pass on the GPU, step for step the CPU pass of runtime/forward.cpp (read that one
+// first): embedding rows gathered on the host (the table stays in host memory: only the rows of
+// the batch cross the bus, hidden x 4 bytes a token), then per layer RMSNorm, q/k/v (+bias),
+// RoPE, causal grouped-query attention over the KV cache, o, residual, RMSNorm, gate/up,
+// SiLU*mul, down, residual; final RMSNorm and lm_head of the last token. Every step is a kernel
+// enqueued on one compute stream; each linear weight comes from the paging cache, whose acquire
+// makes the stream wait on the entry's ready event and whose release records its last use. The
+// host runs ahead of the GPU and blocks once per call, on the logits' copy back.
+#include "runtime/forward_cuda.hpp"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "cache/backend_cuda.hpp"
+#include "kernels/cuda_check.hpp"
+#include "kernels/matmul_cuda.hpp"
+#include "kernels/ops_cuda.hpp"
+#include "quantizer/atomic_file.hpp"
+#include "quantizer/dtype.hpp"
+#include "quantizer/error.hpp"
+#include "runtime/cuda_device.hpp"
+
+namespace ferry {
+namespace {
+
+// One device allocation, made at load, freed at exit.
+template <typename T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  explicit DeviceArray(uint64_t n, const char* what) : n_(n) {
+    if (n && cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)) != cudaSuccess) {
+      cudaGetLastError();
+      throw Error(fmt::format("cannot allocate {} of device memory for {}; lower --ctx or --batch",
+                              human_bytes(double(n * sizeof(T))), what));
+    }
+  }
+  ~DeviceArray() {
+    if (p_) cudaFree(p_);
+  }
+  DeviceArray(DeviceArray&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(o.n_) {}
+  DeviceArray& operator=(DeviceArray&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(n_, o.n_);
+    return *this;
+  }
+  T* get() const { return p_; }
+  uint64_t bytes() const { return n_ * sizeof(T); }
+  void upload(const T* host, uint64_t n) {
+    CUDA_CHECK(cudaMemcpy(p_, host, n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+
+ private:
+  T* p_ = nullptr;
+  uint64_t n_ = 0;
+};
+
+// Pinned host memory for the per-call transfers (embedding rows in, logits out).
+template <typename T>
+class PinnedArray {
+ public:
+  explicit PinnedArray(uint64_t n) {
+    CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&p_), std::max<uint64_t>(1, n) * sizeof(T),
+                             cudaHostAllocDefault));
+  }
+  ~PinnedArray() { cudaFreeHost(p_); }
+  PinnedArray(const PinnedArray&) = delete;
+  PinnedArray& operator=(const PinnedArray&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+struct Stream {
+  Stream() { CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(s); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t s = nullptr;
+};
+
+// The largest staging the bf16 cache format needs: the largest packed weight.
+uint64_t staging_bytes(const ModelWeights& w) {
+  uint64_t most = 0;
+  for (const Linear& l : w.linears)
+    if (l.q4) most = std::max(most, cuda_staging_bytes(l.rows, l.cols, l.mins != nullptr));
+  return most;
+}
+
+uint64_t widest_input(const ModelConfig& c) {
+  return std::max({c.hidden, c.intermediate, c.heads * c.head_dim});
+}
+
+// Norm weights of every layer in one upload: [layers, 2, hidden] then the final norm.
+std::vector<uint16_t> gather_norms(const ModelConfig& c, const ModelWeights& w) {
+  std::vector<uint16_t> out;
+  out.reserve((2 * c.layers + 1) * c.hidden);
+  for (const LayerWeights& L : w.layers) {
+    out.insert(out.end(), L.attn_norm, L.attn_norm + c.hidden);
+    out.insert(out.end(), L.mlp_norm, L.mlp_norm + c.hidden);
+  }
+  out.insert(out.end(), w.final_norm, w.final_norm + c.hidden);
+  return out;
+}
+
+class CudaForward final : public DeviceForward {
+ public:
+  CudaForward(const GpuInfo& gpu, const CudaForwardOptions& o, const ModelConfig& c,
+              const ModelWeights& w, uint64_t ctx, uint64_t batch);
+  ~CudaForward() override { cudaStreamSynchronize(stream_.s); }
+
+  std::shared_ptr<CacheBackend> cache_backend() override { return backend_; }
+  void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
+               std::span<float> logits) override;
+  std::string describe() const override {
+    return fmt::format("cuda: {} (sm_{}{}), {}", gpu_.name, gpu_.major, gpu_.minor,
+                       human_bytes(double(gpu_.total_bytes)));
+  }
+
+ private:
+  void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y);
+  void attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos);
+  void mlp_block(WeightSource& src, uint64_t layer, uint64_t n);
+  const uint16_t* norm(uint64_t layer, int which) const {
+    return norms_.get() + (2 * layer + uint64_t(which)) * c_.hidden;
+  }
+
+  GpuInfo gpu_;
+  const ModelConfig& c_;
+  const ModelWeights& w_;
+  uint64_t ctx_, batch_, q_dim_, kv_dim_;
+  Stream stream_;              // the compute stream; the cache's copy stream belongs to its backend
+  DeviceArray<float> x_, xb_;  // [batch, hidden] residual stream, normed block input
+  DeviceArray<float> q_, att_out_;        // [batch, heads * head_dim]
+  DeviceArray<float> proj_;               // [batch, hidden]
+  DeviceArray<float> gate_, up_;          // [batch, intermediate]
+  DeviceArray<float> scores_;             // [batch, heads, ctx]
+  DeviceArray<float> k_cache_, v_cache_;  // [layers, ctx, kv_heads * head_dim]
+  DeviceArray<float> logits_;             // [vocab]
+  DeviceArray<float> inv_freq_;           // [head_dim / 2]
+  DeviceArray<uint16_t> norms_;           // [layers, 2, hidden] + [hidden] bf16
+  DeviceArray<uint16_t> biases_;          // q/k/v biases of every layer, bf16, packed
+  std::vector<const uint16_t*> bias_;     // [linear ids] into biases_, or nullptr
+  PinnedArray<float> embed_rows_;         // [batch, hidden] host: the batch's embedding rows
+  PinnedArray<float> logits_host_;        // [vocab] host
+  CublasLt blas_;
+  std::shared_ptr<CudaBackend> backend_;
+};
+
+CudaForward::CudaForward(const GpuInfo& gpu, const CudaForwardOptions& o, const ModelConfig& c,
+                         const ModelWeights& w, uint64_t ctx, uint64_t batch)
+    : gpu_(gpu),
+      c_(c),
+      w_(w),
+      ctx_(ctx),
+      batch_(batch),
+      q_dim_(c.heads * c.head_dim),
+      kv_dim_(c.kv_heads * c.head_dim),
+      x_(batch * c.hidden, "activations"),
+      xb_(batch * c.hidden, "activations"),
+      q_(batch * q_dim_, "activations"),
+      att_out_(batch * q_dim_, "activations"),
+      proj_(batch * c.hidden, "activations"),
+      gate_(batch * c.intermediate, "activations"),
+      up_(batch * c.intermediate, "activations"),
+      scores_(batch * c.heads * ctx, "attention scores"),
+      k_cache_(c.layers * ctx * kv_dim_, "the KV cache"),
+      v_cache_(c.layers * ctx * kv_dim_, "the KV cache"),
+      logits_(c.vocab, "logits"),
+      inv_freq_(c.head_dim / 2, "RoPE"),
+      norms_((2 * c.layers + 1) * c.hidden, "norm weights"),
+      bias_(w.linears.size(), nullptr),
+      embed_rows_(batch * c.hidden),
+      logits_host_(c.vocab),
+      blas_(batch * widest_input(c)) {
+  const std::vector<float> inv = rope_inv_freq(c);
+  inv_freq_.upload(inv.data(), inv.size());
+  const std::vector<uint16_t> norms = gather_norms(c, w);
+  norms_.upload(norms.data(), norms.size());
+  std::vector<uint16_t> biases;
+  std::vector<uint64_t> at(w.linears.size(), ~0ull);
+  for (size_t id = 0; id < w.linears.size(); ++id)
+    if (const Linear& l = w.linears[id]; l.bias) {
+      at[id] = biases.size();
+      biases.insert(biases.end(), l.bias, l.bias + l.rows);
+    }
+  if (!biases.empty()) {
+    biases_ = DeviceArray<uint16_t>(biases.size(), "biases");
+    biases_.upload(biases.data(), biases.size());
+    for (size_t id = 0; id < at.size(); ++id)
+      if (at[id] != ~0ull) bias_[id] = biases_.get() + at[id];
+  }
+  // What the cache may take: everything free now (after the state above), or what
+  // --vram-limit leaves once the memory in use on the card (this process's and others') is
+  // counted against it.
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  uint64_t available = free_b;
+  if (o.vram_limit) {
+    const uint64_t used = total_b - free_b;
+    if (o.vram_limit <= used + o.auto_margin)
+      throw Error(fmt::format(
+          "--vram-limit {} leaves nothing for the weight cache: the KV cache, activations and "
+          "the CUDA context already take {}; raise it, or lower --ctx or --batch",
+          human_bytes(double(o.vram_limit)), human_bytes(double(used))));
+    available = std::min<uint64_t>(available, o.vram_limit - used);
+  }
+  backend_ = std::make_shared<CudaBackend>(stream_.s, o.bf16_cache ? staging_bytes(w) : 0,
+                                           available, o.auto_margin);
+}
+
+void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y) {
+  const Linear l = src.acquire(id);  // the stream now waits for the entry's upload
+  if (l.q4)
+    matmul_int4_cuda(l.q4, l.scales, l.mins, l.rows, l.cols, x, n, y, stream_.s);
+  else
+    blas_.matmul_bf16(l.bf16, l.rows, l.cols, x, n, y, stream_.s);
+  if (bias_[id]) add_bias_cuda(y, bias_[id], n, l.rows, stream_.s);
+  src.release(id);  // records the entry's last use after the product
+}
+
+void CudaForward::attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos) {
+  float* k_layer = k_cache_.get() + layer * ctx_ * kv_dim_;  // [ctx, kv_dim]
+  float* v_layer = v_cache_.get() + layer * ctx_ * kv_dim_;
+  rmsnorm_cuda(x_.get(), norm(layer, 0), float(c_.rms_eps), n, c_.hidden, xb_.get(), stream_.s);
+  linear(src, linear_id(layer, kQ), xb_.get(), n, q_.get());
+  linear(src, linear_id(layer, kK), xb_.get(), n, k_layer + pos * kv_dim_);
+  linear(src, linear_id(layer, kV), xb_.get(), n, v_layer + pos * kv_dim_);
+  rope_cuda(q_.get(), n, c_.heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
+  rope_cuda(k_layer + pos * kv_dim_, n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
+  attention_cuda(q_.get(), k_layer, v_layer, n, pos, c_.heads, c_.kv_heads, c_.head_dim,
+                 scores_.get(), att_out_.get(), stream_.s);
+  linear(src, linear_id(layer, kO), att_out_.get(), n, proj_.get());
+  add_cuda(x_.get(), proj_.get(), n * c_.hidden, stream_.s);
+}
+
+void CudaForward::mlp_block(WeightSource& src, uint64_t layer, uint64_t n) {
+  rmsnorm_cuda(x_.get(), norm(layer, 1), float(c_.rms_eps), n, c_.hidden, xb_.get(), stream_.s);
+  linear(src, linear_id(layer, kGate), xb_.get(), n, gate_.get());
+  linear(src, linear_id(layer, kUp), xb_.get(), n, up_.get());
+  silu_mul_cuda(gate_.get(), up_.get(), n * c_.intermediate, gate_.get(), stream_.s);
+  linear(src, linear_id(layer, kDown), gate_.get(), n, proj_.get());
+  add_cuda(x_.get(), proj_.get(), n * c_.hidden, stream_.s);
+}
+
+void CudaForward::forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
+                          std::span<float> logits) {
+  const uint64_t n = tokens.size();
+  if (n == 0 || n > batch_)
+    throw Error(fmt::format("a forward call takes 1 to {} tokens, got {}", batch_, n));
+  if (pos + n > ctx_)
+    throw Error(fmt::format("position {} is past the context of {} tokens; raise --ctx",
+                            pos + n - 1, ctx_));
+  for (uint64_t t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || uint64_t(tokens[t]) >= c_.vocab)
+      throw Error(fmt::format("token id {} is outside the vocabulary of {}", tokens[t], c_.vocab));
+    const uint16_t* row = w_.embed + uint64_t(tokens[t]) * c_.hidden;
+    for (uint64_t i = 0; i < c_.hidden; ++i)
+      embed_rows_.get()[t * c_.hidden + i] = bf16_to_float(row[i]);
+  }
+  CUDA_CHECK(cudaMemcpyAsync(x_.get(), embed_rows_.get(), n * c_.hidden * sizeof(float),
+                             cudaMemcpyHostToDevice, stream_.s));
+  for (uint64_t l = 0; l < c_.layers; ++l) {
+    attention_block(src, l, n, pos);
+    mlp_block(src, l, n);
+  }
+  rmsnorm_cuda(x_.get() + (n - 1) * c_.hidden, norm(c_.layers, 0), float(c_.rms_eps), 1, c_.hidden,
+               xb_.get(), stream_.s);
+  linear(src, lm_head_id(c_.layers), xb_.get(), 1, logits_.get());
+  CUDA_CHECK(cudaMemcpyAsync(logits_host_.get(), logits_.get(), c_.vocab * sizeof(float),
+                             cudaMemcpyDeviceToHost, stream_.s));
+  CUDA_CHECK(cudaStreamSynchronize(stream_.s));  // also surfaces a failed kernel of this call
+  std::copy_n(logits_host_.get(), std::min<uint64_t>(c_.vocab, logits.size()), logits.begin());
+}
+
+}  // namespace
+
+DeviceFactory cuda_forward_factory(const CudaForwardOptions& o) {
+  const GpuInfo gpu = probe_gpu(o.device);
+  return [gpu, o](const ModelConfig& c, const ModelWeights& w, uint64_t ctx, uint64_t batch) {
+    return std::unique_ptr<DeviceForward>(new CudaForward(gpu, o, c, w, ctx, batch));
+  };
+}
+
+}  // namespace ferry

@@ -1,0 +1,26 @@
+// The CUDA backend's forward pass (runtime/forward_cuda.cpp): the same steps as the CPU pass of
+// runtime/forward.cpp, each a kernel of kernels/*.cu on one compute stream, with every linear
+// weight acquired from the paging cache in device memory. CUDA builds only.
+#pragma once
+#include "runtime/device_forward.hpp"
+
+namespace ferry {
+
+struct CudaForwardOptions {
+  int device = 0;
+  // What `--cache-budget auto` leaves free after the KV cache, activations and cuBLASLt's
+  // workspace are allocated: 512 MB by default, for the CUDA context's growth and the
+  // allocations cuBLASLt's heuristics make on first use (the context alone is ~500 MB on H100).
+  uint64_t auto_margin = 512ull << 20;
+  // `--vram-limit`: pretend the card has this many bytes (0: what it has). The auto budget then
+  // takes what the limit leaves after the KV cache, activations and the margin.
+  uint64_t vram_limit = 0;
+  // Staging for the bf16 cache format (the largest packed weight); 0 when the format is int4.
+  bool bf16_cache = false;
+};
+
+// Probes the GPU (one clear line when there is none, or the build cannot run on it) and returns
+// a factory for the Engine.
+DeviceFactory cuda_forward_factory(const CudaForwardOptions& o);
+
+}  // namespace ferry

@@ -1,0 +1,156 @@
+// The CUDA forward pass end to end against the CPU one (the reference every faster path is
+// checked against): logits of a prefill of 11 tokens in batches of 8 and 3 and of 4 decode
+// steps, on the real TinyStories model and synthesized Qwen2 (q/k/v biases, hidden 320) and
+// Llama 3 (llama3 rope scaling) models, for both cache formats, both policies and budgets from
+// the minimum to the whole model. On the GPU, paging must not change a bit either: every budget
+// and policy of a format gives the same logits. Skipped when no GPU is present.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "quantizer/convert.hpp"
+#include "quantizer/error.hpp"
+#include "quantizer/synth.hpp"
+#include "runtime/engine.hpp"
+#include "runtime/forward_cuda.hpp"
+#include "tests/gpu_util.hpp"
+#include "tests/test_util.hpp"
+
+namespace ferry {
+namespace {
+
+const ProgressFn kQuiet = [](std::string_view, uint64_t, uint64_t) {};
+
+std::filesystem::path synthesized(const test::ScratchDir& tmp, const std::string& preset) {
+  const std::filesystem::path hf = tmp / preset, out = tmp / (preset + ".ferry");
+  SynthOptions s;
+  s.preset = preset;
+  synth_checkpoint(hf, s, kQuiet);
+  convert_checkpoint(hf, out, {}, kQuiet);
+  return out;
+}
+
+// Every logit of the last token of each forward call, one vector per call.
+std::vector<std::vector<float>> run_tokens(Engine& e) {
+  const std::vector<int32_t> prompt = {1, 5, 9, 14, 20, 27, 35, 44, 54, 65, 77};
+  std::vector<std::vector<float>> out;
+  e.eval(prompt, 0);
+  out.push_back(e.state.logits);
+  for (uint64_t i = 0; i < 4; ++i) {
+    const int32_t t = int32_t(100 + i);
+    e.eval(std::span(&t, 1), prompt.size() + i);
+    out.push_back(e.state.logits);
+  }
+  return out;
+}
+
+// max |a - b| / max |b| of one logits vector.
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    diff = std::max(diff, double(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, double(std::fabs(b[i])));
+  }
+  return diff / scale;
+}
+
+EngineOptions options(const CacheOptions& c, bool gpu) {
+  EngineOptions o{.model = {}, .ctx = 32, .batch = 8, .threads = 2, .cache = c};
+  if (gpu) o.device = cuda_forward_factory({.bf16_cache = c.format == CacheFormat::bf16});
+  return o;
+}
+
+// The CPU reference of a format: the same cache format on the CPU backend (bf16 entries: the
+// CPU runs the bf16 product on the same dequantized weights).
+void expect_gpu_matches_cpu(const std::filesystem::path& model, const std::string& name) {
+  const PackedFile f = PackedFile::open(model);
+  const ModelWeights w = bind_weights(f);
+  for (const CacheFormat format : {CacheFormat::int4, CacheFormat::bf16}) {
+    const CacheOptions all{.enabled = true, .budget_fraction = 1.0, .format = format};
+    Engine cpu(PackedFile::from_mapping(f.file.mapping()), options(all, false));
+    const auto reference = run_tokens(cpu);
+    // int4: the fused GEMV reads x in fp32, as the CPU does (order of sums only: ~1e-6);
+    // bf16: cuBLASLt rounds x to bf16 (8 bits of mantissa) before the tensor cores.
+    const double bound = format == CacheFormat::int4 ? 1e-4 : 3e-2;
+    const Schedule s = paging_schedule(f, w, format);
+    std::vector<std::vector<float>> first;
+    for (const double t : {0.0, 0.25, 0.5, 1.0})
+      for (const CachePolicy policy : {CachePolicy::lru, CachePolicy::pin}) {
+        const CacheOptions c{
+            .enabled = true,
+            .budget_bytes =
+                s.minimum_budget() + uint64_t(t * double(s.whole_bytes() - s.minimum_budget())),
+            .policy = policy,
+            .format = format};
+        Engine gpu(PackedFile::from_mapping(f.file.mapping()), options(c, true));
+        const auto got = run_tokens(gpu);
+        const std::string what = fmt::format("{} {} budget {} {}", name, format_name(format),
+                                             c.budget_bytes, policy_name(policy));
+        for (size_t call = 0; call < got.size(); ++call) {
+          const double err = relative_error(got[call], reference[call]);
+          EXPECT_LT(err, bound) << what << " call " << call;
+          if (call == 0 && t == 0 && policy == CachePolicy::lru)
+            std::printf("%s %s: relative logits error %.2e (bound %.0e)\n", name.c_str(),
+                        format_name(format), err, bound);
+        }
+        if (first.empty())
+          first = got;
+        else
+          EXPECT_EQ(got, first) << what << ": paging changed the GPU's logits";
+        EXPECT_LE(gpu.cache_stats()->high_water, c.budget_bytes) << what;
+      }
+  }
+}
+
+TEST(GpuForward, TinyStoriesMatchesTheCpu) {
+  FERRY_REQUIRE_GPU();
+  FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
+  test::ScratchDir tmp;
+  convert_checkpoint(dir, tmp / "t.ferry", {}, kQuiet);
+  expect_gpu_matches_cpu(tmp / "t.ferry", "tinystories");
+}
+
+TEST(GpuForward, SynthesizedQwen2AndLlama3MatchTheCpu) {
+  FERRY_REQUIRE_GPU();
+  test::ScratchDir tmp;
+  for (const std::string preset : {"qwen2-tiny", "llama3-tiny"})
+    expect_gpu_matches_cpu(synthesized(tmp, preset), preset);
+}
+
+// Greedy decoding on the GPU picks the CPU's tokens on the real model.
+TEST(GpuForward, TinyStoriesGreedyTokensEqualTheCpus) {
+  FERRY_REQUIRE_GPU();
+  FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
+  test::ScratchDir tmp;
+  convert_checkpoint(dir, tmp / "t.ferry", {}, kQuiet);
+  const PackedFile f = PackedFile::open(tmp / "t.ferry");
+  const CacheOptions half{.enabled = true, .budget_fraction = 0.5, .policy = CachePolicy::pin};
+  Engine cpu(PackedFile::from_mapping(f.file.mapping()), options(half, false));
+  Engine gpu(PackedFile::from_mapping(f.file.mapping()), options(half, true));
+  int32_t a = 1, b = 1;
+  for (uint64_t pos = 0; pos < 30; ++pos) {
+    cpu.eval(std::span(&a, 1), pos);
+    gpu.eval(std::span(&b, 1), pos);
+    a = int32_t(std::max_element(cpu.state.logits.begin(), cpu.state.logits.end()) -
+                cpu.state.logits.begin());
+    b = int32_t(std::max_element(gpu.state.logits.begin(), gpu.state.logits.end()) -
+                gpu.state.logits.begin());
+    ASSERT_EQ(b, a) << "position " << pos;
+  }
+}
+
+// A budget above what --vram-limit leaves is a clear error, not an out-of-memory crash.
+TEST(GpuForward, VramLimitCapsTheBudget) {
+  FERRY_REQUIRE_GPU();
+  test::ScratchDir tmp;
+  const PackedFile f = PackedFile::open(synthesized(tmp, "qwen2-tiny"));
+  EngineOptions o = options({.enabled = true, .budget_bytes = 1ull << 40}, false);
+  o.device = cuda_forward_factory({.vram_limit = 1ull << 30});
+  EXPECT_THROW(Engine(PackedFile::from_mapping(f.file.mapping()), o), Error);
+}
+
+}  // namespace
+}  // namespace ferry
