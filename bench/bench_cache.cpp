@@ -10,6 +10,12 @@
 
 #include "cache/cpu_backend.hpp"
 #include "cache/device_cache.hpp"
+#ifdef FERRY_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "cache/backend_cuda.hpp"
+#include "kernels/cuda_check.hpp"
+#endif
 
 namespace ferry {
 namespace {
@@ -63,6 +69,36 @@ void BM_StreamedFills(benchmark::State& state) {
   state.counters["wait_s"] = st.wait_seconds;
 }
 BENCHMARK(BM_StreamedFills)->RangeMultiplier(4)->Range(1, 64)->UseRealTime();
+
+#ifdef FERRY_HAVE_CUDA
+// The CUDA upload path as the prefetcher drives it: CudaBackend::copy (cudaMemcpyAsync on the
+// copy stream) from the pinned host store into the arena, one call per chunk of 1 to 64 MB,
+// 256 MB per iteration. Skipped without a GPU.
+void BM_CudaUploadByChunk(benchmark::State& state) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    state.SkipWithError("no CUDA GPU present");
+    return;
+  }
+  const uint64_t chunk = uint64_t(state.range(0)) << 20, total = 256ull << 20;
+  cudaStream_t compute = nullptr;
+  CUDA_CHECK(cudaStreamCreate(&compute));
+  {
+    CudaBackend b(compute, 0, total + (64ull << 20), 0);
+    Memory host = b.allocate_host(total, "the benchmark's store");
+    Memory device = b.allocate_device(total, "the benchmark's arena");
+    for (auto _ : state) {
+      for (uint64_t at = 0; at < total; at += chunk)
+        b.copy(device.get() + at, host.get() + at, chunk);
+      CUDA_CHECK(cudaStreamSynchronize(b.copy_stream()));
+    }
+    state.SetBytesProcessed(int64_t(state.iterations() * total));
+    state.SetLabel(b.host_fallback_used() ? "pageable (pinning failed)" : "pinned");
+  }
+  cudaStreamDestroy(compute);
+}
+BENCHMARK(BM_CudaUploadByChunk)->RangeMultiplier(2)->Range(1, 64)->UseRealTime();
+#endif
 
 }  // namespace
 }  // namespace ferry
