@@ -21,9 +21,11 @@ class DeviceForward {
   // (the device cannot read them in place from the file).
   virtual std::shared_ptr<CacheBackend> cache_backend() = 0;
   // As forward() of runtime/model.hpp, on the device: the logits of the last token land in
-  // `logits` [vocab] on the host. Throws ferry::Error as forward() does.
+  // `logits` [vocab] on the host; or, when `argmax` is given, only the index of the largest
+  // (the first of equals) is computed on the device and copied back, and `logits` is untouched.
+  // Throws ferry::Error as forward() does.
   virtual void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-                       std::span<float> logits) = 0;
+                       std::span<float> logits, int32_t* argmax = nullptr) = 0;
   // One line for the figures and --stats: "cuda: NVIDIA H200 (sm_90), 139.8 GB".
   virtual std::string describe() const = 0;
 };

@@ -57,13 +57,28 @@ Engine::Engine(PackedFile f, const EngineOptions& o)
       state(file.config, checked_ctx(o), std::min(o.batch, o.ctx), device == nullptr) {}
 
 void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {
+  run(tokens, pos, nullptr);
+}
+
+int32_t Engine::eval_greedy(std::span<const int32_t> tokens, uint64_t pos) {
+  int32_t token = -1;
+  run(tokens, pos, device ? &token : nullptr);
+  if (!device)
+    token =
+        int32_t(std::max_element(state.logits.begin(), state.logits.end()) - state.logits.begin());
+  return token;
+}
+
+void Engine::run(std::span<const int32_t> tokens, uint64_t pos, int32_t* argmax) {
   if (pos + tokens.size() > state.ctx)
     throw Error(fmt::format("{} tokens at position {} exceed the context of {}; raise --ctx",
                             tokens.size(), pos, state.ctx));
   for (size_t i = 0; i < tokens.size(); i += state.batch) {
     const size_t n = std::min<size_t>(state.batch, tokens.size() - i);
+    const bool last = i + n == tokens.size();
     if (device)
-      device->forward(*source, tokens.subspan(i, n), pos + i, state.logits);
+      device->forward(*source, tokens.subspan(i, n), pos + i, state.logits,
+                      last ? argmax : nullptr);
     else
       forward(file.config, weights, *source, pool, state, tokens.subspan(i, n), pos + i);
   }

@@ -36,12 +36,20 @@ struct Engine {
   // Runs tokens at positions pos.. in batches of at most `batch`; leaves the logits of the last
   // in state.logits. Throws ferry::Error past the context.
   void eval(std::span<const int32_t> tokens, uint64_t pos);
+  // eval() and the index of the largest logit of the last token (the first of equals). On a
+  // device only that index crosses the bus, and state.logits is left as it was.
+  int32_t eval_greedy(std::span<const int32_t> tokens, uint64_t pos);
   const ModelConfig& config() const { return file.config; }
   // The paging cache's weight source, or nullptr when the weights are read in place.
   const PagedWeights* paged() const { return dynamic_cast<const PagedWeights*>(source.get()); }
   // Its statistics (format_cache_stats() writes them for --stats), or nullopt without a cache.
   std::optional<CacheStats> cache_stats() const;
 
+ private:
+  // eval() in batches; `argmax`, when given, receives the device's choice for the last token.
+  void run(std::span<const int32_t> tokens, uint64_t pos, int32_t* argmax);
+
+ public:
   PackedFile file;
   ModelWeights weights;
   Tokenizer tokenizer;

@@ -101,8 +101,17 @@ GenerateStats generate(Engine& e, Sampler& sampler, std::vector<int32_t>& contex
   GenerateStats st;
   evaluated = std::min<uint64_t>(evaluated, context.size() - 1);
   st.prompt_tokens = context.size() - evaluated;
+  // Plain greedy on a device: the device picks the token and only it crosses the bus.
+  const bool device_greedy = e.device && sampler.plain_greedy();
+  int32_t chosen = -1;
+  auto eval = [&](std::span<const int32_t> tokens, uint64_t pos) {
+    if (device_greedy)
+      chosen = e.eval_greedy(tokens, pos);
+    else
+      e.eval(tokens, pos);
+  };
   const auto t0 = Clock::now();
-  e.eval(std::span(context).subspan(evaluated), evaluated);
+  eval(std::span(context).subspan(evaluated), evaluated);
   evaluated = context.size();
   st.prompt_seconds = seconds_since(t0);
 
@@ -114,7 +123,7 @@ GenerateStats generate(Engine& e, Sampler& sampler, std::vector<int32_t>& contex
       st.reason = StopReason::cancelled;
       break;
     }
-    const int32_t next = sampler.sample(e.state.logits, context);
+    const int32_t next = device_greedy ? chosen : sampler.sample(e.state.logits, context);
     if (std::find(o.stop_ids.begin(), o.stop_ids.end(), next) != o.stop_ids.end()) {
       st.reason = StopReason::eos;
       break;
@@ -131,7 +140,7 @@ GenerateStats generate(Engine& e, Sampler& sampler, std::vector<int32_t>& contex
       st.reason = StopReason::context_full;
       break;
     }
-    e.eval(std::span(&context.back(), 1), evaluated);
+    eval(std::span(&context.back(), 1), evaluated);
     ++evaluated;
   }
   if (!filter.found()) on_text(filter.push(decoder.flush()) + filter.flush());

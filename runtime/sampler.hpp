@@ -23,6 +23,9 @@ class Sampler {
   Sampler(SamplerOptions o, uint64_t vocab);
   // `logits` is modified (penalty, temperature); `context` holds the ids seen so far.
   int32_t sample(std::span<float> logits, std::span<const int32_t> context);
+  // The choice is the largest logit as it comes (temperature 0, no penalty): a device can make
+  // it itself, and only the token need cross the bus.
+  bool plain_greedy() const { return o_.temperature == 0 && o_.repetition_penalty == 1; }
 
  private:
   SamplerOptions o_;
