@@ -17,6 +17,7 @@
 
 #include "cache/backend_cuda.hpp"
 #include "kernels/cuda_check.hpp"
+#include "kernels/dequant.hpp"
 #include "kernels/matmul_cuda.hpp"
 #include "kernels/ops_cuda.hpp"
 #include "quantizer/atomic_file.hpp"
@@ -26,6 +27,11 @@
 
 namespace ferry {
 namespace {
+
+// Up to this many tokens an INT4 product runs the fused GEMV (weights read once per 8 tokens, at
+// 0.53 bytes a weight); above it, prefill dequantizes the weight to bf16 once and runs the
+// cuBLASLt GEMM on the tensor cores (a 64-token batch would otherwise read the weights 8 times).
+constexpr uint64_t kGemvMaxBatch = 8;
 
 // One device allocation, made at load, freed at exit.
 template <typename T>
@@ -92,6 +98,17 @@ uint64_t staging_bytes(const ModelWeights& w) {
   return most;
 }
 
+// The bf16 scratch an INT4 weight is dequantized into for a prefill batch: the largest linear
+// weight but lm_head, which only ever sees one token (Qwen2-32B: gate/up, 27,648 x 5,120 x 2 =
+// 283 MB; its lm_head would need 1.56 GB).
+uint64_t prefill_scratch(const ModelWeights& w, uint64_t batch) {
+  if (batch <= kGemvMaxBatch) return 0;
+  uint64_t most = 0;
+  for (size_t id = 0; id + 1 < w.linears.size(); ++id)
+    if (w.linears[id].q4) most = std::max(most, w.linears[id].rows * w.linears[id].cols);
+  return most;
+}
+
 uint64_t widest_input(const ModelConfig& c) {
   return std::max({c.hidden, c.intermediate, c.heads * c.head_dim});
 }
@@ -150,6 +167,7 @@ class CudaForward final : public DeviceForward {
   PinnedArray<float> embed_rows_;         // [batch, hidden] host: the batch's embedding rows
   PinnedArray<float> logits_host_;        // [vocab] host
   PinnedArray<int32_t> token_host_;       // [1] host
+  DeviceArray<uint16_t> prefill_w_;       // [largest linear but lm_head] bf16, batches above 8 only
   CublasLt blas_;
   std::shared_ptr<CudaBackend> backend_;
 };
@@ -181,6 +199,7 @@ CudaForward::CudaForward(const GpuInfo& gpu, const CudaForwardOptions& o, const 
       embed_rows_(batch * c.hidden),
       logits_host_(c.vocab),
       token_host_(1),
+      prefill_w_(prefill_scratch(w, batch), "the prefill dequantization scratch"),
       blas_(batch * widest_input(c)) {
   const std::vector<float> inv = rope_inv_freq(c);
   inv_freq_.upload(inv.data(), inv.size());
@@ -220,9 +239,12 @@ CudaForward::CudaForward(const GpuInfo& gpu, const CudaForwardOptions& o, const 
 
 void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y) {
   const Linear l = src.acquire(id);  // the stream now waits for the entry's upload
-  if (l.q4)
+  if (l.q4 && n > kGemvMaxBatch) {
+    dequant_int4_bf16_cuda(l.q4, l.scales, l.mins, l.rows, l.cols, prefill_w_.get(), stream_.s);
+    blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, y, stream_.s);
+  } else if (l.q4) {
     matmul_int4_cuda(l.q4, l.scales, l.mins, l.rows, l.cols, x, n, y, stream_.s);
-  else
+  } else
     blas_.matmul_bf16(l.bf16, l.rows, l.cols, x, n, y, stream_.s);
   if (bias_[id]) add_bias_cuda(y, bias_[id], n, l.rows, stream_.s);
   src.release(id);  // records the entry's last use after the product
