@@ -41,6 +41,10 @@ struct CublasLt::Api {
   decltype(&cublasLtMatmulDescSetAttribute) desc_set = nullptr;
   decltype(&cublasLtMatmulDescDestroy) desc_destroy = nullptr;
   decltype(&cublasLtMatmul) matmul = nullptr;
+  decltype(&cublasLtMatmulPreferenceCreate) pref_create = nullptr;
+  decltype(&cublasLtMatmulPreferenceSetAttribute) pref_set = nullptr;
+  decltype(&cublasLtMatmulPreferenceDestroy) pref_destroy = nullptr;
+  decltype(&cublasLtMatmulAlgoGetHeuristic) heuristic = nullptr;
 
   Api() {
     lib = dlopen(kLibrary, RTLD_NOW | RTLD_LOCAL);
@@ -56,6 +60,10 @@ struct CublasLt::Api {
     bind(desc_set, "cublasLtMatmulDescSetAttribute");
     bind(desc_destroy, "cublasLtMatmulDescDestroy");
     bind(matmul, "cublasLtMatmul");
+    bind(pref_create, "cublasLtMatmulPreferenceCreate");
+    bind(pref_set, "cublasLtMatmulPreferenceSetAttribute");
+    bind(pref_destroy, "cublasLtMatmulPreferenceDestroy");
+    bind(heuristic, "cublasLtMatmulAlgoGetHeuristic");
   }
   ~Api() { dlclose(lib); }
   Api(const Api&) = delete;
@@ -85,20 +93,59 @@ __global__ void to_bf16_kernel(const float* x, uint64_t count, __nv_bfloat16* ou
   if (i < count) out[i] = __float2bfloat16_rn(x[i]);
 }
 
-// A matrix layout of `rows` x `cols`, column-major, bf16 or fp32; destroyed with the scope.
-struct Layout {
-  const CublasLt::Api& api;
-  cublasLtMatrixLayout_t h = nullptr;
-  Layout(const CublasLt::Api& a, cudaDataType t, uint64_t rows, uint64_t cols, uint64_t ld)
-      : api(a) {
-    lt_check(api.layout_create(&h, t, rows, cols, int64_t(ld)), "layout");
-  }
-  ~Layout() { api.layout_destroy(h); }
-  Layout(const Layout&) = delete;
-  Layout& operator=(const Layout&) = delete;
-};
-
 }  // namespace
+
+// Everything cuBLASLt needs to run one shape (rows, cols, n): the operation, the three layouts
+// and the algorithm its heuristic chose, made on the shape's first call and reused on every
+// later one, so that the per-token path neither allocates descriptors nor asks the heuristic
+// again. A model has a handful of shapes: 7 linear shapes x the batch sizes it meets.
+struct CublasLt::Plan {
+  const Api* api = nullptr;
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+
+  Plan(const Api& lt, cublasLtHandle_t handle, uint64_t rows, uint64_t cols, uint64_t n,
+       uint64_t workspace)
+      : api(&lt) {
+    try {
+      lt_check(lt.desc_create(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+      const cublasOperation_t transpose = CUBLAS_OP_T;
+      lt_check(lt.desc_set(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose),
+               "transpose attribute");
+      lt_check(lt.layout_create(&a, CUDA_R_16BF, cols, rows, int64_t(cols)), "layout");
+      lt_check(lt.layout_create(&b, CUDA_R_16BF, cols, n, int64_t(cols)), "layout");
+      lt_check(lt.layout_create(&c, CUDA_R_32F, rows, n, int64_t(rows)), "layout");
+      cublasLtMatmulPreference_t pref = nullptr;
+      lt_check(lt.pref_create(&pref), "preference");
+      const cublasStatus_t s =
+          lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace);
+      cublasLtMatmulHeuristicResult_t result{};
+      int found = 0;
+      const cublasStatus_t h = s != CUBLAS_STATUS_SUCCESS
+                                   ? s
+                                   : lt.heuristic(handle, op, a, b, c, c, pref, 1, &result, &found);
+      lt.pref_destroy(pref);
+      lt_check(h, "algorithm heuristic");
+      if (found == 0)
+        throw Error("cuBLASLt has no algorithm for a bf16 GEMM of " + std::to_string(rows) + " x " +
+                    std::to_string(cols) + " by " + std::to_string(n) + " tokens");
+      algo = result.algo;
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~Plan() { release(); }
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+
+  void release() {
+    for (cublasLtMatrixLayout_t* l : {&a, &b, &c})
+      if (*l) api->layout_destroy(*l), *l = nullptr;
+    if (op) api->desc_destroy(op), op = nullptr;
+  }
+};
 
 CublasLt::CublasLt(uint64_t max_activations)
     : api_(std::make_unique<Api>()), max_activations_(max_activations) {
@@ -110,6 +157,7 @@ CublasLt::CublasLt(uint64_t max_activations)
 }
 
 CublasLt::~CublasLt() {
+  plans_.clear();  // before the library they call into is closed
   cudaFree(x_bf16_);
   cudaFree(workspace_);
   api_->destroy(static_cast<cublasLtHandle_t>(handle_));
@@ -127,20 +175,13 @@ void CublasLt::matmul_bf16(const uint16_t* w, uint64_t rows, uint64_t cols, cons
   to_bf16_kernel<<<uint32_t((count + 255) / 256), 256, 0, stream>>>(x, count, xb);
   CUDA_CHECK(cudaGetLastError());
 
-  cublasLtMatmulDesc_t op = nullptr;
-  const Api& lt = *api_;
-  lt_check(lt.desc_create(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
-  const cublasOperation_t transpose = CUBLAS_OP_T;
-  lt_check(lt.desc_set(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose),
-           "transpose attribute");
-  Layout a(lt, CUDA_R_16BF, cols, rows, cols), b(lt, CUDA_R_16BF, cols, n, cols),
-      c(lt, CUDA_R_32F, rows, n, rows);
+  const auto handle = static_cast<cublasLtHandle_t>(handle_);
+  std::unique_ptr<Plan>& plan = plans_[{rows, cols, n}];
+  if (!plan) plan = std::make_unique<Plan>(*api_, handle, rows, cols, n, kWorkspaceBytes);
   const float one = 1.0f, zero = 0.0f;
-  const cublasStatus_t s =
-      lt.matmul(static_cast<cublasLtHandle_t>(handle_), op, &one, w, a.h, xb, b.h, &zero, y, c.h, y,
-                c.h, nullptr, workspace_, kWorkspaceBytes, stream);
-  lt.desc_destroy(op);
-  lt_check(s, "cublasLtMatmul");
+  lt_check(api_->matmul(handle, plan->op, &one, w, plan->a, xb, plan->b, &zero, y, plan->c, y,
+                        plan->c, &plan->algo, workspace_, kWorkspaceBytes, stream),
+           "cublasLtMatmul");
 }
 
 }  // namespace ferry

@@ -1,7 +1,9 @@
 // CUDA twins of kernels/matmul.hpp, same contract (y[n, rows] = x[n, cols] · W^T, INT4 layout of
 // kernels/dequant.hpp), device pointers, enqueued on `stream` without synchronization.
 #pragma once
+#include <array>
 #include <cstdint>
+#include <map>
 #include <memory>
 
 struct CUstream_st;
@@ -24,10 +26,12 @@ class CublasLt {
   void matmul_bf16(const uint16_t* w, uint64_t rows, uint64_t cols, const float* x, uint64_t n,
                    float* y, CUstream_st* stream);
 
-  struct Api;  // cuBLASLt's entry points, loaded with dlopen (kernels/gemm_bf16.cu says why)
+  struct Api;   // cuBLASLt's entry points, loaded with dlopen (kernels/gemm_bf16.cu says why)
+  struct Plan;  // descriptors and algorithm of one shape
 
  private:
   std::unique_ptr<Api> api_;
+  std::map<std::array<uint64_t, 3>, std::unique_ptr<Plan>> plans_;  // by {rows, cols, n}
   static constexpr uint64_t kWorkspaceBytes = 32ull << 20;  // NVIDIA's advice for Hopper: 32 MB
   void* handle_ = nullptr;
   void* workspace_ = nullptr;
