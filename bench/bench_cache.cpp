@@ -84,7 +84,7 @@ void BM_CudaUploadByChunk(benchmark::State& state) {
   cudaStream_t compute = nullptr;
   CUDA_CHECK(cudaStreamCreate(&compute));
   {
-    CudaBackend b(compute, 0, total + (64ull << 20), 0);
+    CudaBackend b(0, compute, 0, total + (64ull << 20), 0);
     Memory host = b.allocate_host(total, "the benchmark's store");
     Memory device = b.allocate_device(total, "the benchmark's arena");
     for (auto _ : state) {

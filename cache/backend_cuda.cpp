@@ -22,9 +22,13 @@ uint64_t aligned256(uint64_t n) {
 
 }  // namespace
 
-CudaBackend::CudaBackend(CUstream_st* compute, uint64_t staging_bytes, uint64_t available,
-                         uint64_t margin)
-    : compute_(compute), staging_bytes_(staging_bytes), available_(available), margin_(margin) {
+CudaBackend::CudaBackend(int device, CUstream_st* compute, uint64_t staging_bytes,
+                         uint64_t available, uint64_t margin)
+    : device_(device),
+      compute_(compute),
+      staging_bytes_(staging_bytes),
+      available_(available),
+      margin_(margin) {
   CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
   device_allocated_ = staging_bytes_;
   if (staging_bytes_ &&
@@ -70,12 +74,17 @@ void CudaBackend::create_signals(uint32_t entries) {
   }
 }
 
+// The copy side runs on the prefetch thread too, whose current device is 0 until it says
+// otherwise: a launch on a stream of another device would fail. cudaSetDevice to the current
+// device costs well under a microsecond.
 void CudaBackend::record_ready(uint32_t entry) {
+  CUDA_CHECK(cudaSetDevice(device_));
   CUDA_CHECK(cudaEventRecord(ready_.at(entry), copy_));
 }
 
 // A last-use event never recorded (the entry was never read) makes this a no-op.
 void CudaBackend::wait_last_use(uint32_t entry) {
+  CUDA_CHECK(cudaSetDevice(device_));
   CUDA_CHECK(cudaStreamWaitEvent(copy_, last_use_.at(entry), 0));
 }
 
@@ -132,6 +141,7 @@ void CudaBackend::do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) {
 
 void CudaBackend::do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
   std::lock_guard lock(copy_mu_);
+  CUDA_CHECK(cudaSetDevice(device_));
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy_));
 }
 
@@ -142,6 +152,7 @@ void CudaBackend::do_dequant_int4_bf16(const PackedInt4& s, uint16_t* dst) {
   if (mins_at + (s.mins ? scale_bytes : 0) > staging_bytes_)
     throw Error("internal error: a weight does not fit the dequantization staging buffer");
   std::lock_guard lock(copy_mu_);
+  CUDA_CHECK(cudaSetDevice(device_));
   CUDA_CHECK(cudaMemcpyAsync(staging_, s.q, q_bytes, cudaMemcpyHostToDevice, copy_));
   CUDA_CHECK(
       cudaMemcpyAsync(staging_ + scales_at, s.scales, scale_bytes, cudaMemcpyHostToDevice, copy_));

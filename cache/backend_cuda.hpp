@@ -27,7 +27,9 @@ class CudaBackend final : public CacheBackend {
   // weight (the bf16 format uploads it there before dequantizing), 0 when unused. `available`
   // is the device memory this backend may allocate (what is free, or what `--vram-limit` leaves);
   // `margin` is what `--cache-budget auto` leaves of it unallocated.
-  CudaBackend(CUstream_st* compute, uint64_t staging_bytes, uint64_t available, uint64_t margin);
+  // `device` is the GPU's ordinal: the prefetch thread selects it before its CUDA calls.
+  CudaBackend(int device, CUstream_st* compute, uint64_t staging_bytes, uint64_t available,
+              uint64_t margin);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
@@ -55,6 +57,7 @@ class CudaBackend final : public CacheBackend {
  private:
   void destroy_events();
 
+  int device_ = 0;
   CUstream_st* compute_ = nullptr;
   CUstream_st* copy_ = nullptr;  // owned: the prefetcher's uploads
   uint64_t staging_bytes_ = 0;

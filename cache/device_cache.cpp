@@ -287,7 +287,14 @@ const uint8_t* DeviceCache::acquire(uint32_t id) {
   e.last_use = ++clock_;
   const uint64_t offset = e.offset;
   lock.unlock();
-  backend_.wait_ready(id);
+  try {
+    backend_.wait_ready(id);
+  } catch (...) {  // not acquired after all: a reader left behind could never be evicted
+    std::lock_guard relock(mu_);
+    --e.readers;
+    changed_.notify_all();
+    throw;
+  }
   return arena_.get() + offset;
 }
 

@@ -22,13 +22,14 @@ namespace {
 
 // y[n, rows] = x[n, cols] W^T (+ b), with W acquired from the source for just this call.
 void linear(WeightSource& src, CpuPool& pool, uint32_t id, const float* x, uint64_t n, float* y) {
-  const Linear l = src.acquire(id);
+  HeldWeight w(src, id);
+  const Linear& l = w.linear;
   if (l.q4)
     matmul_int4_cpu(pool, l.q4, l.scales, l.mins, l.rows, l.cols, x, n, y);
   else
     matmul_bf16_cpu(pool, l.bf16, l.rows, l.cols, x, n, y);
   if (l.bias) add_bias_cpu(y, l.bias, n, l.rows);
-  src.release(id);
+  w.release();
 }
 
 struct Pass {

@@ -101,8 +101,8 @@ uint64_t staging_bytes(const ModelWeights& w) {
 // The bf16 scratch an INT4 weight is dequantized into for a prefill batch: the largest linear
 // weight but lm_head, which only ever sees one token (Qwen2-32B: gate/up, 27,648 x 5,120 x 2 =
 // 283 MB; its lm_head would need 1.56 GB).
-uint64_t prefill_scratch(const ModelWeights& w, uint64_t batch) {
-  if (batch <= kGemvMaxBatch) return 0;
+uint64_t prefill_scratch(const ModelWeights& w, uint64_t batch, bool bf16_cache) {
+  if (batch <= kGemvMaxBatch || bf16_cache) return 0;  // bf16 entries go to the GEMM as they are
   uint64_t most = 0;
   for (size_t id = 0; id + 1 < w.linears.size(); ++id)
     if (w.linears[id].q4) most = std::max(most, w.linears[id].rows * w.linears[id].cols);
@@ -140,6 +140,8 @@ class CudaForward final : public DeviceForward {
   }
 
  private:
+  void run_pass(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
+                std::span<float> logits, int32_t* argmax);
   void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y);
   void attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos);
   void mlp_block(WeightSource& src, uint64_t layer, uint64_t n);
@@ -199,7 +201,7 @@ CudaForward::CudaForward(const GpuInfo& gpu, const CudaForwardOptions& o, const 
       embed_rows_(batch * c.hidden),
       logits_host_(c.vocab),
       token_host_(1),
-      prefill_w_(prefill_scratch(w, batch), "the prefill dequantization scratch"),
+      prefill_w_(prefill_scratch(w, batch, o.bf16_cache), "the prefill dequantization scratch"),
       blas_(batch * widest_input(c)) {
   const std::vector<float> inv = rope_inv_freq(c);
   inv_freq_.upload(inv.data(), inv.size());
@@ -233,12 +235,13 @@ CudaForward::CudaForward(const GpuInfo& gpu, const CudaForwardOptions& o, const 
           human_bytes(double(o.vram_limit)), human_bytes(double(used))));
     available = std::min<uint64_t>(available, o.vram_limit - used);
   }
-  backend_ = std::make_shared<CudaBackend>(stream_.s, o.bf16_cache ? staging_bytes(w) : 0,
+  backend_ = std::make_shared<CudaBackend>(o.device, stream_.s, o.bf16_cache ? staging_bytes(w) : 0,
                                            available, o.auto_margin);
 }
 
 void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y) {
-  const Linear l = src.acquire(id);  // the stream now waits for the entry's upload
+  HeldWeight held(src, id);  // the stream now waits for the entry's upload
+  const Linear& l = held.linear;
   if (l.q4 && n > kGemvMaxBatch) {
     dequant_int4_bf16_cuda(l.q4, l.scales, l.mins, l.rows, l.cols, prefill_w_.get(), stream_.s);
     blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, y, stream_.s);
@@ -247,7 +250,7 @@ void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_
   } else
     blas_.matmul_bf16(l.bf16, l.rows, l.cols, x, n, y, stream_.s);
   if (bias_[id]) add_bias_cuda(y, bias_[id], n, l.rows, stream_.s);
-  src.release(id);  // records the entry's last use after the product
+  held.release();  // records the entry's last use after the product
 }
 
 void CudaForward::attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos) {
@@ -282,9 +285,25 @@ void CudaForward::forward(WeightSource& src, std::span<const int32_t> tokens, ui
   if (pos + n > ctx_)
     throw Error(fmt::format("position {} is past the context of {} tokens; raise --ctx",
                             pos + n - 1, ctx_));
+  for (int32_t t : tokens)
+    if (t < 0 || uint64_t(t) >= c_.vocab)
+      throw Error(fmt::format("token id {} is outside the vocabulary of {}", t, c_.vocab));
+  try {
+    run_pass(src, tokens, pos, logits, argmax);
+  } catch (...) {
+    // Work of this call may still be queued (an upload from embed_rows_, kernels reading held
+    // entries): let it drain before the caller retries or frees anything. Errors of the drain
+    // itself are the one being thrown, seen again.
+    cudaStreamSynchronize(stream_.s);
+    cudaGetLastError();
+    throw;
+  }
+}
+
+void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
+                           std::span<float> logits, int32_t* argmax) {
+  const uint64_t n = tokens.size();
   for (uint64_t t = 0; t < n; ++t) {
-    if (tokens[t] < 0 || uint64_t(tokens[t]) >= c_.vocab)
-      throw Error(fmt::format("token id {} is outside the vocabulary of {}", tokens[t], c_.vocab));
     const uint16_t* row = w_.embed + uint64_t(tokens[t]) * c_.hidden;
     for (uint64_t i = 0; i < c_.hidden; ++i)
       embed_rows_.get()[t * c_.hidden + i] = bf16_to_float(row[i]);

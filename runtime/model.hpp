@@ -59,6 +59,35 @@ class WeightSource {
   virtual void release(uint32_t id) = 0;
 };
 
+// One weight acquired for one product. release() after the product; if the product throws
+// instead, the destructor releases it, so that a failed forward call never leaves an entry held
+// (a held entry can never be evicted: with a budget below the model every later call would fail).
+class HeldWeight {
+ public:
+  HeldWeight(WeightSource& src, uint32_t id) : src_(src), id_(id), linear(src.acquire(id)) {}
+  ~HeldWeight() {
+    if (!held_) return;
+    try {
+      src_.release(id_);
+    } catch (...) {  // unwinding already: the first error is the one reported
+    }
+  }
+  HeldWeight(const HeldWeight&) = delete;
+  HeldWeight& operator=(const HeldWeight&) = delete;
+  void release() {
+    held_ = false;
+    src_.release(id_);
+  }
+
+ private:
+  WeightSource& src_;
+  uint32_t id_;
+  bool held_ = true;
+
+ public:
+  const Linear linear;
+};
+
 // Every weight read in place from the file's memory: acquire never waits, release is a no-op.
 class DirectWeights final : public WeightSource {
  public:

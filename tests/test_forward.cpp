@@ -80,6 +80,28 @@ TEST(Forward, BatchedPrefillEqualsTokenByToken) {
   }
 }
 
+// A weight acquired for a product that throws is released all the same: a held cache entry
+// could never be evicted again.
+TEST(Forward, HeldWeightIsReleasedWhenTheProductThrows) {
+  struct Counting final : WeightSource {
+    int acquired = 0, released = 0;
+    Linear acquire(uint32_t) override { return ++acquired, Linear{}; }
+    void release(uint32_t) override { ++released; }
+  } src;
+  {
+    HeldWeight w(src, 3);
+    w.release();
+  }
+  EXPECT_EQ(src.released, 1);  // once, not again by the destructor
+  try {
+    HeldWeight w(src, 4);
+    throw Error("the product failed");
+  } catch (const Error&) {
+  }
+  EXPECT_EQ(src.acquired, 2);
+  EXPECT_EQ(src.released, 2);
+}
+
 TEST(Forward, PositionPastContextIsAnError) {
   FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
   test::ScratchDir tmp;
