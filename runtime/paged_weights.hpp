@@ -62,6 +62,9 @@ class PagedWeights final : public WeightSource {
     uint64_t scales = 0, mins = 0;
   };
   void fill(uint32_t id, uint8_t* dst);
+  // Bytes from an INT4 weight's codes to the end of its last part when the host store holds its
+  // parts as the entry lays them out (one copy fills the entry), else 0.
+  uint64_t contiguous_bytes(uint32_t id) const;
 
   CacheFormat format_;
   std::shared_ptr<CacheBackend> backend_;

@@ -130,6 +130,24 @@ TEST(PagingInvariance, TinyStoriesLogitsAreBitIdenticalForEveryBudget) {
                    {0.0, 0.1, 0.25, 0.5, 0.75, 1.0});
 }
 
+// An INT4 entry is filled by one copy (the host store holds its parts as the entry lays them
+// out), so each upload is one transfer: fewer, larger PCIe copies on a GPU.
+TEST(PagingInvariance, EachInt4UploadIsOneTransfer) {
+  test::ScratchDir tmp;
+  const PackedFile f = PackedFile::open(qwen2_tiny(tmp, Scheme::asym_clip));
+  for (const CachePolicy policy : {CachePolicy::lru, CachePolicy::pin}) {
+    auto backend = std::make_shared<CpuBackend>();
+    const CacheOptions c{
+        .enabled = true, .budget_fraction = 0.5, .policy = policy, .backend = backend};
+    Engine e(PackedFile::from_mapping(f.file.mapping()), engine_options(c));
+    const uint64_t at_load = backend->transfers();
+    run_tokens(e);
+    const CacheStats st = *e.cache_stats();
+    EXPECT_GT(st.uploads, 0u) << policy_name(policy);
+    EXPECT_EQ(backend->transfers() - at_load, st.uploads) << policy_name(policy);
+  }
+}
+
 // --- faults ---------------------------------------------------------------------------------
 
 struct FaultRun {
