@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cache/schedule.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/dequant.hpp"
 #include "quantizer/atomic_file.hpp"
@@ -14,10 +15,20 @@
 namespace ferry {
 namespace {
 
-// Offsets inside the staging buffer: q, then scales, then mins, each 256-byte aligned as
-// cudaMalloc would align them (the dequantization kernel reads them with 2-byte loads).
-uint64_t aligned256(uint64_t n) {
-  return (n + 255) / 256 * 256;
+// The staging buffer holds one weight's parts as a cache entry does (cache/schedule.hpp): q,
+// then scales, then mins, each starting on entry_aligned() offsets, as cudaMalloc would align them.
+struct StagingLayout {
+  uint64_t q_bytes = 0, scale_bytes = 0;
+  uint64_t scales_at = 0, mins_at = 0;
+  uint64_t bytes(bool has_mins) const { return mins_at + (has_mins ? scale_bytes : 0); }
+};
+
+StagingLayout staging_layout(uint64_t rows, uint64_t cols) {
+  const uint64_t blocks = int4_blocks_per_row(cols);
+  StagingLayout s{rows * blocks * kBlockBytes, rows * blocks * 2};
+  s.scales_at = entry_aligned(s.q_bytes);
+  s.mins_at = s.scales_at + entry_aligned(s.scale_bytes);
+  return s;
 }
 
 }  // namespace
@@ -146,10 +157,10 @@ void CudaBackend::do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
 }
 
 void CudaBackend::do_dequant_int4_bf16(const PackedInt4& s, uint16_t* dst) {
-  const uint64_t blocks = int4_blocks_per_row(s.cols);
-  const uint64_t q_bytes = s.rows * blocks * kBlockBytes, scale_bytes = s.rows * blocks * 2;
-  const uint64_t scales_at = aligned256(q_bytes), mins_at = scales_at + aligned256(scale_bytes);
-  if (mins_at + (s.mins ? scale_bytes : 0) > staging_bytes_)
+  const StagingLayout at = staging_layout(s.rows, s.cols);
+  const uint64_t q_bytes = at.q_bytes, scale_bytes = at.scale_bytes;
+  const uint64_t scales_at = at.scales_at, mins_at = at.mins_at;
+  if (at.bytes(s.mins != nullptr) > staging_bytes_)
     throw Error("internal error: a weight does not fit the dequantization staging buffer");
   std::lock_guard lock(copy_mu_);
   CUDA_CHECK(cudaSetDevice(device_));
@@ -166,9 +177,7 @@ void CudaBackend::do_dequant_int4_bf16(const PackedInt4& s, uint16_t* dst) {
 }
 
 uint64_t cuda_staging_bytes(uint64_t rows, uint64_t cols, bool has_mins) {
-  const uint64_t blocks = int4_blocks_per_row(cols);
-  return aligned256(rows * blocks * kBlockBytes) + aligned256(rows * blocks * 2) +
-         (has_mins ? rows * blocks * 2 : 0);
+  return staging_layout(rows, cols).bytes(has_mins);
 }
 
 }  // namespace ferry

@@ -6,7 +6,6 @@
 #include <functional>
 #include <memory>
 #include <span>
-#include <string>
 
 #include "cache/backend.hpp"
 #include "runtime/model.hpp"
@@ -26,8 +25,6 @@ class DeviceForward {
   // Throws ferry::Error as forward() does.
   virtual void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
                        std::span<float> logits, int32_t* argmax = nullptr) = 0;
-  // One line for the figures and --stats: "cuda: NVIDIA H200 (sm_90), 139.8 GB".
-  virtual std::string describe() const = 0;
 };
 
 // Makes the device forward pass of a model with KV cache for `ctx` tokens and prefill batches of

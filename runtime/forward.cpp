@@ -87,23 +87,11 @@ void mlp_block(const Pass& p, const LayerWeights& L, uint64_t layer) {
   add_residual(p);
 }
 
-void check_batch(const ModelConfig& c, const RunState& s, std::span<const int32_t> tokens,
-                 uint64_t pos) {
-  if (tokens.empty() || tokens.size() > s.batch)
-    throw Error(fmt::format("a forward call takes 1 to {} tokens, got {}", s.batch, tokens.size()));
-  if (pos + tokens.size() > s.ctx)
-    throw Error(fmt::format("position {} is past the context of {} tokens; raise --ctx",
-                            pos + tokens.size() - 1, s.ctx));
-  for (int32_t t : tokens)
-    if (t < 0 || uint64_t(t) >= c.vocab)
-      throw Error(fmt::format("token id {} is outside the vocabulary of {}", t, c.vocab));
-}
-
 }  // namespace
 
 void forward(const ModelConfig& c, const ModelWeights& w, WeightSource& src, CpuPool& pool,
              RunState& s, std::span<const int32_t> tokens, uint64_t pos) {
-  check_batch(c, s, tokens, pos);
+  check_forward_call(c, s.ctx, s.batch, tokens, pos);
   const Pass p{c, src, pool, s, tokens.size(), pos};
   for (uint64_t t = 0; t < p.n; ++t) {
     const uint16_t* row = w.embed + uint64_t(tokens[t]) * c.hidden;

@@ -55,7 +55,6 @@ class DeviceArray {
     return *this;
   }
   T* get() const { return p_; }
-  uint64_t bytes() const { return n_ * sizeof(T); }
   void upload(const T* host, uint64_t n) {
     CUDA_CHECK(cudaMemcpy(p_, host, n * sizeof(T), cudaMemcpyHostToDevice));
   }
@@ -127,17 +126,13 @@ std::vector<uint16_t> gather_norms(const ModelConfig& c, const ModelWeights& w) 
 
 class CudaForward final : public DeviceForward {
  public:
-  CudaForward(const GpuInfo& gpu, const CudaForwardOptions& o, const ModelConfig& c,
-              const ModelWeights& w, uint64_t ctx, uint64_t batch);
+  CudaForward(const CudaForwardOptions& o, const ModelConfig& c, const ModelWeights& w,
+              uint64_t ctx, uint64_t batch);
   ~CudaForward() override { cudaStreamSynchronize(stream_.s); }
 
   std::shared_ptr<CacheBackend> cache_backend() override { return backend_; }
   void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
                std::span<float> logits, int32_t* argmax) override;
-  std::string describe() const override {
-    return fmt::format("cuda: {} (sm_{}{}), {}", gpu_.name, gpu_.major, gpu_.minor,
-                       human_bytes(double(gpu_.total_bytes)));
-  }
 
  private:
   void run_pass(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
@@ -149,7 +144,6 @@ class CudaForward final : public DeviceForward {
     return norms_.get() + (2 * layer + uint64_t(which)) * c_.hidden;
   }
 
-  GpuInfo gpu_;
   const ModelConfig& c_;
   const ModelWeights& w_;
   uint64_t ctx_, batch_, q_dim_, kv_dim_;
@@ -174,10 +168,9 @@ class CudaForward final : public DeviceForward {
   std::shared_ptr<CudaBackend> backend_;
 };
 
-CudaForward::CudaForward(const GpuInfo& gpu, const CudaForwardOptions& o, const ModelConfig& c,
-                         const ModelWeights& w, uint64_t ctx, uint64_t batch)
-    : gpu_(gpu),
-      c_(c),
+CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, const ModelWeights& w,
+                         uint64_t ctx, uint64_t batch)
+    : c_(c),
       w_(w),
       ctx_(ctx),
       batch_(batch),
@@ -279,15 +272,7 @@ void CudaForward::mlp_block(WeightSource& src, uint64_t layer, uint64_t n) {
 
 void CudaForward::forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
                           std::span<float> logits, int32_t* argmax) {
-  const uint64_t n = tokens.size();
-  if (n == 0 || n > batch_)
-    throw Error(fmt::format("a forward call takes 1 to {} tokens, got {}", batch_, n));
-  if (pos + n > ctx_)
-    throw Error(fmt::format("position {} is past the context of {} tokens; raise --ctx",
-                            pos + n - 1, ctx_));
-  for (int32_t t : tokens)
-    if (t < 0 || uint64_t(t) >= c_.vocab)
-      throw Error(fmt::format("token id {} is outside the vocabulary of {}", t, c_.vocab));
+  check_forward_call(c_, ctx_, batch_, tokens, pos);
   try {
     run_pass(src, tokens, pos, logits, argmax);
   } catch (...) {
@@ -335,9 +320,9 @@ void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, u
 }  // namespace
 
 DeviceFactory cuda_forward_factory(const CudaForwardOptions& o) {
-  const GpuInfo gpu = probe_gpu(o.device);
-  return [gpu, o](const ModelConfig& c, const ModelWeights& w, uint64_t ctx, uint64_t batch) {
-    return std::unique_ptr<DeviceForward>(new CudaForward(gpu, o, c, w, ctx, batch));
+  probe_gpu(o.device);  // one clear line now, before anything is loaded, when it cannot run
+  return [o](const ModelConfig& c, const ModelWeights& w, uint64_t ctx, uint64_t batch) {
+    return std::unique_ptr<DeviceForward>(new CudaForward(o, c, w, ctx, batch));
   };
 }
 

@@ -107,4 +107,16 @@ RunState::RunState(const ModelConfig& c, uint64_t ctx_, uint64_t batch_, bool ho
       v_cache(host_compute ? c.layers * ctx_ * c.kv_heads * c.head_dim : 0),
       logits(c.vocab) {}
 
+void check_forward_call(const ModelConfig& c, uint64_t ctx, uint64_t batch,
+                        std::span<const int32_t> tokens, uint64_t pos) {
+  if (tokens.empty() || tokens.size() > batch)
+    throw Error(fmt::format("a forward call takes 1 to {} tokens, got {}", batch, tokens.size()));
+  if (pos + tokens.size() > ctx)
+    throw Error(fmt::format("position {} is past the context of {} tokens; raise --ctx",
+                            pos + tokens.size() - 1, ctx));
+  for (int32_t t : tokens)
+    if (t < 0 || uint64_t(t) >= c.vocab)
+      throw Error(fmt::format("token id {} is outside the vocabulary of {}", t, c.vocab));
+}
+
 }  // namespace ferry

@@ -121,6 +121,12 @@ struct RunState {
 // RoPE inverse frequencies theta^(-2i/d), with Llama 3's frequency-dependent scaling if set.
 std::vector<float> rope_inv_freq(const ModelConfig& c);
 
+// Throws ferry::Error when a forward call of `tokens` at position `pos` is not 1 to `batch`
+// tokens, would pass the context of `ctx`, or holds an id outside the vocabulary. Every
+// backend's forward pass checks its input with this one.
+void check_forward_call(const ModelConfig& c, uint64_t ctx, uint64_t batch,
+                        std::span<const int32_t> tokens, uint64_t pos);
+
 // Runs tokens (1 .. s.batch of them) at positions pos, pos+1, ... through the model in one batch
 // and leaves the logits of the last one in s.logits. Throws ferry::Error when the tokens would
 // pass the context size, a token id is outside the vocabulary, or the batch is too large.
