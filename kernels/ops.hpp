@@ -1,7 +1,10 @@
-// Element-wise and attention operations of the forward pass, CPU twins of the CUDA kernels to
-// come. Activations are fp32; norm weights bf16 bits, as the packed file stores them.
+// Element-wise and attention operations of the forward pass, CPU twins of the CUDA kernels of
+// kernels/ops_cuda.hpp. Activations are fp32; norm weights bf16 bits, as the packed file stores
+// them.
 #pragma once
 #include <cstdint>
+
+#include "kernels/cpu_pool.hpp"
 
 namespace ferry {
 
@@ -14,10 +17,28 @@ void rope_cpu(float* v, uint64_t heads, uint64_t head_dim, uint64_t pos, const f
 void silu_mul_cpu(const float* gate, const float* up, uint64_t n, float* out);
 // y[t, i] += bias[i] (bias bf16), t < n, i < rows: the q/k/v biases of Qwen2
 void add_bias_cpu(float* y, const uint16_t* bias, uint64_t n, uint64_t rows);
-// Causal attention of one query position over the cache: q [heads, hd]; k, v caches
-// [n_ctx, kv_heads, hd]; scores scratch [n_ctx]; out [heads, hd]. Grouped-query: query head h
-// reads kv head h / (heads / kv_heads).
-void attention_cpu(const float* q, const float* k_cache, const float* v_cache, uint64_t n_ctx,
-                   uint64_t heads, uint64_t kv_heads, uint64_t head_dim, float* scores, float* out);
+// Causal grouped-query attention of n query tokens at positions pos .. pos+n-1 over the KV cache,
+// on the pool: q [n, heads, hd]; k, v caches [ctx, kv_heads, hd] holding positions 0 .. pos+n-1;
+// partials scratch [n, heads, attention_chunks(pos + n), attention_partial_floats(hd)];
+// out [n, heads, hd]. Query head h reads kv head h / (heads / kv_heads). The CPU twin of
+// attention_cuda (kernels/ops_cuda.hpp): the same chunks, the same merge.
+void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const float* v_cache,
+                   uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                   float* partials, float* out);
+
+// Attention runs over the context in chunks of kAttentionChunk positions (flash-decoding): each
+// (query, head, chunk) leaves a partial softmax state, and a merge rescales and sums the chunks of
+// a head. Decode of one token then spreads over heads x chunks threads or blocks instead of one per
+// head: Qwen2-32B has 40 heads for the 132 SMs of an H100, and a 32k context is 128 chunks.
+// 256 positions: 1 KB of scores per chunk (the GPU keeps them in shared memory).
+inline constexpr uint64_t kAttentionChunk = 256;
+constexpr uint64_t attention_chunks(uint64_t n_ctx) {
+  return (n_ctx + kAttentionChunk - 1) / kAttentionChunk;
+}
+// A chunk's partial state: [hd] sum over its positions p of e^(s_p - m) v_p, then m (the chunk's
+// largest score), then sum of e^(s_p - m).
+constexpr uint64_t attention_partial_floats(uint64_t head_dim) {
+  return head_dim + 2;
+}
 
 }  // namespace ferry

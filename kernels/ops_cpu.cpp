@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "kernels/ops.hpp"
@@ -36,32 +37,86 @@ void add_bias_cpu(float* y, const uint16_t* bias, uint64_t n, uint64_t rows) {
     for (uint64_t i = 0; i < rows; ++i) y[t * rows + i] += bf16_to_float(bias[i]);
 }
 
-void attention_cpu(const float* q, const float* k_cache, const float* v_cache, uint64_t n_ctx,
-                   uint64_t heads, uint64_t kv_heads, uint64_t head_dim, float* scores,
-                   float* out) {
-  const uint64_t group = heads / kv_heads, kv_dim = kv_heads * head_dim;
-  const float scale = 1.0f / std::sqrt(float(head_dim));
-  for (uint64_t h = 0; h < heads; ++h) {
-    const float* qh = q + h * head_dim;
-    const uint64_t kvh = h / group;
-    float max_score = -INFINITY;
-    for (uint64_t t = 0; t < n_ctx; ++t) {
-      const float* k = k_cache + t * kv_dim + kvh * head_dim;
-      float dot = 0;
-      for (uint64_t d = 0; d < head_dim; ++d) dot += qh[d] * k[d];
-      scores[t] = dot * scale;
-      max_score = std::max(max_score, scores[t]);
-    }
-    float sum = 0;
-    for (uint64_t t = 0; t < n_ctx; ++t) sum += scores[t] = std::exp(scores[t] - max_score);
-    float* oh = out + h * head_dim;
-    std::fill(oh, oh + head_dim, 0.0f);
-    for (uint64_t t = 0; t < n_ctx; ++t) {
-      const float* v = v_cache + t * kv_dim + kvh * head_dim;
-      const float p = scores[t] / sum;
-      for (uint64_t d = 0; d < head_dim; ++d) oh[d] += p * v[d];
-    }
+namespace {
+
+struct AttentionCall {
+  const float *q, *k_cache, *v_cache;
+  uint64_t pos, heads, kv_heads, head_dim, chunks;  // chunks: per (query, head) in `partials`
+  float* partials;
+  float* out;
+};
+
+// The partial state (ops.hpp) of query t, head h over the positions of chunk `chunk`.
+void attention_chunk(const AttentionCall& a, uint64_t t, uint64_t h, uint64_t chunk) {
+  const uint64_t n_ctx = a.pos + t + 1, begin = chunk * kAttentionChunk;
+  const uint64_t len = std::min(kAttentionChunk, n_ctx - begin);
+  const uint64_t kv_dim = a.kv_heads * a.head_dim, kvh = h / (a.heads / a.kv_heads);
+  const float* qh = a.q + (t * a.heads + h) * a.head_dim;
+  const float scale = 1.0f / std::sqrt(float(a.head_dim));
+  std::array<float, kAttentionChunk> scores;
+  float max_score = -INFINITY;
+  for (uint64_t i = 0; i < len; ++i) {
+    const float* k = a.k_cache + (begin + i) * kv_dim + kvh * a.head_dim;
+    float dot = 0;
+    for (uint64_t d = 0; d < a.head_dim; ++d) dot += qh[d] * k[d];
+    scores[i] = dot * scale;
+    max_score = std::max(max_score, scores[i]);
   }
+  float sum = 0;
+  for (uint64_t i = 0; i < len; ++i) sum += scores[i] = std::exp(scores[i] - max_score);
+  float* part =
+      a.partials + ((t * a.heads + h) * a.chunks + chunk) * attention_partial_floats(a.head_dim);
+  std::fill(part, part + a.head_dim, 0.0f);
+  for (uint64_t i = 0; i < len; ++i) {
+    const float* v = a.v_cache + (begin + i) * kv_dim + kvh * a.head_dim;
+    for (uint64_t d = 0; d < a.head_dim; ++d) part[d] += scores[i] * v[d];
+  }
+  part[a.head_dim] = max_score;
+  part[a.head_dim + 1] = sum;
+}
+
+// Rescales the chunks of query t, head h to their common largest score and normalizes.
+void attention_merge(const AttentionCall& a, uint64_t t, uint64_t h) {
+  const uint64_t stride = attention_partial_floats(a.head_dim);
+  const uint64_t chunks = attention_chunks(a.pos + t + 1);
+  const float* part = a.partials + (t * a.heads + h) * a.chunks * stride;
+  float max_score = -INFINITY;
+  for (uint64_t c = 0; c < chunks; ++c)
+    max_score = std::max(max_score, part[c * stride + a.head_dim]);
+  float denom = 0;
+  for (uint64_t c = 0; c < chunks; ++c)
+    denom +=
+        std::exp(part[c * stride + a.head_dim] - max_score) * part[c * stride + a.head_dim + 1];
+  float* oh = a.out + (t * a.heads + h) * a.head_dim;
+  for (uint64_t d = 0; d < a.head_dim; ++d) {
+    float acc = 0;
+    for (uint64_t c = 0; c < chunks; ++c)
+      acc += std::exp(part[c * stride + a.head_dim] - max_score) * part[c * stride + d];
+    oh[d] = acc / denom;
+  }
+}
+
+}  // namespace
+
+void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const float* v_cache,
+                   uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                   float* partials, float* out) {
+  if (n == 0 || heads == 0) return;
+  const AttentionCall call{q,        k_cache,  v_cache,  pos,
+                           heads,    kv_heads, head_dim, attention_chunks(pos + n),
+                           partials, out};
+  // Every (query, head, chunk) is one task; a query sees fewer chunks than the last one when the
+  // batch crosses a chunk boundary, and skips the rest.
+  pool.parallel_for(n * heads * call.chunks, 1, [a = &call](uint64_t begin, uint64_t end) {
+    for (uint64_t i = begin; i < end; ++i) {
+      const uint64_t t = i / (a->heads * a->chunks), h = i / a->chunks % a->heads;
+      if (i % a->chunks < attention_chunks(a->pos + t + 1))
+        attention_chunk(*a, t, h, i % a->chunks);
+    }
+  });
+  pool.parallel_for(n * heads, 1, [a = &call](uint64_t begin, uint64_t end) {
+    for (uint64_t i = begin; i < end; ++i) attention_merge(*a, i / a->heads, i % a->heads);
+  });
 }
 
 }  // namespace ferry

@@ -25,10 +25,11 @@ void add_bias_cuda(float* y, const uint16_t* bias, uint64_t n, uint64_t rows, CU
 void argmax_cuda(const float* v, uint64_t count, int32_t* out, CUstream_st* stream);
 
 // Causal attention of n query tokens at positions pos .. pos+n-1 (kernels/attention.cu):
-// q [n, heads, hd]; caches [ctx, kv_heads, hd] holding positions 0 .. pos+n-1; scores scratch
-// [n, heads, pos + n]; out [n, heads, hd]. Grouped-query as attention_cpu.
+// q [n, heads, hd]; caches [ctx, kv_heads, hd] holding positions 0 .. pos+n-1; partials scratch
+// [n, heads, attention_chunks(pos + n), hd + 2] (kernels/ops.hpp); out [n, heads, hd]. The twin
+// of attention_cpu, chunk for chunk. Throws ferry::Error past 65,535 tokens or chunks.
 void attention_cuda(const float* q, const float* k_cache, const float* v_cache, uint64_t n,
                     uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
-                    float* scores, float* out, CUstream_st* stream);
+                    float* partials, float* out, CUstream_st* stream);
 
 }  // namespace ferry

@@ -65,13 +65,9 @@ void attention_block(const Pass& p, const LayerWeights& L, uint64_t layer) {
     rope_cpu(&s.q[t * q_dim], c.heads, c.head_dim, p.pos + t, s.inv_freq.data());
     rope_cpu(k_layer + (p.pos + t) * kv_dim, c.kv_heads, c.head_dim, p.pos + t, s.inv_freq.data());
   }
-  // Causal: token t sees positions 0 .. pos+t. Queries are independent, so they split over the
-  // pool, each with its own row of score scratch.
-  p.pool.parallel_for(p.n, 1, [&](uint64_t begin, uint64_t end) {
-    for (uint64_t t = begin; t < end; ++t)
-      attention_cpu(&s.q[t * q_dim], k_layer, v_layer, p.pos + t + 1, c.heads, c.kv_heads,
-                    c.head_dim, &s.scores[t * s.ctx], &s.att_out[t * q_dim]);
-  });
+  // Causal: token t sees positions 0 .. pos+t; heads and chunks of the context split over the pool.
+  attention_cpu(p.pool, s.q.data(), k_layer, v_layer, p.n, p.pos, c.heads, c.kv_heads, c.head_dim,
+                s.partials.data(), s.att_out.data());
   linear(p.src, p.pool, linear_id(layer, kO), s.att_out.data(), p.n, s.proj.data());
   add_residual(p);
 }

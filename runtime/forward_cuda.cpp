@@ -19,6 +19,7 @@
 #include "kernels/cuda_check.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/matmul_cuda.hpp"
+#include "kernels/ops.hpp"
 #include "kernels/ops_cuda.hpp"
 #include "quantizer/atomic_file.hpp"
 #include "quantizer/dtype.hpp"
@@ -149,10 +150,10 @@ class CudaForward final : public DeviceForward {
   uint64_t ctx_, batch_, q_dim_, kv_dim_;
   Stream stream_;              // the compute stream; the cache's copy stream belongs to its backend
   DeviceArray<float> x_, xb_;  // [batch, hidden] residual stream, normed block input
-  DeviceArray<float> q_, att_out_;        // [batch, heads * head_dim]
-  DeviceArray<float> proj_;               // [batch, hidden]
-  DeviceArray<float> gate_, up_;          // [batch, intermediate]
-  DeviceArray<float> scores_;             // [batch, heads, ctx]
+  DeviceArray<float> q_, att_out_;  // [batch, heads * head_dim]
+  DeviceArray<float> proj_;         // [batch, hidden]
+  DeviceArray<float> gate_, up_;    // [batch, intermediate]
+  DeviceArray<float> partials_;     // [batch, heads, attention_chunks(ctx), head_dim + 2] (ops.hpp)
   DeviceArray<float> k_cache_, v_cache_;  // [layers, ctx, kv_heads * head_dim]
   DeviceArray<float> logits_;             // [vocab]
   DeviceArray<int32_t> token_;            // [1] greedy choice
@@ -183,7 +184,8 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       proj_(batch * c.hidden, "activations"),
       gate_(batch * c.intermediate, "activations"),
       up_(batch * c.intermediate, "activations"),
-      scores_(batch * c.heads * ctx, "attention scores"),
+      partials_(batch * c.heads * attention_chunks(ctx) * attention_partial_floats(c.head_dim),
+                "attention"),
       k_cache_(c.layers * ctx * kv_dim_, "the KV cache"),
       v_cache_(c.layers * ctx * kv_dim_, "the KV cache"),
       logits_(c.vocab, "logits"),
@@ -256,7 +258,7 @@ void CudaForward::attention_block(WeightSource& src, uint64_t layer, uint64_t n,
   rope_cuda(q_.get(), n, c_.heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
   rope_cuda(k_layer + pos * kv_dim_, n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
   attention_cuda(q_.get(), k_layer, v_layer, n, pos, c_.heads, c_.kv_heads, c_.head_dim,
-                 scores_.get(), att_out_.get(), stream_.s);
+                 partials_.get(), att_out_.get(), stream_.s);
   linear(src, linear_id(layer, kO), att_out_.get(), n, proj_.get());
   add_cuda(x_.get(), proj_.get(), n * c_.hidden, stream_.s);
 }

@@ -106,14 +106,14 @@ class DirectWeights final : public WeightSource {
 struct RunState {
   RunState(const ModelConfig& c, uint64_t ctx, uint64_t batch, bool host_compute = true);
   uint64_t ctx, batch;
-  std::vector<float> x;                 // [batch, hidden] residual stream
-  std::vector<float> xb;                // [batch, hidden] normed input of a block
-  std::vector<float> q;                 // [batch, heads * head_dim]
-  std::vector<float> att_out;           // [batch, heads * head_dim]
-  std::vector<float> proj;              // [batch, hidden] attention / MLP output
-  std::vector<float> gate, up;          // [batch, intermediate]
-  std::vector<float> scores;            // [batch, ctx] attention weights, one row per query
-  std::vector<float> inv_freq;          // [head_dim / 2] RoPE frequencies (scaling applied)
+  std::vector<float> x;         // [batch, hidden] residual stream
+  std::vector<float> xb;        // [batch, hidden] normed input of a block
+  std::vector<float> q;         // [batch, heads * head_dim]
+  std::vector<float> att_out;   // [batch, heads * head_dim]
+  std::vector<float> proj;      // [batch, hidden] attention / MLP output
+  std::vector<float> gate, up;  // [batch, intermediate]
+  std::vector<float> partials;  // [batch, heads, attention_chunks(ctx), head_dim + 2] (ops.hpp)
+  std::vector<float> inv_freq;  // [head_dim / 2] RoPE frequencies (scaling applied)
   std::vector<float> k_cache, v_cache;  // [layers, ctx, kv_heads * head_dim]
   std::vector<float> logits;            // [vocab] of the last token of the last call
 };

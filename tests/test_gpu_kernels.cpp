@@ -151,21 +151,33 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
   EXPECT_EQ(d_i.to_host()[0], 300);
 }
 
+// Decode and prefill, within one chunk and across several (a batch that crosses a chunk
+// boundary: its queries see different numbers of chunks), head_dim 64 and 128 (one and two
+// thread groups per position in the value sums) and 80 (threads left idle).
 TEST(GpuKernels, AttentionMatchesCpuTwin) {
   FERRY_REQUIRE_GPU();
-  const uint64_t heads = 8, kv_heads = 2, hd = 64, n = 4, pos = 29, ctx = pos + n;
-  const std::vector<float> q = random_vector(n * heads * hd, 3);
-  const std::vector<float> k = random_vector(ctx * kv_heads * hd, 4);
-  const std::vector<float> v = random_vector(ctx * kv_heads * hd, 5);
-  std::vector<float> want(n * heads * hd), scores(ctx);
-  for (uint64_t t = 0; t < n; ++t)
-    attention_cpu(&q[t * heads * hd], k.data(), v.data(), pos + t + 1, heads, kv_heads, hd,
-                  scores.data(), &want[t * heads * hd]);
-  DeviceBuffer<float> d_q(q), d_k(k), d_v(v), d_out(want);
-  DeviceBuffer<float> d_scores(std::vector<float>(n * heads * ctx));
-  attention_cuda(d_q.ptr, d_k.ptr, d_v.ptr, n, pos, heads, kv_heads, hd, d_scores.ptr, d_out.ptr,
-                 nullptr);
-  expect_close("attention", d_out.to_host(), want, 1e-10);
+  struct Case {
+    uint64_t heads, kv_heads, hd, n, pos;
+  };
+  for (const Case& k : {Case{8, 2, 64, 4, 29}, Case{8, 2, 128, 1, 1000}, Case{4, 4, 80, 7, 508},
+                        Case{6, 3, 128, 40, 700}, Case{2, 1, 256, 1, 0}}) {
+    SCOPED_TRACE("heads " + std::to_string(k.heads) + " hd " + std::to_string(k.hd) + " n " +
+                 std::to_string(k.n) + " pos " + std::to_string(k.pos));
+    const uint64_t ctx = k.pos + k.n, q_dim = k.heads * k.hd;
+    const std::vector<float> q = random_vector(k.n * q_dim, 3);
+    const std::vector<float> kc = random_vector(ctx * k.kv_heads * k.hd, 4);
+    const std::vector<float> vc = random_vector(ctx * k.kv_heads * k.hd, 5);
+    std::vector<float> partials(k.n * k.heads * attention_chunks(ctx) *
+                                attention_partial_floats(k.hd));
+    std::vector<float> want(k.n * q_dim);
+    CpuPool pool(2);
+    attention_cpu(pool, q.data(), kc.data(), vc.data(), k.n, k.pos, k.heads, k.kv_heads, k.hd,
+                  partials.data(), want.data());
+    DeviceBuffer<float> d_q(q), d_k(kc), d_v(vc), d_out(want), d_partials(partials);
+    attention_cuda(d_q.ptr, d_k.ptr, d_v.ptr, k.n, k.pos, k.heads, k.kv_heads, k.hd, d_partials.ptr,
+                   d_out.ptr, nullptr);
+    expect_close("attention", d_out.to_host(), want, 1e-10);
+  }
 }
 
 }  // namespace

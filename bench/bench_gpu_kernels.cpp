@@ -1,0 +1,186 @@
+// The CUDA kernels of decode and prefill on the GPU they run on, beside the card's HBM bandwidth
+// measured in the same run (a device-to-device copy, read + write counted): decode's INT4 GEMV
+// and attention only read (weights, the KV cache), so that copy rate is their bound and
+// frac_of_hbm is how close they come; prefill's dequantization + cuBLASLt GEMM is bound by
+// arithmetic instead and reports TFLOP/s. Shapes are Qwen2-32B's (hidden 5120, intermediate
+// 27648, 40 heads, 8 kv heads, head_dim 128, vocab 152064). Each timed iteration runs the kernel
+// over enough copies of its operands to pass the L2 (50 MB on an H200) several times, back to
+// back on one stream as decode issues them, timed with CUDA events.
+//   bench_gpu_kernels        (every benchmark skips where no GPU is present)
+#include <benchmark/benchmark.h>
+#include <cuda_runtime_api.h>
+
+#include <vector>
+
+#include "kernels/cuda_check.hpp"
+#include "kernels/dequant.hpp"
+#include "kernels/matmul_cuda.hpp"
+#include "kernels/ops.hpp"
+#include "kernels/ops_cuda.hpp"
+#include "quantizer/int4.hpp"
+#include "runtime/cuda_device.hpp"
+
+namespace {
+
+using namespace ferry;
+
+constexpr uint64_t kWorkingSet = 512ull << 20;  // 10x the L2 of an H200
+
+bool have_gpu(benchmark::State& state) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) return true;
+  state.SkipWithError("no CUDA GPU present");
+  return false;
+}
+
+double hbm_gbps() {
+  static const double gbps = measure_d2d_gbps(1ull << 30);
+  return gbps;
+}
+
+// One device allocation filled with a byte pattern (the kernels' timing does not depend on the
+// values; 0x22 gives f16 scales of 0.0067 and small finite products).
+struct DeviceBytes {
+  explicit DeviceBytes(uint64_t n, int fill = 0x22) {
+    CUDA_CHECK(cudaMalloc(&p, n ? n : 1));
+    CUDA_CHECK(cudaMemset(p, fill, n));
+  }
+  ~DeviceBytes() { cudaFree(p); }
+  DeviceBytes(const DeviceBytes&) = delete;
+  DeviceBytes& operator=(const DeviceBytes&) = delete;
+  template <class T>
+  T* as(uint64_t byte_offset = 0) const {
+    return reinterpret_cast<T*>(static_cast<uint8_t*>(p) + byte_offset);
+  }
+  void* p = nullptr;
+};
+
+// Times `pass` (which enqueues work on `stream`) with events, as the benchmark's manual time;
+// returns the seconds of all iterations.
+template <class Fn>
+double timed(benchmark::State& state, cudaStream_t stream, Fn pass) {
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  pass();  // warm-up: module load, cuBLASLt plans
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  double total = 0;
+  for (auto _ : state) {
+    CUDA_CHECK(cudaEventRecord(start, stream));
+    pass();
+    CUDA_CHECK(cudaEventRecord(stop, stream));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    state.SetIterationTime(double(ms) / 1e3);
+    total += double(ms) / 1e3;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return total;
+}
+
+// Bytes read per second over the event-timed seconds, and as a fraction of the HBM bound.
+void report_bytes(benchmark::State& state, double bytes_per_iteration, double seconds) {
+  const double gbps =
+      seconds > 0 ? bytes_per_iteration * double(state.iterations()) / seconds / 1e9 : 0;
+  state.counters["GB/s"] = gbps;
+  state.counters["hbm_GB/s"] = hbm_gbps();
+  state.counters["frac_of_hbm"] = gbps / hbm_gbps();
+}
+
+// args: rows, cols, n, asym. Weight bytes as the cache holds them: codes, scales, mins.
+void gemv_int4(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  const uint64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
+  const bool asym = state.range(3) != 0;
+  const uint64_t blocks = int4_blocks_per_row(cols);
+  const uint64_t q_bytes = rows * blocks * kBlockBytes, s_bytes = rows * blocks * 2;
+  const uint64_t one = q_bytes + s_bytes * (asym ? 2 : 1);
+  const uint64_t copies = (kWorkingSet + one - 1) / one;
+  DeviceBytes w(copies * one), x(n * cols * sizeof(float), 0), y(n * rows * sizeof(float));
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  const double seconds = timed(state, stream, [&] {
+    for (uint64_t c = 0; c < copies; ++c) {
+      const uint64_t at = c * one;
+      matmul_int4_cuda(w.as<uint8_t>(at), w.as<uint16_t>(at + q_bytes),
+                       asym ? w.as<uint16_t>(at + q_bytes + s_bytes) : nullptr, rows, cols,
+                       x.as<float>(), n, y.as<float>(), stream);
+    }
+  });
+  report_bytes(state, double(copies * one), seconds);
+  cudaStreamDestroy(stream);
+}
+
+// args: context length. Decode (one query) of Qwen2-32B's attention over one layer's KV cache.
+void attention_decode(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  const uint64_t ctx = state.range(0), heads = 40, kv_heads = 8, hd = 128, pos = ctx - 1;
+  const uint64_t kv_bytes = ctx * kv_heads * hd * sizeof(float);
+  const uint64_t copies = (kWorkingSet + 2 * kv_bytes - 1) / (2 * kv_bytes);
+  DeviceBytes k(copies * kv_bytes, 0), v(copies * kv_bytes, 0), q(heads * hd * sizeof(float), 0);
+  DeviceBytes partials(heads * attention_chunks(ctx) * attention_partial_floats(hd) * 4, 0);
+  DeviceBytes out(heads * hd * sizeof(float));
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  const double seconds = timed(state, stream, [&] {
+    for (uint64_t c = 0; c < copies; ++c)
+      attention_cuda(q.as<float>(), k.as<float>(c * kv_bytes), v.as<float>(c * kv_bytes), 1, pos,
+                     heads, kv_heads, hd, partials.as<float>(), out.as<float>(), stream);
+  });
+  report_bytes(state, double(copies * 2 * kv_bytes), seconds);
+  cudaStreamDestroy(stream);
+}
+
+// args: rows, cols, n. Prefill's product of a batch with an INT4 weight: dequantization to a
+// bf16 scratch, then the cuBLASLt GEMM, as runtime/forward_cuda.cpp runs it above 8 tokens.
+void prefill_int4(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  const uint64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
+  const uint64_t blocks = int4_blocks_per_row(cols);
+  const uint64_t q_bytes = rows * blocks * kBlockBytes, s_bytes = rows * blocks * 2;
+  DeviceBytes w(q_bytes + 2 * s_bytes), scratch(rows * cols * 2), x(n * cols * sizeof(float), 0);
+  DeviceBytes y(n * rows * sizeof(float));
+  CublasLt blas(n * cols);
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  const double seconds = timed(state, stream, [&] {
+    dequant_int4_bf16_cuda(w.as<uint8_t>(), w.as<uint16_t>(q_bytes),
+                           w.as<uint16_t>(q_bytes + s_bytes), rows, cols, scratch.as<uint16_t>(),
+                           stream);
+    blas.matmul_bf16(scratch.as<uint16_t>(), rows, cols, x.as<float>(), n, y.as<float>(), stream);
+  });
+  state.counters["TFLOP/s"] =
+      seconds > 0 ? 2.0 * double(rows * cols * n) * double(state.iterations()) / seconds / 1e12 : 0;
+  cudaStreamDestroy(stream);
+}
+
+BENCHMARK(gemv_int4)
+    ->ArgNames({"rows", "cols", "n", "asym"})
+    ->Args({5120, 5120, 1, 1})    // q, o
+    ->Args({1024, 5120, 1, 1})    // k, v
+    ->Args({27648, 5120, 1, 1})   // gate, up
+    ->Args({5120, 27648, 1, 1})   // down
+    ->Args({27648, 5120, 1, 0})   // gate, sym
+    ->Args({152064, 5120, 1, 1})  // lm_head
+    ->Args({27648, 5120, 8, 1})   // a batch of 8
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(attention_decode)
+    ->ArgName("ctx")
+    ->Arg(512)
+    ->Arg(4096)
+    ->Arg(32768)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(prefill_int4)
+    ->ArgNames({"rows", "cols", "n"})
+    ->Args({5120, 5120, 64})
+    ->Args({27648, 5120, 512})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
