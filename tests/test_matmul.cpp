@@ -15,29 +15,7 @@
 #include "kernels/matvec.hpp"
 #include "quantizer/dtype.hpp"
 #include "quantizer/int4.hpp"
-
-// Counts every allocation of the test binary, to show that a matmul call makes none. Not under
-// AddressSanitizer, which owns operator new (the test skips there).
-namespace {
-std::atomic<uint64_t> g_allocations = 0;
-}  // namespace
-
-#ifndef __SANITIZE_ADDRESS__
-#define FERRY_COUNT_ALLOCATIONS 1
-// noinline: inlined into gtest's `new TestClass` / `delete`, GCC 12 mistakes the malloc/free pair
-// for a mismatched new/free (-Wmismatched-new-delete).
-[[gnu::noinline]] void* operator new(std::size_t size) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size ? size : 1)) return p;
-  throw std::bad_alloc();
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
-#endif
+#include "tests/alloc_counter.hpp"
 
 namespace ferry {
 namespace {
@@ -229,7 +207,7 @@ TEST(Matmul, CallsDoNotAllocate) {
   std::vector<float> y(9 * w.rows);
   CpuPool pool(3);
   for (KernelIsa isa : isas()) {
-    const uint64_t before = g_allocations.load();
+    const uint64_t before = test::allocations();
     for (uint64_t n : {1u, 9u}) {
       matmul_int4_cpu(pool, w.q.data(), w.scales.data(), w.mins.data(), w.rows, w.cols, x.data(), n,
                       y.data(), isa);
@@ -237,7 +215,7 @@ TEST(Matmul, CallsDoNotAllocate) {
                       y.data(), isa);
       matmul_bf16_cpu(pool, w.bf16.data(), w.rows, w.cols, x.data(), n, y.data(), isa);
     }
-    EXPECT_EQ(g_allocations.load(), before) << int(isa);
+    EXPECT_EQ(test::allocations(), before) << int(isa);
   }
 }
 
