@@ -144,18 +144,22 @@ void attention_cuda(const float* q, const float* k_cache, const float* v_cache, 
                     uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                     float* partials, float* out, CUstream_st* stream) {
   if (n == 0 || heads == 0) return;
-  const AttentionArgs a{q,        k_cache,  v_cache,  pos,
-                        heads,    kv_heads, head_dim, attention_chunks(pos + n),
-                        partials, out};
-  // Grid y and z are limited to 65,535: 65,535 tokens per call, 16.7 M positions of context.
-  if (n > 65535 || a.chunks > 65535)
-    throw Error("attention_cuda: " + std::to_string(n) + " tokens at position " +
-                std::to_string(pos) + " exceed the grid; lower --batch or --ctx");
-  const dim3 chunk_grid{uint32_t(heads), uint32_t(n), uint32_t(a.chunks)};
-  attention_chunk_kernel<<<chunk_grid, kThreads, head_dim * sizeof(float), stream>>>(a);
-  CUDA_CHECK(cudaGetLastError());
-  attention_merge_kernel<<<dim3{uint32_t(heads), uint32_t(n)}, kThreads, 0, stream>>>(a);
-  CUDA_CHECK(cudaGetLastError());
+  // Grid z is limited to 65,535 chunks: 16.7 M positions of context.
+  if (attention_chunks(pos + n) > 65535)
+    throw Error("attention_cuda: a context of " + std::to_string(pos + n) +
+                " positions exceeds the grid; lower --ctx");
+  for (uint64_t t0 = 0; t0 < n; t0 += kAttentionQueries) {  // rounds, as attention_cpu
+    const uint64_t m = n - t0 < kAttentionQueries ? n - t0 : kAttentionQueries;
+    const uint64_t q_dim = heads * head_dim;
+    const AttentionArgs a{q + t0 * q_dim, k_cache,         v_cache,  pos + t0,
+                          heads,          kv_heads,        head_dim, attention_chunks(pos + t0 + m),
+                          partials,       out + t0 * q_dim};
+    const dim3 chunk_grid{uint32_t(heads), uint32_t(m), uint32_t(a.chunks)};
+    attention_chunk_kernel<<<chunk_grid, kThreads, head_dim * sizeof(float), stream>>>(a);
+    CUDA_CHECK(cudaGetLastError());
+    attention_merge_kernel<<<dim3{uint32_t(heads), uint32_t(m)}, kThreads, 0, stream>>>(a);
+    CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 }  // namespace ferry

@@ -96,27 +96,34 @@ void attention_merge(const AttentionCall& a, uint64_t t, uint64_t h) {
   }
 }
 
-}  // namespace
-
-void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const float* v_cache,
-                   uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
-                   float* partials, float* out) {
-  if (n == 0 || heads == 0) return;
-  const AttentionCall call{q,        k_cache,  v_cache,  pos,
-                           heads,    kv_heads, head_dim, attention_chunks(pos + n),
-                           partials, out};
-  // Every (query, head, chunk) is one task; a query sees fewer chunks than the last one when the
-  // batch crosses a chunk boundary, and skips the rest.
-  pool.parallel_for(n * heads * call.chunks, 1, [a = &call](uint64_t begin, uint64_t end) {
+// Queries 0 .. m-1 of the call: every (query, head, chunk) is one task; a query sees fewer chunks
+// than the last one when the round crosses a chunk boundary, and skips the rest.
+void attention_round(CpuPool& pool, const AttentionCall& call, uint64_t m) {
+  pool.parallel_for(m * call.heads * call.chunks, 1, [a = &call](uint64_t begin, uint64_t end) {
     for (uint64_t i = begin; i < end; ++i) {
       const uint64_t t = i / (a->heads * a->chunks), h = i / a->chunks % a->heads;
       if (i % a->chunks < attention_chunks(a->pos + t + 1))
         attention_chunk(*a, t, h, i % a->chunks);
     }
   });
-  pool.parallel_for(n * heads, 1, [a = &call](uint64_t begin, uint64_t end) {
+  pool.parallel_for(m * call.heads, 1, [a = &call](uint64_t begin, uint64_t end) {
     for (uint64_t i = begin; i < end; ++i) attention_merge(*a, i / a->heads, i % a->heads);
   });
+}
+
+}  // namespace
+
+void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const float* v_cache,
+                   uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                   float* partials, float* out) {
+  for (uint64_t t0 = 0; t0 < n && heads; t0 += kAttentionQueries) {
+    const uint64_t m = std::min(kAttentionQueries, n - t0), q_dim = heads * head_dim;
+    const AttentionCall call{
+        q + t0 * q_dim, k_cache,         v_cache,  pos + t0,
+        heads,          kv_heads,        head_dim, attention_chunks(pos + t0 + m),
+        partials,       out + t0 * q_dim};
+    attention_round(pool, call, m);
+  }
 }
 
 }  // namespace ferry

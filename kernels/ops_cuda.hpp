@@ -26,8 +26,9 @@ void argmax_cuda(const float* v, uint64_t count, int32_t* out, CUstream_st* stre
 
 // Causal attention of n query tokens at positions pos .. pos+n-1 (kernels/attention.cu):
 // q [n, heads, hd]; caches [ctx, kv_heads, hd] holding positions 0 .. pos+n-1; partials scratch
-// [n, heads, attention_chunks(pos + n), hd + 2] (kernels/ops.hpp); out [n, heads, hd]. The twin
-// of attention_cpu, chunk for chunk. Throws ferry::Error past 65,535 tokens or chunks.
+// of attention_scratch_floats(n, pos + n, heads, hd) floats (kernels/ops.hpp); out [n, heads, hd].
+// The twin of attention_cpu, round for round and chunk for chunk. Throws ferry::Error past
+// 65,535 chunks of context.
 void attention_cuda(const float* q, const float* k_cache, const float* v_cache, uint64_t n,
                     uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                     float* partials, float* out, CUstream_st* stream);

@@ -153,7 +153,7 @@ class CudaForward final : public DeviceForward {
   DeviceArray<float> q_, att_out_;  // [batch, heads * head_dim]
   DeviceArray<float> proj_;         // [batch, hidden]
   DeviceArray<float> gate_, up_;    // [batch, intermediate]
-  DeviceArray<float> partials_;     // [batch, heads, attention_chunks(ctx), head_dim + 2] (ops.hpp)
+  DeviceArray<float> partials_;     // [min(batch, 64), heads, chunks(ctx), head_dim + 2] (ops.hpp)
   DeviceArray<float> k_cache_, v_cache_;  // [layers, ctx, kv_heads * head_dim]
   DeviceArray<float> logits_;             // [vocab]
   DeviceArray<int32_t> token_;            // [1] greedy choice
@@ -184,8 +184,7 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       proj_(batch * c.hidden, "activations"),
       gate_(batch * c.intermediate, "activations"),
       up_(batch * c.intermediate, "activations"),
-      partials_(batch * c.heads * attention_chunks(ctx) * attention_partial_floats(c.head_dim),
-                "attention"),
+      partials_(attention_scratch_floats(batch, ctx, c.heads, c.head_dim), "attention"),
       k_cache_(c.layers * ctx * kv_dim_, "the KV cache"),
       v_cache_(c.layers * ctx * kv_dim_, "the KV cache"),
       logits_(c.vocab, "logits"),

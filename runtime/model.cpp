@@ -102,9 +102,7 @@ RunState::RunState(const ModelConfig& c, uint64_t ctx_, uint64_t batch_, bool ho
       proj(host_compute ? batch_ * c.hidden : 0),
       gate(host_compute ? batch_ * c.intermediate : 0),
       up(host_compute ? batch_ * c.intermediate : 0),
-      partials(host_compute ? batch_ * c.heads * attention_chunks(ctx_) *
-                                  attention_partial_floats(c.head_dim)
-                            : 0),
+      partials(host_compute ? attention_scratch_floats(batch_, ctx_, c.heads, c.head_dim) : 0),
       inv_freq(rope_inv_freq(c)),
       k_cache(host_compute ? c.layers * ctx_ * c.kv_heads * c.head_dim : 0),
       v_cache(host_compute ? c.layers * ctx_ * c.kv_heads * c.head_dim : 0),

@@ -112,7 +112,7 @@ struct RunState {
   std::vector<float> att_out;   // [batch, heads * head_dim]
   std::vector<float> proj;      // [batch, hidden] attention / MLP output
   std::vector<float> gate, up;  // [batch, intermediate]
-  std::vector<float> partials;  // [batch, heads, attention_chunks(ctx), head_dim + 2] (ops.hpp)
+  std::vector<float> partials;  // [min(batch, 64), heads, attention_chunks(ctx), head_dim + 2]
   std::vector<float> inv_freq;  // [head_dim / 2] RoPE frequencies (scaling applied)
   std::vector<float> k_cache, v_cache;  // [layers, ctx, kv_heads * head_dim]
   std::vector<float> logits;            // [vocab] of the last token of the last call

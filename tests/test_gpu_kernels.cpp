@@ -152,23 +152,24 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
 }
 
 // Decode and prefill, within one chunk and across several (a batch that crosses a chunk
-// boundary: its queries see different numbers of chunks), head_dim 64 and 128 (one and two
-// thread groups per position in the value sums) and 80 (threads left idle).
+// boundary: its queries see different numbers of chunks; a batch of 150 in three rounds of
+// queries), head_dim 64 and 128 (one and two thread groups per position in the value sums) and
+// 80 (threads left idle).
 TEST(GpuKernels, AttentionMatchesCpuTwin) {
   FERRY_REQUIRE_GPU();
   struct Case {
     uint64_t heads, kv_heads, hd, n, pos;
   };
-  for (const Case& k : {Case{8, 2, 64, 4, 29}, Case{8, 2, 128, 1, 1000}, Case{4, 4, 80, 7, 508},
-                        Case{6, 3, 128, 40, 700}, Case{2, 1, 256, 1, 0}}) {
+  for (const Case& k :
+       {Case{8, 2, 64, 4, 29}, Case{8, 2, 128, 1, 1000}, Case{4, 4, 80, 7, 508},
+        Case{6, 3, 128, 40, 700}, Case{2, 1, 256, 1, 0}, Case{4, 2, 64, 150, 200}}) {
     SCOPED_TRACE("heads " + std::to_string(k.heads) + " hd " + std::to_string(k.hd) + " n " +
                  std::to_string(k.n) + " pos " + std::to_string(k.pos));
     const uint64_t ctx = k.pos + k.n, q_dim = k.heads * k.hd;
     const std::vector<float> q = random_vector(k.n * q_dim, 3);
     const std::vector<float> kc = random_vector(ctx * k.kv_heads * k.hd, 4);
     const std::vector<float> vc = random_vector(ctx * k.kv_heads * k.hd, 5);
-    std::vector<float> partials(k.n * k.heads * attention_chunks(ctx) *
-                                attention_partial_floats(k.hd));
+    std::vector<float> partials(attention_scratch_floats(k.n, ctx, k.heads, k.hd));
     std::vector<float> want(k.n * q_dim);
     CpuPool pool(2);
     attention_cpu(pool, q.data(), kc.data(), vc.data(), k.n, k.pos, k.heads, k.kv_heads, k.hd,

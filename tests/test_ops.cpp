@@ -1,7 +1,7 @@
 // The CPU attention (kernels/ops_cpu.cpp), which runs the context in chunks of kAttentionChunk
-// positions and merges them (flash-decoding), against the textbook softmax computed here in
-// double precision: decode and prefill batches, contexts within one chunk and across many,
-// grouped-query heads; and its results do not depend on the number of threads.
+// positions and merges them (flash-decoding), queries in rounds of 64, against the textbook softmax
+// computed here in double precision: decode and prefill batches, contexts within one chunk and
+// across many, grouped-query heads; and its results do not depend on the number of threads.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -63,10 +63,9 @@ std::vector<double> textbook(const Shape& s, const Inputs& in) {
 
 std::vector<float> run_cpu(const Shape& s, const Inputs& in, unsigned threads) {
   CpuPool pool(threads);
-  // Sized as RunState does for a context of exactly pos + n; NaN-filled so that a read of a
-  // partial no chunk wrote shows in the result.
-  std::vector<float> partials(
-      s.n * s.heads * attention_chunks(s.pos + s.n) * attention_partial_floats(s.hd), NAN);
+  // Sized as RunState does for a context of exactly pos + n (AddressSanitizer catches a write
+  // past it); NaN-filled so that a read of a partial no chunk wrote shows in the result.
+  std::vector<float> partials(attention_scratch_floats(s.n, s.pos + s.n, s.heads, s.hd), NAN);
   std::vector<float> out(s.n * s.heads * s.hd);
   attention_cpu(pool, in.q.data(), in.k.data(), in.v.data(), s.n, s.pos, s.heads, s.kv_heads, s.hd,
                 partials.data(), out.data());

@@ -307,7 +307,7 @@ int cmd_bench(int argc, char** argv) {
   }();
   EngineOptions base;
   base.ctx = prompt + gen;
-  base.batch = a["batch"].as<uint64_t>();
+  base.batch = prefill_batch(a);
   base.threads = a["threads"].as<unsigned>();
 
   const Bandwidths bw = measure_bandwidths(gpu, base.threads);

@@ -26,6 +26,8 @@ uint64_t parse_size(std::string_view text, std::string_view option);
 // --threads, and the paging cache's), and the EngineOptions they make.
 void add_engine_options(cxxopts::Options& o);
 EngineOptions engine_options(const cxxopts::ParseResult& a);
+// --batch, or its default for --device: 64 tokens on the CPU, 512 on a GPU.
+uint64_t prefill_batch(const cxxopts::ParseResult& a);
 // --cache-budget and its companions (--cache-policy, --cache-format, --lookahead, --no-verify).
 // Without --cache-budget there is no cache (the weights are read in place) and a companion is an
 // error.
