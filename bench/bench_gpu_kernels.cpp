@@ -12,6 +12,7 @@
 
 #include <vector>
 
+#include "cache/schedule.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/matmul_cuda.hpp"
@@ -55,28 +56,38 @@ struct DeviceBytes {
   void* p = nullptr;
 };
 
+struct EventPair {
+  EventPair() {
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&stop));
+  }
+  ~EventPair() {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+  EventPair(const EventPair&) = delete;
+  EventPair& operator=(const EventPair&) = delete;
+  cudaEvent_t start = nullptr, stop = nullptr;
+};
+
 // Times `pass` (which enqueues work on `stream`) with events, as the benchmark's manual time;
 // returns the seconds of all iterations.
 template <class Fn>
 double timed(benchmark::State& state, cudaStream_t stream, Fn pass) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
+  const EventPair e;
   pass();  // warm-up: module load, cuBLASLt plans
   CUDA_CHECK(cudaStreamSynchronize(stream));
   double total = 0;
   for (auto _ : state) {
-    CUDA_CHECK(cudaEventRecord(start, stream));
+    CUDA_CHECK(cudaEventRecord(e.start, stream));
     pass();
-    CUDA_CHECK(cudaEventRecord(stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop));
+    CUDA_CHECK(cudaEventRecord(e.stop, stream));
+    CUDA_CHECK(cudaEventSynchronize(e.stop));
     float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e.start, e.stop));
     state.SetIterationTime(double(ms) / 1e3);
     total += double(ms) / 1e3;
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   return total;
 }
 
@@ -96,7 +107,8 @@ void gemv_int4(benchmark::State& state) {
   const bool asym = state.range(3) != 0;
   const uint64_t blocks = int4_blocks_per_row(cols);
   const uint64_t q_bytes = rows * blocks * kBlockBytes, s_bytes = rows * blocks * 2;
-  const uint64_t one = q_bytes + s_bytes * (asym ? 2 : 1);
+  // Each copy starts as a cache entry does (256-byte aligned), as the kernel sees it in decode.
+  const uint64_t one = entry_aligned(q_bytes + s_bytes * (asym ? 2 : 1));
   const uint64_t copies = (kWorkingSet + one - 1) / one;
   DeviceBytes w(copies * one), x(n * cols * sizeof(float), 0), y(n * rows * sizeof(float));
   cudaStream_t stream;
@@ -120,7 +132,7 @@ void attention_decode(benchmark::State& state) {
   const uint64_t kv_bytes = ctx * kv_heads * hd * sizeof(float);
   const uint64_t copies = (kWorkingSet + 2 * kv_bytes - 1) / (2 * kv_bytes);
   DeviceBytes k(copies * kv_bytes, 0), v(copies * kv_bytes, 0), q(heads * hd * sizeof(float), 0);
-  DeviceBytes partials(heads * attention_chunks(ctx) * attention_partial_floats(hd) * 4, 0);
+  DeviceBytes partials(attention_scratch_floats(1, ctx, heads, hd) * sizeof(float), 0);
   DeviceBytes out(heads * hd * sizeof(float));
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));

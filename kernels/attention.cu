@@ -144,6 +144,7 @@ void attention_cuda(const float* q, const float* k_cache, const float* v_cache, 
                     uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                     float* partials, float* out, CUstream_st* stream) {
   if (n == 0 || heads == 0) return;
+  check_attention_shape(heads, kv_heads, head_dim);
   // Grid z is limited to 65,535 chunks: 16.7 M positions of context.
   if (attention_chunks(pos + n) > 65535)
     throw Error("attention_cuda: a context of " + std::to_string(pos + n) +

@@ -42,11 +42,15 @@ constexpr uint64_t attention_scratch_floats(uint64_t batch, uint64_t ctx, uint64
          attention_partial_floats(head_dim);
 }
 
+// Throws ferry::Error unless heads is a multiple of kv_heads > 0 and head_dim > 0 (both twins
+// check it; model_spec.cpp already refuses such a model at load).
+void check_attention_shape(uint64_t heads, uint64_t kv_heads, uint64_t head_dim);
+
 // Causal grouped-query attention of n query tokens at positions pos .. pos+n-1 over the KV cache,
 // on the pool: q [n, heads, hd]; k, v caches [ctx, kv_heads, hd] holding positions 0 .. pos+n-1;
 // partials scratch of attention_scratch_floats(n, pos + n, heads, hd) floats; out [n, heads, hd].
 // Query head h reads kv head h / (heads / kv_heads). The CPU twin of attention_cuda
-// (kernels/ops_cuda.hpp): the same chunks, the same merge.
+// (kernels/ops_cuda.hpp): the same rounds, the same chunks, the same merge.
 void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const float* v_cache,
                    uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                    float* partials, float* out);

@@ -2,8 +2,11 @@
 #include <array>
 #include <cmath>
 
+#include <fmt/format.h>
+
 #include "kernels/ops.hpp"
 #include "quantizer/dtype.hpp"
+#include "quantizer/error.hpp"
 
 namespace ferry {
 
@@ -116,7 +119,9 @@ void attention_round(CpuPool& pool, const AttentionCall& call, uint64_t m) {
 void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const float* v_cache,
                    uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                    float* partials, float* out) {
-  for (uint64_t t0 = 0; t0 < n && heads; t0 += kAttentionQueries) {
+  if (n == 0 || heads == 0) return;
+  check_attention_shape(heads, kv_heads, head_dim);
+  for (uint64_t t0 = 0; t0 < n; t0 += kAttentionQueries) {
     const uint64_t m = std::min(kAttentionQueries, n - t0), q_dim = heads * head_dim;
     const AttentionCall call{
         q + t0 * q_dim, k_cache,         v_cache,  pos + t0,
@@ -124,6 +129,14 @@ void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const fl
         partials,       out + t0 * q_dim};
     attention_round(pool, call, m);
   }
+}
+
+void check_attention_shape(uint64_t heads, uint64_t kv_heads, uint64_t head_dim) {
+  if (kv_heads == 0 || heads % kv_heads != 0 || head_dim == 0)
+    throw Error(
+        fmt::format("attention: {} heads over {} kv heads of dimension {} is not a "
+                    "grouped-query shape",
+                    heads, kv_heads, head_dim));
 }
 
 }  // namespace ferry

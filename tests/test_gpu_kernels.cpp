@@ -45,7 +45,7 @@ void gemv_case(Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n) {
   std::vector<uint16_t> scales(rows * blocks), mins(rows * blocks);  // [rows, blocks]
   quantize_int4(w.data(), rows, cols, scheme, q.data(), scales.data(), mins.data());
   const bool has_mins = scheme_has_mins(scheme);
-  std::vector<float> want(n * rows), got(n * rows);
+  std::vector<float> want(n * rows), got(n * rows, NAN);  // NaN: an unwritten element shows
   CpuPool pool(1);
   matmul_int4_cpu(pool, q.data(), scales.data(), has_mins ? mins.data() : nullptr, rows, cols,
                   x.data(), n, want.data());
@@ -81,6 +81,11 @@ std::vector<float> random_vector(uint64_t n, uint32_t seed) {
   return v;
 }
 
+// Output buffers start as NaN, so that an element a kernel fails to write shows in the result.
+std::vector<float> nans(uint64_t n) {
+  return std::vector<float>(n, NAN);
+}
+
 void expect_close(const char* what, const std::vector<float>& got, const std::vector<float>& want,
                   double bound) {
   const double e = nmse(got, want);
@@ -100,7 +105,7 @@ TEST(GpuKernels, CublasLtBf16GemmMatchesCpuTwin) {
     matmul_bf16_cpu(pool, w.data(), rows, cols, x.data(), n, want.data());
     CublasLt lt(64 * cols);
     DeviceBuffer<uint16_t> d_w(w);
-    DeviceBuffer<float> d_x(x), d_y(want);
+    DeviceBuffer<float> d_x(x), d_y(nans(n * rows));
     lt.matmul_bf16(d_w.ptr, rows, cols, d_x.ptr, n, d_y.ptr, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     // x rounded to bf16 on the GPU only: relative 2^-9 per element, NMSE ~1e-6.
@@ -119,7 +124,7 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
 
   std::vector<float> want(n * dim);
   for (uint64_t t = 0; t < n; ++t) rmsnorm_cpu(&x[t * dim], w.data(), 1e-6f, dim, &want[t * dim]);
-  DeviceBuffer<float> d_x(x), d_y(y), d_out(want), d_f(inv_freq);
+  DeviceBuffer<float> d_x(x), d_y(y), d_out(nans(n * dim)), d_f(inv_freq);
   DeviceBuffer<uint16_t> d_w(w);
   rmsnorm_cuda(d_x.ptr, d_w.ptr, 1e-6f, n, dim, d_out.ptr, nullptr);
   expect_close("rmsnorm", d_out.to_host(), want, 1e-12);
@@ -131,6 +136,7 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
   expect_close("rope", d_r.to_host(), want, 1e-10);
 
   silu_mul_cpu(x.data(), y.data(), n * dim, want.data());
+  CUDA_CHECK(cudaMemset(d_out.ptr, 0xff, n * dim * sizeof(float)));  // NaN again
   silu_mul_cuda(d_x.ptr, d_y.ptr, n * dim, d_out.ptr, nullptr);
   expect_close("silu_mul", d_out.to_host(), want, 1e-12);
 
@@ -153,16 +159,17 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
 
 // Decode and prefill, within one chunk and across several (a batch that crosses a chunk
 // boundary: its queries see different numbers of chunks; a batch of 150 in three rounds of
-// queries), head_dim 64 and 128 (one and two thread groups per position in the value sums) and
-// 80 (threads left idle).
+// queries, the later ones crossing chunk boundaries too); head_dim 64, 80, 96 and 128 (4, 3, 2
+// and 2 thread groups per position in the value sums, some threads idle at 80 and 96), 256 and
+// 320 (one group, strided over head_dim).
 TEST(GpuKernels, AttentionMatchesCpuTwin) {
   FERRY_REQUIRE_GPU();
   struct Case {
     uint64_t heads, kv_heads, hd, n, pos;
   };
-  for (const Case& k :
-       {Case{8, 2, 64, 4, 29}, Case{8, 2, 128, 1, 1000}, Case{4, 4, 80, 7, 508},
-        Case{6, 3, 128, 40, 700}, Case{2, 1, 256, 1, 0}, Case{4, 2, 64, 150, 200}}) {
+  for (const Case& k : {Case{8, 2, 64, 4, 29}, Case{8, 2, 128, 1, 1000}, Case{4, 4, 80, 7, 508},
+                        Case{6, 3, 128, 40, 700}, Case{2, 1, 256, 1, 0}, Case{4, 2, 64, 150, 200},
+                        Case{4, 2, 96, 3, 300}, Case{2, 2, 320, 2, 600}}) {
     SCOPED_TRACE("heads " + std::to_string(k.heads) + " hd " + std::to_string(k.hd) + " n " +
                  std::to_string(k.n) + " pos " + std::to_string(k.pos));
     const uint64_t ctx = k.pos + k.n, q_dim = k.heads * k.hd;
@@ -174,7 +181,8 @@ TEST(GpuKernels, AttentionMatchesCpuTwin) {
     CpuPool pool(2);
     attention_cpu(pool, q.data(), kc.data(), vc.data(), k.n, k.pos, k.heads, k.kv_heads, k.hd,
                   partials.data(), want.data());
-    DeviceBuffer<float> d_q(q), d_k(kc), d_v(vc), d_out(want), d_partials(partials);
+    DeviceBuffer<float> d_q(q), d_k(kc), d_v(vc), d_out(nans(want.size()));
+    DeviceBuffer<float> d_partials(nans(partials.size()));
     attention_cuda(d_q.ptr, d_k.ptr, d_v.ptr, k.n, k.pos, k.heads, k.kv_heads, k.hd, d_partials.ptr,
                    d_out.ptr, nullptr);
     expect_close("attention", d_out.to_host(), want, 1e-10);

@@ -11,6 +11,7 @@
 
 #include "kernels/cpu_pool.hpp"
 #include "kernels/ops.hpp"
+#include "quantizer/error.hpp"
 
 namespace ferry {
 namespace {
@@ -109,6 +110,17 @@ TEST(Attention, ResultsDoNotDependOnTheThreadCount) {
   const Inputs in = random_inputs(s, 9);
   const std::vector<float> one = run_cpu(s, in, 1);
   for (unsigned threads : {2u, 5u}) EXPECT_EQ(run_cpu(s, in, threads), one) << threads;
+}
+
+TEST(Attention, ANonGroupedShapeIsAnError) {
+  CpuPool pool(1);
+  std::vector<float> q(6 * 8), kv(4 * 8), partials(64), out(6 * 8);
+  EXPECT_THROW(attention_cpu(pool, q.data(), kv.data(), kv.data(), 1, 0, 6, 4, 8, partials.data(),
+                             out.data()),
+               Error);
+  EXPECT_THROW(attention_cpu(pool, q.data(), kv.data(), kv.data(), 1, 0, 6, 0, 8, partials.data(),
+                             out.data()),
+               Error);
 }
 
 }  // namespace
