@@ -2,7 +2,8 @@
 // memory bandwidth measured in the same run (runtime/bandwidth.hpp) on one thread and on the
 // pool: decode (n = 1) reads each weight once per token, so read bandwidth bounds it (memcpy
 // bandwidth, bytes copied per second, moves each byte twice and is the lower figure); prefill
-// (n = 64) reuses each weight for 64 tokens and is bound by arithmetic instead. pool_dispatch is
+// (n = 64) reuses each weight for 64 tokens and is bound by arithmetic instead. attention reads
+// the KV cache (weights_GB/s there counts k and v rows read, per query head). pool_dispatch is
 // the round trip of an empty parallel_for over every thread.
 //   bench_kernels                    every core; FERRY_THREADS=1 for one
 #include <benchmark/benchmark.h>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "kernels/matmul.hpp"
+#include "kernels/ops.hpp"
 #include "quantizer/int4.hpp"
 #include "runtime/bandwidth.hpp"
 
@@ -133,6 +135,25 @@ void bf16(benchmark::State& state) {
   report(state, double(w.bytes), since(t0));
 }
 
+// args: context length, queries. Qwen2-32B's attention (40 heads, 8 kv heads, head_dim 128) over
+// one layer's KV cache: GB/s of the cache read, each visible k and v row counted once per query
+// (the 5 query heads of a kv head share its rows through the caches).
+void attention(benchmark::State& state) {
+  const uint64_t ctx = state.range(0), n = state.range(1), heads = 40, kv_heads = 8, hd = 128;
+  const uint64_t pos = ctx - n;
+  std::vector<float> q(n * heads * hd, 0.1f), out(n * heads * hd);
+  std::vector<float> k(ctx * kv_heads * hd, 0.01f), v(ctx * kv_heads * hd, 0.02f);
+  std::vector<float> partials(attention_scratch_floats(n, ctx, heads, hd));
+  host();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state)
+    attention_cpu(pool(), q.data(), k.data(), v.data(), n, pos, heads, kv_heads, hd,
+                  partials.data(), out.data());
+  double bytes = 0;
+  for (uint64_t t = 0; t < n; ++t) bytes += 2.0 * double(pos + t + 1) * double(kv_heads * hd) * 4;
+  report(state, bytes, since(t0));
+}
+
 void host_bandwidth(benchmark::State& state) {
   for (auto _ : state) {
     benchmark::DoNotOptimize(host());
@@ -161,6 +182,13 @@ BENCHMARK(int4)
     ->Args({11008, 4096, 1, 1})
     ->Args({4096, 11008, 1, 1})
     ->Args({4096, 4096, 64, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(attention)
+    ->ArgNames({"ctx", "n"})
+    ->Args({2048, 1})
+    ->Args({8192, 1})
+    ->Args({512, 64})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(bf16)

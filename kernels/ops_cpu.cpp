@@ -7,6 +7,7 @@
 #include "kernels/ops.hpp"
 #include "quantizer/dtype.hpp"
 #include "quantizer/error.hpp"
+#include "quantizer/target_clones.hpp"
 
 namespace ferry {
 
@@ -49,6 +50,25 @@ struct AttentionCall {
   float* out;
 };
 
+// a . b in 8 independent partial sums, which the compiler keeps in one vector register: a single
+// running sum is a chain of dependent adds that it may not reorder. With it, attention at head_dim
+// 128 runs 1.4x faster at 2k and 8k positions and 1.5x in prefill (bench_kernels, 2 cores).
+FERRY_CLONES_AVX2 float dot8(const float* a, const float* b, uint64_t n) {
+  float acc[8] = {};
+  uint64_t d = 0;
+  for (; d + 8 <= n; d += 8)
+    for (uint64_t j = 0; j < 8; ++j) acc[j] += a[d + j] * b[d + j];
+  float sum = 0;
+  for (; d < n; ++d) sum += a[d] * b[d];
+  for (float x : acc) sum += x;
+  return sum;
+}
+
+// y[d] += s * x[d], d < n
+FERRY_CLONES_AVX2 void axpy(float s, const float* x, float* y, uint64_t n) {
+  for (uint64_t d = 0; d < n; ++d) y[d] += s * x[d];
+}
+
 // The partial state (ops.hpp) of query t, head h over the positions of chunk `chunk`.
 void attention_chunk(const AttentionCall& a, uint64_t t, uint64_t h, uint64_t chunk) {
   const uint64_t n_ctx = a.pos + t + 1, begin = chunk * kAttentionChunk;
@@ -60,9 +80,7 @@ void attention_chunk(const AttentionCall& a, uint64_t t, uint64_t h, uint64_t ch
   float max_score = -INFINITY;
   for (uint64_t i = 0; i < len; ++i) {
     const float* k = a.k_cache + (begin + i) * kv_dim + kvh * a.head_dim;
-    float dot = 0;
-    for (uint64_t d = 0; d < a.head_dim; ++d) dot += qh[d] * k[d];
-    scores[i] = dot * scale;
+    scores[i] = dot8(qh, k, a.head_dim) * scale;
     max_score = std::max(max_score, scores[i]);
   }
   float sum = 0;
@@ -72,7 +90,7 @@ void attention_chunk(const AttentionCall& a, uint64_t t, uint64_t h, uint64_t ch
   std::fill(part, part + a.head_dim, 0.0f);
   for (uint64_t i = 0; i < len; ++i) {
     const float* v = a.v_cache + (begin + i) * kv_dim + kvh * a.head_dim;
-    for (uint64_t d = 0; d < a.head_dim; ++d) part[d] += scores[i] * v[d];
+    axpy(scores[i], v, part, a.head_dim);
   }
   part[a.head_dim] = max_score;
   part[a.head_dim + 1] = sum;
