@@ -3,7 +3,8 @@
 // steps, on the real TinyStories model and synthesized Qwen2 (q/k/v biases, hidden 320) and
 // Llama 3 (llama3 rope scaling) models, for both cache formats, both policies and budgets from
 // the minimum to the whole model. On the GPU, paging must not change a bit either: every budget
-// and policy of a format gives the same logits. Skipped when no GPU is present.
+// and policy of a format gives the same logits. A 600-token prompt crosses attention chunks and
+// query rounds. Skipped when no GPU is present.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -150,6 +151,42 @@ TEST(GpuForward, TinyStoriesGreedyTokensEqualTheCpus) {
                   gpu.state.logits.begin());
     }
     ASSERT_EQ(b, a) << "position " << pos;
+  }
+}
+
+// Past one attention chunk (256 positions) and one round of queries (64): a 600-token prompt in
+// batches of 512 (the GPU's default: GEMM, rounds of the chunked attention) and of 8 (GEMV), then
+// decode steps over the KV cache they wrote, against the CPU at batch 64, half the model cached.
+TEST(GpuForward, LongPromptMatchesTheCpu) {
+  FERRY_REQUIRE_GPU();
+  test::ScratchDir tmp;
+  const PackedFile f = PackedFile::open(synthesized(tmp, "qwen2-tiny"));
+  std::vector<int32_t> prompt(600);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 7919 + 13) % 500);
+  const CacheOptions half{.enabled = true, .budget_fraction = 0.5, .policy = CachePolicy::pin};
+  auto run = [&](bool gpu, uint64_t batch) {
+    EngineOptions o = options(half, gpu, batch);
+    o.ctx = 640;
+    Engine e(PackedFile::from_mapping(f.file.mapping()), o);
+    e.eval(prompt, 0);
+    std::vector<std::vector<float>> out = {e.state.logits};
+    for (int32_t step = 0; step < 3; ++step) {
+      const int32_t t = 42 + step;
+      e.eval(std::span(&t, 1), prompt.size() + uint64_t(step));
+      out.push_back(e.state.logits);
+    }
+    return out;
+  };
+  const auto reference = run(false, 64);
+  for (const uint64_t batch : {512, 8}) {
+    const auto got = run(true, batch);
+    for (size_t call = 0; call < got.size(); ++call) {
+      const double err = relative_error(got[call], reference[call]);
+      std::printf("qwen2-tiny 600 tokens batch %llu call %zu: relative logits error %.2e\n",
+                  (unsigned long long)batch, call, err);
+      // batch 512: the KV cache was written from GEMM outputs (x rounded to bf16), as above.
+      EXPECT_LT(err, batch > 8 ? 3e-2 : 1e-4) << "batch " << batch << " call " << call;
+    }
   }
 }
 
