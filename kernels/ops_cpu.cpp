@@ -118,13 +118,16 @@ void attention_merge(const AttentionCall& a, uint64_t t, uint64_t h) {
 }
 
 // Queries 0 .. m-1 of the call: every (query, head, chunk) is one task; a query sees fewer chunks
-// than the last one when the round crosses a chunk boundary, and skips the rest.
+// than the last one when the round crosses a chunk boundary, and skips the rest. Tasks are
+// ordered query, kv head, chunk, then the query heads sharing that kv head, so a thread runs a
+// group's heads over one chunk's k and v rows (256 KB at head_dim 128) while they are in its L2.
 void attention_round(CpuPool& pool, const AttentionCall& call, uint64_t m) {
   pool.parallel_for(m * call.heads * call.chunks, 1, [a = &call](uint64_t begin, uint64_t end) {
+    const uint64_t group = a->heads / a->kv_heads;
     for (uint64_t i = begin; i < end; ++i) {
-      const uint64_t t = i / (a->heads * a->chunks), h = i / a->chunks % a->heads;
-      if (i % a->chunks < attention_chunks(a->pos + t + 1))
-        attention_chunk(*a, t, h, i % a->chunks);
+      const uint64_t t = i / (a->heads * a->chunks), chunk = i / group % a->chunks;
+      const uint64_t h = i / (group * a->chunks) % a->kv_heads * group + i % group;
+      if (chunk < attention_chunks(a->pos + t + 1)) attention_chunk(*a, t, h, chunk);
     }
   });
   pool.parallel_for(m * call.heads, 1, [a = &call](uint64_t begin, uint64_t end) {
