@@ -67,6 +67,10 @@ class CacheBackend {
   virtual void record_last_use(uint32_t entry) = 0;
   // Called once by the cache before any signal is used, with the number of entries.
   virtual void create_signals(uint32_t entries) = 0;
+  // Seconds the compute side has waited on ready signals where acquire does not see it (a GPU
+  // stream waiting on an event while the host runs ahead); 0 where every wait is acquire's own,
+  // which the cache counts itself (the CPU backend).
+  virtual double device_wait_seconds() const { return 0; }
 
   // Tests: the n-th allocation (host, device or placement; 1-based, counted from now on) or the
   // n-th transfer (copy or dequantization) throws. 0 turns the fault off.

@@ -62,10 +62,11 @@ CudaBackend::~CudaBackend() {
 }
 
 void CudaBackend::destroy_events() {
-  for (CUevent_st* e : ready_) cudaEventDestroy(e);
-  for (CUevent_st* e : last_use_) cudaEventDestroy(e);
-  ready_.clear();
-  last_use_.clear();
+  for (auto* events : {&ready_, &last_use_, &wait_begin_, &wait_end_}) {
+    for (CUevent_st* e : *events) cudaEventDestroy(e);
+    events->clear();
+  }
+  timed_ = 0;
 }
 
 uint64_t CudaBackend::auto_budget(uint64_t whole_model) const {
@@ -76,12 +77,14 @@ uint64_t CudaBackend::auto_budget(uint64_t whole_model) const {
 
 void CudaBackend::create_signals(uint32_t entries) {
   destroy_events();
-  ready_.resize(entries, nullptr);
-  last_use_.resize(entries, nullptr);
+  for (auto* events : {&ready_, &last_use_, &wait_begin_, &wait_end_})
+    events->resize(entries, nullptr);
   for (uint32_t i = 0; i < entries; ++i) {
     // Timing off: an event then costs a few hundred ns to record, not a timestamp.
     CUDA_CHECK(cudaEventCreateWithFlags(&ready_[i], cudaEventDisableTiming));
     CUDA_CHECK(cudaEventCreateWithFlags(&last_use_[i], cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreate(&wait_begin_[i]));  // timed: they measure the waits
+    CUDA_CHECK(cudaEventCreate(&wait_end_[i]));
   }
 }
 
@@ -99,8 +102,31 @@ void CudaBackend::wait_last_use(uint32_t entry) {
   CUDA_CHECK(cudaStreamWaitEvent(copy_, last_use_.at(entry), 0));
 }
 
+// An upload already complete when the host enqueues the wait cannot stall the stream: only
+// pending ones are timed, so a resident weight costs one query and adds no phantom microseconds
+// (two events around a wait that is already satisfied still read ~1-2 us apart).
 void CudaBackend::wait_ready(uint32_t entry) {
-  CUDA_CHECK(cudaStreamWaitEvent(compute_, ready_.at(entry), 0));
+  CUevent_st* ready = ready_.at(entry);
+  const cudaError_t done = cudaEventQuery(ready);
+  if (done == cudaErrorNotReady)
+    cudaGetLastError();  // not a failure: clear it, or the next launch check would report it
+  else
+    CUDA_CHECK(done);
+  const bool timed = done == cudaErrorNotReady && timed_ < wait_begin_.size();
+  if (timed) CUDA_CHECK(cudaEventRecord(wait_begin_[timed_], compute_));
+  CUDA_CHECK(cudaStreamWaitEvent(compute_, ready, 0));
+  if (timed) CUDA_CHECK(cudaEventRecord(wait_end_[timed_++], compute_));
+}
+
+void CudaBackend::collect_device_waits() {
+  double ms_total = 0;
+  for (uint32_t i = 0; i < timed_; ++i) {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, wait_begin_[i], wait_end_[i]));
+    ms_total += double(ms);
+  }
+  timed_ = 0;
+  device_wait_ns_ += uint64_t(ms_total * 1e6);
 }
 
 void CudaBackend::record_last_use(uint32_t entry) {

@@ -10,6 +10,7 @@
 // Nothing here synchronizes the device on the per-token path. CUDA builds only: host code
 // compiled by the C++ compiler (files named *_cuda.cpp go to the ferry_cuda library).
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <vector>
@@ -44,6 +45,10 @@ class CudaBackend final : public CacheBackend {
   void wait_ready(uint32_t entry) override;
   void record_last_use(uint32_t entry) override;
   void create_signals(uint32_t entries) override;
+  double device_wait_seconds() const override { return 1e-9 * double(device_wait_ns_.load()); }
+  // Adds up the compute stream's timed waits since the last call; call it with the compute
+  // stream synchronized (the forward pass does, once per call).
+  void collect_device_waits();
 
   CUstream_st* copy_stream() const { return copy_; }
   bool host_fallback_used() const { return pageable_fallback_; }
@@ -68,7 +73,13 @@ class CudaBackend final : public CacheBackend {
   // copy stream, so that two never share the staging buffer.
   std::mutex copy_mu_;
   std::vector<CUevent_st*> ready_, last_use_;  // [entries]
-  std::vector<uint8_t*> pageable_;             // host blocks that could not be pinned
+  // Timing events around the compute stream's waits on uploads still in flight when acquired:
+  // [entries] pairs, enough for one forward call (each weight is acquired once per pass);
+  // `timed_` of them in use until collect_device_waits(). Compute thread only.
+  std::vector<CUevent_st*> wait_begin_, wait_end_;
+  uint32_t timed_ = 0;
+  std::atomic<uint64_t> device_wait_ns_{0};
+  std::vector<uint8_t*> pageable_;  // host blocks that could not be pinned
   bool pageable_fallback_ = false;
 };
 

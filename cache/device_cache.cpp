@@ -316,6 +316,7 @@ CacheStats DeviceCache::stats() const {
   std::lock_guard lock(mu_);
   CacheStats s = stats_;
   s.resident_bytes = allocator_.used();
+  s.wait_seconds += backend_.device_wait_seconds();
   return s;
 }
 

@@ -19,7 +19,9 @@ struct CacheStats {
   uint64_t uploaded_bytes = 0;   // their bytes
   uint64_t preloaded_bytes = 0;  // filled at load (pin's resident set)
   uint64_t evictions = 0;
-  double wait_seconds = 0;      // time acquire spent on entries that were not ready on arrival
+  // Time the compute waited for weights: in acquire, on entries not ready on arrival, and on a
+  // GPU also the compute stream's waits on uploads still in flight (CacheBackend).
+  double wait_seconds = 0;
   uint64_t resident_bytes = 0;  // in the arena now
   uint64_t high_water = 0;      // most bytes ever placed in the arena at once
   uint64_t arena_bytes = 0;     // the arena (the budget, or the whole model when that is less)

@@ -312,6 +312,7 @@ void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, u
                                cudaMemcpyDeviceToHost, stream_.s));
   }
   CUDA_CHECK(cudaStreamSynchronize(stream_.s));  // also surfaces a failed kernel of this call
+  backend_->collect_device_waits();
   if (argmax)
     *argmax = *token_host_.get();
   else

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -187,6 +188,35 @@ TEST(GpuForward, LongPromptMatchesTheCpu) {
       // batch 512: the KV cache was written from GEMM outputs (x rounded to bf16), as above.
       EXPECT_LT(err, batch > 8 ? 3e-2 : 1e-4) << "batch " << batch << " call " << call;
     }
+  }
+}
+
+// The compute stream's waits on uploads still in flight count in the cache's wait time: none once
+// every weight is resident, and never more than the wall time of the calls.
+TEST(GpuForward, DeviceWaitsAreCounted) {
+  FERRY_REQUIRE_GPU();
+  test::ScratchDir tmp;
+  const PackedFile f = PackedFile::open(synthesized(tmp, "qwen2-tiny"));
+  const ModelWeights w = bind_weights(f);
+  const Schedule s = paging_schedule(f, w, CacheFormat::int4);
+  for (const bool whole : {true, false}) {
+    const CacheOptions c{.enabled = true,
+                         .budget_bytes = whole ? s.whole_bytes() : s.minimum_budget()};
+    Engine gpu(PackedFile::from_mapping(f.file.mapping()), options(c, true));
+    run_tokens(gpu);  // the first uploads
+    const double before = gpu.cache_stats()->wait_seconds;
+    const auto t0 = std::chrono::steady_clock::now();
+    run_tokens(gpu);
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double waited = gpu.cache_stats()->wait_seconds - before;
+    std::printf("qwen2-tiny budget %s: waited %.3f ms of %.3f ms\n", whole ? "all" : "minimum",
+                1e3 * waited, 1e3 * elapsed);
+    if (whole)
+      EXPECT_EQ(waited, 0.0);
+    else
+      EXPECT_LT(waited, elapsed);
+    EXPECT_GE(waited, 0.0);
   }
 }
 
