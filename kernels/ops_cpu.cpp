@@ -64,9 +64,23 @@ FERRY_CLONES_AVX2 float dot8(const float* a, const float* b, uint64_t n) {
   return sum;
 }
 
-// y[d] += s * x[d], d < n
-FERRY_CLONES_AVX2 void axpy(float s, const float* x, float* y, uint64_t n) {
-  for (uint64_t d = 0; d < n; ++d) y[d] += s * x[d];
+// out[d] = sum over i < len of w[i] * rows[i * stride + d], d < n, each sum in order of i. 32
+// outputs at a time stay in four vector registers over all the rows: adding each row into `out`
+// in memory instead kept a store-to-load chain per element and took 45% of attention's time.
+FERRY_CLONES_AVX2 void weighted_rows(const float* w, const float* rows, uint64_t stride,
+                                     uint64_t len, uint64_t n, float* out) {
+  uint64_t d0 = 0;
+  for (; d0 + 32 <= n; d0 += 32) {
+    float acc[32] = {};
+    for (uint64_t i = 0; i < len; ++i)
+      for (uint64_t j = 0; j < 32; ++j) acc[j] += w[i] * rows[i * stride + d0 + j];
+    std::copy_n(acc, 32, out + d0);
+  }
+  for (; d0 < n; ++d0) {
+    float acc = 0;
+    for (uint64_t i = 0; i < len; ++i) acc += w[i] * rows[i * stride + d0];
+    out[d0] = acc;
+  }
 }
 
 // The partial state (ops.hpp) of query t, head h over the positions of chunk `chunk`.
@@ -87,11 +101,8 @@ void attention_chunk(const AttentionCall& a, uint64_t t, uint64_t h, uint64_t ch
   for (uint64_t i = 0; i < len; ++i) sum += scores[i] = std::exp(scores[i] - max_score);
   float* part =
       a.partials + ((t * a.heads + h) * a.chunks + chunk) * attention_partial_floats(a.head_dim);
-  std::fill(part, part + a.head_dim, 0.0f);
-  for (uint64_t i = 0; i < len; ++i) {
-    const float* v = a.v_cache + (begin + i) * kv_dim + kvh * a.head_dim;
-    axpy(scores[i], v, part, a.head_dim);
-  }
+  weighted_rows(scores.data(), a.v_cache + begin * kv_dim + kvh * a.head_dim, kv_dim, len,
+                a.head_dim, part);
   part[a.head_dim] = max_score;
   part[a.head_dim + 1] = sum;
 }
