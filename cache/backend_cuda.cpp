@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "cache/schedule.hpp"
 #include "kernels/cuda_check.hpp"
@@ -108,24 +109,30 @@ void CudaBackend::wait_last_use(uint32_t entry) {
 void CudaBackend::wait_ready(uint32_t entry) {
   CUevent_st* ready = ready_.at(entry);
   const cudaError_t done = cudaEventQuery(ready);
-  if (done == cudaErrorNotReady)
-    cudaGetLastError();  // not a failure: clear it, or the next launch check would report it
-  else
+  if (done == cudaErrorNotReady) {
+    // Not a failure: clear it, or the next launch check would report it (and nothing else).
+    if (cudaPeekAtLastError() == cudaErrorNotReady) cudaGetLastError();
+  } else {
     CUDA_CHECK(done);
+  }
   const bool timed = done == cudaErrorNotReady && timed_ < wait_begin_.size();
   if (timed) CUDA_CHECK(cudaEventRecord(wait_begin_[timed_], compute_));
   CUDA_CHECK(cudaStreamWaitEvent(compute_, ready, 0));
   if (timed) CUDA_CHECK(cudaEventRecord(wait_end_[timed_++], compute_));
 }
 
-void CudaBackend::collect_device_waits() {
+// Never throws: it also runs after a failed call has drained its stream, where a pair whose
+// time cannot be read is left uncounted.
+void CudaBackend::collect_device_waits() noexcept {
+  const uint32_t timed = std::exchange(timed_, 0);
   double ms_total = 0;
-  for (uint32_t i = 0; i < timed_; ++i) {
+  for (uint32_t i = 0; i < timed; ++i) {
     float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, wait_begin_[i], wait_end_[i]));
-    ms_total += double(ms);
+    if (cudaEventElapsedTime(&ms, wait_begin_[i], wait_end_[i]) == cudaSuccess)
+      ms_total += double(ms);
+    else
+      cudaGetLastError();
   }
-  timed_ = 0;
   device_wait_ns_ += uint64_t(ms_total * 1e6);
 }
 

@@ -47,8 +47,8 @@ class CudaBackend final : public CacheBackend {
   void create_signals(uint32_t entries) override;
   double device_wait_seconds() const override { return 1e-9 * double(device_wait_ns_.load()); }
   // Adds up the compute stream's timed waits since the last call; call it with the compute
-  // stream synchronized (the forward pass does, once per call).
-  void collect_device_waits();
+  // stream synchronized (the forward pass does, once per call, failed or not).
+  void collect_device_waits() noexcept;
 
   CUstream_st* copy_stream() const { return copy_; }
   bool host_fallback_used() const { return pageable_fallback_; }

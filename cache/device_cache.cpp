@@ -316,7 +316,8 @@ CacheStats DeviceCache::stats() const {
   std::lock_guard lock(mu_);
   CacheStats s = stats_;
   s.resident_bytes = allocator_.used();
-  s.wait_seconds += backend_.device_wait_seconds();
+  s.device_wait_seconds = backend_.device_wait_seconds();
+  s.wait_seconds += s.device_wait_seconds;
   return s;
 }
 

@@ -22,12 +22,13 @@ struct CacheStats {
   // Time the compute waited for weights: in acquire, on entries not ready on arrival, and on a
   // GPU also the compute stream's waits on uploads still in flight (CacheBackend).
   double wait_seconds = 0;
-  uint64_t resident_bytes = 0;  // in the arena now
-  uint64_t high_water = 0;      // most bytes ever placed in the arena at once
-  uint64_t arena_bytes = 0;     // the arena (the budget, or the whole model when that is less)
-  uint64_t budget = 0;          // as asked
-  uint64_t whole_bytes = 0;     // every weight in the cache's format
-  uint64_t pinned_bytes = 0;    // pin: the resident set
+  double device_wait_seconds = 0;  // the part of wait_seconds the GPU's compute stream waited
+  uint64_t resident_bytes = 0;     // in the arena now
+  uint64_t high_water = 0;         // most bytes ever placed in the arena at once
+  uint64_t arena_bytes = 0;        // the arena (the budget, or the whole model when that is less)
+  uint64_t budget = 0;             // as asked
+  uint64_t whole_bytes = 0;        // every weight in the cache's format
+  uint64_t pinned_bytes = 0;       // pin: the resident set
 };
 
 // Text for `ferry run --stats`: one fact per line, each starting "cache: "; `tokens` is the

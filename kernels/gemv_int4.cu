@@ -29,7 +29,8 @@ namespace {
 constexpr uint32_t kWarpsPerCta = 8;  // 8 rows per 256-thread CTA
 // Blocks each lane loads before it uses any (4 x 4 bytes). With one load in flight a warp has
 // 128 bytes outstanding: 64 resident warps x 128 B = 8 KB per SM, which at ~700 ns of DRAM
-// latency sustains ~1.5 TB/s over an H100's 132 SMs, half its HBM. Four in flight: 32 KB per SM.
+// latency sustains ~1.5 TB/s over an H100's 132 SMs, half its HBM. Four in flight at N = 1
+// (40 registers: 48 resident warps): 24 KB per SM.
 constexpr int kLoadsInFlight = 4;
 
 struct LaneBlock {

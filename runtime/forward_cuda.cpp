@@ -282,6 +282,7 @@ void CudaForward::forward(WeightSource& src, std::span<const int32_t> tokens, ui
     // itself are the one being thrown, seen again.
     cudaStreamSynchronize(stream_.s);
     cudaGetLastError();
+    backend_->collect_device_waits();  // frees this call's timing events for the next
     throw;
   }
 }

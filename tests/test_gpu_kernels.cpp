@@ -68,8 +68,10 @@ TEST(GpuKernels, GemvInt4MatchesCpuTwin) {
   FERRY_REQUIRE_GPU();
   for (Scheme s : {Scheme::sym, Scheme::asym_clip})
     for (uint64_t n : {1u, 3u, 8u, 11u}) {
-      gemv_case(s, 1000, 4096, n);
-      gemv_case(s, 37, 320, n);  // cols not a multiple of 128, rows not of the 8 per CTA
+      gemv_case(s, 1000, 4096, n);  // 32 blocks: the 4-loads-in-flight loop only
+      gemv_case(s, 37, 320, n);     // cols not a multiple of 128, rows not of the 8 per CTA
+      gemv_case(s, 64, 960, n);     // 8 blocks, the last partial, inside the batched loop
+      gemv_case(s, 40, 2500, n);    // 20 blocks: batched loop, then the tail, the last partial
     }
 }
 
