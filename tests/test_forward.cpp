@@ -90,8 +90,9 @@ TEST(Forward, LongPromptGivesTheSameLogitsInAnyBatch) {
   const auto image =
       synth_packed_image(so, Scheme::asym_clip, [](std::string_view, uint64_t, uint64_t) {});
   std::vector<int32_t> prompt(600);
-  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 7919 + 13) % 500);  // vocab 512
-  std::vector<std::vector<float>> reference;  // logits after the prompt and 2 decode steps
+  for (size_t i = 0; i < prompt.size(); ++i)
+    prompt[i] = int32_t((i * 7919 + 13) % 500);  // vocab 512
+  std::vector<std::vector<float>> reference;     // logits after the prompt and 2 decode steps
   for (const uint64_t batch : {1, 64, 600}) {
     Engine e(PackedFile::from_mapping(image), {.model = {}, .ctx = 640, .batch = batch});
     e.eval(prompt, 0);
