@@ -14,6 +14,7 @@
 
 #include "cache/schedule.hpp"
 #include "kernels/cuda_check.hpp"
+#include "kernels/cuda_timer.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/matmul_cuda.hpp"
 #include "kernels/ops.hpp"
@@ -56,37 +57,21 @@ struct DeviceBytes {
   void* p = nullptr;
 };
 
-struct EventPair {
-  EventPair() {
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-  }
-  ~EventPair() {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-  }
-  EventPair(const EventPair&) = delete;
-  EventPair& operator=(const EventPair&) = delete;
-  cudaEvent_t start = nullptr, stop = nullptr;
-};
-
 // Times `pass` (which enqueues work on `stream`) with events, as the benchmark's manual time;
 // returns the seconds of all iterations.
 template <class Fn>
 double timed(benchmark::State& state, cudaStream_t stream, Fn pass) {
-  const EventPair e;
+  const CudaTimer timer;
   pass();  // warm-up: module load, cuBLASLt plans
   CUDA_CHECK(cudaStreamSynchronize(stream));
   double total = 0;
   for (auto _ : state) {
-    CUDA_CHECK(cudaEventRecord(e.start, stream));
+    CUDA_CHECK(cudaEventRecord(timer.start, stream));
     pass();
-    CUDA_CHECK(cudaEventRecord(e.stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(e.stop));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, e.start, e.stop));
-    state.SetIterationTime(double(ms) / 1e3);
-    total += double(ms) / 1e3;
+    CUDA_CHECK(cudaEventRecord(timer.stop, stream));
+    CUDA_CHECK(cudaEventSynchronize(timer.stop));
+    state.SetIterationTime(timer.seconds());
+    total += timer.seconds();
   }
   return total;
 }

@@ -3,8 +3,8 @@
 // pool: decode (n = 1) reads each weight once per token, so read bandwidth bounds it (memcpy
 // bandwidth, bytes copied per second, moves each byte twice and is the lower figure); prefill
 // (n = 64) reuses each weight for 64 tokens and is bound by arithmetic instead. attention reads
-// the KV cache (weights_GB/s there counts k and v rows read, per query head). pool_dispatch is
-// the round trip of an empty parallel_for over every thread.
+// the KV cache (weights_GB/s there counts the k and v rows each query sees, once per kv head).
+// pool_dispatch is the round trip of an empty parallel_for over every thread.
 //   bench_kernels                    every core; FERRY_THREADS=1 for one
 #include <benchmark/benchmark.h>
 

@@ -44,7 +44,7 @@ struct AttentionArgs {
   const float *q, *k_cache, *v_cache;
   uint64_t pos, heads, kv_heads, head_dim;
   uint64_t chunks;  // per (token, head) in `partials`: attention_chunks(pos + n)
-  float* partials;  // [n, heads, chunks, head_dim + 2]
+  float* partials;  // [n, heads, chunks, attention_partial_floats(head_dim)]
   float* out;       // [n, heads, head_dim]
 };
 
@@ -113,7 +113,8 @@ __global__ void attention_chunk_kernel(AttentionArgs a) {
   for (uint64_t i = threadIdx.x; i < len; i += kThreads)
     local_sum += sc[i] = expf(sc[i] - max_score);
   const float sum = block_reduce(local_sum, red, false);  // its barrier also publishes sc
-  float* part = a.partials + ((t * a.heads + h) * a.chunks + chunk) * (a.head_dim + 2);
+  float* part =
+      a.partials + ((t * a.heads + h) * a.chunks + chunk) * attention_partial_floats(a.head_dim);
   chunk_values(a, sc, a.v_cache + kv_off, len, acc, part);
   if (threadIdx.x == 0) {
     part[a.head_dim] = max_score;
@@ -122,8 +123,8 @@ __global__ void attention_chunk_kernel(AttentionArgs a) {
 }
 
 __global__ void attention_merge_kernel(AttentionArgs a) {
-  const uint64_t h = blockIdx.x, t = blockIdx.y, stride = a.head_dim + 2;
-  const uint64_t chunks = (a.pos + t + 1 + kAttentionChunk - 1) / kAttentionChunk;
+  const uint64_t h = blockIdx.x, t = blockIdx.y, stride = attention_partial_floats(a.head_dim);
+  const uint64_t chunks = attention_chunks(a.pos + t + 1);
   const float* part = a.partials + (t * a.heads + h) * a.chunks * stride;
   float max_score = -FLT_MAX;
   for (uint64_t c = 0; c < chunks; ++c) max_score = fmaxf(max_score, part[c * stride + a.head_dim]);

@@ -6,6 +6,14 @@
 
 #include "kernels/cpu_pool.hpp"
 
+// The chunk arithmetic below is shared with the CUDA kernels (kernels/attention.cu), so that both
+// twins count chunks and lay out partials from one definition.
+#ifdef __CUDACC__
+#define FERRY_HOST_DEVICE __host__ __device__
+#else
+#define FERRY_HOST_DEVICE
+#endif
+
 namespace ferry {
 
 // out = x / sqrt(mean(x^2) + eps) * w   (x, out [n]; w [n] bf16)
@@ -23,12 +31,12 @@ void add_bias_cpu(float* y, const uint16_t* bias, uint64_t n, uint64_t rows);
 // head: Qwen2-32B has 40 heads for the 132 SMs of an H100, and a 32k context is 128 chunks.
 // 256 positions: 1 KB of scores per chunk (the GPU keeps them in shared memory).
 inline constexpr uint64_t kAttentionChunk = 256;
-constexpr uint64_t attention_chunks(uint64_t n_ctx) {
+FERRY_HOST_DEVICE constexpr uint64_t attention_chunks(uint64_t n_ctx) {
   return (n_ctx + kAttentionChunk - 1) / kAttentionChunk;
 }
 // A chunk's partial state: [hd] sum over its positions p of e^(s_p - m) v_p, then m (the chunk's
 // largest score), then sum of e^(s_p - m).
-constexpr uint64_t attention_partial_floats(uint64_t head_dim) {
+FERRY_HOST_DEVICE constexpr uint64_t attention_partial_floats(uint64_t head_dim) {
   return head_dim + 2;
 }
 // Queries run through the chunks and the merge in rounds of at most 64, so that the partials

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "kernels/cuda_check.hpp"
+#include "kernels/cuda_timer.hpp"
 #include "quantizer/error.hpp"
 #include "runtime/cuda_device.hpp"
 #include "runtime/device_check.hpp"
@@ -25,26 +26,10 @@ struct PinnedMemory {
   explicit PinnedMemory(uint64_t n) { CUDA_CHECK(cudaHostAlloc(&p, n, cudaHostAllocDefault)); }
   ~PinnedMemory() { cudaFreeHost(p); }
 };
-struct Events {
-  cudaEvent_t start = nullptr, stop = nullptr;
-  Events() {
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-  }
-  ~Events() {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-  }
-  double seconds() const {
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    return double(ms) / 1e3;
-  }
-};
 
 // Seconds to copy `total` bytes from src in chunks of `chunk` to dst on one stream.
 double timed_h2d(void* dst, const char* src, uint64_t chunk, uint64_t total) {
-  Events ev;
+  CudaTimer ev;
   CUDA_CHECK(cudaEventRecord(ev.start));
   for (uint64_t off = 0; off < total; off += chunk)
     CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + off, src + off,
@@ -104,7 +89,7 @@ double measure_d2d_gbps(uint64_t bytes) {
   DeviceMemory a(bytes), b(bytes);
   CUDA_CHECK(cudaMemset(a.p, 1, bytes));
   CUDA_CHECK(cudaMemcpy(b.p, a.p, bytes, cudaMemcpyDeviceToDevice));  // warm-up
-  Events ev;
+  CudaTimer ev;
   CUDA_CHECK(cudaEventRecord(ev.start));
   CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice));
   CUDA_CHECK(cudaEventRecord(ev.stop));
