@@ -89,19 +89,12 @@ TEST(Forward, LongPromptGivesTheSameLogitsInAnyBatch) {
   so.preset = "qwen2-tiny";
   const auto image =
       synth_packed_image(so, Scheme::asym_clip, [](std::string_view, uint64_t, uint64_t) {});
-  std::vector<int32_t> prompt(600);
-  for (size_t i = 0; i < prompt.size(); ++i)
-    prompt[i] = int32_t((i * 7919 + 13) % 500);  // vocab 512
-  std::vector<std::vector<float>> reference;     // logits after the prompt and 2 decode steps
+  // 600 ids below qwen2-tiny's vocabulary of 512
+  const std::vector<int32_t> prompt = test::spread_prompt(600, 500);
+  std::vector<std::vector<float>> reference;  // logits after the prompt and 2 decode steps
   for (const uint64_t batch : {1, 64, 600}) {
     Engine e(PackedFile::from_mapping(image), {.model = {}, .ctx = 640, .batch = batch});
-    e.eval(prompt, 0);
-    std::vector<std::vector<float>> got = {e.state.logits};
-    for (int32_t step = 0; step < 2; ++step) {
-      const int32_t t = 42 + step;
-      e.eval(std::span(&t, 1), prompt.size() + uint64_t(step));
-      got.push_back(e.state.logits);
-    }
+    const std::vector<std::vector<float>> got = test::logits_after_prompt(e, prompt, 2);
     if (reference.empty()) {
       reference = got;
       continue;

@@ -162,21 +162,14 @@ TEST(GpuForward, LongPromptMatchesTheCpu) {
   FERRY_REQUIRE_GPU();
   test::ScratchDir tmp;
   const PackedFile f = PackedFile::open(synthesized(tmp, "qwen2-tiny"));
-  std::vector<int32_t> prompt(600);
-  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 7919 + 13) % 500);
+  // 600 ids below qwen2-tiny's vocabulary of 512
+  const std::vector<int32_t> prompt = test::spread_prompt(600, 500);
   const CacheOptions half{.enabled = true, .budget_fraction = 0.5, .policy = CachePolicy::pin};
   auto run = [&](bool gpu, uint64_t batch) {
     EngineOptions o = options(half, gpu, batch);
     o.ctx = 640;
     Engine e(PackedFile::from_mapping(f.file.mapping()), o);
-    e.eval(prompt, 0);
-    std::vector<std::vector<float>> out = {e.state.logits};
-    for (int32_t step = 0; step < 3; ++step) {
-      const int32_t t = 42 + step;
-      e.eval(std::span(&t, 1), prompt.size() + uint64_t(step));
-      out.push_back(e.state.logits);
-    }
-    return out;
+    return test::logits_after_prompt(e, prompt, 3);
   };
   const auto reference = run(false, 64);
   for (const uint64_t batch : {512, 8}) {

@@ -8,7 +8,10 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <span>
 #include <stdexcept>
+
+#include "runtime/engine.hpp"
 
 namespace ferry::test {
 
@@ -69,6 +72,24 @@ std::vector<uint8_t> read_file(const std::filesystem::path& p) {
 void write_file(const std::filesystem::path& p, const std::vector<uint8_t>& bytes) {
   std::ofstream f(p, std::ios::binary | std::ios::trunc);
   f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+}
+
+std::vector<int32_t> spread_prompt(size_t n, int32_t below) {
+  std::vector<int32_t> ids(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = int32_t((i * 7919 + 13) % size_t(below));
+  return ids;
+}
+
+std::vector<std::vector<float>> logits_after_prompt(Engine& e, const std::vector<int32_t>& prompt,
+                                                    int steps) {
+  e.eval(prompt, 0);
+  std::vector<std::vector<float>> out = {e.state.logits};
+  for (int step = 0; step < steps; ++step) {
+    const int32_t t = 42 + step;
+    e.eval(std::span(&t, 1), prompt.size() + uint64_t(step));
+    out.push_back(e.state.logits);
+  }
+  return out;
 }
 
 }  // namespace ferry::test

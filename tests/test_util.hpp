@@ -1,8 +1,14 @@
-// Helpers shared by the tests: locating ../shared, scratch directories, running the ferry binary.
+// Helpers shared by the tests: locating ../shared, scratch directories, running the ferry binary,
+// running a long prompt through an engine.
 #pragma once
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
+
+namespace ferry {
+struct Engine;
+}
 
 namespace ferry::test {
 
@@ -30,6 +36,13 @@ RunResult run_ferry(const std::vector<std::string>& args);
 
 std::vector<uint8_t> read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, const std::vector<uint8_t>& bytes);
+
+// n token ids spread over 0 .. below-1 in a fixed pattern (a prompt longer than any fixture).
+std::vector<int32_t> spread_prompt(size_t n, int32_t below);
+// The last token's logits after `prompt` (run from position 0) and after each of `steps` decode
+// steps of tokens 42, 43, ... that follow it.
+std::vector<std::vector<float>> logits_after_prompt(Engine& e, const std::vector<int32_t>& prompt,
+                                                    int steps);
 
 }  // namespace ferry::test
 
