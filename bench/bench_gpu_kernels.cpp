@@ -110,11 +110,13 @@ void gemv_int4(benchmark::State& state) {
   cudaStreamDestroy(stream);
 }
 
-// args: context length. Decode (one query) of Qwen2-32B's attention over one layer's KV cache.
+// args: context length, f16 (1: the default f16 KV cache, 0: f32). Decode (one query) of
+// Qwen2-32B's attention over one layer's KV cache.
 void attention_decode(benchmark::State& state) {
   if (!have_gpu(state)) return;
   const uint64_t ctx = state.range(0), heads = 40, kv_heads = 8, hd = 128, pos = ctx - 1;
-  const uint64_t kv_bytes = ctx * kv_heads * hd * sizeof(float);
+  const bool f16 = state.range(1) != 0;
+  const uint64_t kv_bytes = ctx * kv_heads * hd * (f16 ? 2 : 4);
   const uint64_t copies = (kWorkingSet + 2 * kv_bytes - 1) / (2 * kv_bytes);
   DeviceBytes k(copies * kv_bytes, 0), v(copies * kv_bytes, 0), q(heads * hd * sizeof(float), 0);
   DeviceBytes partials(attention_scratch_floats(1, ctx, heads, hd) * sizeof(float), 0);
@@ -123,8 +125,12 @@ void attention_decode(benchmark::State& state) {
   CUDA_CHECK(cudaStreamCreate(&stream));
   const double seconds = timed(state, stream, [&] {
     for (uint64_t c = 0; c < copies; ++c)
-      attention_cuda(q.as<float>(), k.as<float>(c * kv_bytes), v.as<float>(c * kv_bytes), 1, pos,
-                     heads, kv_heads, hd, partials.as<float>(), out.as<float>(), stream);
+      if (f16)
+        attention_cuda(q.as<float>(), k.as<uint16_t>(c * kv_bytes), v.as<uint16_t>(c * kv_bytes), 1,
+                       pos, heads, kv_heads, hd, partials.as<float>(), out.as<float>(), stream);
+      else
+        attention_cuda(q.as<float>(), k.as<float>(c * kv_bytes), v.as<float>(c * kv_bytes), 1, pos,
+                       heads, kv_heads, hd, partials.as<float>(), out.as<float>(), stream);
   });
   report_bytes(state, double(copies * 2 * kv_bytes), seconds);
   cudaStreamDestroy(stream);
@@ -165,10 +171,11 @@ BENCHMARK(gemv_int4)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(attention_decode)
-    ->ArgName("ctx")
-    ->Arg(512)
-    ->Arg(4096)
-    ->Arg(32768)
+    ->ArgNames({"ctx", "f16"})
+    ->Args({512, 1})
+    ->Args({4096, 0})
+    ->Args({4096, 1})
+    ->Args({32768, 1})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(prefill_int4)

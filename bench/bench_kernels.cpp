@@ -135,22 +135,33 @@ void bf16(benchmark::State& state) {
   report(state, double(w.bytes), since(t0));
 }
 
-// args: context length, queries. Qwen2-32B's attention (40 heads, 8 kv heads, head_dim 128) over
-// one layer's KV cache: GB/s of the cache read, each visible k and v row counted once per query
-// (the 5 query heads of a kv head share its rows through the caches).
+// args: context length, queries, f16 (1: the default f16 KV cache, 0: f32). Qwen2-32B's attention
+// (40 heads, 8 kv heads, head_dim 128) over one layer's KV cache: GB/s of the cache read, each
+// visible k and v row counted once per query (the 5 query heads of a kv head share its rows
+// through the caches).
 void attention(benchmark::State& state) {
   const uint64_t ctx = state.range(0), n = state.range(1), heads = 40, kv_heads = 8, hd = 128;
+  const bool f16 = state.range(2) != 0;
   const uint64_t pos = ctx - n;
   std::vector<float> q(n * heads * hd, 0.1f), out(n * heads * hd);
   std::vector<float> k(ctx * kv_heads * hd, 0.01f), v(ctx * kv_heads * hd, 0.02f);
+  std::vector<uint16_t> k16(f16 ? k.size() : 0), v16(f16 ? v.size() : 0);
+  store_f16_cpu(k.data(), k16.size(), k16.data());
+  store_f16_cpu(v.data(), v16.size(), v16.data());
   std::vector<float> partials(attention_scratch_floats(n, ctx, heads, hd));
   host();
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state)
-    attention_cpu(pool(), q.data(), k.data(), v.data(), n, pos, heads, kv_heads, hd,
-                  partials.data(), out.data());
+    if (f16)
+      attention_cpu(pool(), q.data(), k16.data(), v16.data(), n, pos, heads, kv_heads, hd,
+                    partials.data(), out.data());
+    else
+      attention_cpu(pool(), q.data(), k.data(), v.data(), n, pos, heads, kv_heads, hd,
+                    partials.data(), out.data());
   double bytes = 0;
-  for (uint64_t t = 0; t < n; ++t) bytes += 2.0 * double(pos + t + 1) * double(kv_heads * hd) * 4;
+  const double element = f16 ? 2 : 4;
+  for (uint64_t t = 0; t < n; ++t)
+    bytes += 2.0 * double(pos + t + 1) * double(kv_heads * hd) * element;
   report(state, bytes, since(t0));
 }
 
@@ -185,10 +196,13 @@ BENCHMARK(int4)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(attention)
-    ->ArgNames({"ctx", "n"})
-    ->Args({2048, 1})
-    ->Args({8192, 1})
-    ->Args({512, 64})
+    ->ArgNames({"ctx", "n", "f16"})
+    ->Args({2048, 1, 0})
+    ->Args({2048, 1, 1})
+    ->Args({8192, 1, 0})
+    ->Args({8192, 1, 1})
+    ->Args({512, 64, 0})
+    ->Args({512, 64, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(bf16)

@@ -9,7 +9,9 @@
 // the chunk's partial state (sum, max, weight). attention_merge_kernel: one block per (head,
 // token) rescales its chunks to the common max and normalizes. Decode of Qwen2-32B at 4k tokens
 // is 40 heads x 16 chunks = 640 blocks instead of 40: the KV cache read (2 x 4096 x 1024 x 4
-// bytes per layer) then spreads over every SM.
+// bytes per layer in f32, half that in f16) then spreads over every SM. Both take the cache's
+// element type T: float, or uint16_t holding f16 bits, widened to fp32 as each element is read.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cfloat>
@@ -40,8 +42,17 @@ __device__ float block_reduce(float v, float* shared, bool is_max) {
   return r;
 }
 
+__device__ float kv_value(float x) {
+  return x;
+}
+__device__ float kv_value(uint16_t x) {
+  return __half2float(__ushort_as_half(x));
+}
+
+template <typename T>
 struct AttentionArgs {
-  const float *q, *k_cache, *v_cache;
+  const float* q;
+  const T *k_cache, *v_cache;
   uint64_t pos, heads, kv_heads, head_dim;
   uint64_t chunks;  // per (token, head) in `partials`: attention_chunks(pos + n)
   float* partials;  // [n, heads, chunks, attention_partial_floats(head_dim)]
@@ -49,15 +60,16 @@ struct AttentionArgs {
 };
 
 // Scores of the chunk's positions into sc[len]: one warp per position.
-__device__ void chunk_scores(const AttentionArgs& a, const float* qs, const float* k_rows,
+template <typename T>
+__device__ void chunk_scores(const AttentionArgs<T>& a, const float* qs, const T* k_rows,
                              uint64_t len, float* sc) {
   const uint64_t kv_dim = a.kv_heads * a.head_dim;
   const float scale = rsqrtf(float(a.head_dim));
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (uint64_t i = warp; i < len; i += kWarps) {
-    const float* k = k_rows + i * kv_dim;
+    const T* k = k_rows + i * kv_dim;
     float dot = 0;
-    for (uint64_t d = lane; d < a.head_dim; d += 32) dot += qs[d] * k[d];
+    for (uint64_t d = lane; d < a.head_dim; d += 32) dot += qs[d] * kv_value(k[d]);
     for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
     if (lane == 0) sc[i] = dot * scale;
   }
@@ -66,14 +78,15 @@ __device__ void chunk_scores(const AttentionArgs& a, const float* qs, const floa
 // part[d] = sum over i < len of sc[i] * v_rows[i, d]. With head_dim <= 256, kThreads / head_dim
 // groups of threads take interleaved positions (2 groups at head_dim 128: every thread loads)
 // and acc (kThreads floats of shared memory) sums them in a fixed order.
-__device__ void chunk_values(const AttentionArgs& a, const float* sc, const float* v_rows,
+template <typename T>
+__device__ void chunk_values(const AttentionArgs<T>& a, const float* sc, const T* v_rows,
                              uint64_t len, float* acc, float* part) {
   const uint64_t kv_dim = a.kv_heads * a.head_dim;
   const uint64_t groups = a.head_dim <= kThreads ? kThreads / a.head_dim : 1;
   if (groups == 1) {
     for (uint64_t d = threadIdx.x; d < a.head_dim; d += kThreads) {
       float sum = 0;
-      for (uint64_t i = 0; i < len; ++i) sum += sc[i] * v_rows[i * kv_dim + d];
+      for (uint64_t i = 0; i < len; ++i) sum += sc[i] * kv_value(v_rows[i * kv_dim + d]);
       part[d] = sum;
     }
     return;
@@ -81,7 +94,7 @@ __device__ void chunk_values(const AttentionArgs& a, const float* sc, const floa
   const uint64_t g = threadIdx.x / a.head_dim, d = threadIdx.x % a.head_dim;
   float sum = 0;
   if (g < groups)
-    for (uint64_t i = g; i < len; i += groups) sum += sc[i] * v_rows[i * kv_dim + d];
+    for (uint64_t i = g; i < len; i += groups) sum += sc[i] * kv_value(v_rows[i * kv_dim + d]);
   acc[threadIdx.x] = sum;
   __syncthreads();
   if (threadIdx.x < a.head_dim) {
@@ -91,7 +104,8 @@ __device__ void chunk_values(const AttentionArgs& a, const float* sc, const floa
   }
 }
 
-__global__ void attention_chunk_kernel(AttentionArgs a) {
+template <typename T>
+__global__ void attention_chunk_kernel(AttentionArgs<T> a) {
   extern __shared__ float qs[];  // [head_dim] this head's query
   __shared__ float sc[kAttentionChunk];
   __shared__ float acc[kThreads];
@@ -122,7 +136,8 @@ __global__ void attention_chunk_kernel(AttentionArgs a) {
   }
 }
 
-__global__ void attention_merge_kernel(AttentionArgs a) {
+template <typename T>
+__global__ void attention_merge_kernel(AttentionArgs<T> a) {
   const uint64_t h = blockIdx.x, t = blockIdx.y, stride = attention_partial_floats(a.head_dim);
   const uint64_t chunks = attention_chunks(a.pos + t + 1);
   const float* part = a.partials + (t * a.heads + h) * a.chunks * stride;
@@ -139,11 +154,10 @@ __global__ void attention_merge_kernel(AttentionArgs a) {
   }
 }
 
-}  // namespace
-
-void attention_cuda(const float* q, const float* k_cache, const float* v_cache, uint64_t n,
-                    uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
-                    float* partials, float* out, CUstream_st* stream) {
+template <typename T>
+void attention_rounds(const float* q, const T* k_cache, const T* v_cache, uint64_t n, uint64_t pos,
+                      uint64_t heads, uint64_t kv_heads, uint64_t head_dim, float* partials,
+                      float* out, CUstream_st* stream) {
   if (n == 0 || heads == 0) return;
   check_attention_shape(heads, kv_heads, head_dim);
   // Grid z is limited to 65,535 chunks: 16.7 M positions of context.
@@ -153,15 +167,30 @@ void attention_cuda(const float* q, const float* k_cache, const float* v_cache, 
   for (uint64_t t0 = 0; t0 < n; t0 += kAttentionQueries) {  // rounds, as attention_cpu
     const uint64_t m = n - t0 < kAttentionQueries ? n - t0 : kAttentionQueries;
     const uint64_t q_dim = heads * head_dim;
-    const AttentionArgs a{q + t0 * q_dim, k_cache,         v_cache,  pos + t0,
-                          heads,          kv_heads,        head_dim, attention_chunks(pos + t0 + m),
-                          partials,       out + t0 * q_dim};
+    const AttentionArgs<T> a{
+        q + t0 * q_dim, k_cache,         v_cache,  pos + t0,
+        heads,          kv_heads,        head_dim, attention_chunks(pos + t0 + m),
+        partials,       out + t0 * q_dim};
     const dim3 chunk_grid{uint32_t(heads), uint32_t(m), uint32_t(a.chunks)};
-    attention_chunk_kernel<<<chunk_grid, kThreads, head_dim * sizeof(float), stream>>>(a);
+    attention_chunk_kernel<T><<<chunk_grid, kThreads, head_dim * sizeof(float), stream>>>(a);
     CUDA_CHECK(cudaGetLastError());
-    attention_merge_kernel<<<dim3{uint32_t(heads), uint32_t(m)}, kThreads, 0, stream>>>(a);
+    attention_merge_kernel<T><<<dim3{uint32_t(heads), uint32_t(m)}, kThreads, 0, stream>>>(a);
     CUDA_CHECK(cudaGetLastError());
   }
+}
+
+}  // namespace
+
+void attention_cuda(const float* q, const float* k_cache, const float* v_cache, uint64_t n,
+                    uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                    float* partials, float* out, CUstream_st* stream) {
+  attention_rounds(q, k_cache, v_cache, n, pos, heads, kv_heads, head_dim, partials, out, stream);
+}
+
+void attention_cuda(const float* q, const uint16_t* k_cache, const uint16_t* v_cache, uint64_t n,
+                    uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                    float* partials, float* out, CUstream_st* stream) {
+  attention_rounds(q, k_cache, v_cache, n, pos, heads, kv_heads, head_dim, partials, out, stream);
 }
 
 }  // namespace ferry

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/cpu_isa.hpp"
 #include "kernels/cpu_pool.hpp"
 
 namespace ferry {
@@ -16,11 +17,7 @@ void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t c
 void matmul_int4_cpu(CpuPool& pool, const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
                      uint64_t rows, uint64_t cols, const float* x, uint64_t n, float* y);
 
-// The instruction sets of the kernels: chosen at run time (the binary runs on any x86-64), and
-// selectable so that tests compare the paths. An unavailable one falls back to portable.
-enum class KernelIsa { portable, avx2 };
-bool kernel_isa_available(KernelIsa isa);
-KernelIsa best_kernel_isa();
+// With the instruction set chosen (kernels/cpu_isa.hpp), so that tests compare the paths.
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                      uint64_t n, float* y, KernelIsa isa);
 void matmul_int4_cpu(CpuPool& pool, const uint8_t* q, const uint16_t* scales, const uint16_t* mins,

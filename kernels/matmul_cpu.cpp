@@ -31,18 +31,14 @@
 
 #include <fmt/format.h>
 
+#include "kernels/cpu_isa.hpp"
 #include "kernels/matmul.hpp"
 #include "quantizer/dtype.hpp"
 #include "quantizer/error.hpp"
 #include "quantizer/int4.hpp"
 
-// The AVX2 path exists on x86 only; elsewhere (Arm) the portable path is the only one.
-#if defined(__x86_64__) || defined(__i386__)
-#define FERRY_X86 1
-#include <cpuid.h>
+#if FERRY_X86
 #include <immintrin.h>
-#else
-#define FERRY_X86 0
 #endif
 
 namespace ferry {
@@ -66,17 +62,6 @@ constexpr uint64_t kMinWorkPerTask = 1ull << 18;
 
 uint64_t row_grain(uint64_t cols, uint64_t n) {
   return std::max<uint64_t>(1, kMinWorkPerTask / std::max<uint64_t>(1, cols * n));
-}
-
-bool cpu_has_avx2() {
-#if FERRY_X86
-  // Clang 14 has no "f16c" for __builtin_cpu_supports: read CPUID leaf 1 (ECX bit 29) instead.
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-#else
-  return false;
-#endif
 }
 
 struct Int4Rows {
@@ -498,18 +483,10 @@ struct Call {
 
 }  // namespace
 
-bool kernel_isa_available(KernelIsa isa) {
-  return isa == KernelIsa::portable || cpu_has_avx2();
-}
-
-KernelIsa best_kernel_isa() {
-  return cpu_has_avx2() ? KernelIsa::avx2 : KernelIsa::portable;
-}
-
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                      uint64_t n, float* y, KernelIsa isa) {
   if (rows == 0 || n == 0) return;
-  const Call<Bf16Rows> call{{w, rows, cols}, x, n, y, isa == KernelIsa::avx2 && cpu_has_avx2()};
+  const Call<Bf16Rows> call{{w, rows, cols}, x, n, y, usable_isa(isa) == KernelIsa::avx2};
   pool.parallel_for(rows, row_grain(cols, n), [c = &call](uint64_t r0, uint64_t r1) {
 #if FERRY_X86
     if (c->avx2) return rows_avx2(nullptr, &c->a, r0, r1, c->x, c->n, c->y);
@@ -522,7 +499,7 @@ void matmul_int4_cpu(CpuPool& pool, const uint8_t* q, const uint16_t* scales, co
                      uint64_t rows, uint64_t cols, const float* x, uint64_t n, float* y,
                      KernelIsa isa) {
   if (rows == 0 || n == 0) return;
-  const bool avx2 = isa == KernelIsa::avx2 && cpu_has_avx2();
+  const bool avx2 = usable_isa(isa) == KernelIsa::avx2;
   const Call<Int4Rows> call{
       {q, scales, mins, rows, cols, int4_blocks_per_row(cols)}, x, n, y, avx2};
   if (call.a.blocks > kMaxBlocks)

@@ -1,6 +1,7 @@
 // Element-wise kernels of the forward pass on the GPU; CPU twins in kernels/ops_cpu.cpp. These
 // move a few KB per token each (hidden 5120 x 4 bytes), so they are written for clarity and
 // launch count, not for peak bandwidth: the weights dominate every token by ~1000x.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cfloat>
@@ -72,6 +73,15 @@ __global__ void add_bias_kernel(float* y, const uint16_t* bias, uint64_t rows, u
   if (i < count) y[i] += bf16_to_f32(bias[i % rows]);
 }
 
+// dst[i] = src[i] as f16 bits, round to nearest even, saturated at +-65504 (NaN stays NaN), as
+// store_f16_cpu.
+__global__ void store_f16_kernel(const float* src, uint64_t count, uint16_t* dst) {
+  const uint64_t i = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= count) return;
+  const float x = src[i], most = 65504.0f;
+  dst[i] = __half_as_ushort(__float2half_rn(x > most ? most : x < -most ? -most : x));
+}
+
 // One block: each thread scans a strided share, then a shared-memory tree keeps the larger value
 // and, on ties, the smaller index.
 __global__ void argmax_kernel(const float* v, uint64_t count, int32_t* out) {
@@ -136,6 +146,12 @@ void add_cuda(float* x, const float* y, uint64_t count, CUstream_st* stream) {
 void add_bias_cuda(float* y, const uint16_t* bias, uint64_t n, uint64_t rows, CUstream_st* stream) {
   if (n == 0 || rows == 0) return;
   add_bias_kernel<<<grid_for(n * rows), kThreads, 0, stream>>>(y, bias, rows, n * rows);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void store_f16_cuda(const float* src, uint64_t count, uint16_t* dst, CUstream_st* stream) {
+  if (count == 0) return;
+  store_f16_kernel<<<grid_for(count), kThreads, 0, stream>>>(src, count, dst);
   CUDA_CHECK(cudaGetLastError());
 }
 

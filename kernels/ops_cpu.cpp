@@ -1,6 +1,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <string_view>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -8,6 +10,10 @@
 #include "quantizer/dtype.hpp"
 #include "quantizer/error.hpp"
 #include "quantizer/target_clones.hpp"
+
+#if FERRY_X86
+#include <immintrin.h>
+#endif
 
 namespace ferry {
 
@@ -41,13 +47,36 @@ void add_bias_cpu(float* y, const uint16_t* bias, uint64_t n, uint64_t rows) {
     for (uint64_t i = 0; i < rows; ++i) y[t * rows + i] += bf16_to_float(bias[i]);
 }
 
+const char* kv_type_name(KvType t) {
+  return t == KvType::f16 ? "f16" : "f32";
+}
+
+KvType parse_kv_type(const char* name) {
+  const std::string_view n(name);
+  if (n == "f16") return KvType::f16;
+  if (n == "f32") return KvType::f32;
+  throw Error(fmt::format("--kv-type: '{}' is not f16 or f32", n));
+}
+
+void store_f16_cpu(const float* src, uint64_t n, uint16_t* dst) {
+  constexpr float kMax = 65504.0f;  // the largest finite f16
+  for (uint64_t i = 0; i < n; ++i) {
+    const float x = src[i];  // NaN fails both tests and stays NaN
+    dst[i] = float_to_f16(x > kMax ? kMax : x < -kMax ? -kMax : x);
+  }
+}
+
 namespace {
 
+// One attention call over a cache of T: float, or uint16_t holding f16 bits.
+template <typename T>
 struct AttentionCall {
-  const float *q, *k_cache, *v_cache;
+  const float* q;
+  const T *k_cache, *v_cache;
   uint64_t pos, heads, kv_heads, head_dim, chunks;  // chunks: per (query, head) in `partials`
   float* partials;
   float* out;
+  bool avx2;  // f16 rows: convert with F16C (else the portable path)
 };
 
 // a . b in 8 independent partial sums, which the compiler keeps in one vector register: a single
@@ -83,8 +112,105 @@ FERRY_CLONES_AVX2 void weighted_rows(const float* w, const float* rows, uint64_t
   }
 }
 
+// The f16 rows, portable: the same sums as above, each element converted by f16_to_float.
+float dot8(const float* a, const uint16_t* b, uint64_t n) {
+  float acc[8] = {};
+  uint64_t d = 0;
+  for (; d + 8 <= n; d += 8)
+    for (uint64_t j = 0; j < 8; ++j) acc[j] += a[d + j] * f16_to_float(b[d + j]);
+  float sum = 0;
+  for (; d < n; ++d) sum += a[d] * f16_to_float(b[d]);
+  for (float x : acc) sum += x;
+  return sum;
+}
+
+void weighted_rows(const float* w, const uint16_t* rows, uint64_t stride, uint64_t len, uint64_t n,
+                   float* out) {
+  for (uint64_t d = 0; d < n; ++d) {
+    float acc = 0;
+    for (uint64_t i = 0; i < len; ++i) acc += w[i] * f16_to_float(rows[i * stride + d]);
+    out[d] = acc;
+  }
+}
+
+#if FERRY_X86
+// The f16 rows with F16C: 8 halves convert in one instruction next to their load, so the cache
+// is read at 2 bytes an element and never widened in memory.
+#define FERRY_F16C __attribute__((target("avx2,fma,f16c")))
+
+FERRY_F16C __m256 load8_f16(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Two accumulators: head_dim 128 is 16 steps, and one FMA chain would wait 4 cycles on each.
+FERRY_F16C float dot8_f16c(const float* a, const uint16_t* b, uint64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  uint64_t d = 0;
+  for (; d + 16 <= n; d += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), load8_f16(b + d), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), load8_f16(b + d + 8), acc1);
+  }
+  if (d + 8 <= n) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), load8_f16(b + d), acc0);
+    d += 8;
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(acc0, acc1));
+  float sum = 0;
+  for (; d < n; ++d) sum += a[d] * f16_to_float(b[d]);
+  for (float x : lanes) sum += x;
+  return sum;
+}
+
+// 32 outputs in four registers over all the rows, as the float version; then 8 at a time.
+FERRY_F16C void weighted_rows_f16c(const float* w, const uint16_t* rows, uint64_t stride,
+                                   uint64_t len, uint64_t n, float* out) {
+  uint64_t d0 = 0;
+  for (; d0 + 32 <= n; d0 += 32) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (uint64_t i = 0; i < len; ++i) {
+      const __m256 wi = _mm256_set1_ps(w[i]);
+      const uint16_t* r = rows + i * stride + d0;
+      for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(wi, load8_f16(r + 8 * j), acc[j]);
+    }
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + d0 + 8 * j, acc[j]);
+  }
+  for (; d0 + 8 <= n; d0 += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (uint64_t i = 0; i < len; ++i)
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(w[i]), load8_f16(rows + i * stride + d0), acc);
+    _mm256_storeu_ps(out + d0, acc);
+  }
+  if (d0 < n) weighted_rows(w, rows + d0, stride, len, n - d0, out + d0);
+}
+#endif
+
+float row_dot(const float* q, const float* k, uint64_t n, bool) {
+  return dot8(q, k, n);
+}
+float row_dot(const float* q, const uint16_t* k, uint64_t n, bool avx2) {
+#if FERRY_X86
+  if (avx2) return dot8_f16c(q, k, n);
+#endif
+  (void)avx2;
+  return dot8(q, k, n);
+}
+
+template <typename T>
+void row_sums(const float* w, const T* rows, uint64_t stride, uint64_t len, uint64_t n, float* out,
+              bool avx2) {
+#if FERRY_X86
+  if constexpr (std::is_same_v<T, uint16_t>)
+    if (avx2) return weighted_rows_f16c(w, rows, stride, len, n, out);
+#endif
+  (void)avx2;
+  weighted_rows(w, rows, stride, len, n, out);
+}
+
 // The partial state (ops.hpp) of query t, head h over the positions of chunk `chunk`.
-void attention_chunk(const AttentionCall& a, uint64_t t, uint64_t h, uint64_t chunk) {
+template <typename T>
+void attention_chunk(const AttentionCall<T>& a, uint64_t t, uint64_t h, uint64_t chunk) {
   const uint64_t n_ctx = a.pos + t + 1, begin = chunk * kAttentionChunk;
   const uint64_t len = std::min(kAttentionChunk, n_ctx - begin);
   const uint64_t kv_dim = a.kv_heads * a.head_dim, kvh = h / (a.heads / a.kv_heads);
@@ -93,22 +219,23 @@ void attention_chunk(const AttentionCall& a, uint64_t t, uint64_t h, uint64_t ch
   std::array<float, kAttentionChunk> scores;
   float max_score = -INFINITY;
   for (uint64_t i = 0; i < len; ++i) {
-    const float* k = a.k_cache + (begin + i) * kv_dim + kvh * a.head_dim;
-    scores[i] = dot8(qh, k, a.head_dim) * scale;
+    const T* k = a.k_cache + (begin + i) * kv_dim + kvh * a.head_dim;
+    scores[i] = row_dot(qh, k, a.head_dim, a.avx2) * scale;
     max_score = std::max(max_score, scores[i]);
   }
   float sum = 0;
   for (uint64_t i = 0; i < len; ++i) sum += scores[i] = std::exp(scores[i] - max_score);
   float* part =
       a.partials + ((t * a.heads + h) * a.chunks + chunk) * attention_partial_floats(a.head_dim);
-  weighted_rows(scores.data(), a.v_cache + begin * kv_dim + kvh * a.head_dim, kv_dim, len,
-                a.head_dim, part);
+  row_sums(scores.data(), a.v_cache + begin * kv_dim + kvh * a.head_dim, kv_dim, len, a.head_dim,
+           part, a.avx2);
   part[a.head_dim] = max_score;
   part[a.head_dim + 1] = sum;
 }
 
 // Rescales the chunks of query t, head h to their common largest score and normalizes.
-void attention_merge(const AttentionCall& a, uint64_t t, uint64_t h) {
+template <typename T>
+void attention_merge(const AttentionCall<T>& a, uint64_t t, uint64_t h) {
   const uint64_t stride = attention_partial_floats(a.head_dim);
   const uint64_t chunks = attention_chunks(a.pos + t + 1);
   const float* part = a.partials + (t * a.heads + h) * a.chunks * stride;
@@ -134,7 +261,8 @@ void attention_merge(const AttentionCall& a, uint64_t t, uint64_t h) {
 // than the last one when the round crosses a chunk boundary, and skips the rest. Tasks are
 // ordered query, kv head, chunk, then the query heads sharing that kv head, so a thread runs a
 // group's heads over one chunk's k and v rows (256 KB at head_dim 128) while they are in its L2.
-void attention_round(CpuPool& pool, const AttentionCall& call, uint64_t m) {
+template <typename T>
+void attention_round(CpuPool& pool, const AttentionCall<T>& call, uint64_t m) {
   pool.parallel_for(m * call.heads * call.chunks, 1, [a = &call](uint64_t begin, uint64_t end) {
     const uint64_t group = a->heads / a->kv_heads;
     for (uint64_t i = begin; i < end; ++i) {
@@ -148,21 +276,36 @@ void attention_round(CpuPool& pool, const AttentionCall& call, uint64_t m) {
   });
 }
 
+template <typename T>
+void attention_rounds(CpuPool& pool, const float* q, const T* k_cache, const T* v_cache, uint64_t n,
+                      uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                      float* partials, float* out, bool avx2) {
+  if (n == 0 || heads == 0) return;
+  check_attention_shape(heads, kv_heads, head_dim);
+  for (uint64_t t0 = 0; t0 < n; t0 += kAttentionQueries) {
+    const uint64_t m = std::min(kAttentionQueries, n - t0), q_dim = heads * head_dim;
+    const AttentionCall<T> call{
+        q + t0 * q_dim, k_cache,          v_cache,  pos + t0,
+        heads,          kv_heads,         head_dim, attention_chunks(pos + t0 + m),
+        partials,       out + t0 * q_dim, avx2};
+    attention_round(pool, call, m);
+  }
+}
+
 }  // namespace
 
 void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const float* v_cache,
                    uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                    float* partials, float* out) {
-  if (n == 0 || heads == 0) return;
-  check_attention_shape(heads, kv_heads, head_dim);
-  for (uint64_t t0 = 0; t0 < n; t0 += kAttentionQueries) {
-    const uint64_t m = std::min(kAttentionQueries, n - t0), q_dim = heads * head_dim;
-    const AttentionCall call{
-        q + t0 * q_dim, k_cache,         v_cache,  pos + t0,
-        heads,          kv_heads,        head_dim, attention_chunks(pos + t0 + m),
-        partials,       out + t0 * q_dim};
-    attention_round(pool, call, m);
-  }
+  attention_rounds(pool, q, k_cache, v_cache, n, pos, heads, kv_heads, head_dim, partials, out,
+                   false);
+}
+
+void attention_cpu(CpuPool& pool, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                   uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                   float* partials, float* out, KernelIsa isa) {
+  attention_rounds(pool, q, k_cache, v_cache, n, pos, heads, kv_heads, head_dim, partials, out,
+                   usable_isa(isa) == KernelIsa::avx2);
 }
 
 void check_attention_shape(uint64_t heads, uint64_t kv_heads, uint64_t head_dim) {

@@ -21,6 +21,8 @@ void silu_mul_cuda(const float* gate, const float* up, uint64_t count, float* ou
 void add_cuda(float* x, const float* y, uint64_t count, CUstream_st* stream);
 // y[t, i] += bias[i] (bf16), t < n, i < rows
 void add_bias_cuda(float* y, const uint16_t* bias, uint64_t n, uint64_t rows, CUstream_st* stream);
+// dst[i] = src[i] as f16 bits, i < count: keys and values into an f16 KV cache (store_f16_cpu)
+void store_f16_cuda(const float* src, uint64_t count, uint16_t* dst, CUstream_st* stream);
 // *out = index of the largest of v[0..count) (the first one on ties, as std::max_element)
 void argmax_cuda(const float* v, uint64_t count, int32_t* out, CUstream_st* stream);
 
@@ -30,6 +32,10 @@ void argmax_cuda(const float* v, uint64_t count, int32_t* out, CUstream_st* stre
 // The twin of attention_cpu, round for round and chunk for chunk. Throws ferry::Error past
 // 65,535 chunks of context.
 void attention_cuda(const float* q, const float* k_cache, const float* v_cache, uint64_t n,
+                    uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                    float* partials, float* out, CUstream_st* stream);
+// The same over an f16 cache (k_cache, v_cache: f16 bits), the twin of attention_cpu's f16 form.
+void attention_cuda(const float* q, const uint16_t* k_cache, const uint16_t* v_cache, uint64_t n,
                     uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                     float* partials, float* out, CUstream_st* stream);
 

@@ -27,9 +27,9 @@ class DeviceForward {
                        std::span<float> logits, int32_t* argmax = nullptr) = 0;
 };
 
-// Makes the device forward pass of a model with KV cache for `ctx` tokens and prefill batches of
-// up to `batch`; throws ferry::Error with one line when the device cannot be used.
+// Makes the device forward pass of a model with a KV cache of `ctx` tokens in `kv` and prefill
+// batches of up to `batch`; throws ferry::Error with one line when the device cannot be used.
 using DeviceFactory = std::function<std::unique_ptr<DeviceForward>(
-    const ModelConfig& c, const ModelWeights& w, uint64_t ctx, uint64_t batch)>;
+    const ModelConfig& c, const ModelWeights& w, uint64_t ctx, uint64_t batch, KvType kv)>;
 
 }  // namespace ferry

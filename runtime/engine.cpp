@@ -23,7 +23,7 @@ uint64_t checked_ctx(const EngineOptions& o) {
 std::unique_ptr<DeviceForward> make_device(const PackedFile& f, const ModelWeights& w,
                                            const EngineOptions& o) {
   if (!o.device) return nullptr;
-  return o.device(f.config, w, checked_ctx(o), std::min(o.batch, o.ctx));
+  return o.device(f.config, w, checked_ctx(o), std::min(o.batch, o.ctx), o.kv);
 }
 
 // On the CPU, no cache unless asked: the weights are read in place from the file's memory. On a
@@ -54,7 +54,7 @@ Engine::Engine(PackedFile f, const EngineOptions& o)
       pool(o.threads),
       device(make_device(file, weights, o)),
       source(make_source(file, weights, o, device.get())),
-      state(file.config, checked_ctx(o), std::min(o.batch, o.ctx), device == nullptr) {}
+      state(file.config, checked_ctx(o), std::min(o.batch, o.ctx), o.kv, device == nullptr) {}
 
 void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {
   run(tokens, pos, nullptr);

@@ -19,6 +19,7 @@ namespace ferry {
 struct EngineOptions {
   std::filesystem::path model;  // .ferry file
   uint64_t ctx = 1024;          // KV cache size in tokens
+  KvType kv = KvType::f16;      // KV cache element type (kernels/ops.hpp)
   uint64_t batch = 64;          // prefill batch: tokens per forward call
   unsigned threads = 0;         // CPU kernel threads, 0: every core
   CacheOptions cache = {};      // the paging cache; off (the default): weights read in place

@@ -6,6 +6,7 @@
 // Activations are rows of [n, dim]; every linear runs once per batch, so prefill reads each
 // weight once per batch instead of once per token. Weights come from a WeightSource (the file,
 // or the paging cache), acquired in schedule order and released as soon as they are used.
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -50,24 +51,40 @@ void add_residual(const Pass& p) {
   for (uint64_t i = 0; i < p.n * p.c.hidden; ++i) p.s.x[i] += p.s.proj[i];
 }
 
+// Stores the batch's rotated keys and values (s.k, s.v) in the cache rows pos .. pos+n-1 of the
+// layer and runs attention over the layer's cache, in the cache's element type.
+void attend(const Pass& p, uint64_t layer) {
+  const ModelConfig& c = p.c;
+  RunState& s = p.s;
+  const uint64_t kv_dim = c.kv_heads * c.head_dim, count = p.n * kv_dim;
+  const uint64_t base = layer * s.ctx * kv_dim, at = base + p.pos * kv_dim;  // [ctx, kv_dim]
+  if (s.kv.type == KvType::f16) {
+    store_f16_cpu(s.k.data(), count, s.kv.k16.data() + at);
+    store_f16_cpu(s.v.data(), count, s.kv.v16.data() + at);
+    attention_cpu(p.pool, s.q.data(), s.kv.k16.data() + base, s.kv.v16.data() + base, p.n, p.pos,
+                  c.heads, c.kv_heads, c.head_dim, s.partials.data(), s.att_out.data());
+  } else {
+    std::copy_n(s.k.data(), count, s.kv.k32.data() + at);
+    std::copy_n(s.v.data(), count, s.kv.v32.data() + at);
+    attention_cpu(p.pool, s.q.data(), s.kv.k32.data() + base, s.kv.v32.data() + base, p.n, p.pos,
+                  c.heads, c.kv_heads, c.head_dim, s.partials.data(), s.att_out.data());
+  }
+}
+
 void attention_block(const Pass& p, const LayerWeights& L, uint64_t layer) {
   const ModelConfig& c = p.c;
   RunState& s = p.s;
   const uint64_t q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
-  float* k_layer = s.k_cache.data() + layer * s.ctx * kv_dim;  // [ctx, kv_dim]
-  float* v_layer = s.v_cache.data() + layer * s.ctx * kv_dim;
   rmsnorm_rows(p, L.attn_norm);
-  // k and v of the batch land straight in their cache rows pos .. pos+n-1.
   linear(p.src, p.pool, linear_id(layer, kQ), s.xb.data(), p.n, s.q.data());
-  linear(p.src, p.pool, linear_id(layer, kK), s.xb.data(), p.n, k_layer + p.pos * kv_dim);
-  linear(p.src, p.pool, linear_id(layer, kV), s.xb.data(), p.n, v_layer + p.pos * kv_dim);
+  linear(p.src, p.pool, linear_id(layer, kK), s.xb.data(), p.n, s.k.data());
+  linear(p.src, p.pool, linear_id(layer, kV), s.xb.data(), p.n, s.v.data());
   for (uint64_t t = 0; t < p.n; ++t) {
     rope_cpu(&s.q[t * q_dim], c.heads, c.head_dim, p.pos + t, s.inv_freq.data());
-    rope_cpu(k_layer + (p.pos + t) * kv_dim, c.kv_heads, c.head_dim, p.pos + t, s.inv_freq.data());
+    rope_cpu(&s.k[t * kv_dim], c.kv_heads, c.head_dim, p.pos + t, s.inv_freq.data());
   }
   // Causal: token t sees positions 0 .. pos+t; heads and chunks of the context split over the pool.
-  attention_cpu(p.pool, s.q.data(), k_layer, v_layer, p.n, p.pos, c.heads, c.kv_heads, c.head_dim,
-                s.partials.data(), s.att_out.data());
+  attend(p, layer);
   linear(p.src, p.pool, linear_id(layer, kO), s.att_out.data(), p.n, s.proj.data());
   add_residual(p);
 }

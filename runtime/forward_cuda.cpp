@@ -128,7 +128,7 @@ std::vector<uint16_t> gather_norms(const ModelConfig& c, const ModelWeights& w) 
 class CudaForward final : public DeviceForward {
  public:
   CudaForward(const CudaForwardOptions& o, const ModelConfig& c, const ModelWeights& w,
-              uint64_t ctx, uint64_t batch);
+              uint64_t ctx, uint64_t batch, KvType kv);
   ~CudaForward() override { cudaStreamSynchronize(stream_.s); }
 
   std::shared_ptr<CacheBackend> cache_backend() override { return backend_; }
@@ -140,6 +140,7 @@ class CudaForward final : public DeviceForward {
                 std::span<float> logits, int32_t* argmax);
   void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y);
   void attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos);
+  void attend(uint64_t layer, uint64_t n, uint64_t pos);
   void mlp_block(WeightSource& src, uint64_t layer, uint64_t n);
   const uint16_t* norm(uint64_t layer, int which) const {
     return norms_.get() + (2 * layer + uint64_t(which)) * c_.hidden;
@@ -148,45 +149,54 @@ class CudaForward final : public DeviceForward {
   const ModelConfig& c_;
   const ModelWeights& w_;
   uint64_t ctx_, batch_, q_dim_, kv_dim_;
+  KvType kv_;
   Stream stream_;              // the compute stream; the cache's copy stream belongs to its backend
   DeviceArray<float> x_, xb_;  // [batch, hidden] residual stream, normed block input
   DeviceArray<float> q_, att_out_;  // [batch, heads * head_dim]
+  DeviceArray<float> k_, v_;        // [batch, kv_heads * head_dim] before they enter the cache
   DeviceArray<float> proj_;         // [batch, hidden]
   DeviceArray<float> gate_, up_;    // [batch, intermediate]
   DeviceArray<float> partials_;     // [min(batch, 64), heads, chunks(ctx), head_dim + 2] (ops.hpp)
-  DeviceArray<float> k_cache_, v_cache_;  // [layers, ctx, kv_heads * head_dim]
-  DeviceArray<float> logits_;             // [vocab]
-  DeviceArray<int32_t> token_;            // [1] greedy choice
-  DeviceArray<float> inv_freq_;           // [head_dim / 2]
-  DeviceArray<uint16_t> norms_;           // [layers, 2, hidden] + [hidden] bf16
-  DeviceArray<uint16_t> biases_;          // q/k/v biases of every layer, bf16, packed
-  std::vector<const uint16_t*> bias_;     // [linear ids] into biases_, or nullptr
-  PinnedArray<float> embed_rows_;         // [batch, hidden] host: the batch's embedding rows
-  PinnedArray<float> logits_host_;        // [vocab] host
-  PinnedArray<int32_t> token_host_;       // [1] host
-  DeviceArray<uint16_t> prefill_w_;       // [largest linear but lm_head] bf16, batches above 8 only
+  // [layers, ctx, kv_heads * head_dim] keys and values: the pair of kv_'s type is allocated
+  DeviceArray<uint16_t> k16_, v16_;  // f16 bits
+  DeviceArray<float> k32_, v32_;
+  DeviceArray<float> logits_;          // [vocab]
+  DeviceArray<int32_t> token_;         // [1] greedy choice
+  DeviceArray<float> inv_freq_;        // [head_dim / 2]
+  DeviceArray<uint16_t> norms_;        // [layers, 2, hidden] + [hidden] bf16
+  DeviceArray<uint16_t> biases_;       // q/k/v biases of every layer, bf16, packed
+  std::vector<const uint16_t*> bias_;  // [linear ids] into biases_, or nullptr
+  PinnedArray<float> embed_rows_;      // [batch, hidden] host: the batch's embedding rows
+  PinnedArray<float> logits_host_;     // [vocab] host
+  PinnedArray<int32_t> token_host_;    // [1] host
+  DeviceArray<uint16_t> prefill_w_;    // [largest linear but lm_head] bf16, batches above 8 only
   CublasLt blas_;
   std::shared_ptr<CudaBackend> backend_;
 };
 
 CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, const ModelWeights& w,
-                         uint64_t ctx, uint64_t batch)
+                         uint64_t ctx, uint64_t batch, KvType kv)
     : c_(c),
       w_(w),
       ctx_(ctx),
       batch_(batch),
       q_dim_(c.heads * c.head_dim),
       kv_dim_(c.kv_heads * c.head_dim),
+      kv_(kv),
       x_(batch * c.hidden, "activations"),
       xb_(batch * c.hidden, "activations"),
       q_(batch * q_dim_, "activations"),
       att_out_(batch * q_dim_, "activations"),
+      k_(batch * kv_dim_, "activations"),
+      v_(batch * kv_dim_, "activations"),
       proj_(batch * c.hidden, "activations"),
       gate_(batch * c.intermediate, "activations"),
       up_(batch * c.intermediate, "activations"),
       partials_(attention_scratch_floats(batch, ctx, c.heads, c.head_dim), "attention"),
-      k_cache_(c.layers * ctx * kv_dim_, "the KV cache"),
-      v_cache_(c.layers * ctx * kv_dim_, "the KV cache"),
+      k16_(kv == KvType::f16 ? c.layers * ctx * kv_dim_ : 0, "the KV cache"),
+      v16_(kv == KvType::f16 ? c.layers * ctx * kv_dim_ : 0, "the KV cache"),
+      k32_(kv == KvType::f32 ? c.layers * ctx * kv_dim_ : 0, "the KV cache"),
+      v32_(kv == KvType::f32 ? c.layers * ctx * kv_dim_ : 0, "the KV cache"),
       logits_(c.vocab, "logits"),
       token_(1, "the greedy token"),
       inv_freq_(c.head_dim / 2, "RoPE"),
@@ -247,17 +257,34 @@ void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_
   held.release();  // records the entry's last use after the product
 }
 
+// As attend() of runtime/forward.cpp: the batch's rotated keys and values into the cache rows
+// pos .. pos+n-1, then attention over the layer's cache in its element type.
+void CudaForward::attend(uint64_t layer, uint64_t n, uint64_t pos) {
+  const uint64_t count = n * kv_dim_, base = layer * ctx_ * kv_dim_, at = base + pos * kv_dim_;
+  if (kv_ == KvType::f16) {
+    store_f16_cuda(k_.get(), count, k16_.get() + at, stream_.s);
+    store_f16_cuda(v_.get(), count, v16_.get() + at, stream_.s);
+    attention_cuda(q_.get(), k16_.get() + base, v16_.get() + base, n, pos, c_.heads, c_.kv_heads,
+                   c_.head_dim, partials_.get(), att_out_.get(), stream_.s);
+    return;
+  }
+  const uint64_t bytes = count * sizeof(float);
+  CUDA_CHECK(
+      cudaMemcpyAsync(k32_.get() + at, k_.get(), bytes, cudaMemcpyDeviceToDevice, stream_.s));
+  CUDA_CHECK(
+      cudaMemcpyAsync(v32_.get() + at, v_.get(), bytes, cudaMemcpyDeviceToDevice, stream_.s));
+  attention_cuda(q_.get(), k32_.get() + base, v32_.get() + base, n, pos, c_.heads, c_.kv_heads,
+                 c_.head_dim, partials_.get(), att_out_.get(), stream_.s);
+}
+
 void CudaForward::attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos) {
-  float* k_layer = k_cache_.get() + layer * ctx_ * kv_dim_;  // [ctx, kv_dim]
-  float* v_layer = v_cache_.get() + layer * ctx_ * kv_dim_;
   rmsnorm_cuda(x_.get(), norm(layer, 0), float(c_.rms_eps), n, c_.hidden, xb_.get(), stream_.s);
   linear(src, linear_id(layer, kQ), xb_.get(), n, q_.get());
-  linear(src, linear_id(layer, kK), xb_.get(), n, k_layer + pos * kv_dim_);
-  linear(src, linear_id(layer, kV), xb_.get(), n, v_layer + pos * kv_dim_);
+  linear(src, linear_id(layer, kK), xb_.get(), n, k_.get());
+  linear(src, linear_id(layer, kV), xb_.get(), n, v_.get());
   rope_cuda(q_.get(), n, c_.heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
-  rope_cuda(k_layer + pos * kv_dim_, n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
-  attention_cuda(q_.get(), k_layer, v_layer, n, pos, c_.heads, c_.kv_heads, c_.head_dim,
-                 partials_.get(), att_out_.get(), stream_.s);
+  rope_cuda(k_.get(), n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
+  attend(layer, n, pos);
   linear(src, linear_id(layer, kO), att_out_.get(), n, proj_.get());
   add_cuda(x_.get(), proj_.get(), n * c_.hidden, stream_.s);
 }
@@ -324,8 +351,8 @@ void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, u
 
 DeviceFactory cuda_forward_factory(const CudaForwardOptions& o) {
   probe_gpu(o.device);  // one clear line now, before anything is loaded, when it cannot run
-  return [o](const ModelConfig& c, const ModelWeights& w, uint64_t ctx, uint64_t batch) {
-    return std::unique_ptr<DeviceForward>(new CudaForward(o, c, w, ctx, batch));
+  return [o](const ModelConfig& c, const ModelWeights& w, uint64_t ctx, uint64_t batch, KvType kv) {
+    return std::unique_ptr<DeviceForward>(new CudaForward(o, c, w, ctx, batch, kv));
   };
 }
 

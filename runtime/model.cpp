@@ -92,20 +92,29 @@ std::vector<float> rope_inv_freq(const ModelConfig& c) {
   return f;
 }
 
-RunState::RunState(const ModelConfig& c, uint64_t ctx_, uint64_t batch_, bool host_compute)
+KvCache::KvCache(KvType type_, uint64_t elements)
+    : type(type_),
+      k16(type_ == KvType::f16 ? elements : 0),
+      v16(type_ == KvType::f16 ? elements : 0),
+      k32(type_ == KvType::f32 ? elements : 0),
+      v32(type_ == KvType::f32 ? elements : 0) {}
+
+RunState::RunState(const ModelConfig& c, uint64_t ctx_, uint64_t batch_, KvType kv_type,
+                   bool host_compute)
     : ctx(ctx_),
       batch(batch_),
       x(host_compute ? batch_ * c.hidden : 0),
       xb(host_compute ? batch_ * c.hidden : 0),
       q(host_compute ? batch_ * c.heads * c.head_dim : 0),
+      k(host_compute ? batch_ * c.kv_heads * c.head_dim : 0),
+      v(host_compute ? batch_ * c.kv_heads * c.head_dim : 0),
       att_out(host_compute ? batch_ * c.heads * c.head_dim : 0),
       proj(host_compute ? batch_ * c.hidden : 0),
       gate(host_compute ? batch_ * c.intermediate : 0),
       up(host_compute ? batch_ * c.intermediate : 0),
       partials(host_compute ? attention_scratch_floats(batch_, ctx_, c.heads, c.head_dim) : 0),
       inv_freq(rope_inv_freq(c)),
-      k_cache(host_compute ? c.layers * ctx_ * c.kv_heads * c.head_dim : 0),
-      v_cache(host_compute ? c.layers * ctx_ * c.kv_heads * c.head_dim : 0),
+      kv(kv_type, host_compute ? c.layers * ctx_ * c.kv_heads * c.head_dim : 0),
       logits(c.vocab) {}
 
 void check_forward_call(const ModelConfig& c, uint64_t ctx, uint64_t batch,

@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/ops.hpp"
 #include "quantizer/model_spec.hpp"
 #include "quantizer/packed_file.hpp"
 
@@ -99,23 +100,33 @@ class DirectWeights final : public WeightSource {
   const ModelWeights& w_;
 };
 
-// Activations and KV cache of one sequence, sized at load from the config, --ctx and the prefill
-// batch (the most tokens one forward call takes). With host_compute false (the forward pass runs
-// on a GPU, which holds its own) only the logits are allocated: a 32B model's KV cache alone is
-// 512 MB of host memory at --ctx 1024.
+// The keys and values of every layer in the cache's element type (kernels/ops.hpp): the pair of
+// vectors of that type is sized, the other stays empty.
+struct KvCache {
+  KvCache(KvType type, uint64_t elements);  // elements of k (and of v)
+  KvType type;
+  std::vector<uint16_t> k16, v16;  // [layers, ctx, kv_heads * head_dim] f16 bits (type f16)
+  std::vector<float> k32, v32;     // [layers, ctx, kv_heads * head_dim] (type f32)
+};
+
+// Activations and KV cache of one sequence, sized at load from the config, --ctx, --kv-type and
+// the prefill batch (the most tokens one forward call takes). With host_compute false (the
+// forward pass runs on a GPU, which holds its own) only the logits are allocated: a 32B model's
+// KV cache alone is 256 MB of host memory at --ctx 1024 in f16.
 struct RunState {
-  RunState(const ModelConfig& c, uint64_t ctx, uint64_t batch, bool host_compute = true);
+  RunState(const ModelConfig& c, uint64_t ctx, uint64_t batch, KvType kv, bool host_compute = true);
   uint64_t ctx, batch;
   std::vector<float> x;         // [batch, hidden] residual stream
   std::vector<float> xb;        // [batch, hidden] normed input of a block
   std::vector<float> q;         // [batch, heads * head_dim]
+  std::vector<float> k, v;      // [batch, kv_heads * head_dim] before they enter the cache
   std::vector<float> att_out;   // [batch, heads * head_dim]
   std::vector<float> proj;      // [batch, hidden] attention / MLP output
   std::vector<float> gate, up;  // [batch, intermediate]
   std::vector<float> partials;  // [min(batch, 64), heads, attention_chunks(ctx), head_dim + 2]
   std::vector<float> inv_freq;  // [head_dim / 2] RoPE frequencies (scaling applied)
-  std::vector<float> k_cache, v_cache;  // [layers, ctx, kv_heads * head_dim]
-  std::vector<float> logits;            // [vocab] of the last token of the last call
+  KvCache kv;                   // [layers, ctx, kv_heads * head_dim] keys and values
+  std::vector<float> logits;    // [vocab] of the last token of the last call
 };
 
 // RoPE inverse frequencies theta^(-2i/d), with Llama 3's frequency-dependent scaling if set.

@@ -4,7 +4,8 @@
 // Llama 3 (llama3 rope scaling) models, for both cache formats, both policies and budgets from
 // the minimum to the whole model. On the GPU, paging must not change a bit either: every budget
 // and policy of a format gives the same logits. A 600-token prompt crosses attention chunks and
-// query rounds. Skipped when no GPU is present.
+// query rounds. The default f16 KV cache throughout, and the f32 one once. Skipped when no GPU
+// is present.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -152,6 +153,28 @@ TEST(GpuForward, TinyStoriesGreedyTokensEqualTheCpus) {
                   gpu.state.logits.begin());
     }
     ASSERT_EQ(b, a) << "position " << pos;
+  }
+}
+
+// The f32 KV cache (--kv-type f32) on the GPU against the CPU with the same cache: the whole model
+// resident, batches of 8 (GEMV) and 16 (GEMM), with the bounds above.
+TEST(GpuForward, F32KvCacheMatchesTheCpu) {
+  FERRY_REQUIRE_GPU();
+  test::ScratchDir tmp;
+  const PackedFile f = PackedFile::open(synthesized(tmp, "qwen2-tiny"));
+  const CacheOptions all{.enabled = true, .budget_fraction = 1.0};
+  EngineOptions cpu_options = options(all, false);
+  cpu_options.kv = KvType::f32;
+  Engine cpu(PackedFile::from_mapping(f.file.mapping()), cpu_options);
+  const auto reference = run_tokens(cpu);
+  for (const uint64_t batch : {8, 16}) {
+    EngineOptions o = options(all, true, batch);
+    o.kv = KvType::f32;
+    Engine gpu(PackedFile::from_mapping(f.file.mapping()), o);
+    const auto got = run_tokens(gpu);
+    for (size_t call = 0; call < got.size(); ++call)
+      EXPECT_LT(relative_error(got[call], reference[call]), batch > 8 ? 3e-2 : 1e-4)
+          << "batch " << batch << " call " << call;
   }
 }
 

@@ -188,6 +188,48 @@ TEST(GpuKernels, AttentionMatchesCpuTwin) {
     attention_cuda(d_q.ptr, d_k.ptr, d_v.ptr, k.n, k.pos, k.heads, k.kv_heads, k.hd, d_partials.ptr,
                    d_out.ptr, nullptr);
     expect_close("attention", d_out.to_host(), want, 1e-10);
+
+    // The f16 cache: stored on the device by store_f16_cuda (bit-equal to store_f16_cpu), then
+    // attention over it against the CPU twin's f16 form.
+    std::vector<uint16_t> k16(kc.size()), v16(vc.size());
+    store_f16_cpu(kc.data(), kc.size(), k16.data());
+    store_f16_cpu(vc.data(), vc.size(), v16.data());
+    DeviceBuffer<uint16_t> d_k16(std::vector<uint16_t>(kc.size(), 0xffff));
+    DeviceBuffer<uint16_t> d_v16(std::vector<uint16_t>(vc.size(), 0xffff));
+    store_f16_cuda(d_k.ptr, kc.size(), d_k16.ptr, nullptr);
+    store_f16_cuda(d_v.ptr, vc.size(), d_v16.ptr, nullptr);
+    ASSERT_EQ(d_k16.to_host(), k16);
+    ASSERT_EQ(d_v16.to_host(), v16);
+    attention_cpu(pool, q.data(), k16.data(), v16.data(), k.n, k.pos, k.heads, k.kv_heads, k.hd,
+                  partials.data(), want.data());
+    DeviceBuffer<float> d_out16(nans(want.size()));
+    CUDA_CHECK(cudaMemset(d_partials.ptr, 0xff, partials.size() * sizeof(float)));  // NaN again
+    attention_cuda(d_q.ptr, d_k16.ptr, d_v16.ptr, k.n, k.pos, k.heads, k.kv_heads, k.hd,
+                   d_partials.ptr, d_out16.ptr, nullptr);
+    expect_close("attention f16", d_out16.to_host(), want, 1e-10);
+  }
+}
+
+// store_f16_cuda against store_f16_cpu at the edges: ties, the largest f16, values that round
+// past it (saturated), infinities, NaN, subnormals and values that flush to zero.
+TEST(GpuKernels, StoreF16MatchesCpuTwin) {
+  FERRY_REQUIRE_GPU();
+  std::vector<float> x = {
+      1.0f,   1.0f + 1.0f / 4096, 65504.0f,  65519.0f, 65520.0f, -1e6f, 1e-6f, -1e-8f,
+      1e-30f, INFINITY,           -INFINITY, NAN};
+  const std::vector<float> more = random_vector(4096, 7);
+  x.insert(x.end(), more.begin(), more.end());
+  std::vector<uint16_t> want(x.size());
+  store_f16_cpu(x.data(), x.size(), want.data());
+  DeviceBuffer<float> d_x(x);
+  DeviceBuffer<uint16_t> d_out(std::vector<uint16_t>(x.size(), 0));
+  store_f16_cuda(d_x.ptr, x.size(), d_out.ptr, nullptr);
+  const std::vector<uint16_t> got = d_out.to_host();
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::isnan(x[i]))  // any NaN pattern
+      EXPECT_TRUE((got[i] & 0x7c00) == 0x7c00 && (got[i] & 0x3ff) != 0) << i;
+    else
+      EXPECT_EQ(got[i], want[i]) << "element " << i << " = " << x[i];
   }
 }
 

@@ -1,7 +1,9 @@
 // The CPU attention (kernels/ops_cpu.cpp), which runs the context in chunks of kAttentionChunk
 // positions and merges them (flash-decoding), queries in rounds of 64, against the textbook softmax
 // computed here in double precision: decode and prefill batches, contexts within one chunk and
-// across many, grouped-query heads; and its results do not depend on the number of threads.
+// across many, grouped-query heads; and its results do not depend on the number of threads. The
+// f16 KV cache: attention over it (F16C and portable paths) against the textbook softmax over
+// the rounded keys and values, and store_f16_cpu's rounding and saturation.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,6 +13,7 @@
 
 #include "kernels/cpu_pool.hpp"
 #include "kernels/ops.hpp"
+#include "quantizer/dtype.hpp"
 #include "quantizer/error.hpp"
 
 namespace ferry {
@@ -73,6 +76,43 @@ std::vector<float> run_cpu(const Shape& s, const Inputs& in, unsigned threads) {
   return out;
 }
 
+// Inputs whose k and v are what an f16 cache holds: `bits` the cache, `in` its values widened.
+struct F16Inputs {
+  Inputs in;
+  std::vector<uint16_t> k, v;
+};
+
+F16Inputs f16_inputs(const Shape& s, uint32_t seed) {
+  F16Inputs f{random_inputs(s, seed), {}, {}};
+  for (auto [src, dst] : {std::pair{&f.in.k, &f.k}, std::pair{&f.in.v, &f.v}}) {
+    dst->resize(src->size());
+    store_f16_cpu(src->data(), src->size(), dst->data());
+    for (size_t i = 0; i < src->size(); ++i) (*src)[i] = f16_to_float((*dst)[i]);
+  }
+  return f;
+}
+
+std::vector<float> run_f16(const Shape& s, const F16Inputs& f, unsigned threads, KernelIsa isa) {
+  CpuPool pool(threads);
+  std::vector<float> partials(attention_scratch_floats(s.n, s.pos + s.n, s.heads, s.hd), NAN);
+  std::vector<float> out(s.n * s.heads * s.hd);
+  attention_cpu(pool, f.in.q.data(), f.k.data(), f.v.data(), s.n, s.pos, s.heads, s.kv_heads, s.hd,
+                partials.data(), out.data(), isa);
+  return out;
+}
+
+// Normalized mean squared error of got against want; `worst` gets the largest element error.
+double nmse(const std::vector<float>& got, const std::vector<double>& want, double& worst) {
+  double err = 0, ref = 0;
+  worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err += (got[i] - want[i]) * (got[i] - want[i]);
+    ref += want[i] * want[i];
+    worst = std::max(worst, std::abs(got[i] - want[i]));
+  }
+  return err / ref;
+}
+
 std::string describe(const Shape& s) {
   return "heads " + std::to_string(s.heads) + "/" + std::to_string(s.kv_heads) + " hd " +
          std::to_string(s.hd) + " n " + std::to_string(s.n) + " pos " + std::to_string(s.pos);
@@ -92,16 +132,10 @@ TEST(Attention, ChunkedMatchesTheTextbookSoftmax) {
     SCOPED_TRACE(describe(s));
     const Inputs in = random_inputs(s, uint32_t(s.pos * 7 + s.n));
     const std::vector<double> want = textbook(s, in);
-    const std::vector<float> got = run_cpu(s, in, 3);
-    double err = 0, ref = 0, worst = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-      err += (got[i] - want[i]) * (got[i] - want[i]);
-      ref += want[i] * want[i];
-      worst = std::max(worst, std::abs(got[i] - want[i]));
-    }
+    double worst = 0;
     // fp32 sums over at most 1.5k positions: ~1e-7 relative per term, so 1e-10 NMSE holds with
     // three orders to spare, and a wrong merge (a chunk dropped or unscaled) gives ~1e-2.
-    EXPECT_LT(err / ref, 1e-10) << "worst element off by " << worst;
+    EXPECT_LT(nmse(run_cpu(s, in, 3), want, worst), 1e-10) << "worst element off by " << worst;
   }
 }
 
@@ -110,6 +144,58 @@ TEST(Attention, ResultsDoNotDependOnTheThreadCount) {
   const Inputs in = random_inputs(s, 9);
   const std::vector<float> one = run_cpu(s, in, 1);
   for (unsigned threads : {2u, 5u}) EXPECT_EQ(run_cpu(s, in, threads), one) << threads;
+}
+
+// The f16 forms read the rounded keys and values and compute in fp32 as the f32 form does, so they
+// meet the same bound against the textbook over the rounded values. head_dim 20 and 40 take the
+// F16C path's 16-, 8- and 1-element tails; 48 its 32 + 16 split.
+TEST(Attention, F16CacheMatchesTheTextbookOverTheRoundedValues) {
+  const Shape shapes[] = {
+      {8, 2, 64, 1, 256}, {6, 3, 32, 1, 1500}, {4, 1, 48, 20, 240},
+      {2, 2, 128, 64, 0}, {4, 2, 20, 3, 300},  {5, 5, 40, 2, 70},
+  };
+  for (const Shape& s : shapes)
+    for (KernelIsa isa : {KernelIsa::portable, KernelIsa::avx2}) {
+      if (!kernel_isa_available(isa)) continue;
+      SCOPED_TRACE(describe(s) + (isa == KernelIsa::avx2 ? " f16c" : " portable"));
+      const F16Inputs f = f16_inputs(s, uint32_t(s.pos * 5 + s.n));
+      double worst = 0;
+      EXPECT_LT(nmse(run_f16(s, f, 3, isa), textbook(s, f.in), worst), 1e-10)
+          << "worst element off by " << worst;
+    }
+}
+
+TEST(Attention, F16ResultsDoNotDependOnTheThreadCount) {
+  const Shape s{8, 4, 64, 5, 700};
+  const F16Inputs f = f16_inputs(s, 9);
+  const std::vector<float> one = run_f16(s, f, 1, best_kernel_isa());
+  for (unsigned threads : {2u, 5u})
+    EXPECT_EQ(run_f16(s, f, threads, best_kernel_isa()), one) << threads;
+}
+
+// Nearest even as float_to_f16 rounds; beyond 65504 saturated, where float_to_f16 gives inf
+// (from 65520 up); NaN kept.
+TEST(StoreF16, RoundsToNearestEvenAndSaturates) {
+  const float in[] = {1.0f,  -2.5f,  1.0f + 1.0f / 4096, 65504.0f,  65519.0f, 65520.0f, -1e6f,
+                      1e-6f, -1e-8f, INFINITY,           -INFINITY, NAN,      3.14159f, 1e-30f};
+  constexpr size_t n = std::size(in);
+  uint16_t out[n];
+  store_f16_cpu(in, n, out);
+  for (size_t i = 0; i < n; ++i) {
+    SCOPED_TRACE(in[i]);
+    if (std::isnan(in[i])) {
+      EXPECT_TRUE(std::isnan(f16_to_float(out[i])));
+    } else if (std::abs(in[i]) >= 65520.0f) {
+      EXPECT_EQ(f16_to_float(out[i]), std::copysign(65504.0f, in[i]));
+    } else {
+      EXPECT_EQ(out[i], float_to_f16(in[i]));
+      // Nearest: within half a unit in the last place (2^-11 relative) of a normal value.
+      if (std::abs(in[i]) >= 6.1e-5f) {
+        EXPECT_LE(std::abs(f16_to_float(out[i]) - in[i]), std::abs(in[i]) * 0x1p-11f);
+      }
+    }
+  }
+  EXPECT_EQ(out[2], float_to_f16(1.0f));  // 1 + 2^-12 is a tie: even mantissa, 1.0
 }
 
 TEST(Attention, ANonGroupedShapeIsAnError) {

@@ -46,6 +46,10 @@ void add_engine_options(cxxopts::Options& o) {
   o.add_options()("model", "packed model (.ferry)", cxxopts::value<std::string>())(
       "ctx", "context size (KV cache) in tokens",
       cxxopts::value<uint64_t>()->default_value("1024"))(
+      "kv-type",
+      "KV cache element type: f16 (half the memory and the attention reads of f32) or f32 "
+      "(exact, for reference checks)",
+      cxxopts::value<std::string>()->default_value("f16"))(
       "batch",
       "prefill batch: prompt tokens per forward pass (default 64 on the CPU, 512 with --device "
       "cuda, where each pass streams every weight not resident in the cache once)",
@@ -90,6 +94,10 @@ DeviceFactory device_factory(const cxxopts::ParseResult& a, const CacheOptions& 
       "this build of ferry has no CUDA backend (nvcc was not found when it was built): install "
       "the CUDA toolkit and rebuild, or use --device cpu");
 #endif
+}
+
+KvType kv_type(const cxxopts::ParseResult& a) {
+  return parse_kv_type(a["kv-type"].as<std::string>().c_str());
 }
 
 // The CPU's prefill is bound by arithmetic: 64 tokens already reuse each weight 64 times. On a GPU
@@ -161,6 +169,7 @@ EngineOptions engine_options(const cxxopts::ParseResult& a) {
   const CacheOptions c = cache_options(a);
   return {.model = a["model"].as<std::string>(),
           .ctx = a["ctx"].as<uint64_t>(),
+          .kv = kv_type(a),
           .batch = prefill_batch(a),
           .threads = a["threads"].as<unsigned>(),
           .cache = c,

@@ -307,6 +307,7 @@ int cmd_bench(int argc, char** argv) {
   }();
   EngineOptions base;
   base.ctx = prompt + gen;
+  base.kv = kv_type(a);
   base.batch = prefill_batch(a);
   base.threads = a["threads"].as<unsigned>();
 

@@ -23,9 +23,11 @@ int cmd_bench(int argc, char** argv);
 uint64_t parse_size(std::string_view text, std::string_view option);
 
 // The options that load a model, shared by run, chat and bench (MODEL positional, --ctx,
-// --threads, and the paging cache's), and the EngineOptions they make.
+// --kv-type, --threads, and the paging cache's), and the EngineOptions they make.
 void add_engine_options(cxxopts::Options& o);
 EngineOptions engine_options(const cxxopts::ParseResult& a);
+// --kv-type: f16 (the default) or f32.
+KvType kv_type(const cxxopts::ParseResult& a);
 // --batch, or its default for --device: 64 tokens on the CPU, 512 on a GPU.
 uint64_t prefill_batch(const cxxopts::ParseResult& a);
 // --cache-budget and its companions (--cache-policy, --cache-format, --lookahead, --no-verify).
