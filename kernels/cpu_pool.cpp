@@ -2,7 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <system_error>
 #include <utility>
+
+#include <fmt/format.h>
+
+#include "quantizer/error.hpp"
 
 namespace ferry {
 namespace {
@@ -47,12 +52,25 @@ uint32_t await_change(const std::atomic<uint32_t>& a, uint32_t old) {
 }  // namespace
 
 CpuPool::CpuPool(unsigned threads) {
-  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  workers_.reserve(threads - 1);
-  for (unsigned i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker(i); });
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  if (threads == 0) threads = cores;
+  try {
+    workers_.reserve(threads - 1);
+    for (unsigned i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker(i); });
+  } catch (const std::system_error& e) {  // the system's thread limit: the started ones stop
+    shut_down();
+    throw Error(
+        fmt::format("cannot start {} threads ({}); lower --threads (this machine has {} "
+                    "cores)",
+                    threads, e.what(), cores));
+  }
 }
 
 CpuPool::~CpuPool() {
+  shut_down();
+}
+
+void CpuPool::shut_down() noexcept {
   stop_ = true;
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();

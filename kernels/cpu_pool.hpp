@@ -21,7 +21,9 @@ namespace ferry {
 
 class CpuPool {
  public:
-  explicit CpuPool(unsigned threads);  // 0: every core (std::thread::hardware_concurrency)
+  // 0: every core (std::thread::hardware_concurrency). Throws ferry::Error when the system will
+  // not start that many threads.
+  explicit CpuPool(unsigned threads);
   ~CpuPool();
   CpuPool(const CpuPool&) = delete;
   CpuPool& operator=(const CpuPool&) = delete;
@@ -34,6 +36,7 @@ class CpuPool {
 
  private:
   void worker(unsigned index);
+  void shut_down() noexcept;  // stops and joins the workers
   void run_share(unsigned index) noexcept;
 
   std::vector<std::thread> workers_;

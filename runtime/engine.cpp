@@ -1,10 +1,13 @@
 #include "runtime/engine.hpp"
 
 #include <algorithm>
+#include <cstdio>
 
 #include <fmt/format.h>
 
+#include "quantizer/atomic_file.hpp"
 #include "quantizer/error.hpp"
+#include "runtime/host_memory.hpp"
 
 namespace ferry {
 namespace {
@@ -14,16 +17,35 @@ std::string meta_or_empty(const PackedFile& f, const char* key) {
   return it == f.file.metadata().end() ? std::string() : it->second;
 }
 
-uint64_t checked_ctx(const EngineOptions& o) {
-  if (o.ctx == 0) throw Error("--ctx must be at least 1 token");
+// --ctx, or its default: kDefaultCtx, or the model's trained context where that is shorter.
+uint64_t context_size(const EngineOptions& o, const ModelConfig& c) {
   if (o.batch == 0) throw Error("the prefill batch must be at least 1 token");
-  return o.ctx;
+  return o.ctx ? o.ctx : std::min(kDefaultCtx, c.max_position);
 }
 
 std::unique_ptr<DeviceForward> make_device(const PackedFile& f, const ModelWeights& w,
                                            const EngineOptions& o) {
   if (!o.device) return nullptr;
-  return o.device(f.config, w, checked_ctx(o), std::min(o.batch, o.ctx), o.kv);
+  const uint64_t ctx = context_size(o, f.config);
+  return o.device(f.config, w, ctx, std::min(o.batch, ctx), o.kv);
+}
+
+// The run state, once a context past the model's trained length has been warned about and one
+// that host memory cannot hold (the KV cache, when the forward pass runs on the CPU) refused.
+RunState make_state(const ModelConfig& c, const EngineOptions& o, bool host_compute) {
+  const uint64_t ctx = context_size(o, c), batch = std::min(o.batch, ctx);
+  const double need = run_state_bytes(c, ctx, batch, o.kv, host_compute);
+  if (const uint64_t have = host_memory_available(); have && need > double(have))
+    throw Error(fmt::format(
+        "--ctx {} needs {} of host memory for the {} KV cache and activations, and {} is "
+        "available; lower --ctx",
+        ctx, human_bytes(need), kv_type_name(o.kv), human_bytes(double(have))));
+  if (ctx > c.max_position)
+    std::fprintf(stderr,
+                 "ferry: warning: --ctx %llu is past the %llu positions the model was trained on; "
+                 "text beyond them degrades\n",
+                 (unsigned long long)ctx, (unsigned long long)c.max_position);
+  return RunState(c, ctx, batch, o.kv, host_compute);
 }
 
 // On the CPU, no cache unless asked: the weights are read in place from the file's memory. On a
@@ -54,7 +76,7 @@ Engine::Engine(PackedFile f, const EngineOptions& o)
       pool(o.threads),
       device(make_device(file, weights, o)),
       source(make_source(file, weights, o, device.get())),
-      state(file.config, checked_ctx(o), std::min(o.batch, o.ctx), o.kv, device == nullptr) {}
+      state(make_state(file.config, o, device == nullptr)) {}
 
 void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {
   run(tokens, pos, nullptr);

@@ -16,9 +16,12 @@
 
 namespace ferry {
 
+// The context when none is given: 1024 tokens, or the model's trained context if shorter.
+inline constexpr uint64_t kDefaultCtx = 1024;
+
 struct EngineOptions {
   std::filesystem::path model;  // .ferry file
-  uint64_t ctx = 1024;          // KV cache size in tokens
+  uint64_t ctx = 0;             // KV cache size in tokens; 0: kDefaultCtx
   KvType kv = KvType::f16;      // KV cache element type (kernels/ops.hpp)
   uint64_t batch = 64;          // prefill batch: tokens per forward call
   unsigned threads = 0;         // CPU kernel threads, 0: every core

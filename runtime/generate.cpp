@@ -142,6 +142,7 @@ GenerateStats generate(Engine& e, Sampler& sampler, std::vector<int32_t>& contex
     }
     eval(std::span(&context.back(), 1), evaluated);
     ++evaluated;
+    ++st.decode_steps;
   }
   if (!filter.found()) on_text(filter.push(decoder.flush()) + filter.flush());
   st.generate_seconds = seconds_since(t1);

@@ -45,7 +45,15 @@ struct GenerateStats {
   uint64_t prompt_tokens = 0;  // tokens this call evaluated before the first sample
   double prompt_seconds = 0;
   uint64_t generated = 0;  // tokens sampled and appended to the context (not the stop token)
+  // Forward passes of generated tokens: the first token comes from the prompt's pass and the
+  // last is not evaluated, so one or two fewer than `generated`.
+  uint64_t decode_steps = 0;
   double generate_seconds = 0;
+  // Decode speed: forward passes per second of generation (0 when none ran). Counting the
+  // generated tokens instead made `-n 1` report thousands of tokens/s for one untimed pass.
+  double decode_rate() const {
+    return decode_steps && generate_seconds > 0 ? double(decode_steps) / generate_seconds : 0;
+  }
   StopReason reason = StopReason::max_tokens;
 };
 

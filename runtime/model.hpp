@@ -129,6 +129,11 @@ struct RunState {
   std::vector<float> logits;    // [vocab] of the last token of the last call
 };
 
+// Bytes a RunState of these sizes allocates: the KV cache dominates (Qwen2-32B: 256 KB a token
+// in f16), then the attention scratch and the activations. Only the logits without host_compute.
+double run_state_bytes(const ModelConfig& c, uint64_t ctx, uint64_t batch, KvType kv,
+                       bool host_compute);
+
 // RoPE inverse frequencies theta^(-2i/d), with Llama 3's frequency-dependent scaling if set.
 std::vector<float> rope_inv_freq(const ModelConfig& c);
 

@@ -373,9 +373,21 @@ TEST(ChatCommand, ContextOverflowIsReportedAndTheChatGoesOn) {
   const std::string model = tiny_model(dir);
   Child c({"chat", model, "-n", "4", "--ctx", "24", "--threads", "1"});
   c.write_stdin(std::string(200, 'a') + "\nhi\n");
-  ASSERT_EQ(c.finish(60), 0) << c.err;
+  ASSERT_EQ(c.finish(60), 1) << c.err;  // a line was not answered: a script learns it
   EXPECT_NE(c.err.find("the context holds 24; /reset"), std::string::npos) << c.err;
   EXPECT_EQ(count(c.err, "stopped: "), 1u) << c.err;  // "hi" still got its answer
+}
+
+// A line that is not UTF-8 is reported and dropped; the next one is answered.
+TEST(ChatCommand, ALineThatIsNotTextIsReportedAndTheChatGoesOn) {
+  test::ScratchDir dir;
+  const std::string model = tiny_model(dir);
+  Child c({"chat", model, "-n", "4", "--threads", "1"});
+  c.write_stdin("caf\xe9 \xff\xfe\nhi\n");
+  ASSERT_EQ(c.finish(60), 1) << c.err;
+  EXPECT_EQ(count(c.err, "this line was not sent"), 1u) << c.err;
+  EXPECT_EQ(count(c.err, "stopped: "), 1u) << c.err;
+  EXPECT_NE(c.err.find("context of 1024 tokens"), std::string::npos) << c.err;  // the default
 }
 
 TEST(ChatCommand, UnknownTemplateNameIsAnError) {
@@ -404,6 +416,55 @@ TEST(RunCommand, StopStringEndsTheTextBeforeIt) {
   EXPECT_EQ(cut.out, prompt + generated.substr(0, size_t(m.position())) + "\n");
   EXPECT_NE(cut.err.find("stopped: stop string"), std::string::npos) << cut.err;
   EXPECT_NE(cut.err.find("GB/s of weights read"), std::string::npos) << cut.err;
+}
+
+// Mistakes in the options are reported before the model is loaded or any text is generated:
+// one line, exit 1, nothing on stdout.
+TEST(RunCommand, OptionMistakesAreReportedBeforeAnyWork) {
+  test::ScratchDir dir;
+  const std::string model = tiny_model(dir);
+  const struct {
+    std::vector<std::string> extra;
+    const char* says;
+  } cases[] = {
+      {{"--stats"}, "add --cache-budget"},
+      {{"--stop", ""}, "--stop: the stop string is empty"},
+      {{model}, "unexpected argument"},
+      {{"--threads", "100000"}, "--threads 100000: this machine has"},
+      {{"--ctx", "0"}, "--ctx must be at least 1"},
+      {{"--ctx", "4000000000"}, "lower --ctx"},  // terabytes of KV cache
+      {{"--kv-type", "f8"}, "--kv-type: 'f8' is not f16 or f32"},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> args = {"run", model, "-p", "Hi", "-n", "4"};
+    args.insert(args.end(), c.extra.begin(), c.extra.end());
+    Child run(args);
+    EXPECT_EQ(run.finish(60), 1) << c.says << ": " << run.err;
+    EXPECT_NE(run.err.find(c.says), std::string::npos) << run.err;
+    EXPECT_EQ(run.out, "") << c.says;
+    EXPECT_EQ(count(run.err, "\n"), 1u) << run.err;
+  }
+}
+
+// One generated token comes from the prompt's pass, so no decode step is timed and no rate is
+// made up; a context past the model's trained length (qwen2-tiny: 32,768) is warned about.
+TEST(RunCommand, FiguresAreHonestAndALongContextIsWarnedAbout) {
+  test::ScratchDir dir;
+  const std::string model = tiny_model(dir);
+  Child one({"run", model, "-p", "Hi", "-n", "1", "--threads", "1"});
+  ASSERT_EQ(one.finish(60), 0) << one.err;
+  EXPECT_NE(one.err.find("generated 1 token, no decode step timed | - of weights read"),
+            std::string::npos)
+      << one.err;
+  Child two({"run", model, "-p", "Hi", "-n", "3", "--threads", "1"});
+  ASSERT_EQ(two.finish(60), 0) << two.err;
+  EXPECT_TRUE(std::regex_search(two.err, std::regex("generated 3 tokens, [0-9.]+ tok/s")))
+      << two.err;
+  EXPECT_EQ(two.err.find("warning"), std::string::npos) << two.err;
+  Child past({"run", model, "-p", "Hi", "-n", "3", "--threads", "1", "--ctx", "40000"});
+  ASSERT_EQ(past.finish(60), 0) << past.err;
+  EXPECT_NE(past.err.find("warning: --ctx 40000 is past the 32768 positions"), std::string::npos)
+      << past.err;
 }
 
 }  // namespace

@@ -3,12 +3,17 @@
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
 #pragma GCC diagnostic ignored "-Wrestrict"
 #endif
+#include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -42,10 +47,27 @@ uint64_t parse_size(std::string_view text, std::string_view option) {
       fmt::format("{}: '{}' is not a size (examples: 4096, 512M, 2G, 1.5GiB)", option, text));
 }
 
+cxxopts::ParseResult parse_command(cxxopts::Options& o, int argc, char** argv) {
+  cxxopts::ParseResult a = o.parse(argc, argv);
+  // cxxopts leaves positional arguments beyond the declared ones in unmatched(): a second model
+  // path would otherwise be ignored without a word.
+  if (!a.unmatched().empty())
+    throw Error(fmt::format("{}: unexpected argument '{}'; see {} --help", o.program(),
+                            a.unmatched().front(), o.program()));
+  return a;
+}
+
+void finish_stdout() {
+  if (std::fflush(stdout) != 0 || std::ferror(stdout))
+    throw Error(fmt::format("cannot write the output: {}", std::strerror(errno)));
+}
+
 void add_engine_options(cxxopts::Options& o) {
   o.add_options()("model", "packed model (.ferry)", cxxopts::value<std::string>())(
-      "ctx", "context size (KV cache) in tokens",
-      cxxopts::value<uint64_t>()->default_value("1024"))(
+      "ctx",
+      "context size (KV cache) in tokens (default: 1024, or the model's trained context if "
+      "shorter)",
+      cxxopts::value<uint64_t>())(
       "kv-type",
       "KV cache element type: f16 (half the memory and the attention reads of f32) or f32 "
       "(exact, for reference checks)",
@@ -94,6 +116,26 @@ DeviceFactory device_factory(const cxxopts::ParseResult& a, const CacheOptions& 
       "this build of ferry has no CUDA backend (nvcc was not found when it was built): install "
       "the CUDA toolkit and rebuild, or use --device cpu");
 #endif
+}
+
+uint64_t context_option(const cxxopts::ParseResult& a) {
+  if (!a.count("ctx")) return 0;  // the Engine's default for the model
+  const uint64_t ctx = a["ctx"].as<uint64_t>();
+  if (ctx == 0) throw Error("--ctx must be at least 1 token");
+  return ctx;
+}
+
+unsigned thread_option(const cxxopts::ParseResult& a) {
+  const unsigned threads = a["threads"].as<unsigned>(),
+                 cores = std::max(1u, std::thread::hardware_concurrency());
+  // Past a few threads per core the kernels only add dispatch and wake-up costs; far past it the
+  // system's thread limit ends the run.
+  if (threads > 4 * cores)
+    throw Error(
+        fmt::format("--threads {}: this machine has {} cores; use 0 (every core) or at "
+                    "most {}",
+                    threads, cores, 4 * cores));
+  return threads;
 }
 
 KvType kv_type(const cxxopts::ParseResult& a) {
@@ -168,10 +210,10 @@ EngineOptions engine_options(const cxxopts::ParseResult& a) {
     throw Error("no model given: pass a .ferry file (ferry quantize makes one)");
   const CacheOptions c = cache_options(a);
   return {.model = a["model"].as<std::string>(),
-          .ctx = a["ctx"].as<uint64_t>(),
+          .ctx = context_option(a),
           .kv = kv_type(a),
           .batch = prefill_batch(a),
-          .threads = a["threads"].as<unsigned>(),
+          .threads = thread_option(a),
           .cache = c,
           .device = device_factory(a, c)};
 }

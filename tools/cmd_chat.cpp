@@ -120,15 +120,25 @@ class Chat {
     in_sync_ = false;
   }
 
-  // One turn: the user's line, then the answer streamed to stdout.
+  // One turn: the user's line, then the answer streamed to stdout. A line that cannot be taken
+  // (it does not fit the context, or is not valid text) is reported and forgotten; the
+  // conversation goes on, and refused() turns true for the exit status.
   void turn(const std::string& line, Interrupts& irq) {
     messages_.push_back({"user", line});
-    if (!prepare_prompt()) {
+    bool ready = false;
+    try {
+      ready = prepare_prompt();
+    } catch (const Error& e) {
+      std::fprintf(stderr, "ferry: this line was not sent: %s\n", e.what());
+    }
+    if (!ready) {
       messages_.pop_back();
+      refused_ = true;
       return;
     }
     answer(irq);
   }
+  bool refused() const { return refused_; }
 
  private:
   // Tokens for the conversation rendered with a generation prompt. When the rendering extends
@@ -191,8 +201,7 @@ class Chat {
     std::fprintf(stderr,
                  "[%llu prompt tokens evaluated, %llu generated, %.1f tok/s, stopped: %s]\n",
                  (unsigned long long)st.prompt_tokens, (unsigned long long)st.generated,
-                 st.generated ? double(st.generated) / st.generate_seconds : 0.0,
-                 std::string(stop_reason_name(st.reason)).c_str());
+                 st.decode_rate(), std::string(stop_reason_name(st.reason)).c_str());
     if (st.reason == StopReason::context_full)
       std::fprintf(stderr,
                    "ferry: the context of %llu tokens is full; /reset to start over or "
@@ -210,6 +219,7 @@ class Chat {
   uint64_t evaluated_ = 0;        // how many of them the KV cache holds
   std::string rendered_;          // the text context_ spells, when in_sync_
   bool in_sync_ = false;
+  bool refused_ = false;  // a line was not sent
 };
 
 std::optional<ChatFormat> forced_format(const cxxopts::ParseResult& a) {
@@ -256,7 +266,7 @@ int cmd_chat(int argc, char** argv) {
       "n,tokens", "most tokens per answer", cxxopts::value<uint64_t>()->default_value("512"))(
       "h,help", "this help");
   o.parse_positional({"model"});
-  const auto a = o.parse(argc, argv);
+  const auto a = parse_command(o, argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
   const std::optional<ChatFormat> forced = forced_format(a);
 
@@ -268,7 +278,8 @@ int cmd_chat(int argc, char** argv) {
   std::fprintf(stderr, "ferry chat: %s format, context of %llu tokens; /reset, /exit, Ctrl-C\n",
                std::string(chat_format_name(t.format)).c_str(), (unsigned long long)e.state.ctx);
   chat_loop(chat, irq);
-  return 0;
+  finish_stdout();
+  return chat.refused() ? 1 : 0;  // a script feeding lines learns that one was not answered
 }
 
 }  // namespace ferry

@@ -17,7 +17,10 @@ namespace {
 std::vector<std::string> stop_strings(const cxxopts::ParseResult& a) {
   std::vector<std::string> out;
   for (const cxxopts::KeyValue& kv : a.arguments())
-    if (kv.key() == "stop") out.push_back(kv.value());
+    if (kv.key() == "stop") {
+      if (kv.value().empty()) throw Error("--stop: the stop string is empty; give some text");
+      out.push_back(kv.value());
+    }
   return out;
 }
 
@@ -34,10 +37,14 @@ int cmd_run(int argc, char** argv) {
       cxxopts::value<std::string>())("stats", "print the paging cache's statistics at the end")(
       "h,help", "this help");
   o.parse_positional({"model"});
-  const auto a = o.parse(argc, argv);
+  const auto a = parse_command(o, argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
 
-  Engine e(engine_options(a));
+  const std::vector<std::string> stops = stop_strings(a);
+  const EngineOptions options = engine_options(a);
+  if (a.count("stats") && !options.cache.enabled && !options.device)  // before any work
+    throw Error("--stats reports on the paging cache, and there is none: add --cache-budget");
+  Engine e(options);
   const std::string prompt = a["prompt"].as<std::string>();
   std::vector<int32_t> ids = e.tokenizer.encode(prompt, true);
   if (ids.empty())
@@ -48,7 +55,7 @@ int cmd_run(int argc, char** argv) {
     throw Error(fmt::format(
         "prompt ({} tokens) plus {} generated exceed the context of {}; raise --ctx or lower -n",
         ids.size(), g.max_tokens, e.state.ctx));
-  g.stop_strings = stop_strings(a);
+  g.stop_strings = stops;
   g.stop_ids = eos_token_ids(e);
   Sampler sampler(sampler_options(a), e.config().vocab);
 
@@ -59,17 +66,19 @@ int cmd_run(int argc, char** argv) {
     std::fflush(stdout);
   });
   std::fputs("\n", stdout);
-  std::fflush(stdout);
-  const double gen_rate = st.generated ? double(st.generated) / st.generate_seconds : 0;
-  std::fprintf(stderr,
-               "prompt %llu tokens, %.1f tok/s | generated %llu tokens, %.1f tok/s | %.2f GB/s of "
-               "weights read | stopped: %s\n",
-               (unsigned long long)st.prompt_tokens, double(st.prompt_tokens) / st.prompt_seconds,
-               (unsigned long long)st.generated, gen_rate,
-               gen_rate * weight_bytes_per_token(e.file) / 1e9,
-               std::string(stop_reason_name(st.reason)).c_str());
+  finish_stdout();
+  const double rate = st.decode_rate();
+  std::fprintf(
+      stderr,
+      "prompt %llu %s, %.1f tok/s | generated %llu %s, %s | %s of weights read | "
+      "stopped: %s\n",
+      (unsigned long long)st.prompt_tokens, st.prompt_tokens == 1 ? "token" : "tokens",
+      double(st.prompt_tokens) / st.prompt_seconds, (unsigned long long)st.generated,
+      st.generated == 1 ? "token" : "tokens",
+      rate ? fmt::format("{:.1f} tok/s", rate).c_str() : "no decode step timed",
+      rate ? fmt::format("{:.2f} GB/s", rate * weight_bytes_per_token(e.file) / 1e9).c_str() : "-",
+      std::string(stop_reason_name(st.reason)).c_str());
   if (a.count("stats")) {
-    if (!e.paged()) throw Error("--stats: there is no cache to report on; add --cache-budget");
     std::fputs(format_cache_stats(e.paged()->stats(), st.generated).c_str(), stderr);
   }
   return 0;

@@ -22,10 +22,21 @@ int cmd_bench(int argc, char** argv);
 // binary ones with "GiB"/"MiB"/"KiB". Throws ferry::Error naming `option` on anything else.
 uint64_t parse_size(std::string_view text, std::string_view option);
 
+// o.parse(argc, argv), refusing arguments no option or positional slot takes.
+cxxopts::ParseResult parse_command(cxxopts::Options& o, int argc, char** argv);
+
+// Flushes stdout; throws ferry::Error with the reason when anything written to it was lost (a
+// full disk, a closed pipe), so that the exit status says so.
+void finish_stdout();
+
 // The options that load a model, shared by run, chat and bench (MODEL positional, --ctx,
 // --kv-type, --threads, and the paging cache's), and the EngineOptions they make.
 void add_engine_options(cxxopts::Options& o);
 EngineOptions engine_options(const cxxopts::ParseResult& a);
+// --ctx: 0 when not given (the Engine's default for the model); 0 given is an error.
+uint64_t context_option(const cxxopts::ParseResult& a);
+// --threads, refused above 4 per core (the pool would spend its time waking threads).
+unsigned thread_option(const cxxopts::ParseResult& a);
 // --kv-type: f16 (the default) or f32.
 KvType kv_type(const cxxopts::ParseResult& a);
 // --batch, or its default for --device: 64 tokens on the CPU, 512 on a GPU.

@@ -23,7 +23,7 @@ constexpr Command kCommands[] = {
      "convert a Hugging Face checkpoint into a packed INT4 .ferry file"},
     {"inspect", ferry::cmd_inspect,
      "describe a .ferry file or a Hugging Face checkpoint, verify checksums"},
-    {"run", ferry::cmd_run, "generate text from a .ferry model on the CPU"},
+    {"run", ferry::cmd_run, "generate text from a .ferry model (CPU, or a GPU with --device cuda)"},
     {"bench", ferry::cmd_bench,
      "throughput per cache budget, policy and format, against the bound"},
     {"chat", ferry::cmd_chat, "chat with a .ferry model (its chat template, multi-turn)"},
@@ -52,11 +52,13 @@ int main(int argc, char** argv) {
     } catch (const ferry::Error& e) {
       std::fprintf(stderr, "ferry: error: %s\n", e.what());
     } catch (const cxxopts::exceptions::exception& e) {
-      std::fprintf(stderr, "ferry %s: %s (see ferry %s --help)\n", c.name, e.what(), c.name);
+      std::fprintf(stderr, "ferry: error: %s: %s (see ferry %s --help)\n", c.name, e.what(),
+                   c.name);
       return 2;
     } catch (const std::bad_alloc&) {
       std::fprintf(stderr,
-                   "ferry: error: out of memory; close other programs or use fewer --threads\n");
+                   "ferry: error: out of memory; close other programs, or lower the sizes given "
+                   "(--ctx, --batch, --layers)\n");
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ferry: error: %s\n", e.what());
     }
