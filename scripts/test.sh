@@ -5,7 +5,9 @@
 #   2. an AddressSanitizer + UndefinedBehaviorSanitizer build (CPU backend) and all its tests;
 #   3. a ThreadSanitizer build (clang, CPU backend) of the paging cache's tests: the prefetch
 #      thread, cancellation, errors and faults injected on it, and the forward pass through it;
-#   4. the libFuzzer target for the safetensors reader, for FERRY_FUZZ_SECONDS (default 60).
+#   4. the libFuzzer targets of the parsers of untrusted input (the safetensors reader for
+#      FERRY_FUZZ_SECONDS, default 60; tokenizer.json, tokenizer input text and config.json for
+#      half that each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -29,16 +31,32 @@ CC=clang CXX=clang++ FERRY_BUILD_DIR=build-tsan FERRY_BUILD_TARGET="ferry test_c
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --test-dir build-tsan \
   --output-on-failure -j "$jobs" -R '^(Cache|Paging)'
 
-echo "== fuzz the safetensors reader for ${FERRY_FUZZ_SECONDS:-60} s (build-fuzz/)"
-CC=clang CXX=clang++ FERRY_BUILD_DIR=build-fuzz FERRY_BUILD_TARGET=fuzz_safetensors bash scripts/build.sh \
-  -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_FUZZ=ON -DFERRY_SANITIZE=address,undefined
+# Each parser of untrusted input for FERRY_FUZZ_SECONDS (default 60 for the safetensors reader,
+# half that for the others): target, then its seed directories.
+fuzz_seconds=${FERRY_FUZZ_SECONDS:-60}
+fuzz_targets=(
+  "fuzz_safetensors $fuzz_seconds tests/fuzz_corpus/safetensors"
+  "fuzz_tokenizer_json $((fuzz_seconds / 2)) tests/fixtures/tokenizer"
+  "fuzz_tokenizer_text $((fuzz_seconds / 2)) tests/fuzz_corpus/tokenizer_text"
+  "fuzz_model_config $((fuzz_seconds / 2)) tests/fuzz_corpus/model_config"
+)
+echo "== fuzz the parsers of untrusted input (build-fuzz/)"
+CC=clang CXX=clang++ FERRY_BUILD_DIR=build-fuzz \
+  FERRY_BUILD_TARGET="fuzz_safetensors fuzz_tokenizer_json fuzz_tokenizer_text fuzz_model_config" \
+  bash scripts/build.sh -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_FUZZ=ON \
+  -DFERRY_SANITIZE=address,undefined
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp -r tests/fuzz_corpus/safetensors "$work/corpus"
-if ! ./build-fuzz/tests/fuzz_safetensors -max_total_time="${FERRY_FUZZ_SECONDS:-60}" -print_final_stats=1 \
-  -artifact_prefix="$work/" "$work/corpus" >"$work/log" 2>&1; then
-  tail -n 60 "$work/log"
-  echo "fuzzing found a failure (input saved under $work, kept)"; trap - EXIT; exit 1
-fi
-grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)" "$work/log"
+for entry in "${fuzz_targets[@]}"; do
+  read -r target seconds seeds <<<"$entry"
+  echo "-- $target for $seconds s"
+  mkdir -p "$work/$target/corpus"
+  cp -r "$seeds"/. "$work/$target/corpus/"
+  if ! "./build-fuzz/tests/$target" -max_total_time="$seconds" -print_final_stats=1 \
+    -artifact_prefix="$work/$target/" "$work/$target/corpus" >"$work/$target/log" 2>&1; then
+    tail -n 60 "$work/$target/log"
+    echo "fuzzing found a failure (input saved under $work/$target, kept)"; trap - EXIT; exit 1
+  fi
+  grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)" "$work/$target/log"
+done
 echo "== all tests passed"
