@@ -6,7 +6,8 @@
 namespace ferry {
 
 // MemAvailable of /proc/meminfo (what can be allocated without swapping, page cache counted as
-// reclaimable); where that cannot be read, the free physical pages. 0 when neither is known.
+// reclaimable), or where that cannot be read the free physical pages; capped by a cgroup v2
+// memory limit where there is one. 0 when nothing is known.
 uint64_t host_memory_available();
 
 }  // namespace ferry

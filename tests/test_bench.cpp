@@ -2,9 +2,11 @@
 // and the errors for what this build cannot run.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "tests/test_util.hpp"
 
@@ -16,15 +18,31 @@ std::string text_of(const std::filesystem::path& p) {
   return {std::istreambuf_iterator<char>(in), {}};
 }
 
+// The output's line that starts with `prefix`, or "" when there is none.
+std::string line_starting(const std::string& output, const std::string& prefix) {
+  std::istringstream in(output);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(prefix, 0) == 0) return line;
+  return "";
+}
+
+// Spaces around the commas of the sweep lists are dropped (" none, 50%"), and a model of a few
+// MB prints its bytes per token in MB, not as 0.000 GB.
 TEST(BenchCli, SyntheticRunWritesTableJsonAndCsv) {
   test::ScratchDir tmp;
   const auto r =
       test::run_ferry({"bench", "--synthetic", "qwen2-tiny", "--prompt", "8", "--gen", "4",
-                       "--threads", "2", "--budgets", "none,50%", "--policy", "pin", "--json",
+                       "--threads", "2", "--budgets", " none, 50%", "--policy", " pin ", "--json",
                        (tmp / "b.json").string(), "--csv", (tmp / "b.csv").string()});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("host memory: read"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("decode t/s"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("MB/token"), std::string::npos) << r.output;
+  std::istringstream none_row(line_starting(r.output, "none "));
+  std::string budget, policy, format;
+  double prefill = 0, decode = 0, per_token = 0;
+  none_row >> budget >> policy >> format >> prefill >> decode >> per_token;
+  EXPECT_GT(per_token, 1.0) << r.output;  // qwen2-tiny: ~3 MB packed
   const auto j = nlohmann::json::parse(text_of(tmp / "b.json"));
   EXPECT_EQ(j["model"], "qwen2-tiny");
   EXPECT_EQ(j["device"], "cpu");
@@ -116,6 +134,113 @@ TEST(BenchCli, BadInvocationsAreOneLineErrors) {
     EXPECT_EQ(r.exit_code, 1) << args.back() << ": " << r.output;
     EXPECT_NE(r.output.find("ferry: error: "), std::string::npos) << r.output;
   }
+}
+
+// Runs `bench --synthetic qwen2-tiny` with `extra` and expects a one-line error containing
+// `expect`, given before the model is synthesized and the bandwidths measured.
+void expect_early_error(const std::vector<std::string>& extra, const std::string& expect) {
+  std::vector<std::string> args = {"bench", "--synthetic", "qwen2-tiny", "--prompt", "8",
+                                   "--gen", "4",           "--threads",  "2"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  const auto r = test::run_ferry(args);
+  std::string all;
+  for (const std::string& e : extra) all += "'" + e + "' ";
+  EXPECT_EQ(r.exit_code, 1) << all << r.output;
+  EXPECT_NE(r.output.find("ferry: error: "), std::string::npos) << all << r.output;
+  EXPECT_NE(r.output.find(expect), std::string::npos) << all << r.output;
+  EXPECT_EQ(r.output.find("host memory"), std::string::npos) << all << r.output;
+  EXPECT_EQ(r.output.find("synthesizing"), std::string::npos) << all << r.output;
+}
+
+TEST(BenchCli, BadSweepListsAreErrorsBeforeAnyWork) {
+  expect_early_error({"--budgets", "garbage"}, "--budgets: 'garbage'");
+  expect_early_error({"--budgets", ""}, "--budgets is empty");
+  expect_early_error({"--budgets", " "}, "--budgets is empty");
+  expect_early_error({"--budgets", ","}, "--budgets: empty entry");
+  expect_early_error({"--budgets", "all,"}, "--budgets: empty entry");
+  expect_early_error({"--budgets", "200%"}, "--budgets: '200%'");
+  expect_early_error({"--budgets", "0"}, "--budgets: '0'");
+  expect_early_error({"--budgets", "50%", "--policy", "xyz"}, "--policy: 'xyz'");
+  expect_early_error({"--budgets", "50%", "--policy", "lru,,pin"}, "--policy: empty entry");
+  expect_early_error({"--budgets", "50%", "--format", "int4,fp8"}, "--format: 'fp8'");
+  expect_early_error({"--batch", "0"}, "--batch");
+  expect_early_error({"--kv-type", "f8"}, "f8");
+}
+
+// A budget of valid syntax below the model's minimum is skipped while the sweep goes on, but a
+// sweep of which nothing ran is a failure, not an empty table.
+TEST(BenchCli, EveryConfigurationSkippedIsAnError) {
+  const auto r = test::run_ferry({"bench", "--synthetic", "qwen2-tiny", "--prompt", "8", "--gen",
+                                  "4", "--threads", "2", "--budgets", "1K,2K", "--policy", "pin"});
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("skipped: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("raise --budgets"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("ferry: error: all 2 configurations were skipped"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("decode t/s"), std::string::npos) << r.output;
+}
+
+TEST(BenchCli, OutputPathsAreCheckedBeforeTheSweep) {
+  test::ScratchDir tmp;
+  expect_early_error({"--json", "/nonexistent/b.json"}, "--json: directory '/nonexistent'");
+  expect_early_error({"--csv", tmp.path.string()}, "is a directory");
+  expect_early_error({"--csv", (tmp / "sub/").string()}, "a directory");
+  expect_early_error({"--plot", "/nonexistent/b.png"}, "--plot: directory '/nonexistent'");
+  expect_early_error({"--plot", (tmp / "it's.png").string()}, "single quote");
+  std::filesystem::create_directory(tmp / "b.png.dat");  // where the plot's data would go
+  expect_early_error({"--plot", (tmp / "b.png").string()},
+                     "--plot " + (tmp / "b.png").string() + ": its gnuplot data");
+}
+
+// A write that fails after the sweep (here a full device) says why and fails the exit; the table
+// is printed before, and the other outputs are still written.
+TEST(BenchCli, WriteErrorsGiveTheReasonAndFailTheExit) {
+  if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  test::ScratchDir tmp;
+  const auto r =
+      test::run_ferry({"bench", "--synthetic", "qwen2-tiny", "--prompt", "8", "--gen", "4",
+                       "--threads", "2", "--json", "/dev/full", "--csv", (tmp / "b.csv").string()});
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("decode t/s"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--json: writing '/dev/full' failed: No space left on device"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(text_of(tmp / "b.csv").find("budget,budget_gb"), std::string::npos);
+}
+
+// The engine options bench shares with run and chat but sets itself, and the cache options it
+// sweeps under other names, are errors, not silently ignored.
+TEST(BenchCli, SharedOptionsBenchDoesNotTakeAreErrors) {
+  // Not bench options at all (its --help lists --budgets, --policy, --format instead): a usage
+  // error before any work.
+  for (const char* cache_option : {"--cache-budget", "--cache-policy", "--cache-format"}) {
+    const auto r = test::run_ferry({"bench", "--synthetic", "qwen2-tiny", cache_option, "lru"});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(std::string(cache_option + 2) + "’ does not exist"), std::string::npos)
+        << r.output;
+    EXPECT_EQ(r.output.find("host memory"), std::string::npos) << r.output;
+  }
+  const auto two = test::run_ferry({"bench", "a.ferry", "b.ferry"});
+  EXPECT_EQ(two.exit_code, 1) << two.output;
+  EXPECT_NE(two.output.find("unexpected argument 'b.ferry'"), std::string::npos) << two.output;
+  expect_early_error({"--ctx", "11"}, "--ctx 11 is smaller than --prompt + --gen (12)");
+  expect_early_error({"--lookahead", "4"}, "--lookahead needs a cache");
+  for (const char* synth_only : {"--layers", "--scheme"}) {
+    const auto r = test::run_ferry({"bench", "m.ferry", synth_only, "2"});
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find(std::string(synth_only) + " applies only with --synthetic"),
+              std::string::npos)
+        << r.output;
+  }
+}
+
+// A synthesized model larger than the memory is refused at once, with its size and what to
+// lower, instead of filling memory for minutes and failing with out-of-memory.
+TEST(BenchCli, SyntheticModelLargerThanMemoryIsRefusedAtOnce) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // qwen2-tiny is ~0.6 MB a layer: 1e8 layers are ~60 TB.
+  expect_early_error({"--layers", "100000000"}, "lower --layers");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
 }
 
 }  // namespace

@@ -62,7 +62,7 @@ void finish_stdout() {
     throw Error(fmt::format("cannot write the output: {}", std::strerror(errno)));
 }
 
-void add_engine_options(cxxopts::Options& o) {
+void add_engine_options(cxxopts::Options& o, bool cache_options) {
   o.add_options()("model", "packed model (.ferry)", cxxopts::value<std::string>())(
       "ctx",
       "context size (KV cache) in tokens (default: 1024, or the model's trained context if "
@@ -77,6 +77,17 @@ void add_engine_options(cxxopts::Options& o) {
       "cuda, where each pass streams every weight not resident in the cache once)",
       cxxopts::value<uint64_t>())("threads", "CPU threads (0: every core)",
                                   cxxopts::value<unsigned>()->default_value("0"))(
+      "lookahead", "weights the prefetcher fetches ahead of the compute",
+      cxxopts::value<uint32_t>()->default_value("2"))(
+      "no-verify", "with a cache: load the weights without checking their checksums")(
+      "device",
+      "cpu or cuda (the weights then page through the GPU's cache, budget auto unless one is "
+      "given)",
+      cxxopts::value<std::string>()->default_value("cpu"))(
+      "vram-limit", "with --device cuda: pretend the card has this much memory (e.g. 24G)",
+      cxxopts::value<std::string>());
+  if (!cache_options) return;
+  o.add_options()(
       "cache-budget",
       "page the weights through a cache of this size: 6G, 50% (of the linear weights in the "
       "cache format), all, auto (the CPU backend: all). Default: no cache, the weights are read "
@@ -84,16 +95,7 @@ void add_engine_options(cxxopts::Options& o) {
       cxxopts::value<std::string>())("cache-policy", "lru or pin (keeps a share resident)",
                                      cxxopts::value<std::string>()->default_value("lru"))(
       "cache-format", "int4 (packed, as stored) or bf16 (dequantized while filling, 4x the bytes)",
-      cxxopts::value<std::string>()->default_value("int4"))(
-      "lookahead", "weights the prefetcher fetches ahead of the compute",
-      cxxopts::value<uint32_t>()->default_value("2"))(
-      "no-verify", "with --cache-budget: load the weights without checking their checksums")(
-      "device",
-      "cpu or cuda (the weights then page through the GPU's cache, budget auto unless "
-      "--cache-budget says otherwise)",
-      cxxopts::value<std::string>()->default_value("cpu"))(
-      "vram-limit", "with --device cuda: pretend the card has this much memory (e.g. 24G)",
-      cxxopts::value<std::string>());
+      cxxopts::value<std::string>()->default_value("int4"));
 }
 
 DeviceFactory device_factory(const cxxopts::ParseResult& a, const CacheOptions& c) {

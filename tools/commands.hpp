@@ -31,7 +31,8 @@ void finish_stdout();
 
 // The options that load a model, shared by run, chat and bench (MODEL positional, --ctx,
 // --kv-type, --threads, and the paging cache's), and the EngineOptions they make.
-void add_engine_options(cxxopts::Options& o);
+// cache_options: also --cache-budget, --cache-policy and --cache-format (bench sweeps its own).
+void add_engine_options(cxxopts::Options& o, bool cache_options = true);
 EngineOptions engine_options(const cxxopts::ParseResult& a);
 // --ctx: 0 when not given (the Engine's default for the model); 0 given is an error.
 uint64_t context_option(const cxxopts::ParseResult& a);
