@@ -38,6 +38,33 @@ std::string disk_full_message(const std::filesystem::path& target, uint64_t size
 
 }  // namespace
 
+void check_output_path(const std::filesystem::path& target) {
+  namespace fs = std::filesystem;
+  if (target.empty()) throw Error("the output path is empty; name the file to write with -o");
+  std::error_code ec;
+  const fs::file_status st = fs::status(target, ec);
+  if (!target.has_filename())
+    throw Error(
+        fmt::format("{}: ends in '/'; -o takes the path of the file to write", target.string()));
+  if (fs::is_directory(st))
+    throw Error(fmt::format("{}: is a directory; -o takes the path of the file to write, e.g. {}",
+                            target.string(), (target / "model.ferry").string()));
+  if (fs::exists(st) && !fs::is_regular_file(st))
+    throw Error(
+        fmt::format("{}: exists and is not a regular file (a device, FIFO or socket); "
+                    "ferry would replace it with its output: choose another path",
+                    target.string()));
+  const fs::path dir = parent_dir(target);
+  if (!fs::exists(fs::status(dir, ec)))
+    throw Error(fmt::format("{}: directory {} does not exist; create it first", target.string(),
+                            dir.string()));
+  if (!fs::is_directory(fs::status(dir, ec)))
+    throw Error(fmt::format("{}: {} is not a directory", target.string(), dir.string()));
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    throw Error(fmt::format("{}: cannot write to directory {}: {}", target.string(), dir.string(),
+                            std::strerror(errno)));
+}
+
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KB", "MB", "GB", "TB"};
   int u = 0;
@@ -46,6 +73,7 @@ std::string human_bytes(double b) {
 }
 
 AtomicFile::AtomicFile(std::filesystem::path target, uint64_t size) : target_(std::move(target)) {
+  check_output_path(target_);
   const std::filesystem::path dir = parent_dir(target_);
   fd_ = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
   if (fd_ < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {

@@ -32,6 +32,12 @@ class AtomicFile {
   bool committed_ = false;
 };
 
+// Refuses, with one line, an output path that the final rename would mishandle: an empty path, an
+// existing directory, device, FIFO or socket (renaming over /dev/null would replace the device
+// node with a regular file), or a parent directory that is missing, not a directory or not
+// writable. Called before any work, so that a bad -o costs nothing; AtomicFile checks it too.
+void check_output_path(const std::filesystem::path& target);
+
 // "12.3 GB"-style decimal sizes for messages.
 std::string human_bytes(double bytes);
 

@@ -183,6 +183,26 @@ std::vector<const TensorView*> resolve_sources(const Checkpoint& ckpt, const Mod
   return sources;
 }
 
+// A JSON file that ferry embeds and the runtime parses later: checked to be a JSON object now, so
+// that a broken file fails the conversion instead of a later `ferry run`.
+std::string read_json_object_file(const std::filesystem::path& p) {
+  std::string text = read_text_file(p);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: not valid JSON: {}; restore it from the original checkpoint",
+                            p.string(), e.what()));
+  }
+  if (!j.is_object())
+    throw Error(
+        fmt::format("{}: not a JSON object (it holds a {}); restore it from the original "
+                    "checkpoint",
+                    p.string(), j.type_name()));
+  return text;
+}
+
+// tokenizer_config.json and generation_config.json are optional: absent is fine, malformed is not.
 std::map<std::string, std::string> source_metadata(const std::filesystem::path& dir,
                                                    Scheme scheme) {
   std::map<std::string, std::string> m = {
@@ -190,13 +210,38 @@ std::map<std::string, std::string> source_metadata(const std::filesystem::path& 
       {meta::kVersion, std::to_string(kFormatVersion)},
       {meta::kScheme, std::string(scheme_name(scheme))},
       {meta::kBlockSize, std::to_string(kBlock)},
-      {meta::kConfig, read_text_file(dir / "config.json")},
-      {meta::kTokenizer, read_text_file(dir / "tokenizer.json")},
+      {meta::kConfig, read_json_object_file(dir / "config.json")},
+      {meta::kTokenizer, read_json_object_file(dir / "tokenizer.json")},
   };
   for (auto [key, file] : {std::pair{meta::kTokenizerConfig, "tokenizer_config.json"},
                            std::pair{meta::kGenerationConfig, "generation_config.json"}})
-    if (std::filesystem::exists(dir / file)) m[key] = read_text_file(dir / file);
+    if (std::filesystem::exists(dir / file)) m[key] = read_json_object_file(dir / file);
   return m;
+}
+
+// The output must be none of the files the conversion reads: renaming the new file over a shard
+// (or the config) would destroy the checkpoint, and it is still being read when that happens.
+void refuse_output_over_input(const std::filesystem::path& out, const std::filesystem::path& dir,
+                              const Checkpoint& ckpt) {
+  std::vector<std::filesystem::path> inputs;
+  for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json",
+                        "generation_config.json", "model.safetensors.index.json"})
+    inputs.push_back(dir / f);
+  for (const SafetensorsFile& shard : ckpt.shards()) inputs.push_back(shard.path());
+  std::error_code ec;  // a path that does not exist is simply not equivalent
+  for (const std::filesystem::path& in : inputs)
+    if (std::filesystem::equivalent(out, in, ec))
+      throw Error(fmt::format(
+          "{}: is the input file {}; writing there would destroy the checkpoint: choose another -o",
+          out.string(), out == in ? "itself" : in.string()));
+}
+
+// Source bytes, each stored tensor once: a tied lm_head reads the embedding's bytes a second time.
+uint64_t distinct_source_bytes(const std::vector<const TensorView*>& sources) {
+  uint64_t sum = 0;
+  for (const TensorView* t : std::set<const TensorView*>(sources.begin(), sources.end()))
+    sum += t->nbytes;
+  return sum;
 }
 
 // The metadata entries that are known only after the data is written. Every value has a fixed
@@ -270,16 +315,14 @@ ConvertReport convert_checkpoint(const std::filesystem::path& dir,
   if (!std::filesystem::is_directory(dir))
     throw Error(fmt::format("{}: not a directory (expected a Hugging Face checkpoint folder)",
                             dir.string()));
+  check_output_path(out_path);
+  check_thread_request(opt.threads);
   ConvertReport report;
   std::map<std::string, std::string> metadata = source_metadata(dir, opt.scheme);
-  nlohmann::json config_json;
-  try {
-    config_json = nlohmann::json::parse(metadata[meta::kConfig]);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(fmt::format("{}: not valid JSON: {}", (dir / "config.json").string(), e.what()));
-  }
-  report.config = parse_model_config(config_json, (dir / "config.json").string());
+  report.config = parse_model_config(nlohmann::json::parse(metadata[meta::kConfig]),
+                                     (dir / "config.json").string());
   const Checkpoint ckpt = Checkpoint::open(dir);
+  refuse_output_over_input(out_path, dir, ckpt);
   const PackedPlan plan = plan_packed(report.config, opt.scheme, opt.keep_lm_head);
   const std::vector<const TensorView*> sources = resolve_sources(ckpt, report.config, plan, dir);
   const unsigned threads = thread_count(opt.threads);
@@ -290,10 +333,11 @@ ConvertReport convert_checkpoint(const std::filesystem::path& dir,
   AtomicFile out(out_path, header_size + plan.data_bytes);
 
   Job job(ckpt, plan, sources, opt.scheme, header_size, out, opt.chunk_bytes);
-  for (const TensorView* s : sources) report.input_bytes += s->nbytes;
+  uint64_t work_bytes = 0;  // a tied lm_head's source counts twice here: it is converted twice
+  for (const TensorView* s : sources) work_bytes += s->nbytes;
+  report.input_bytes = distinct_source_bytes(sources);
   run_pool(
-      threads, [&] { worker(job); },
-      [&] { progress("quantize", job.bytes_done, report.input_bytes); });
+      threads, [&] { worker(job); }, [&] { progress("quantize", job.bytes_done, work_bytes); });
   if (job.error) std::rethrow_exception(job.error);
 
   report.weights = reduce_errors(job);

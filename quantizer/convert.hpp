@@ -40,13 +40,17 @@ struct WeightReport {
 struct ConvertReport {
   ModelConfig config;
   std::vector<WeightReport> weights;
-  QuantError total;  // over all quantized weights
-  uint64_t input_bytes = 0, output_bytes = 0;
+  QuantError total;          // over all quantized weights
+  uint64_t input_bytes = 0;  // source tensor bytes read, each stored tensor once (tied: once)
+  uint64_t output_bytes = 0;
   double seconds = 0;
 };
 
-// Throws ferry::Error for missing or malformed inputs, an unsupported architecture, a tensor
-// whose shape disagrees with config.json, a full disk; the output path is then untouched.
+// Throws ferry::Error for missing or malformed inputs (config.json, tokenizer.json and, when
+// present, tokenizer_config.json and generation_config.json must be JSON objects), an unsupported
+// architecture, a tensor whose shape disagrees with config.json, an output path that is unusable
+// (see check_output_path) or is one of the input files, a full disk; the output path is then
+// untouched. The output path is checked before any work.
 ConvertReport convert_checkpoint(const std::filesystem::path& hf_dir,
                                  const std::filesystem::path& out, const ConvertOptions& options,
                                  const ProgressFn& progress);

@@ -4,8 +4,13 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
+
+#include <fmt/format.h>
+
+#include "quantizer/error.hpp"
 
 namespace ferry {
 
@@ -15,17 +20,29 @@ void run_pool(unsigned threads, const std::function<void()>& fn,
   std::condition_variable cv;
   unsigned finished = 0;
   std::vector<std::jthread> pool;
-  for (unsigned t = 0; t < threads; ++t)
-    pool.emplace_back([&] {
-      fn();
-      std::lock_guard lock(mu);
-      ++finished;
-      cv.notify_one();
-    });
+  try {
+    for (unsigned t = 0; t < threads; ++t)
+      pool.emplace_back([&] {
+        fn();
+        std::lock_guard lock(mu);
+        ++finished;
+        cv.notify_one();
+      });
+  } catch (const std::system_error& e) {
+    pool.clear();  // joins the workers that started; the caller discards what they produced
+    throw Error(
+        fmt::format("cannot start {} worker threads ({}); use fewer --threads", threads, e.what()));
+  }
   std::unique_lock lock(mu);
   while (!cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return finished == threads; }))
     report();
   report();
+}
+
+void check_thread_request(unsigned requested) {
+  if (requested > kMaxThreads)
+    throw Error(fmt::format("--threads {}: at most {} worker threads (this machine has {} cores)",
+                            requested, kMaxThreads, std::thread::hardware_concurrency()));
 }
 
 unsigned thread_count(unsigned requested) {

@@ -2,11 +2,20 @@
 
 #include <xxhash.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <random>
+#include <regex>
 
 #include <fmt/format.h>
 
@@ -18,6 +27,7 @@
 namespace ferry {
 namespace {
 
+namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 json llama_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t heads, uint64_t kv,
@@ -195,6 +205,159 @@ void write_text(const std::filesystem::path& p, const std::string& text) {
   f.commit();
 }
 
+// The names synth writes. An existing output directory that holds nothing else (an earlier
+// synth's output) is replaced as a whole; one that holds anything else is refused.
+bool is_synth_file(const std::string& name) {
+  for (const char* f :
+       {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+        "model.safetensors", "model.safetensors.index.json"})
+    if (name == f) return true;
+  return std::regex_match(name, std::regex(R"(model-\d{5}-of-\d{5}\.safetensors)"));
+}
+
+// Throws unless `dir` is absent, or a directory holding only regular files synth writes.
+void check_synth_output(const fs::path& dir) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(dir, ec);
+  if (!fs::exists(st)) return;
+  if (!fs::is_directory(st))
+    throw Error(
+        fmt::format("{}: exists and is not a directory; give a new directory", dir.string()));
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec))
+    if (!is_synth_file(e.path().filename().string()) || !e.is_regular_file(ec))
+      throw Error(fmt::format(
+          "{}: holds {}, which ferry synth does not write; give a new or empty directory, or one "
+          "with only an earlier synth's output (it is replaced)",
+          dir.string(), e.path().filename().string()));
+  if (ec) throw Error(fmt::format("{}: cannot list: {}", dir.string(), ec.message()));
+}
+
+// The output is built in a hidden sibling directory and renamed into place at the end, so a failed
+// run leaves nothing at DIR (a SIGKILL leaves only the hidden ".NAME.synth-*" sibling), and an
+// earlier synth's output there is replaced whole: no stale shard or index survives beside the new
+// files. Missing parent directories are created, and removed again on failure.
+class StagingDir {
+ public:
+  explicit StagingDir(fs::path target) : target_(std::move(target)) {
+    try {
+      create_parents();
+      create_staging();
+    } catch (...) {
+      clean_up();  // the destructor does not run when a constructor throws
+      throw;
+    }
+  }
+  ~StagingDir() { clean_up(); }
+  StagingDir(const StagingDir&) = delete;
+  StagingDir& operator=(const StagingDir&) = delete;
+
+  const fs::path& path() const { return staging_; }
+
+  // Moves the finished checkpoint to the target: a rename when it is absent or empty, an atomic
+  // exchange with an earlier output (whose content, now at the staging path, is then removed).
+  void commit() {
+    check_synth_output(target_);  // again: a file dropped there meanwhile must not be deleted
+    if (::rename(staging_.c_str(), target_.c_str()) == 0)
+      staging_.clear();
+    else if (errno == ENOTEMPTY || errno == EEXIST)
+      exchange();
+    else
+      fail("rename", errno);
+    committed_ = true;
+    const int dfd = ::open(target_.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) ::fsync(dfd), ::close(dfd);
+  }
+
+ private:
+  [[noreturn]] void fail(const char* what, int err) const {
+    throw Error(fmt::format("{}: {} failed: {}", target_.string(), what, std::strerror(err)));
+  }
+
+  void create_parents() {
+    std::vector<fs::path> missing;  // deepest first
+    for (fs::path p = target_.parent_path(); !fs::exists(p) && p != p.parent_path();
+         p = p.parent_path())
+      missing.push_back(p);
+    for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+      if (::mkdir(it->c_str(), 0777) != 0 && errno != EEXIST) {
+        const int err = errno;
+        throw Error(fmt::format("{}: cannot create directory {}: {}", target_.string(),
+                                it->string(), std::strerror(err)));
+      }
+      created_parents_.insert(created_parents_.begin(), *it);
+    }
+  }
+
+  // mkdir, not mkdtemp: the directory gets the umask's permissions, as a plain mkdir -p would.
+  void create_staging() {
+    std::random_device rd;
+    for (int attempt = 0; staging_.empty(); ++attempt) {
+      const fs::path p =
+          target_.parent_path() /
+          fmt::format(".{}.synth-{}-{:08x}", target_.filename().string(), ::getpid(), rd());
+      if (::mkdir(p.c_str(), 0777) == 0)
+        staging_ = p;
+      else if (errno != EEXIST || attempt > 100)
+        fail("creating a directory beside it", errno);
+    }
+  }
+
+  void clean_up() {
+    std::error_code ec;
+    if (!staging_.empty()) fs::remove_all(staging_, ec);
+    staging_.clear();
+    if (!committed_)
+      for (const fs::path& p : created_parents_) fs::remove(p, ec);  // deepest first; if empty
+    created_parents_.clear();
+  }
+
+  void exchange() {
+    if (::renameat2(AT_FDCWD, staging_.c_str(), AT_FDCWD, target_.c_str(), RENAME_EXCHANGE) == 0)
+      return;
+    if (errno != EINVAL && errno != ENOSYS) fail("rename", errno);
+    move_aside_and_rename();  // filesystems without RENAME_EXCHANGE
+  }
+
+  // Old content to a second hidden name, the new one into place; the old is removed after.
+  void move_aside_and_rename() {
+    const fs::path old = staging_.string() + "-old";
+    if (::rename(target_.c_str(), old.c_str()) != 0) fail("rename", errno);
+    if (::rename(staging_.c_str(), target_.c_str()) != 0) {
+      const int err = errno;
+      ::rename(old.c_str(), target_.c_str());
+      fail("rename", err);
+    }
+    staging_ = old;
+  }
+
+  fs::path target_, staging_;
+  std::vector<fs::path> created_parents_;  // deepest first
+  bool committed_ = false;
+};
+
+// The absolute, symlink-resolved output directory (the staging sibling must sit beside the real
+// one, on the same filesystem), without a trailing '/'.
+fs::path output_dir(const fs::path& dir) {
+  if (dir.empty()) throw Error("the output directory path is empty; name it with -o");
+  std::error_code ec;
+  fs::path p = fs::weakly_canonical(fs::absolute(dir), ec);
+  if (ec) throw Error(fmt::format("{}: cannot resolve: {}", dir.string(), ec.message()));
+  if (!p.has_filename()) p = p.parent_path();
+  return p;
+}
+
+void write_sources(const fs::path& dir, const json& config) {
+  const SynthTokenizer tok = synth_tokenizer(config);
+  json full_config = config;
+  full_config["bos_token_id"] = tok.bos_token_id;
+  full_config["eos_token_id"] = tok.eos_token_id;
+  write_text(dir / "config.json", full_config.dump(2));
+  write_text(dir / "generation_config.json",
+             json{{"bos_token_id", tok.bos_token_id}, {"eos_token_id", tok.eos_token_id}}.dump(2));
+  write_text(dir / "tokenizer.json", tok.tokenizer_json);
+  write_text(dir / "tokenizer_config.json", tok.tokenizer_config_json);
+}
+
 }  // namespace
 
 const std::vector<SynthPresetInfo>& synth_presets() {
@@ -221,23 +384,17 @@ json synth_config(std::string_view name, std::optional<uint64_t> layers) {
   throw Error(fmt::format("unknown preset '{}'; presets: {}", name, names));
 }
 
-SynthReport synth_checkpoint(const std::filesystem::path& dir, const SynthOptions& opt,
+SynthReport synth_checkpoint(const std::filesystem::path& out_dir, const SynthOptions& opt,
                              const ProgressFn& progress) {
   const auto t0 = std::chrono::steady_clock::now();
   const json config = synth_config(opt.preset, opt.layers);
   const ModelConfig mc = parse_model_config(config, opt.preset);
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) throw Error(fmt::format("{}: cannot create directory: {}", dir.string(), ec.message()));
-  const SynthTokenizer tok = synth_tokenizer(config);
-  json full_config = config;
-  full_config["bos_token_id"] = tok.bos_token_id;
-  full_config["eos_token_id"] = tok.eos_token_id;
-  write_text(dir / "config.json", full_config.dump(2));
-  write_text(dir / "generation_config.json",
-             json{{"bos_token_id", tok.bos_token_id}, {"eos_token_id", tok.eos_token_id}}.dump(2));
-  write_text(dir / "tokenizer.json", tok.tokenizer_json);
-  write_text(dir / "tokenizer_config.json", tok.tokenizer_config_json);
+  check_thread_request(opt.threads);
+  const fs::path target = output_dir(out_dir);
+  check_synth_output(target);
+  StagingDir staging(target);
+  const fs::path& dir = staging.path();
+  write_sources(dir, config);
 
   const std::vector<Shard> shards = plan_shards(mc, opt.shard_bytes);
   SynthReport r;
@@ -252,6 +409,7 @@ SynthReport synth_checkpoint(const std::filesystem::path& dir, const SynthOption
   if (shards.size() > 1)
     write_text(dir / "model.safetensors.index.json",
                json{{"metadata", {{"total_size", r.bytes}}}, {"weight_map", weight_map}}.dump(2));
+  staging.commit();
   r.shards = int(shards.size());
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;

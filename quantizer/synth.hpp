@@ -53,7 +53,12 @@ struct SynthReport {
 
 // Writes config.json, generation_config.json, tokenizer.json, tokenizer_config.json and the
 // weights (model.safetensors, or model-0000i-of-0000n.safetensors plus
-// model.safetensors.index.json) into `dir`, creating it. Deterministic for a given seed.
+// model.safetensors.index.json) into `dir`. Deterministic for a given seed.
+// `dir` may be absent (it is created, with missing parents), empty, or hold only files synth
+// writes (an earlier run's output, replaced whole: no stale shard or index survives); anything
+// else there is an error before any work. The checkpoint is built in a hidden sibling directory
+// and renamed into place at the end, so a failure leaves `dir` as it was (and removes the parents
+// it created). Throws ferry::Error.
 SynthReport synth_checkpoint(const std::filesystem::path& dir, const SynthOptions& options,
                              const ProgressFn& progress);
 

@@ -2,16 +2,21 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <thread>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "kernels/dequant.hpp"
+#include "quantizer/atomic_file.hpp"
 #include "quantizer/checkpoint.hpp"
 #include "quantizer/convert.hpp"
 #include "quantizer/error.hpp"
@@ -22,6 +27,7 @@
 namespace ferry {
 namespace {
 
+using test::entries;
 using test::read_file;
 using test::run_ferry;
 using test::ScratchDir;
@@ -169,6 +175,10 @@ void edit_config(const std::filesystem::path& hf, const char* key, const nlohman
   test::write_file(hf / "config.json", std::vector<uint8_t>(s.begin(), s.end()));
 }
 
+void write_text(const std::filesystem::path& p, const std::string& text) {
+  test::write_file(p, std::vector<uint8_t>(text.begin(), text.end()));
+}
+
 const CliCase kCliCases[] = {
     {"missing config", [](const auto& hf) { std::filesystem::remove(hf / "config.json"); },
      "config.json: cannot read"},
@@ -195,6 +205,17 @@ const CliCase kCliCases[] = {
      "model-00001-of-00002.safetensors"},
     {"too few layers in config", [](const auto& hf) { edit_config(hf, "num_hidden_layers", 3); },
      "is not part of a Qwen2ForCausalLM model"},
+    // The tokenizer files are embedded and parsed only by `ferry run`: checked at quantize time.
+    {"malformed tokenizer", [](const auto& hf) { write_text(hf / "tokenizer.json", "garbage"); },
+     "tokenizer.json: not valid JSON"},
+    {"tokenizer not an object", [](const auto& hf) { write_text(hf / "tokenizer.json", "[1, 2]"); },
+     "tokenizer.json: not a JSON object"},
+    {"malformed tokenizer_config",
+     [](const auto& hf) { write_text(hf / "tokenizer_config.json", "garbage"); },
+     "tokenizer_config.json: not valid JSON"},
+    {"malformed generation_config",
+     [](const auto& hf) { write_text(hf / "generation_config.json", "{\"eos_token_id\": "); },
+     "generation_config.json: not valid JSON"},
 };
 
 TEST(ConvertCli, BadInputsGiveOneClearLineAndKeepThePreviousOutput) {
@@ -218,6 +239,123 @@ TEST(ConvertCli, BadInputsGiveOneClearLineAndKeepThePreviousOutput) {
   }
 }
 
+TEST(ConvertCli, OptionalJsonFilesMayBeAbsent) {
+  ScratchDir tmp;
+  synth_checkpoint(tmp / "hf", {}, kNoProgress);
+  std::filesystem::remove(tmp / "hf" / "tokenizer_config.json");
+  std::filesystem::remove(tmp / "hf" / "generation_config.json");
+  const auto r =
+      run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "m.ferry").string(), "-q"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+size_t lines(const std::string& s) {
+  return size_t(std::count(s.begin(), s.end(), '\n'));
+}
+
+// An unusable -o is one line, exit 1, before any work (no progress), and the path is left as it
+// was: renaming the output over a FIFO or device node would have replaced the node.
+TEST(ConvertCli, UnusableOutputPathIsRefusedBeforeAnyWork) {
+  ScratchDir tmp;
+  synth_checkpoint(tmp / "hf", {}, kNoProgress);
+  ASSERT_EQ(mkfifo((tmp / "fifo").c_str(), 0644), 0);
+  std::filesystem::create_directory(tmp / "dir");
+  test::write_file(tmp / "file", {'x'});
+  const struct {
+    std::string out;
+    std::string expected;
+  } cases[] = {
+      {(tmp / "fifo").string(), "fifo: exists and is not a regular file"},
+      {(tmp / "dir").string(), "dir: is a directory"},
+      {(tmp / "dir").string() + "/", "ends in '/'"},
+      {"", "the output path is empty"},
+      {(tmp / "missing" / "m.ferry").string(),
+       "directory " + (tmp / "missing").string() + " does not exist"},
+      {(tmp / "file" / "m.ferry").string(), (tmp / "file").string() + " is not a directory"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.out);
+    const auto r = run_ferry({"quantize", (tmp / "hf").string(), "-o", c.out});
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find(c.expected), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.rfind("ferry: error: ", 0), 0u) << r.output;
+    EXPECT_EQ(lines(r.output), 1u) << r.output;
+  }
+  struct stat st {};
+  ASSERT_EQ(lstat((tmp / "fifo").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "the FIFO was replaced";
+  EXPECT_TRUE(std::filesystem::is_empty(tmp / "dir"));
+  EXPECT_EQ(read_file(tmp / "file"), std::vector<uint8_t>{'x'});
+  EXPECT_EQ(entries(tmp.path), (std::vector<std::string>{"dir", "fifo", "file", "hf"}))
+      << "no stray files";
+}
+
+TEST(ConvertCli, UnwritableOutputDirectoryIsRefusedBeforeAnyWork) {
+  if (geteuid() == 0) GTEST_SKIP() << "root writes to any directory: run as a normal user";
+  ScratchDir tmp;
+  synth_checkpoint(tmp / "hf", {}, kNoProgress);
+  std::filesystem::create_directory(tmp / "ro");
+  std::filesystem::permissions(
+      tmp / "ro", std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec);
+  const auto r =
+      run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "ro" / "m.ferry").string()});
+  std::filesystem::permissions(tmp / "ro", std::filesystem::perms::owner_all);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("cannot write to directory"), std::string::npos) << r.output;
+  EXPECT_EQ(lines(r.output), 1u) << r.output;
+}
+
+// -o naming a file the conversion reads (by path, hard link or symbolic link) would replace the
+// checkpoint with its own conversion: refused, every input byte for byte as it was.
+TEST(ConvertCli, OutputThatIsAnInputFileIsRefused) {
+  ScratchDir tmp;
+  SynthOptions so;
+  so.shard_bytes = 5'000'000;  // two shards and an index
+  synth_checkpoint(tmp / "hf", so, kNoProgress);
+  const std::filesystem::path hf = tmp / "hf";
+  std::filesystem::create_hard_link(hf / "model-00002-of-00002.safetensors", tmp / "hard.ferry");
+  std::filesystem::create_symlink(hf / "config.json", tmp / "soft.ferry");
+  std::map<std::string, std::vector<uint8_t>> before;
+  for (const std::string& f : entries(hf)) before[f] = read_file(hf / f);
+  for (const std::filesystem::path& out :
+       {hf / "model-00001-of-00002.safetensors", hf / "model.safetensors.index.json",
+        hf / "config.json", hf / "tokenizer.json", hf / "tokenizer_config.json",
+        hf / "generation_config.json", hf / "." / "tokenizer.json", tmp / "hard.ferry",
+        tmp / "soft.ferry"}) {
+    SCOPED_TRACE(out);
+    const auto r = run_ferry({"quantize", hf.string(), "-o", out.string()});
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("is the input file"), std::string::npos) << r.output;
+    EXPECT_EQ(lines(r.output), 1u) << r.output;
+  }
+  for (const auto& [f, bytes] : before) EXPECT_TRUE(read_file(hf / f) == bytes) << f;
+  EXPECT_EQ(entries(hf).size(), before.size()) << "no stray files";
+  EXPECT_TRUE(std::filesystem::is_symlink(tmp / "soft.ferry"));
+}
+
+// A tied lm_head reads the embedding's bytes: counted once in "read N".
+TEST(ConvertCli, TiedEmbeddingBytesAreCountedOnce) {
+  ScratchDir tmp;
+  SynthOptions so;
+  so.preset = "llama3-tiny";  // tied: stores model.embed_tokens.weight only
+  synth_checkpoint(tmp / "hf", so, kNoProgress);
+  const uint64_t stored = Checkpoint::open(tmp / "hf").total_bytes();
+  const ConvertReport rep = convert_checkpoint(tmp / "hf", tmp / "a.ferry", {}, kNoProgress);
+  EXPECT_EQ(rep.input_bytes, stored);
+  const auto r = run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "m.ferry").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("read " + human_bytes(double(stored)) + ", wrote"), std::string::npos)
+      << r.output;
+}
+
+TEST(ConvertCli, TinyStoriesReadsItsSafetensorsBytesOnce) {
+  FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
+  ScratchDir tmp;
+  const ConvertReport r = convert_checkpoint(dir, tmp / "t.ferry", {}, kNoProgress);
+  EXPECT_EQ(r.input_bytes, Checkpoint::open(dir).total_bytes());
+  EXPECT_LE(r.input_bytes, std::filesystem::file_size(dir / "model.safetensors"));
+}
+
 TEST(ConvertCli, QuantizeThenInspectJson) {
   ScratchDir tmp;
   ASSERT_EQ(run_ferry({"synth", "--preset", "llama3-tiny", "-o", (tmp / "hf").string()}).exit_code,
@@ -235,6 +373,7 @@ TEST(ConvertCli, QuantizeThenInspectJson) {
   EXPECT_EQ(j["model"]["rope_scaling"], "llama3");
   EXPECT_EQ(j["checksums"]["mismatched"].size(), 0u);
   EXPECT_GT(j["checksums"]["verified"].get<int>(), 40);
+  EXPECT_EQ(j["checksums"]["verified"], j["checksums"]["total"]);
   const auto h = run_ferry({"inspect", "--json", (tmp / "hf").string()});
   ASSERT_EQ(h.exit_code, 0) << h.output;
   EXPECT_EQ(nlohmann::json::parse(h.output)["kind"], "hf-checkpoint");
@@ -250,6 +389,24 @@ TEST(ConvertCli, InspectDetectsACorruptedTensor) {
   const auto r = run_ferry({"inspect", (tmp / "m.ferry").string()});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("fail their checksum (first: lm_head.weight"), std::string::npos)
+      << r.output;
+  // "verified" counts the matching tensors only: total = verified + mismatched.
+  const auto js = run_ferry({"inspect", "--json", (tmp / "m.ferry").string()});
+  EXPECT_EQ(js.exit_code, 1);
+  // stderr's error line lands inside the buffered stdout JSON: take it out.
+  std::string out = js.output;
+  const size_t err = out.find("ferry: error: ");
+  ASSERT_NE(err, std::string::npos) << out;
+  out.erase(err, out.find('\n', err) + 1 - err);
+  const nlohmann::json c = nlohmann::json::parse(out)["checksums"];
+  ASSERT_EQ(c["mismatched"].size(), 1u) << js.output;
+  const std::string bad = c["mismatched"][0];
+  EXPECT_TRUE(bad.starts_with("lm_head.weight")) << bad;
+  const int total = c["total"];
+  EXPECT_EQ(c["verified"].get<int>(), total - 1);
+  EXPECT_NE(r.output.find(fmt::format("checksums (xxh3-64): {} of {} match, 1 mismatched: {}\n",
+                                      total - 1, total, bad)),
+            std::string::npos)
       << r.output;
 }
 

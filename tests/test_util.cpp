@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <fstream>
@@ -67,6 +68,14 @@ RunResult run_ferry(const std::vector<std::string>& args) {
 std::vector<uint8_t> read_file(const std::filesystem::path& p) {
   std::ifstream f(p, std::ios::binary);
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
+}
+
+std::vector<std::string> entries(const std::filesystem::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 void write_file(const std::filesystem::path& p, const std::vector<uint8_t>& bytes) {

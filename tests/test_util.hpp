@@ -36,6 +36,8 @@ RunResult run_ferry(const std::vector<std::string>& args);
 
 std::vector<uint8_t> read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, const std::vector<uint8_t>& bytes);
+// The names of every entry of `dir`, hidden ones included, sorted.
+std::vector<std::string> entries(const std::filesystem::path& dir);
 
 // n token ids spread over 0 .. below-1 in a fixed pattern (a prompt longer than any fixture).
 std::vector<int32_t> spread_prompt(size_t n, int32_t below);

@@ -1,6 +1,7 @@
 // ferry inspect PATH [--json]: a .ferry file, a safetensors file, or a Hugging Face directory.
 #include <cxxopts.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 
@@ -87,7 +88,10 @@ json inspect_packed(const std::filesystem::path& path, bool verify) {
   j["quant_error"] = p.quant_error;
   if (verify) {
     const std::vector<std::string> bad = p.verify_checksums(thread_count(0));
-    j["checksums"] = {{"verified", p.checksums.size()}, {"mismatched", bad}};
+    // "verified": the tensors whose checksum matches, so verified + mismatched = total.
+    j["checksums"] = {{"total", p.checksums.size()},
+                      {"verified", p.checksums.size() - bad.size()},
+                      {"mismatched", bad}};
   } else {
     j["checksums"] = "not verified (--no-verify)";
   }
@@ -106,6 +110,20 @@ json inspect_hf(const std::filesystem::path& path) {
   j["aliases"] = ck.aliases();
   add_tensors(j, ck.tensors());
   return j;
+}
+
+// "51 of 51 match" or "50 of 51 match, 1 mismatched: NAME" (the first few names).
+std::string checksum_line(const json& c) {
+  constexpr size_t kShown = 5;
+  const json& bad = c["mismatched"];
+  std::string line =
+      fmt::format("{} of {} match", c["verified"].get<uint64_t>(), c["total"].get<uint64_t>());
+  if (bad.empty()) return line;
+  line += fmt::format(", {} mismatched:", bad.size());
+  for (size_t i = 0; i < std::min(bad.size(), kShown); ++i)
+    line += (i ? ", " : " ") + bad[i].get<std::string>();
+  if (bad.size() > kShown) line += fmt::format(" and {} more", bad.size() - kShown);
+  return line;
 }
 
 void print_text(const json& j) {
@@ -144,9 +162,7 @@ void print_text(const json& j) {
     std::printf(", %s %s", dt.c_str(), human_bytes(b.get<double>()).c_str());
   std::printf("\n");
   if (j.contains("checksums") && j["checksums"].is_object())
-    std::printf("checksums (xxh3-64): %llu verified, %zu mismatched\n",
-                j["checksums"]["verified"].get<unsigned long long>(),
-                j["checksums"]["mismatched"].size());
+    std::printf("checksums (xxh3-64): %s\n", checksum_line(j["checksums"]).c_str());
   if (j.contains("quant_error") && !j["quant_error"].empty()) {
     double worst = 0;
     std::string worst_name;
@@ -168,7 +184,7 @@ int cmd_inspect(int argc, char** argv) {
       "json", "machine-readable output")("no-verify", "skip checksum verification")("h,help",
                                                                                     "this help");
   o.parse_positional({"path"});
-  const auto a = o.parse(argc, argv);
+  const auto a = parse_command(o, argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
   if (!a.count("path")) throw Error("usage: ferry inspect PATH [--json]");
   const std::filesystem::path path = a["path"].as<std::string>();
@@ -178,6 +194,7 @@ int cmd_inspect(int argc, char** argv) {
       !std::filesystem::is_directory(path) && PackedFile::looks_packed(SafetensorsFile::open(path));
   const json j = packed ? inspect_packed(path, a.count("no-verify") == 0) : inspect_hf(path);
   a.count("json") ? (void)std::printf("%s\n", j.dump(2).c_str()) : print_text(j);
+  finish_stdout();
   if (packed && j["checksums"].is_object() && !j["checksums"]["mismatched"].empty())
     throw Error(fmt::format(
         "{}: {} tensor(s) fail their checksum (first: {}); the file is corrupt, convert it again",

@@ -45,7 +45,9 @@ int cmd_quantize(int argc, char** argv) {
   cxxopts::Options o(
       "ferry quantize",
       "Convert a Hugging Face checkpoint (Llama or Qwen2 family, safetensors) into one packed "
-      ".ferry file.\nThe output is written atomically: interrupted, it leaves no partial file.");
+      ".ferry file.\nThe output is written atomically: interrupted, it leaves no partial file. It "
+      "must be a new path or a regular file (replaced), in an existing writable directory, and "
+      "none of the checkpoint's own files; this is checked before any work.");
   o.positional_help("HF_DIR -o OUT.ferry");
   o.add_options()("input", "checkpoint directory", cxxopts::value<std::string>())(
       "o,output", "output .ferry file", cxxopts::value<std::string>())(
@@ -57,7 +59,7 @@ int cmd_quantize(int argc, char** argv) {
       cxxopts::value<unsigned>()->default_value("0"))(
       "q,quiet", "no progress and no per-tensor table")("h,help", "this help");
   o.parse_positional({"input"});
-  const auto a = o.parse(argc, argv);
+  const auto a = parse_command(o, argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
   if (!a.count("input") || !a.count("output"))
     throw Error("usage: ferry quantize HF_DIR -o OUT.ferry [--scheme S]");

@@ -15,17 +15,21 @@ int cmd_synth(int argc, char** argv) {
   cxxopts::Options o(
       "ferry synth",
       "Write a random Hugging Face checkpoint (config.json, bf16 safetensors shards, byte-level "
-      "tokenizer.json) of a named shape, for tests and benchmarks.");
+      "tokenizer.json) of a named shape, for tests and benchmarks.\nDIR must be new, empty, or "
+      "hold only an earlier synth's output, which is replaced whole (no stale shard or index "
+      "stays); anything else there is refused. The checkpoint is built in a hidden sibling "
+      "directory and renamed into place at the end: a failed run leaves DIR as it was.");
   o.add_options()("p,preset", "shape preset (--list shows them)", cxxopts::value<std::string>())(
-      "o,output", "output directory", cxxopts::value<std::string>())(
-      "layers", "override the number of layers (to size a model)", cxxopts::value<uint64_t>())(
+      "o,output", "output directory (new, empty, or an earlier synth's)",
+      cxxopts::value<std::string>())("layers", "override the number of layers (to size a model)",
+                                     cxxopts::value<uint64_t>())(
       "shard-size", "start a new shard past this size",
       cxxopts::value<std::string>()->default_value("2G"))(
       "seed", "random seed", cxxopts::value<uint64_t>()->default_value("1"))(
       "t,threads", "worker threads (default: every core)",
       cxxopts::value<unsigned>()->default_value("0"))("list", "list the presets")(
       "q,quiet", "no progress")("h,help", "this help");
-  const auto a = o.parse(argc, argv);
+  const auto a = parse_command(o, argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
   if (a.count("list")) {
     for (const SynthPresetInfo& p : synth_presets())
