@@ -1,5 +1,7 @@
 #include "quantizer/model_spec.hpp"
 
+#include <cmath>
+
 #include <fmt/format.h>
 
 #include "quantizer/error.hpp"
@@ -87,6 +89,13 @@ ModelConfig parse_model_config(const nlohmann::json& c, std::string_view what) {
     throw Error(fmt::format("{}: hidden_act '{}' is not supported (only silu)", what, act));
   m.rope_theta = number_or(c, "rope_theta", 10000.0, what);
   m.rms_eps = number_or(c, "rms_norm_eps", 1e-6, what);
+  // A theta <= 1 makes every RoPE frequency 1 or more per position (no position information, or
+  // NaN below 0); an eps outside [0, 1) is no RMSNorm epsilon. Both are a damaged config.
+  if (!(m.rope_theta > 1) || !std::isfinite(m.rope_theta))
+    throw Error(
+        fmt::format("{}: rope_theta {} must be a finite number above 1", what, m.rope_theta));
+  if (!(m.rms_eps >= 0 && m.rms_eps < 1))
+    throw Error(fmt::format("{}: rms_norm_eps {} must be in [0, 1)", what, m.rms_eps));
   m.rope_scaling = parse_rope_scaling(c, what);
   m.tied_embeddings = c.value("tie_word_embeddings", false);
   // Qwen2 always has q/k/v biases; Llama-family configs say so with attention_bias.

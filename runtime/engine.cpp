@@ -18,6 +18,18 @@ std::string meta_or_empty(const PackedFile& f, const char* key) {
 }
 
 // --ctx, or its default: kDefaultCtx, or the model's trained context where that is shorter.
+// The tokenizer the packed file carries; a file without one (written by hand, or damaged) is
+// named with what to do, rather than failing as an empty tokenizer.json.
+Tokenizer load_tokenizer(const PackedFile& f) {
+  if (!f.file.metadata().contains(meta::kTokenizer))
+    throw Error(fmt::format(
+        "the packed file holds no tokenizer (metadata key {}); convert the checkpoint again with "
+        "ferry quantize",
+        meta::kTokenizer));
+  return Tokenizer::from_json(meta_or_empty(f, meta::kTokenizer),
+                              meta_or_empty(f, meta::kTokenizerConfig));
+}
+
 uint64_t context_size(const EngineOptions& o, const ModelConfig& c) {
   if (o.batch == 0) throw Error("the prefill batch must be at least 1 token");
   return o.ctx ? o.ctx : std::min(kDefaultCtx, c.max_position);
@@ -71,8 +83,7 @@ Engine::Engine(const EngineOptions& o) : Engine(PackedFile::open(o.model), o) {}
 Engine::Engine(PackedFile f, const EngineOptions& o)
     : file(std::move(f)),
       weights(bind_weights(file)),
-      tokenizer(Tokenizer::from_json(meta_or_empty(file, meta::kTokenizer),
-                                     meta_or_empty(file, meta::kTokenizerConfig))),
+      tokenizer(load_tokenizer(file)),
       pool(o.threads),
       device(make_device(file, weights, o)),
       source(make_source(file, weights, o, device.get())),

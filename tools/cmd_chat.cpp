@@ -261,10 +261,10 @@ int cmd_chat(int argc, char** argv) {
   add_sampler_options(o);
   o.add_options()("template", "chat format: chatml, llama3 or deepseek-r1 (default: the model's)",
                   cxxopts::value<std::string>())(
-      "system", "system prompt (default: the template's own, if any)",
-      cxxopts::value<std::string>()->default_value(""))(
-      "n,tokens", "most tokens per answer", cxxopts::value<uint64_t>()->default_value("512"))(
-      "h,help", "this help");
+      "system", "system prompt (when not given: the template's own, if any)",
+      cxxopts::value<std::string>())("n,tokens", "most tokens per answer",
+                                     cxxopts::value<uint64_t>()->default_value("512"))("h,help",
+                                                                                       "this help");
   o.parse_positional({"model"});
   const auto a = parse_command(o, argc, argv);
   if (a.count("help")) return std::puts(o.help().c_str()), 0;
@@ -274,7 +274,8 @@ int cmd_chat(int argc, char** argv) {
   Engine e(engine_options(a));
   const ChatTemplate t = match_chat_template(meta_text(e.file, meta::kTokenizerConfig), forced);
   Sampler sampler(sampler_options(a), e.config().vocab);
-  Chat chat(e, sampler, t, a["system"].as<std::string>(), a["tokens"].as<uint64_t>());
+  Chat chat(e, sampler, t, a.count("system") ? a["system"].as<std::string>() : std::string(),
+            a["tokens"].as<uint64_t>());
   std::fprintf(stderr, "ferry chat: %s format, context of %llu tokens; /reset, /exit, Ctrl-C\n",
                std::string(chat_format_name(t.format)).c_str(), (unsigned long long)e.state.ctx);
   chat_loop(chat, irq);

@@ -51,11 +51,10 @@ int cmd_quantize(int argc, char** argv) {
   o.positional_help("HF_DIR -o OUT.ferry");
   o.add_options()("input", "checkpoint directory", cxxopts::value<std::string>())(
       "o,output", "output .ferry file", cxxopts::value<std::string>())(
-      "s,scheme",
-      "asym-clip (default: lowest error), asym, sym-clip, sym, or bf16 (no quantization)",
+      "s,scheme", "asym-clip (the lowest error), asym, sym-clip, sym, or bf16 (no quantization)",
       cxxopts::value<std::string>()->default_value(std::string(scheme_name(kDefaultScheme))))(
       "keep-lm-head", "store lm_head in bf16 instead of INT4")(
-      "t,threads", "worker threads (default: every core)",
+      "t,threads", "worker threads (0: every core)",
       cxxopts::value<unsigned>()->default_value("0"))(
       "q,quiet", "no progress and no per-tensor table")("h,help", "this help");
   o.parse_positional({"input"});

@@ -26,7 +26,7 @@ int cmd_synth(int argc, char** argv) {
       "shard-size", "start a new shard past this size",
       cxxopts::value<std::string>()->default_value("2G"))(
       "seed", "random seed", cxxopts::value<uint64_t>()->default_value("1"))(
-      "t,threads", "worker threads (default: every core)",
+      "t,threads", "worker threads (0: every core)",
       cxxopts::value<unsigned>()->default_value("0"))("list", "list the presets")(
       "q,quiet", "no progress")("h,help", "this help");
   const auto a = parse_command(o, argc, argv);
