@@ -145,7 +145,8 @@ void Tokenizer::Impl::parse_post_processor(const json& j) {
       } else if (item.contains("SpecialToken")) {
         const std::string name = item["SpecialToken"].at("id").get<std::string>();
         const json& spec = j.at("special_tokens").at(name);
-        for (const json& id : spec.at("ids")) (seen_a ? post : pre).push_back(id.get<int32_t>());
+        for (const json& id : spec.at("ids"))
+          (seen_a ? post : pre).push_back(tok::json_token_id(id, "special token " + name));
       } else {
         throw Error("tokenizer: unsupported TemplateProcessing item " + item.dump());
       }
@@ -237,8 +238,7 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json,
     for (const json& a : j.value("added_tokens", json::array())) {
       AddedToken t;
       t.content = a.at("content").get<std::string>();
-      t.id = a.at("id").get<int32_t>();
-      if (t.id < 0) throw Error("tokenizer: added token " + t.content + " has a negative id");
+      t.id = tok::json_token_id(a.at("id"), "added token " + t.content);
       t.special = a.value("special", false);
       t.lstrip = a.value("lstrip", false);
       t.rstrip = a.value("rstrip", false);
@@ -255,6 +255,13 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json,
       impl->added.push_back(std::move(t));
     }
     impl->vocab_size = bound;
+    // The post-processor's ids (BOS, EOS) must name tokens: one past the vocabulary would reach
+    // the model as an out-of-range id.
+    for (const std::vector<int32_t>* ids : {&impl->prefix, &impl->suffix})
+      for (const int32_t id : *ids)
+        if (size_t(id) >= bound)
+          throw Error("tokenizer: the post-processor adds id " + std::to_string(id) +
+                      ", past the vocabulary of " + std::to_string(bound));
     Tokenizer out(std::move(impl));
     if (!tokenizer_config_json.empty()) {
       const json cfg = json::parse(tokenizer_config_json, nullptr, false);

@@ -19,6 +19,15 @@ bool is_null_or(const json& j, const char* key, const json& value) {
 
 }  // namespace
 
+int32_t json_token_id(const json& j, std::string_view what) {
+  // is_number_integer: a float of any size is refused before any conversion.
+  if (!j.is_number_integer() || (j.is_number_unsigned() && j.get<uint64_t>() > INT32_MAX) ||
+      (!j.is_number_unsigned() && (j.get<int64_t>() < 0 || j.get<int64_t>() > INT32_MAX)))
+    throw Error("tokenizer: " + std::string(what) + ": the id " + j.dump() +
+                " is not an integer in [0, 2^31)");
+  return int32_t(j.get<int64_t>());
+}
+
 Bpe::Bpe(const json& model) {
   const std::string type = model.value("type", "BPE");
   if (type != "BPE") throw Error("tokenizer: unsupported model type " + type);
@@ -33,8 +42,7 @@ Bpe::Bpe(const json& model) {
     throw Error("tokenizer: BPE model has no vocab object");
   }
   for (const auto& [tok, id_json] : model["vocab"].items()) {
-    const int64_t id = id_json.get<int64_t>();
-    if (id < 0 || id > INT32_MAX) throw Error("tokenizer: vocab id out of range for " + tok);
+    const int32_t id = json_token_id(id_json, "vocab entry " + tok);
     vocab_[tok] = int32_t(id);
     if (size_t(id) >= id_to_token_.size()) {
       id_to_token_.resize(size_t(id) + 1);

@@ -12,6 +12,11 @@
 
 namespace ferry::tok {
 
+// --- JSON ----------------------------------------------------------------------------------
+// A token id of tokenizer.json: an integer in [0, INT32_MAX], else ferry::Error naming `what`.
+// (nlohmann's get<int> of a float such as 5.6e113 is undefined behaviour, found by fuzzing.)
+int32_t json_token_id(const nlohmann::json& j, std::string_view what);
+
 // --- UTF-8 ---------------------------------------------------------------------------------
 bool valid_utf8(std::string_view s);
 // Decodes the character at s[i] (s valid UTF-8) and advances i past it.

@@ -32,11 +32,12 @@ TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --test-dir build-ts
   --output-on-failure -j "$jobs" -R '^(Cache|Paging)'
 
 # Each parser of untrusted input for FERRY_FUZZ_SECONDS (default 60 for the safetensors reader,
-# half that for the others): target, then its seed directories.
+# half that for the others): target, seconds, then its seed directories (tests/fuzz_corpus also
+# keeps the inputs of earlier findings, as regression seeds).
 fuzz_seconds=${FERRY_FUZZ_SECONDS:-60}
 fuzz_targets=(
   "fuzz_safetensors $fuzz_seconds tests/fuzz_corpus/safetensors"
-  "fuzz_tokenizer_json $((fuzz_seconds / 2)) tests/fixtures/tokenizer"
+  "fuzz_tokenizer_json $((fuzz_seconds / 2)) tests/fixtures/tokenizer tests/fuzz_corpus/tokenizer_json"
   "fuzz_tokenizer_text $((fuzz_seconds / 2)) tests/fuzz_corpus/tokenizer_text"
   "fuzz_model_config $((fuzz_seconds / 2)) tests/fuzz_corpus/model_config"
 )
@@ -51,7 +52,7 @@ for entry in "${fuzz_targets[@]}"; do
   read -r target seconds seeds <<<"$entry"
   echo "-- $target for $seconds s"
   mkdir -p "$work/$target/corpus"
-  cp -r "$seeds"/. "$work/$target/corpus/"
+  for dir in $seeds; do cp -r "$dir"/. "$work/$target/corpus/"; done
   if ! "./build-fuzz/tests/$target" -max_total_time="$seconds" -print_final_stats=1 \
     -artifact_prefix="$work/$target/" "$work/$target/corpus" >"$work/$target/log" 2>&1; then
     tail -n 60 "$work/$target/log"

@@ -193,6 +193,25 @@ TEST(Tokenizer, UnsupportedComponentNamesItsType) {
   EXPECT_THROW((void)Tokenizer::from_json("{not json"), Error);
 }
 
+// Found by fuzz_tokenizer_json: a token id that is a float (converting 5.6e113 to an integer is
+// undefined behaviour), negative or past int32, and a post-processor id past the vocabulary.
+TEST(Tokenizer, BadTokenIdsAreErrors) {
+  const json base = json::parse(read_text(kFixtures / "gpt2_style.tokenizer.json"));
+  for (const json& id : {json(5.6e113), json(3.5), json(-1), json(uint64_t(1) << 40)}) {
+    json vocab = base, added = base;
+    vocab["model"]["vocab"]["hello"] = id;
+    added["added_tokens"][0]["id"] = id;
+    EXPECT_THROW((void)Tokenizer::from_json(vocab.dump()), Error) << id;
+    EXPECT_THROW((void)Tokenizer::from_json(added.dump()), Error) << id;
+  }
+  ASSERT_TRUE(base["post_processor"].dump().find("TemplateProcessing") != std::string::npos);
+  json past = base;
+  for (json& p : past["post_processor"]["processors"])
+    if (p["type"] == "TemplateProcessing")
+      for (auto& [name, spec] : p["special_tokens"].items()) spec["ids"] = {99999};
+  EXPECT_THROW((void)Tokenizer::from_json(past.dump()), Error);
+}
+
 TEST(Tokenizer, RejectsInvalidUtf8Text) {
   const Tokenizer tok = fixture_tokenizer("qwen2_tiny");
   EXPECT_THROW((void)tok.encode("ab\xC3", false), Error);
