@@ -21,6 +21,21 @@ double number_or(const nlohmann::json& c, const char* key, double fallback, std:
   return c[key].get<double>();
 }
 
+// config.json's optional values: absent or null gives the fallback (HF writes null for unset
+// fields); any other type is an error naming the key, not a JSON library exception.
+bool bool_or(const nlohmann::json& c, const char* key, bool fallback, std::string_view what) {
+  if (!c.contains(key) || c[key].is_null()) return fallback;
+  if (!c[key].is_boolean()) throw Error(fmt::format("{}: \"{}\" must be true or false", what, key));
+  return c[key].get<bool>();
+}
+
+std::string string_or(const nlohmann::json& c, const char* key, const std::string& fallback,
+                      std::string_view what) {
+  if (!c.contains(key) || c[key].is_null()) return fallback;
+  if (!c[key].is_string()) throw Error(fmt::format("{}: \"{}\" must be a string", what, key));
+  return c[key].get<std::string>();
+}
+
 Family family_of(const std::string& arch, std::string_view what) {
   if (arch == "LlamaForCausalLM" || arch == "MistralForCausalLM") return Family::llama;
   if (arch == "Qwen2ForCausalLM") return Family::qwen2;
@@ -34,7 +49,8 @@ RopeScaling parse_rope_scaling(const nlohmann::json& c, std::string_view what) {
   RopeScaling r;
   if (!c.contains("rope_scaling") || c["rope_scaling"].is_null()) return r;
   const auto& s = c["rope_scaling"];
-  const std::string type = s.value("rope_type", s.value("type", std::string()));
+  if (!s.is_object()) throw Error(fmt::format("{}: \"rope_scaling\" must be an object", what));
+  const std::string type = string_or(s, "rope_type", string_or(s, "type", "", what), what);
   if (type == "default") return r;
   if (type != "llama3")
     throw Error(
@@ -84,7 +100,7 @@ ModelConfig parse_model_config(const nlohmann::json& c, std::string_view what) {
                     m.heads, m.kv_heads));
   if (m.head_dim % 2 != 0)
     throw Error(fmt::format("{}: head_dim {} must be even for RoPE", what, m.head_dim));
-  const std::string act = c.value("hidden_act", std::string("silu"));
+  const std::string act = string_or(c, "hidden_act", "silu", what);
   if (act != "silu")
     throw Error(fmt::format("{}: hidden_act '{}' is not supported (only silu)", what, act));
   m.rope_theta = number_or(c, "rope_theta", 10000.0, what);
@@ -97,10 +113,10 @@ ModelConfig parse_model_config(const nlohmann::json& c, std::string_view what) {
   if (!(m.rms_eps >= 0 && m.rms_eps < 1))
     throw Error(fmt::format("{}: rms_norm_eps {} must be in [0, 1)", what, m.rms_eps));
   m.rope_scaling = parse_rope_scaling(c, what);
-  m.tied_embeddings = c.value("tie_word_embeddings", false);
+  m.tied_embeddings = bool_or(c, "tie_word_embeddings", false, what);
   // Qwen2 always has q/k/v biases; Llama-family configs say so with attention_bias.
-  m.qkv_bias = m.family == Family::qwen2 || c.value("attention_bias", false);
-  if (c.value("mlp_bias", false))
+  m.qkv_bias = m.family == Family::qwen2 || bool_or(c, "attention_bias", false, what);
+  if (bool_or(c, "mlp_bias", false, what))
     throw Error(fmt::format("{}: mlp_bias=true is not supported", what));
   return m;
 }

@@ -192,6 +192,8 @@ const CliCase kCliCases[] = {
      "unsupported architecture 'GPT2LMHeadModel'"},
     {"negative rope_theta", [](const auto& hf) { edit_config(hf, "rope_theta", -1.0); },
      "rope_theta -1 must be a finite number above 1"},
+    {"attention_bias a string", [](const auto& hf) { edit_config(hf, "attention_bias", "yes"); },
+     "\"attention_bias\" must be true or false"},
     {"rms_norm_eps of 2", [](const auto& hf) { edit_config(hf, "rms_norm_eps", 2.0); },
      "rms_norm_eps 2 must be in [0, 1)"},
     {"shape disagrees with config",
