@@ -117,12 +117,15 @@ RunState::RunState(const ModelConfig& c, uint64_t ctx_, uint64_t batch_, KvType 
       kv(kv_type, host_compute ? c.layers * ctx_ * c.kv_heads * c.head_dim : 0),
       logits(c.vocab) {}
 
+double kv_bytes_per_position(const ModelConfig& c, KvType kv) {
+  return 2.0 * double(c.layers) * double(c.kv_heads * c.head_dim) * double(kv_type_bytes(kv));
+}
+
 double run_state_bytes(const ModelConfig& c, uint64_t ctx, uint64_t batch, KvType kv,
                        bool host_compute) {
   const double logits = double(c.vocab) * 4;
   if (!host_compute) return logits;
-  const double kv_bytes = 2.0 * double(c.layers) * double(ctx) * double(c.kv_heads * c.head_dim) *
-                          double(kv_type_bytes(kv));
+  const double kv_bytes = double(ctx) * kv_bytes_per_position(c, kv);
   const double activations = 4.0 * double(batch) *
                              double(4 * c.hidden + 2 * c.heads * c.head_dim +
                                     2 * c.kv_heads * c.head_dim + 2 * c.intermediate);

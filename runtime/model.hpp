@@ -129,6 +129,10 @@ struct RunState {
   std::vector<float> logits;    // [vocab] of the last token of the last call
 };
 
+// Bytes of keys and values the KV cache holds per position, over every layer: what attention
+// reads per position of context each token (Qwen2-32B in f16: 256 KB).
+double kv_bytes_per_position(const ModelConfig& c, KvType kv);
+
 // Bytes a RunState of these sizes allocates: the KV cache dominates (Qwen2-32B: 256 KB a token
 // in f16), then the attention scratch and the activations. Only the logits without host_compute.
 double run_state_bytes(const ModelConfig& c, uint64_t ctx, uint64_t batch, KvType kv,

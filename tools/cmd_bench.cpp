@@ -221,10 +221,9 @@ BenchRow run_config(const PackedFile& file, const BenchConfig& c, const EngineOp
   // PCIe from pinned memory); copy and compute overlap, so the slower of the two bounds a token.
   // Attention reads every layer's k and v rows once per token too, here at the decode steps'
   // mean position: small at short contexts, but Qwen2-32B at 4k positions reads 1.1 GB of f16
-  // cache a token beside its 17 GB of weights, and at 32k half as much again as the weights.
-  const ModelConfig& mc = e.config();
-  const double kv_read = 2.0 * double(mc.layers * mc.kv_heads * mc.head_dim) *
-                         double(kv_type_bytes(o.kv)) * (double(prompt) + double(gen + 1) / 2);
+  // cache a token beside its 17 GB of weights, and at 32k 8.6 GB, half the weights' bytes.
+  const double kv_read =
+      kv_bytes_per_position(e.config(), o.kv) * (double(prompt) + double(gen + 1) / 2);
   const double bound_s =
       std::max((w + kv_read) / (bw.read_gbps * 1e9), streamed / (bw.upload_gbps * 1e9));
   r.bound_tps = 1 / bound_s;
