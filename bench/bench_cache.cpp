@@ -8,7 +8,7 @@
 
 #include <cstring>
 
-#include "cache/cpu_backend.hpp"
+#include "cache/backend_cpu.hpp"
 #include "cache/device_cache.hpp"
 #ifdef FERRY_HAVE_CUDA
 #include <cuda_runtime_api.h>

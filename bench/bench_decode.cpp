@@ -16,8 +16,8 @@
 
 #include "quantizer/convert.hpp"
 #include "quantizer/synth.hpp"
-#include "runtime/bandwidth.hpp"
 #include "runtime/engine.hpp"
+#include "runtime/machine/bandwidth.hpp"
 
 namespace {
 

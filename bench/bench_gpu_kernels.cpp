@@ -13,14 +13,14 @@
 #include <vector>
 
 #include "cache/schedule.hpp"
+#include "format/int4.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/cuda_timer.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/matmul_cuda.hpp"
 #include "kernels/ops.hpp"
 #include "kernels/ops_cuda.hpp"
-#include "quantizer/int4.hpp"
-#include "runtime/cuda_device.hpp"
+#include "runtime/machine/cuda_device.hpp"
 
 namespace {
 

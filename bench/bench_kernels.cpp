@@ -14,10 +14,10 @@
 #include <random>
 #include <vector>
 
+#include "format/int4.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/ops.hpp"
-#include "quantizer/int4.hpp"
-#include "runtime/bandwidth.hpp"
+#include "runtime/machine/bandwidth.hpp"
 
 namespace {
 

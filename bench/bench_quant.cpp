@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "kernels/dequant.hpp"
-#include "quantizer/int4.hpp"
+#include "quantizer/int4_quantize.hpp"
 
 namespace ferry {
 namespace {

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 

@@ -33,7 +33,7 @@ struct MemoryFree {
 };
 using Memory = std::unique_ptr<uint8_t, MemoryFree>;
 
-// INT4 blocks of one weight as stored (quantizer/int4.hpp, docs/format.md).
+// INT4 blocks of one weight as stored (format/int4.hpp, docs/format.md).
 struct PackedInt4 {
   const uint8_t* q = nullptr;        // [rows, ceil(cols/128) * 64]
   const uint16_t* scales = nullptr;  // [rows, ceil(cols/128)] f16

@@ -7,11 +7,11 @@
 #include <string>
 #include <utility>
 
+#include "base/bytes.hpp"
 #include "cache/schedule.hpp"
+#include "format/int4.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/dequant.hpp"
-#include "quantizer/atomic_file.hpp"
-#include "quantizer/int4.hpp"
 
 namespace ferry {
 namespace {

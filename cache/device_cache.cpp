@@ -5,8 +5,8 @@
 
 #include <fmt/format.h>
 
-#include "quantizer/atomic_file.hpp"
-#include "quantizer/error.hpp"
+#include "base/bytes.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 namespace {

@@ -11,9 +11,9 @@
 
 #include <fmt/format.h>
 
+#include "base/error.hpp"
 #include "cache/schedule.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/packed_file.hpp"
+#include "format/packed_file.hpp"
 
 namespace ferry {
 namespace {
@@ -79,7 +79,7 @@ HostWeightStore::HostWeightStore(CacheBackend& backend, std::span<const HostPiec
       std::accumulate(pieces.begin(), pieces.end(), uint64_t(0),
                       [](uint64_t a, const HostPiece& p) { return a + p.bytes; });
   const unsigned threads = unsigned(std::clamp<size_t>(pieces.size(), 1, thread_count(o.threads)));
-  run_pool(threads, work, [&] {
+  run_threads(threads, work, [&] {
     if (o.progress) o.progress("load weights", done.load(), total);
   });
   if (!bad.empty()) throw Error(mismatch_message(std::move(bad)));

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "base/threads.hpp"
 #include "cache/backend.hpp"
-#include "quantizer/parallel.hpp"
 
 namespace ferry {
 

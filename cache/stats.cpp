@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "quantizer/atomic_file.hpp"
+#include "base/bytes.hpp"
 
 namespace ferry {
 namespace {

@@ -18,10 +18,10 @@
 #include <cstdint>
 #include <string>
 
+#include "base/error.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/ops.hpp"
 #include "kernels/ops_cuda.hpp"
-#include "quantizer/error.hpp"
 
 namespace ferry {
 namespace {

@@ -7,7 +7,7 @@
 
 #include <fmt/format.h>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 namespace {

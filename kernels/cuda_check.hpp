@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 

@@ -12,10 +12,10 @@
 #include <limits>
 #include <string>
 
+#include "base/error.hpp"
+#include "format/int4.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/dequant.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/int4.hpp"
 
 namespace ferry {
 namespace {

@@ -1,5 +1,5 @@
 // INT4 -> bf16 dequantization: the CPU twin (dequant_cpu.cpp) and the CUDA kernel (dequant.cu)
-// share this contract (layout in quantizer/int4.hpp and docs/format.md):
+// share this contract (layout in format/int4.hpp and docs/format.md):
 //   q      [rows, ceil(cols/128) * 64] u8, low nibble = even element
 //   scales [rows, ceil(cols/128)] f16 bits
 //   mins   [rows, ceil(cols/128)] f16 bits, or nullptr for the sym layout

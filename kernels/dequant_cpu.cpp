@@ -9,10 +9,10 @@
 #include <algorithm>
 #include <array>
 
+#include "base/dtype.hpp"
+#include "base/simd.hpp"
+#include "format/int4.hpp"
 #include "kernels/dequant.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/int4.hpp"
-#include "quantizer/target_clones.hpp"
 
 namespace ferry {
 namespace {

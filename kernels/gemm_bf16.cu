@@ -17,9 +17,9 @@
 
 #include <string>
 
+#include "base/error.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/matmul_cuda.hpp"
-#include "quantizer/error.hpp"
 
 namespace ferry {
 namespace {

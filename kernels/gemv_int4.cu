@@ -18,10 +18,10 @@
 #include <cstdint>
 #include <string>
 
+#include "base/error.hpp"
+#include "format/int4.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/matmul_cuda.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/int4.hpp"
 
 namespace ferry {
 namespace {

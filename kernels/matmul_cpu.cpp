@@ -31,11 +31,11 @@
 
 #include <fmt/format.h>
 
+#include "base/dtype.hpp"
+#include "base/error.hpp"
+#include "format/int4.hpp"
 #include "kernels/cpu_isa.hpp"
 #include "kernels/matmul.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/int4.hpp"
 
 #if FERRY_X86
 #include <immintrin.h>

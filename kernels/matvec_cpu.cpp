@@ -1,8 +1,8 @@
 #include <algorithm>
 
+#include "base/dtype.hpp"
+#include "format/int4.hpp"
 #include "kernels/matvec.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/int4.hpp"
 
 namespace ferry {
 

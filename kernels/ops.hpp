@@ -7,13 +7,7 @@
 #include "kernels/cpu_isa.hpp"
 #include "kernels/cpu_pool.hpp"
 
-// The chunk arithmetic below is shared with the CUDA kernels (kernels/attention.cu), so that both
-// twins count chunks and lay out partials from one definition.
-#ifdef __CUDACC__
-#define FERRY_HOST_DEVICE __host__ __device__
-#else
-#define FERRY_HOST_DEVICE
-#endif
+#include "base/simd.hpp"
 
 namespace ferry {
 
@@ -52,7 +46,7 @@ constexpr uint64_t attention_scratch_floats(uint64_t batch, uint64_t ctx, uint64
 }
 
 // Throws ferry::Error unless heads is a multiple of kv_heads > 0 and head_dim > 0 (both twins
-// check it; model_spec.cpp already refuses such a model at load).
+// check it; format/model_config.cpp already refuses such a model at load).
 void check_attention_shape(uint64_t heads, uint64_t kv_heads, uint64_t head_dim);
 
 // The element type of the KV cache. f16 (the default) halves its memory and the bytes attention

@@ -6,10 +6,10 @@
 
 #include <fmt/format.h>
 
+#include "base/dtype.hpp"
+#include "base/error.hpp"
+#include "base/simd.hpp"
 #include "kernels/ops.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/target_clones.hpp"
 
 #if FERRY_X86
 #include <immintrin.h>

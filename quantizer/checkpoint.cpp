@@ -10,7 +10,7 @@
 #include <set>
 #include <sstream>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 namespace {

@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include "quantizer/safetensors.hpp"
+#include "format/safetensors.hpp"
 
 namespace ferry {
 

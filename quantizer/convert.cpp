@@ -18,11 +18,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "quantizer/atomic_file.hpp"
+#include "base/atomic_file.hpp"
+#include "base/error.hpp"
+#include "base/threads.hpp"
+#include "format/packed_file.hpp"
 #include "quantizer/checkpoint.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/packed_file.hpp"
-#include "quantizer/parallel.hpp"
 
 namespace ferry {
 namespace {
@@ -279,7 +279,7 @@ std::vector<std::string> checksum_output(const AtomicFile& out, const PackedPlan
       sums[i] = checksum_hex(XXH3_64bits_digest(state.get()));
     }
   };
-  run_pool(threads, work, [&] { progress("checksum", done, plan.data_bytes); });
+  run_threads(threads, work, [&] { progress("checksum", done, plan.data_bytes); });
   return sums;
 }
 
@@ -336,7 +336,7 @@ ConvertReport convert_checkpoint(const std::filesystem::path& dir,
   uint64_t work_bytes = 0;  // a tied lm_head's source counts twice here: it is converted twice
   for (const TensorView* s : sources) work_bytes += s->nbytes;
   report.input_bytes = distinct_source_bytes(sources);
-  run_pool(
+  run_threads(
       threads, [&] { worker(job); }, [&] { progress("quantize", job.bytes_done, work_bytes); });
   if (job.error) std::rethrow_exception(job.error);
 

@@ -13,9 +13,9 @@
 #include <string_view>
 #include <vector>
 
-#include "quantizer/int4.hpp"
-#include "quantizer/model_spec.hpp"
-#include "quantizer/parallel.hpp"
+#include "base/threads.hpp"
+#include "format/model_config.hpp"
+#include "quantizer/int4_quantize.hpp"
 
 namespace ferry {
 

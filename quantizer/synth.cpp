@@ -19,10 +19,10 @@
 
 #include <fmt/format.h>
 
-#include "quantizer/atomic_file.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/model_spec.hpp"
-#include "quantizer/packed_file.hpp"
+#include "base/atomic_file.hpp"
+#include "base/error.hpp"
+#include "format/model_config.hpp"
+#include "format/packed_file.hpp"
 
 namespace ferry {
 namespace {
@@ -195,7 +195,7 @@ void write_shard(const std::filesystem::path& dir, const Shard& shard, uint64_t 
       done += c.count * 2;
     }
   };
-  run_pool(threads, work, report);
+  run_threads(threads, work, report);
   out.commit();
 }
 

@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "quantizer/parallel.hpp"
+#include "base/threads.hpp"
 
 namespace ferry {
 

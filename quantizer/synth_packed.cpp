@@ -6,10 +6,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "quantizer/dtype.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/model_spec.hpp"
-#include "quantizer/packed_file.hpp"
+#include "base/dtype.hpp"
+#include "base/error.hpp"
+#include "format/model_config.hpp"
+#include "format/packed_file.hpp"
 
 namespace ferry {
 namespace {
@@ -132,7 +132,7 @@ std::shared_ptr<MappedFile> synth_packed_image(const SynthOptions& o, Scheme sch
     std::vector<std::string> sums(ts.size());
     std::atomic<size_t> next = 0;
     std::atomic<uint64_t> done = 0;
-    run_pool(
+    run_threads(
         thread_count(o.threads),
         [&] {
           for (size_t i; (i = next.fetch_add(1)) < ts.size();) {

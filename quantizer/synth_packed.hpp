@@ -7,9 +7,9 @@
 #include <cstdint>
 #include <memory>
 
-#include "quantizer/int4.hpp"
-#include "quantizer/parallel.hpp"
-#include "quantizer/safetensors.hpp"
+#include "base/threads.hpp"
+#include "format/safetensors.hpp"
+#include "quantizer/int4_quantize.hpp"
 #include "quantizer/synth.hpp"
 
 namespace ferry {

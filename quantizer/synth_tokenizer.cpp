@@ -6,7 +6,7 @@
 #include <utility>
 #include <vector>
 
-#include "quantizer/model_spec.hpp"
+#include "format/model_config.hpp"
 #include "quantizer/synth.hpp"
 
 namespace ferry {

@@ -5,9 +5,9 @@
 
 #include <fmt/format.h>
 
-#include "quantizer/atomic_file.hpp"
-#include "quantizer/error.hpp"
-#include "runtime/host_memory.hpp"
+#include "base/bytes.hpp"
+#include "base/error.hpp"
+#include "runtime/machine/host_memory.hpp"
 
 namespace ferry {
 namespace {

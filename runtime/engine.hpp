@@ -7,12 +7,12 @@
 #include <optional>
 #include <span>
 
+#include "format/packed_file.hpp"
 #include "kernels/cpu_pool.hpp"
-#include "quantizer/packed_file.hpp"
 #include "runtime/device_forward.hpp"
 #include "runtime/model.hpp"
 #include "runtime/paged_weights.hpp"
-#include "runtime/tokenizer.hpp"
+#include "text/tokenizer.hpp"
 
 namespace ferry {
 

@@ -11,11 +11,11 @@
 
 #include <fmt/format.h>
 
+#include "base/dtype.hpp"
+#include "base/error.hpp"
 #include "kernels/cpu_pool.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/ops.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/error.hpp"
 #include "runtime/model.hpp"
 
 namespace ferry {

@@ -15,16 +15,16 @@
 
 #include <fmt/format.h>
 
+#include "base/bytes.hpp"
+#include "base/dtype.hpp"
+#include "base/error.hpp"
 #include "cache/backend_cuda.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/matmul_cuda.hpp"
 #include "kernels/ops.hpp"
 #include "kernels/ops_cuda.hpp"
-#include "quantizer/atomic_file.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/error.hpp"
-#include "runtime/cuda_device.hpp"
+#include "runtime/machine/cuda_device.hpp"
 
 namespace ferry {
 namespace {

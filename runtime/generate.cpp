@@ -6,7 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 namespace {

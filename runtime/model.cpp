@@ -5,8 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "base/error.hpp"
 #include "kernels/ops.hpp"
-#include "quantizer/error.hpp"
 
 namespace ferry {
 namespace {

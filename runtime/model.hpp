@@ -6,9 +6,9 @@
 #include <span>
 #include <vector>
 
+#include "format/model_config.hpp"
+#include "format/packed_file.hpp"
 #include "kernels/ops.hpp"
-#include "quantizer/model_spec.hpp"
-#include "quantizer/packed_file.hpp"
 
 namespace ferry {
 

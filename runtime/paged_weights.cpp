@@ -5,9 +5,9 @@
 
 #include <fmt/format.h>
 
-#include "cache/cpu_backend.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/int4.hpp"
+#include "base/error.hpp"
+#include "cache/backend_cpu.hpp"
+#include "format/int4.hpp"
 
 namespace ferry {
 namespace {

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numeric>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 

@@ -7,8 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "quantizer/error.hpp"
-#include "quantizer/model_spec.hpp"
+#include "base/error.hpp"
+#include "format/model_config.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const nlohmann::json config = nlohmann::json::parse(data, data + size, nullptr, false);

@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <span>
 
-#include "quantizer/error.hpp"
-#include "quantizer/safetensors.hpp"
+#include "base/error.hpp"
+#include "format/safetensors.hpp"
 
 namespace {
 

@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "quantizer/error.hpp"
-#include "runtime/tokenizer.hpp"
+#include "base/error.hpp"
+#include "text/tokenizer.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view json(reinterpret_cast<const char*>(data), size);

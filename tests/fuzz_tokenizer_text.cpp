@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "quantizer/error.hpp"
-#include "runtime/tokenizer.hpp"
+#include "base/error.hpp"
+#include "text/tokenizer.hpp"
 
 namespace {
 

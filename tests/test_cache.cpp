@@ -11,13 +11,13 @@
 
 #include <fmt/format.h>
 
+#include "base/error.hpp"
 #include "cache/arena.hpp"
-#include "cache/cpu_backend.hpp"
+#include "cache/backend_cpu.hpp"
 #include "cache/device_cache.hpp"
 #include "cache/host_store.hpp"
 #include "cache/pin_plan.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/packed_file.hpp"
+#include "format/packed_file.hpp"
 
 namespace ferry {
 namespace {

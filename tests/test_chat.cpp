@@ -18,11 +18,11 @@
 #include <string>
 #include <vector>
 
-#include "quantizer/error.hpp"
-#include "runtime/chat_template.hpp"
+#include "base/error.hpp"
 #include "runtime/generate.hpp"
-#include "runtime/tokenizer.hpp"
 #include "test_util.hpp"
+#include "text/chat_template.hpp"
+#include "text/tokenizer.hpp"
 
 namespace ferry {
 namespace {

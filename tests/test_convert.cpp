@@ -15,12 +15,12 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "base/bytes.hpp"
+#include "base/error.hpp"
+#include "format/packed_file.hpp"
 #include "kernels/dequant.hpp"
-#include "quantizer/atomic_file.hpp"
 #include "quantizer/checkpoint.hpp"
 #include "quantizer/convert.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/packed_file.hpp"
 #include "quantizer/synth.hpp"
 #include "tests/test_util.hpp"
 

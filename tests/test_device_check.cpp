@@ -4,8 +4,8 @@
 
 #include <algorithm>
 
-#include "quantizer/error.hpp"
-#include "runtime/device_check.hpp"
+#include "base/error.hpp"
+#include "runtime/machine/device_check.hpp"
 #include "tests/test_util.hpp"
 
 namespace ferry {

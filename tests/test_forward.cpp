@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "base/error.hpp"
 #include "quantizer/convert.hpp"
-#include "quantizer/error.hpp"
 #include "quantizer/synth_packed.hpp"
 #include "runtime/engine.hpp"
 #include "tests/test_util.hpp"

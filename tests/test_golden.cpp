@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "format/packed_file.hpp"
 #include "quantizer/convert.hpp"
-#include "quantizer/packed_file.hpp"
 #include "quantizer/synth.hpp"
 #include "runtime/engine.hpp"
 #include "tests/test_util.hpp"

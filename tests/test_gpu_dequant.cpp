@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "base/dtype.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/dequant.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/int4.hpp"
+#include "quantizer/int4_quantize.hpp"
 #include "tests/gpu_util.hpp"
 
 namespace ferry {

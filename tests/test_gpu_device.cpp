@@ -3,8 +3,8 @@
 
 #include <cstdio>
 
-#include "quantizer/error.hpp"
-#include "runtime/cuda_device.hpp"
+#include "base/error.hpp"
+#include "runtime/machine/cuda_device.hpp"
 #include "tests/gpu_util.hpp"
 
 namespace ferry {

@@ -14,8 +14,8 @@
 
 #include <fmt/format.h>
 
+#include "base/error.hpp"
 #include "quantizer/convert.hpp"
-#include "quantizer/error.hpp"
 #include "quantizer/synth.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/forward_cuda.hpp"

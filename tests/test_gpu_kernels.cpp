@@ -9,12 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "base/dtype.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/matmul_cuda.hpp"
 #include "kernels/ops.hpp"
 #include "kernels/ops_cuda.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/int4.hpp"
+#include "quantizer/int4_quantize.hpp"
 #include "tests/gpu_util.hpp"
 
 namespace ferry {

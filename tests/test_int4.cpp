@@ -9,10 +9,10 @@
 #include <random>
 #include <vector>
 
+#include "base/dtype.hpp"
+#include "base/error.hpp"
 #include "kernels/dequant.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/int4.hpp"
+#include "quantizer/int4_quantize.hpp"
 
 namespace ferry {
 namespace {

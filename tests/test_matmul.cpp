@@ -11,10 +11,10 @@
 #include <stdexcept>
 #include <thread>
 
+#include "base/dtype.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/matvec.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/int4.hpp"
+#include "quantizer/int4_quantize.hpp"
 #include "tests/alloc_counter.hpp"
 
 namespace ferry {

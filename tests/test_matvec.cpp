@@ -4,10 +4,10 @@
 #include <cmath>
 #include <random>
 
+#include "base/dtype.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/matvec.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/int4.hpp"
+#include "quantizer/int4_quantize.hpp"
 
 namespace ferry {
 namespace {

@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "base/dtype.hpp"
+#include "base/error.hpp"
 #include "kernels/cpu_pool.hpp"
 #include "kernels/ops.hpp"
-#include "quantizer/dtype.hpp"
-#include "quantizer/error.hpp"
 
 namespace ferry {
 namespace {

@@ -9,10 +9,10 @@
 
 #include <fmt/format.h>
 
-#include "cache/cpu_backend.hpp"
+#include "base/error.hpp"
+#include "cache/backend_cpu.hpp"
 #include "kernels/dequant.hpp"
 #include "quantizer/convert.hpp"
-#include "quantizer/error.hpp"
 #include "quantizer/synth.hpp"
 #include "runtime/engine.hpp"
 #include "tests/test_util.hpp"

@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "base/error.hpp"
+#include "format/safetensors.hpp"
 #include "quantizer/checkpoint.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/safetensors.hpp"
 #include "tests/test_util.hpp"
 
 namespace ferry {

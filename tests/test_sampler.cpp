@@ -2,7 +2,7 @@
 
 #include <map>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 #include "runtime/sampler.hpp"
 
 namespace ferry {

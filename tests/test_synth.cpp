@@ -12,8 +12,8 @@
 #include <map>
 #include <sstream>
 
+#include "base/error.hpp"
 #include "quantizer/checkpoint.hpp"
-#include "quantizer/error.hpp"
 #include "quantizer/synth.hpp"
 #include "tests/test_util.hpp"
 

@@ -4,9 +4,9 @@
 
 #include <cmath>
 
+#include "base/error.hpp"
+#include "format/packed_file.hpp"
 #include "quantizer/convert.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/packed_file.hpp"
 #include "quantizer/synth_packed.hpp"
 #include "runtime/engine.hpp"
 #include "tests/test_util.hpp"

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "quantizer/error.hpp"
-#include "runtime/tokenizer.hpp"
+#include "base/error.hpp"
 #include "test_util.hpp"
+#include "text/tokenizer.hpp"
 
 namespace ferry {
 namespace {

@@ -17,7 +17,7 @@
 
 #include <fmt/format.h>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 #include "tools/commands.hpp"
 #include "tools/progress.hpp"
 #ifdef FERRY_HAVE_CUDA

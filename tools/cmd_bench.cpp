@@ -17,15 +17,15 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 #include "quantizer/synth_packed.hpp"
-#include "runtime/bandwidth.hpp"
 #include "runtime/engine.hpp"
-#include "runtime/host_memory.hpp"
+#include "runtime/machine/bandwidth.hpp"
+#include "runtime/machine/host_memory.hpp"
 #include "tools/commands.hpp"
 #include "tools/progress.hpp"
 #ifdef FERRY_HAVE_CUDA
-#include "runtime/cuda_device.hpp"
+#include "runtime/machine/cuda_device.hpp"
 #endif
 
 namespace ferry {

@@ -13,10 +13,10 @@
 #include <cstdio>
 #include <thread>
 
-#include "quantizer/error.hpp"
-#include "runtime/chat_template.hpp"
+#include "base/error.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/generate.hpp"
+#include "text/chat_template.hpp"
 #include "tools/commands.hpp"
 
 namespace ferry {

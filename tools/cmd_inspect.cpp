@@ -8,12 +8,12 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "quantizer/atomic_file.hpp"
+#include "base/bytes.hpp"
+#include "base/error.hpp"
+#include "base/threads.hpp"
+#include "format/packed_file.hpp"
 #include "quantizer/checkpoint.hpp"
 #include "quantizer/convert.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/packed_file.hpp"
-#include "quantizer/parallel.hpp"
 #include "tools/commands.hpp"
 
 namespace ferry {

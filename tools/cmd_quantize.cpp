@@ -5,9 +5,9 @@
 
 #include <fmt/format.h>
 
-#include "quantizer/atomic_file.hpp"
+#include "base/bytes.hpp"
+#include "base/error.hpp"
 #include "quantizer/convert.hpp"
-#include "quantizer/error.hpp"
 #include "tools/commands.hpp"
 #include "tools/progress.hpp"
 

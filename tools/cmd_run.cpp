@@ -4,7 +4,7 @@
 
 #include <fmt/format.h>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/generate.hpp"
 #include "tools/commands.hpp"

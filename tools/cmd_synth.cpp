@@ -3,8 +3,8 @@
 
 #include <cstdio>
 
-#include "quantizer/atomic_file.hpp"
-#include "quantizer/error.hpp"
+#include "base/bytes.hpp"
+#include "base/error.hpp"
 #include "quantizer/synth.hpp"
 #include "tools/commands.hpp"
 #include "tools/progress.hpp"

@@ -7,7 +7,7 @@
 #include <new>
 #include <string_view>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 #include "tools/commands.hpp"
 
 namespace {

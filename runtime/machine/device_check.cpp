@@ -1,10 +1,10 @@
-#include "runtime/device_check.hpp"
+#include "runtime/machine/device_check.hpp"
 
 #include <charconv>
 
 #include <fmt/format.h>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 

@@ -1,4 +1,4 @@
-#include "quantizer/safetensors.hpp"
+#include "format/safetensors.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <tuple>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 namespace {

@@ -38,7 +38,4 @@ class AtomicFile {
 // writable. Called before any work, so that a bad -o costs nothing; AtomicFile checks it too.
 void check_output_path(const std::filesystem::path& target);
 
-// "12.3 GB"-style decimal sizes for messages.
-std::string human_bytes(double bytes);
-
 }  // namespace ferry

@@ -1,5 +1,5 @@
-// A tiny fork-join helper shared by the converter and the synthesizer: run one function on N
-// threads and call `report` on the calling thread about ten times a second until they finish
+// A tiny fork-join helper (the converter, the synthesizer, the host weight store): run one function
+// on N threads and call `report` on the calling thread about ten times a second until they finish
 // (that is where progress bars are drawn, never from a worker).
 #pragma once
 #include <cstdint>
@@ -13,8 +13,8 @@ using ProgressFn = std::function<void(std::string_view phase, uint64_t done, uin
 
 // Throws ferry::Error when the system refuses to start `threads` threads (after joining the ones
 // that started).
-void run_pool(unsigned threads, const std::function<void()>& fn,
-              const std::function<void()>& report);
+void run_threads(unsigned threads, const std::function<void()>& fn,
+                 const std::function<void()>& report);
 
 // The most threads a --threads option may ask for: far above any core count of today, low enough
 // that a typo (--threads 100000) fails before any work instead of at thread creation mid-way.

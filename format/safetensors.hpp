@@ -28,7 +28,7 @@
 #include <string_view>
 #include <vector>
 
-#include "quantizer/dtype.hpp"
+#include "base/dtype.hpp"
 
 namespace ferry {
 

@@ -4,6 +4,14 @@
 // before main). ThreadSanitizer builds (scripts/test.sh) therefore compile the baseline only.
 #pragma once
 
+// FERRY_HOST_DEVICE: a function the CPU twins and the CUDA kernels share (layout arithmetic,
+// chunk counts), compiled for both sides by nvcc and for the host by the C++ compiler.
+#ifdef __CUDACC__
+#define FERRY_HOST_DEVICE __host__ __device__
+#else
+#define FERRY_HOST_DEVICE
+#endif
+
 #if defined(__SANITIZE_THREAD__)
 #define FERRY_TSAN 1
 #elif defined(__has_feature)

@@ -1,10 +1,10 @@
-#include "runtime/chat_template.hpp"
+#include "text/chat_template.hpp"
 
 #include <ctime>
 
 #include <nlohmann/json.hpp>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 namespace {

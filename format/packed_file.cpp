@@ -1,4 +1,4 @@
-#include "quantizer/packed_file.hpp"
+#include "format/packed_file.hpp"
 
 #include <xxhash.h>
 
@@ -10,8 +10,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "quantizer/error.hpp"
-#include "quantizer/parallel.hpp"
+#include "base/error.hpp"
+#include "base/threads.hpp"
 
 namespace ferry {
 namespace {
@@ -152,7 +152,7 @@ std::vector<std::string> PackedFile::verify_checksums(unsigned threads) const {
       bad.push_back(ts[i].name);
     }
   };
-  run_pool(std::max(1u, threads), work, [] {});
+  run_threads(std::max(1u, threads), work, [] {});
   std::sort(bad.begin(), bad.end());
   return bad;
 }

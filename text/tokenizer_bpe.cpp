@@ -3,8 +3,8 @@
 #include <nlohmann/json.hpp>
 #include <queue>
 
-#include "quantizer/error.hpp"
-#include "runtime/tokenizer_parts.hpp"
+#include "base/error.hpp"
+#include "text/tokenizer_parts.hpp"
 
 namespace ferry::tok {
 namespace {

@@ -1,15 +1,15 @@
 // Tokenizer pipeline (HF tokenizers' TokenizerImpl): added tokens are split out first, the
 // rest is normalized, pre-tokenized and run through BPE; the post-processor adds the template's
 // special tokens; decode maps ids back to token strings and runs the decoder chain.
-#include "runtime/tokenizer.hpp"
+#include "text/tokenizer.hpp"
 
 #include <array>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 #include <unordered_set>
 
-#include "quantizer/error.hpp"
-#include "runtime/tokenizer_parts.hpp"
+#include "base/error.hpp"
+#include "text/tokenizer_parts.hpp"
 
 namespace ferry {
 

@@ -1,4 +1,4 @@
-#include "quantizer/dtype.hpp"
+#include "base/dtype.hpp"
 
 #include <array>
 #include <bit>

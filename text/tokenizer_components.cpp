@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "quantizer/error.hpp"
-#include "runtime/tokenizer_parts.hpp"
+#include "base/error.hpp"
+#include "text/tokenizer_parts.hpp"
 
 namespace ferry::tok {
 

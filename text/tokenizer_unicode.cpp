@@ -6,8 +6,8 @@
 #include <cstdlib>
 #include <memory>
 
-#include "quantizer/error.hpp"
-#include "runtime/tokenizer_parts.hpp"
+#include "base/error.hpp"
+#include "text/tokenizer_parts.hpp"
 
 namespace ferry::tok {
 namespace {

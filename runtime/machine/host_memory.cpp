@@ -1,4 +1,4 @@
-#include "runtime/host_memory.hpp"
+#include "runtime/machine/host_memory.hpp"
 
 #include <unistd.h>
 

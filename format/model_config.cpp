@@ -1,10 +1,10 @@
-#include "quantizer/model_spec.hpp"
+#include "format/model_config.hpp"
 
 #include <cmath>
 
 #include <fmt/format.h>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 namespace {

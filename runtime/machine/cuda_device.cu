@@ -4,11 +4,11 @@
 #include <memory>
 #include <string>
 
+#include "base/error.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/cuda_timer.hpp"
-#include "quantizer/error.hpp"
-#include "runtime/cuda_device.hpp"
-#include "runtime/device_check.hpp"
+#include "runtime/machine/cuda_device.hpp"
+#include "runtime/machine/device_check.hpp"
 
 namespace ferry {
 namespace {

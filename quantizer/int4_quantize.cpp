@@ -1,4 +1,4 @@
-#include "quantizer/int4.hpp"
+#include "quantizer/int4_quantize.hpp"
 
 #include <algorithm>
 #include <array>
@@ -7,9 +7,9 @@
 #include <limits>
 #include <string>
 
-#include "quantizer/dtype.hpp"
-#include "quantizer/error.hpp"
-#include "quantizer/target_clones.hpp"
+#include "base/dtype.hpp"
+#include "base/error.hpp"
+#include "base/simd.hpp"
 
 namespace ferry {
 namespace {
@@ -291,38 +291,6 @@ void encode_block(const Block& b, const SchemeShape& sh, Grid g, uint8_t* q, Qua
 }
 
 }  // namespace
-
-std::optional<Scheme> parse_scheme(std::string_view name) {
-  if (name == "bf16") return Scheme::bf16;
-  if (name == "sym") return Scheme::sym;
-  if (name == "sym-clip") return Scheme::sym_clip;
-  if (name == "asym") return Scheme::asym;
-  if (name == "asym-clip") return Scheme::asym_clip;
-  return std::nullopt;
-}
-
-std::string_view scheme_name(Scheme s) {
-  switch (s) {
-    case Scheme::bf16:
-      return "bf16";
-    case Scheme::sym:
-      return "sym";
-    case Scheme::sym_clip:
-      return "sym-clip";
-    case Scheme::asym:
-      return "asym";
-    case Scheme::asym_clip:
-      return "asym-clip";
-  }
-  return "unknown";
-}
-
-bool scheme_has_mins(Scheme s) {
-  return s == Scheme::asym || s == Scheme::asym_clip;
-}
-bool scheme_is_int4(Scheme s) {
-  return s != Scheme::bf16;
-}
 
 void QuantError::add(const QuantError& o) {
   sum_sq_err += o.sum_sq_err;

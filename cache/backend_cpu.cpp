@@ -1,12 +1,12 @@
-#include "cache/cpu_backend.hpp"
+#include "cache/backend_cpu.hpp"
 
 #include <cstdlib>
 #include <cstring>
 
 #include <fmt/format.h>
 
+#include "base/error.hpp"
 #include "kernels/dequant.hpp"
-#include "quantizer/error.hpp"
 
 namespace ferry {
 namespace {

@@ -17,10 +17,10 @@
 #include <string>
 #include <vector>
 
-#include "quantizer/dtype.hpp"
-#include "quantizer/int4.hpp"
-#include "quantizer/model_spec.hpp"
-#include "quantizer/safetensors.hpp"
+#include "base/dtype.hpp"
+#include "format/int4.hpp"
+#include "format/model_config.hpp"
+#include "format/safetensors.hpp"
 
 namespace ferry {
 

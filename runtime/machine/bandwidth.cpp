@@ -1,4 +1,4 @@
-#include "runtime/bandwidth.hpp"
+#include "runtime/machine/bandwidth.hpp"
 
 #include <algorithm>
 #include <atomic>

@@ -1,4 +1,4 @@
-#include "quantizer/parallel.hpp"
+#include "base/threads.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -10,12 +10,12 @@
 
 #include <fmt/format.h>
 
-#include "quantizer/error.hpp"
+#include "base/error.hpp"
 
 namespace ferry {
 
-void run_pool(unsigned threads, const std::function<void()>& fn,
-              const std::function<void()>& report) {
+void run_threads(unsigned threads, const std::function<void()>& fn,
+                 const std::function<void()>& report) {
   std::mutex mu;
   std::condition_variable cv;
   unsigned finished = 0;
