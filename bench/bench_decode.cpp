@@ -55,7 +55,7 @@ void decode(benchmark::State& state, const char* scheme) {
   const fs::path model = packed_model(scheme);
   ferry::Engine e({.model = model, .ctx = 512, .batch = 64, .threads = threads()});
   const std::vector<int32_t> prompt(128, 100);
-  const double bytes = ferry::weight_bytes_per_token(e.file);
+  const double bytes = ferry::weight_bytes_per_token(e.file());
   const uint64_t gen = 32;
   double prefill_s = 0, decode_s = 0;
   for (auto _ : state) {
@@ -71,7 +71,7 @@ void decode(benchmark::State& state, const char* scheme) {
   }
   const double iters = double(state.iterations());
   const double decode_tps = double(gen) * iters / decode_s;
-  const ferry::HostBandwidth bw = ferry::measure_host_bandwidth(e.pool);
+  const ferry::HostBandwidth bw = ferry::measure_host_bandwidth(e.pool());
   state.counters["prefill_tok/s"] = double(prompt.size()) * iters / prefill_s;
   state.counters["decode_tok/s"] = decode_tps;
   state.counters["decode_GB/s"] = decode_tps * bytes / 1e9;

@@ -14,12 +14,13 @@
 
 #include "cache/schedule.hpp"
 #include "format/int4.hpp"
+#include "kernels/attention.hpp"
 #include "kernels/cuda_check.hpp"
+#include "kernels/cuda_memory.hpp"
 #include "kernels/cuda_timer.hpp"
 #include "kernels/dequant.hpp"
-#include "kernels/matmul_cuda.hpp"
-#include "kernels/ops.hpp"
-#include "kernels/ops_cuda.hpp"
+#include "kernels/elementwise.hpp"
+#include "kernels/matmul.hpp"
 #include "runtime/machine/cuda_device.hpp"
 
 namespace {
@@ -42,19 +43,17 @@ double hbm_gbps() {
 
 // One device allocation filled with a byte pattern (the kernels' timing does not depend on the
 // values; 0x22 gives f16 scales of 0.0067 and small finite products).
+// n bytes of device memory (held as everywhere, kernels/cuda_memory.hpp), filled with `fill`,
+// viewed as any type at a byte offset.
 struct DeviceBytes {
-  explicit DeviceBytes(uint64_t n, int fill = 0x22) {
-    CUDA_CHECK(cudaMalloc(&p, n ? n : 1));
-    CUDA_CHECK(cudaMemset(p, fill, n));
+  explicit DeviceBytes(uint64_t n, int fill = 0x22) : bytes(n ? n : 1, "a benchmark buffer") {
+    CUDA_CHECK(cudaMemset(bytes.get(), fill, n));
   }
-  ~DeviceBytes() { cudaFree(p); }
-  DeviceBytes(const DeviceBytes&) = delete;
-  DeviceBytes& operator=(const DeviceBytes&) = delete;
   template <class T>
   T* as(uint64_t byte_offset = 0) const {
-    return reinterpret_cast<T*>(static_cast<uint8_t*>(p) + byte_offset);
+    return reinterpret_cast<T*>(bytes.get() + byte_offset);
   }
-  void* p = nullptr;
+  DeviceArray<uint8_t> bytes;
 };
 
 // Times `pass` (which enqueues work on `stream`) with events, as the benchmark's manual time;
@@ -101,8 +100,8 @@ void gemv_int4(benchmark::State& state) {
   const double seconds = timed(state, stream, [&] {
     for (uint64_t c = 0; c < copies; ++c) {
       const uint64_t at = c * one;
-      matmul_int4_cuda(w.as<uint8_t>(at), w.as<uint16_t>(at + q_bytes),
-                       asym ? w.as<uint16_t>(at + q_bytes + s_bytes) : nullptr, rows, cols,
+      matmul_int4_cuda({w.as<uint8_t>(at), w.as<uint16_t>(at + q_bytes),
+                        asym ? w.as<uint16_t>(at + q_bytes + s_bytes) : nullptr, rows, cols},
                        x.as<float>(), n, y.as<float>(), stream);
     }
   });
@@ -149,9 +148,9 @@ void prefill_int4(benchmark::State& state) {
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
   const double seconds = timed(state, stream, [&] {
-    dequant_int4_bf16_cuda(w.as<uint8_t>(), w.as<uint16_t>(q_bytes),
-                           w.as<uint16_t>(q_bytes + s_bytes), rows, cols, scratch.as<uint16_t>(),
-                           stream);
+    dequant_int4_bf16_cuda(
+        {w.as<uint8_t>(), w.as<uint16_t>(q_bytes), w.as<uint16_t>(q_bytes + s_bytes), rows, cols},
+        scratch.as<uint16_t>(), stream);
     blas.matmul_bf16(scratch.as<uint16_t>(), rows, cols, x.as<float>(), n, y.as<float>(), stream);
   });
   state.counters["TFLOP/s"] =

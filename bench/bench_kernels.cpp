@@ -15,8 +15,9 @@
 #include <vector>
 
 #include "format/int4.hpp"
+#include "kernels/attention.hpp"
+#include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
-#include "kernels/ops.hpp"
 #include "runtime/machine/bandwidth.hpp"
 
 namespace {
@@ -114,8 +115,10 @@ void int4(benchmark::State& state) {
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
     const uint64_t s_at = c * s_size;
-    matmul_int4_cpu(pool(), w.q.data() + c * q_size, w.scales.data() + s_at,
-                    asym ? w.mins.data() + s_at : nullptr, rows, cols, x.data(), n, y.data());
+    matmul_int4_cpu(pool(),
+                    {w.q.data() + c * q_size, w.scales.data() + s_at,
+                     asym ? w.mins.data() + s_at : nullptr, rows, cols},
+                    x.data(), n, y.data());
     c = (c + 1) % w.copies;
   }
   report(state, double(w.bytes), since(t0));

@@ -62,7 +62,7 @@ void bm_dequant_bf16_cpu(benchmark::State& state, Scheme scheme) {
   const uint16_t* mins = scheme_has_mins(scheme) ? in.mins.data() : nullptr;
   std::vector<uint16_t> out(kRows * kCols);  // [rows, cols] bf16
   for (auto _ : state) {
-    dequant_int4_bf16_cpu(in.q.data(), in.scales.data(), mins, kRows, kCols, out.data());
+    dequant_int4_bf16_cpu({in.q.data(), in.scales.data(), mins, kRows, kCols}, out.data());
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }

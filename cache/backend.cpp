@@ -61,7 +61,7 @@ void CacheBackend::copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
   do_copy(dst, src, bytes);
 }
 
-void CacheBackend::dequant_int4_bf16(const PackedInt4& src, uint16_t* dst) {
+void CacheBackend::dequant_int4_bf16(const Int4View& src, uint16_t* dst) {
   count_transfer(src.rows * src.cols * 2);
   do_dequant_int4_bf16(src, dst);
 }

@@ -18,6 +18,8 @@
 #include <memory>
 #include <string_view>
 
+#include "format/int4.hpp"
+
 namespace ferry {
 
 class CacheBackend;
@@ -32,14 +34,6 @@ struct MemoryFree {
   void operator()(uint8_t* p) const;
 };
 using Memory = std::unique_ptr<uint8_t, MemoryFree>;
-
-// INT4 blocks of one weight as stored (format/int4.hpp, docs/format.md).
-struct PackedInt4 {
-  const uint8_t* q = nullptr;        // [rows, ceil(cols/128) * 64]
-  const uint16_t* scales = nullptr;  // [rows, ceil(cols/128)] f16
-  const uint16_t* mins = nullptr;    // [rows, ceil(cols/128)] f16, or nullptr (sym)
-  uint64_t rows = 0, cols = 0;
-};
 
 class CacheBackend {
  public:
@@ -59,7 +53,7 @@ class CacheBackend {
 
   // The copy side. `dst` is device (arena) memory, the sources host (store) memory.
   void copy(uint8_t* dst, const uint8_t* src, uint64_t bytes);
-  void dequant_int4_bf16(const PackedInt4& src, uint16_t* dst);  // [rows, cols] bf16
+  void dequant_int4_bf16(const Int4View& src, uint16_t* dst);  // [rows, cols] bf16
   virtual void record_ready(uint32_t entry) = 0;
   virtual void wait_last_use(uint32_t entry) = 0;  // before reusing the entry's memory
   // The compute side.
@@ -84,7 +78,7 @@ class CacheBackend {
   virtual uint8_t* do_allocate(uint64_t bytes, MemoryKind kind) = 0;
   virtual void do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) = 0;
   virtual void do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) = 0;
-  virtual void do_dequant_int4_bf16(const PackedInt4& src, uint16_t* dst) = 0;
+  virtual void do_dequant_int4_bf16(const Int4View& src, uint16_t* dst) = 0;
 
  private:
   friend struct MemoryFree;

@@ -30,8 +30,8 @@ void CpuBackend::do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
   std::memcpy(dst, src, bytes);
 }
 
-void CpuBackend::do_dequant_int4_bf16(const PackedInt4& s, uint16_t* dst) {
-  dequant_int4_bf16_cpu(s.q, s.scales, s.mins, s.rows, s.cols, dst);
+void CpuBackend::do_dequant_int4_bf16(const Int4View& s, uint16_t* dst) {
+  dequant_int4_bf16_cpu(s, dst);
 }
 
 void CpuBackend::create_signals(uint32_t entries) {

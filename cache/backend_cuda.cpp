@@ -14,25 +14,6 @@
 #include "kernels/dequant.hpp"
 
 namespace ferry {
-namespace {
-
-// The staging buffer holds one weight's parts as a cache entry does (cache/schedule.hpp): q,
-// then scales, then mins, each starting on entry_aligned() offsets, as cudaMalloc would align them.
-struct StagingLayout {
-  uint64_t q_bytes = 0, scale_bytes = 0;
-  uint64_t scales_at = 0, mins_at = 0;
-  uint64_t bytes(bool has_mins) const { return mins_at + (has_mins ? scale_bytes : 0); }
-};
-
-StagingLayout staging_layout(uint64_t rows, uint64_t cols) {
-  const uint64_t blocks = int4_blocks_per_row(cols);
-  StagingLayout s{rows * blocks * kBlockBytes, rows * blocks * 2};
-  s.scales_at = entry_aligned(s.q_bytes);
-  s.mins_at = s.scales_at + entry_aligned(s.scale_bytes);
-  return s;
-}
-
-}  // namespace
 
 CudaBackend::CudaBackend(int device, CUstream_st* compute, uint64_t staging_bytes,
                          uint64_t available, uint64_t margin)
@@ -189,11 +170,13 @@ void CudaBackend::do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy_));
 }
 
-void CudaBackend::do_dequant_int4_bf16(const PackedInt4& s, uint16_t* dst) {
-  const StagingLayout at = staging_layout(s.rows, s.cols);
-  const uint64_t q_bytes = at.q_bytes, scale_bytes = at.scale_bytes;
+// The packed weight goes to the staging buffer laid out as a cache entry, then the kernel
+// dequantizes it from there into the entry.
+void CudaBackend::do_dequant_int4_bf16(const Int4View& s, uint16_t* dst) {
+  const Int4EntryLayout at = int4_entry_layout(s.rows, s.cols, s.has_mins());
+  const uint64_t q_bytes = at.code_bytes, scale_bytes = at.scale_bytes;
   const uint64_t scales_at = at.scales_at, mins_at = at.mins_at;
-  if (at.bytes(s.mins != nullptr) > staging_bytes_)
+  if (at.bytes() > staging_bytes_)
     throw Error("internal error: a weight does not fit the dequantization staging buffer");
   std::lock_guard lock(copy_mu_);
   CUDA_CHECK(cudaSetDevice(device_));
@@ -203,14 +186,12 @@ void CudaBackend::do_dequant_int4_bf16(const PackedInt4& s, uint16_t* dst) {
   if (s.mins)
     CUDA_CHECK(
         cudaMemcpyAsync(staging_ + mins_at, s.mins, scale_bytes, cudaMemcpyHostToDevice, copy_));
-  dequant_int4_bf16_cuda(staging_, reinterpret_cast<const uint16_t*>(staging_ + scales_at),
-                         s.mins ? reinterpret_cast<const uint16_t*>(staging_ + mins_at) : nullptr,
-                         s.rows, s.cols, dst, copy_);
+  dequant_int4_bf16_cuda(int4_entry_view(at, staging_, s.rows, s.cols), dst, copy_);
   CUDA_CHECK(cudaGetLastError());
 }
 
-uint64_t cuda_staging_bytes(uint64_t rows, uint64_t cols, bool has_mins) {
-  return staging_layout(rows, cols).bytes(has_mins);
+uint64_t cuda_staging_bytes(const Int4View& w) {
+  return int4_entry_layout(w.rows, w.cols, w.has_mins()).bytes();
 }
 
 }  // namespace ferry

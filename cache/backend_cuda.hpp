@@ -57,7 +57,7 @@ class CudaBackend final : public CacheBackend {
   uint8_t* do_allocate(uint64_t bytes, MemoryKind kind) override;
   void do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) override;
   void do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) override;
-  void do_dequant_int4_bf16(const PackedInt4& src, uint16_t* dst) override;
+  void do_dequant_int4_bf16(const Int4View& src, uint16_t* dst) override;
 
  private:
   void destroy_events();
@@ -83,7 +83,7 @@ class CudaBackend final : public CacheBackend {
   bool pageable_fallback_ = false;
 };
 
-// The staging bytes the bf16 format needs for one INT4 weight of rows x cols.
-uint64_t cuda_staging_bytes(uint64_t rows, uint64_t cols, bool has_mins);
+// The staging bytes the bf16 format needs for one INT4 weight (laid out as its cache entry).
+uint64_t cuda_staging_bytes(const Int4View& w);
 
 }  // namespace ferry

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "format/int4.hpp"
+
 namespace ferry {
 
 // Entries start on multiples of 256 bytes in the arena: cudaMalloc's alignment, so the CUDA
@@ -17,6 +19,32 @@ namespace ferry {
 inline constexpr uint64_t kEntryAlign = 256;
 constexpr uint64_t entry_aligned(uint64_t n) {
   return (n + kEntryAlign - 1) / kEntryAlign * kEntryAlign;
+}
+
+// How an INT4 weight (format/int4.hpp) lies in a cache entry, and in the CUDA backend's staging
+// buffer: codes, then scales, then mins, each starting on an entry_aligned() offset, as three
+// cudaMallocs would align them. The host weight store lays a weight's parts out the same way, so
+// one copy moves a whole entry.
+struct Int4EntryLayout {
+  uint64_t code_bytes = 0, scale_bytes = 0;  // scale_bytes: of the scales, and of the mins
+  uint64_t scales_at = 0, mins_at = 0;       // offsets from the entry's start
+  bool has_mins = false;
+  constexpr uint64_t bytes() const {
+    return has_mins ? mins_at + scale_bytes : scales_at + scale_bytes;
+  }
+};
+constexpr Int4EntryLayout int4_entry_layout(uint64_t rows, uint64_t cols, bool has_mins) {
+  Int4EntryLayout e{int4_code_bytes(rows, cols), int4_scale_count(rows, cols) * 2};
+  e.scales_at = entry_aligned(e.code_bytes);
+  e.mins_at = e.scales_at + entry_aligned(e.scale_bytes);
+  e.has_mins = has_mins;
+  return e;
+}
+// The view of an INT4 weight whose entry starts at p.
+inline Int4View int4_entry_view(const Int4EntryLayout& e, const uint8_t* p, uint64_t rows,
+                                uint64_t cols) {
+  return {p, reinterpret_cast<const uint16_t*>(p + e.scales_at),
+          e.has_mins ? reinterpret_cast<const uint16_t*>(p + e.mins_at) : nullptr, rows, cols};
 }
 
 struct ScheduledWeight {
@@ -33,7 +61,7 @@ struct Schedule {
   // Every entry resident at once (the budget `all` stands for).
   uint64_t whole_bytes() const;
   // The smallest budget the cache runs with: the compute holds one weight at a time
-  // (runtime/forward.cpp acquires, runs and releases each Linear), so one entry of the largest
+  // (runtime/forward_cpu.cpp acquires, runs and releases each Linear), so one entry of the largest
   // weight must fit; everything else can be streamed through that space.
   uint64_t minimum_budget() const;
   uint32_t largest() const;  // id of the largest weight (the first of equals)

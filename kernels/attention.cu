@@ -1,6 +1,6 @@
 // Causal grouped-query attention on the GPU for decode (n = 1) and prefill (n query tokens), in
-// chunks of the context (flash-decoding, kernels/ops.hpp): the CPU twin is attention_cpu
-// (kernels/ops_cpu.cpp), the same chunks and the same merge.
+// chunks of the context (flash-decoding, kernels/attention.hpp): the CPU twin is attention_cpu
+// (kernels/attention_cpu.cpp), the same chunks and the same merge.
 //
 // Two kernels. attention_chunk_kernel: one block per (head, query token, chunk of 256 positions);
 // a warp per position dots q with k (lanes along head_dim, so a warp reads one k row of 512 bytes
@@ -19,9 +19,9 @@
 #include <string>
 
 #include "base/error.hpp"
+#include "kernels/attention.hpp"
 #include "kernels/cuda_check.hpp"
-#include "kernels/ops.hpp"
-#include "kernels/ops_cuda.hpp"
+#include "kernels/cuda_common.cuh"
 
 namespace ferry {
 namespace {
@@ -29,24 +29,11 @@ namespace {
 constexpr uint32_t kThreads = 256;
 constexpr uint32_t kWarps = kThreads / 32;
 
-__device__ float block_reduce(float v, float* shared, bool is_max) {
-  for (int off = 16; off > 0; off /= 2) {
-    const float o = __shfl_xor_sync(0xffffffffu, v, off);
-    v = is_max ? fmaxf(v, o) : v + o;
-  }
-  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = v;
-  __syncthreads();
-  float r = shared[0];
-  for (uint32_t i = 1; i < kWarps; ++i) r = is_max ? fmaxf(r, shared[i]) : r + shared[i];
-  __syncthreads();
-  return r;
-}
-
 __device__ float kv_value(float x) {
   return x;
 }
 __device__ float kv_value(uint16_t x) {
-  return __half2float(__ushort_as_half(x));
+  return cuda::f16_to_f32(x);
 }
 
 template <typename T>
@@ -70,7 +57,7 @@ __device__ void chunk_scores(const AttentionArgs<T>& a, const float* qs, const T
     const T* k = k_rows + i * kv_dim;
     float dot = 0;
     for (uint64_t d = lane; d < a.head_dim; d += 32) dot += qs[d] * kv_value(k[d]);
-    for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    dot = cuda::warp_sum(dot);
     if (lane == 0) sc[i] = dot * scale;
   }
 }
@@ -122,11 +109,11 @@ __global__ void attention_chunk_kernel(AttentionArgs<T> a) {
   __syncthreads();
   float local_max = -FLT_MAX;
   for (uint64_t i = threadIdx.x; i < len; i += kThreads) local_max = fmaxf(local_max, sc[i]);
-  const float max_score = block_reduce(local_max, red, true);
+  const float max_score = cuda::block_max<kThreads>(local_max, red);
   float local_sum = 0;
   for (uint64_t i = threadIdx.x; i < len; i += kThreads)
     local_sum += sc[i] = expf(sc[i] - max_score);
-  const float sum = block_reduce(local_sum, red, false);  // its barrier also publishes sc
+  const float sum = cuda::block_sum<kThreads>(local_sum, red);  // its barrier also publishes sc
   float* part =
       a.partials + ((t * a.heads + h) * a.chunks + chunk) * attention_partial_floats(a.head_dim);
   chunk_values(a, sc, a.v_cache + kv_off, len, acc, part);

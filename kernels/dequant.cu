@@ -4,7 +4,7 @@
 // never contracts into an FMA (it would contract a plain a * b + c), and the twin rounds each to
 // fp32 too. sym adds -0.0f, the identity of fp32 addition, so one expression serves both layouts.
 // The f16 -> f32 conversion is exact, and the bf16 rounding below is the integer formula of
-// float_to_bf16 in quantizer/dtype.hpp.
+// float_to_bf16 in base/dtype.hpp (cuda::f32_to_bf16).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -15,6 +15,7 @@
 #include "base/error.hpp"
 #include "format/int4.hpp"
 #include "kernels/cuda_check.hpp"
+#include "kernels/cuda_common.cuh"
 #include "kernels/dequant.hpp"
 
 namespace ferry {
@@ -26,13 +27,6 @@ namespace {
 constexpr uint32_t kThreads = 256;
 constexpr uint32_t kThreadsPerQuantBlock = kBlockBytes / 4;  // 16
 constexpr uint32_t kQuantBlocksPerCta = kThreads / kThreadsPerQuantBlock;
-
-__device__ uint16_t to_bf16_bits(float f) {
-  uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
 
 // 4 packed bytes, little-endian: one 4-byte load when q is 4-byte aligned (every block starts at
 // a multiple of 64 bytes from q), else byte by byte. __ldg: read-only path, which the __stcg
@@ -59,35 +53,33 @@ __device__ void store8(const uint16_t (&v)[8], uint16_t* out, uint64_t n) {
   for (uint64_t i = 0; i < 8 && i < n; ++i) out[i] = v[i];
 }
 
-// Layout in kernels/dequant.hpp. Grid: the rows x blocks quantization blocks, flattened.
-__global__ void dequant_int4_bf16_kernel(const uint8_t* __restrict__ q,
-                                         const uint16_t* __restrict__ scales,
-                                         const uint16_t* __restrict__ mins, uint32_t blocks_per_row,
-                                         uint64_t cols, uint32_t total_blocks,
-                                         uint16_t* __restrict__ out) {
+// Layout in format/int4.hpp. Grid: the rows x blocks quantization blocks, flattened.
+__global__ void dequant_int4_bf16_kernel(const Int4View w, uint32_t blocks_per_row,
+                                         uint32_t total_blocks, uint16_t* __restrict__ out) {
+  const uint64_t cols = w.cols;
   const uint32_t qb = blockIdx.x * kQuantBlocksPerCta + threadIdx.x / kThreadsPerQuantBlock;
   if (qb >= total_blocks) return;
   const uint32_t t = threadIdx.x % kThreadsPerQuantBlock;
   const uint64_t row = qb / blocks_per_row;
   const uint64_t col = uint64_t(qb % blocks_per_row) * kBlock + 8 * t;
   if (col >= cols) return;  // a thread whose 8 elements are all padding
-  const float scale = __half2float(__ushort_as_half(scales[qb]));
-  const float min = mins ? __half2float(__ushort_as_half(mins[qb])) : -0.0f;
-  const float offset = mins ? 0.0f : 8.0f;
-  const uint32_t codes = load_codes(q + uint64_t(qb) * kBlockBytes + 4 * t);
+  const float scale = cuda::f16_to_f32(w.scales[qb]);
+  const float min = w.mins ? cuda::f16_to_f32(w.mins[qb]) : -0.0f;
+  const float offset = w.mins ? 0.0f : 8.0f;
+  const uint32_t codes = load_codes(w.q + uint64_t(qb) * kBlockBytes + 4 * t);
   uint16_t v[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     const float c = float((codes >> (4 * i)) & 15u) - offset;  // low nibble = even element
-    v[i] = to_bf16_bits(__fadd_rn(__fmul_rn(c, scale), min));
+    v[i] = cuda::f32_to_bf16(__fadd_rn(__fmul_rn(c, scale), min));
   }
   store8(v, out + row * cols + col, cols - col);
 }
 
 }  // namespace
 
-void dequant_int4_bf16_cuda(const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
-                            uint64_t rows, uint64_t cols, uint16_t* out, CUstream_st* stream) {
+void dequant_int4_bf16_cuda(const Int4View& w, uint16_t* out, CUstream_st* stream) {
+  const uint64_t rows = w.rows, cols = w.cols;
   if (rows == 0 || cols == 0) return;
   const uint64_t blocks_per_row = int4_blocks_per_row(cols);
   const uint64_t total = rows * blocks_per_row;
@@ -95,8 +87,8 @@ void dequant_int4_bf16_cuda(const uint8_t* q, const uint16_t* scales, const uint
     throw Error("dequant_int4_bf16_cuda: " + std::to_string(rows) + " x " + std::to_string(cols) +
                 " weight has more than 2^32 quantization blocks");
   const auto grid = uint32_t((total + kQuantBlocksPerCta - 1) / kQuantBlocksPerCta);
-  dequant_int4_bf16_kernel<<<grid, kThreads, 0, stream>>>(q, scales, mins, uint32_t(blocks_per_row),
-                                                          cols, uint32_t(total), out);
+  dequant_int4_bf16_kernel<<<grid, kThreads, 0, stream>>>(w, uint32_t(blocks_per_row),
+                                                          uint32_t(total), out);
   CUDA_CHECK(cudaGetLastError());
 }
 

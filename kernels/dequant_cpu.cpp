@@ -23,7 +23,7 @@ namespace {
 FERRY_CLONES_AVX2 void dequant_block(const uint8_t* q, float scale, float min, float offset,
                                      float* out) {
   alignas(32) std::array<uint8_t, kBlock> codes;  // [kBlock] low nibble = even element
-  for (uint64_t j = 0; j < kBlockBytes; ++j) {
+  for (uint64_t j = 0; j < kBlockBytes; ++j) {    // nibble order: format/int4.hpp
     codes[2 * j] = q[j] & 15;
     codes[2 * j + 1] = q[j] >> 4;
   }
@@ -40,9 +40,10 @@ FERRY_CLONES_AVX2 void to_bf16_block(const float* in, uint16_t* out) {
 // Calls emit(at, values, n) for every block: values [128] floats, of which the first n are real
 // elements, to go to out[at, at + n).
 template <class Emit>
-void for_each_block(const uint8_t* q, const uint16_t* scales, const uint16_t* mins, uint64_t rows,
-                    uint64_t cols, Emit emit) {
-  const uint64_t blocks = int4_blocks_per_row(cols);
+void for_each_block(const Int4View& w, Emit emit) {
+  const uint8_t* q = w.q;
+  const uint16_t *scales = w.scales, *mins = w.mins;
+  const uint64_t rows = w.rows, cols = w.cols, blocks = w.blocks();
   // sym: x + (-0.0f) == x for every x, -0 included (+0 would turn a -0 product into +0), so
   // (code - 8) * scale + -0 is exactly the contract's (code - 8) * scale and one loop serves both.
   const float offset = mins ? 0.0f : 8.0f;
@@ -60,21 +61,18 @@ void for_each_block(const uint8_t* q, const uint16_t* scales, const uint16_t* mi
 
 }  // namespace
 
-void dequant_int4_f32_cpu(const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
-                          uint64_t rows, uint64_t cols, float* out) {
-  for_each_block(q, scales, mins, rows, cols,
+void dequant_int4_f32_cpu(const Int4View& w, float* out) {
+  for_each_block(w,
                  [out](uint64_t at, const float* v, uint64_t n) { std::copy(v, v + n, out + at); });
 }
 
-void dequant_int4_bf16_cpu(const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
-                           uint64_t rows, uint64_t cols, uint16_t* out) {
+void dequant_int4_bf16_cpu(const Int4View& w, uint16_t* out) {
   alignas(32) std::array<uint16_t, kBlock> tail;
-  for_each_block(
-      q, scales, mins, rows, cols, [out, &tail](uint64_t at, const float* v, uint64_t n) {
-        if (n == kBlock) return to_bf16_block(v, out + at);
-        to_bf16_block(v, tail.data());  // a partial block: padding elements are not written
-        std::copy(tail.data(), tail.data() + n, out + at);
-      });
+  for_each_block(w, [out, &tail](uint64_t at, const float* v, uint64_t n) {
+    if (n == kBlock) return to_bf16_block(v, out + at);
+    to_bf16_block(v, tail.data());  // a partial block: padding elements are not written
+    std::copy(tail.data(), tail.data() + n, out + at);
+  });
 }
 
 }  // namespace ferry

@@ -19,7 +19,7 @@
 
 #include "base/error.hpp"
 #include "kernels/cuda_check.hpp"
-#include "kernels/matmul_cuda.hpp"
+#include "kernels/matmul.hpp"
 
 namespace ferry {
 namespace {

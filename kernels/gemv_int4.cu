@@ -1,5 +1,5 @@
 // Fused INT4 matrix-vector product on the GPU for decode (n = 1) and small batches (n <= 8):
-// y[n, rows] = x[n, cols] · W^T, W packed as in kernels/dequant.hpp. The CPU twin is
+// y[n, rows] = x[n, cols] · W^T, W packed as in format/int4.hpp. The CPU twin is
 // matmul_int4_cpu (kernels/matmul.hpp); tests/test_gpu_kernels.cpp compares them.
 //
 // Decode is bound by reading W once: 0.5 byte per weight plus 4 bytes of scale (and min) per 128,
@@ -21,7 +21,8 @@
 #include "base/error.hpp"
 #include "format/int4.hpp"
 #include "kernels/cuda_check.hpp"
-#include "kernels/matmul_cuda.hpp"
+#include "kernels/cuda_common.cuh"
+#include "kernels/matmul.hpp"
 
 namespace ferry {
 namespace {
@@ -38,12 +39,12 @@ struct LaneBlock {
   float s, m;      // scale, and min (asym) or -8 s (sym)
 };
 
-__device__ LaneBlock load_block(const uint8_t* qrow, const uint16_t* scales, const uint16_t* mins,
-                                uint64_t row, uint64_t blocks, uint64_t b, uint32_t lane) {
+__device__ LaneBlock load_block(const Int4View& w, const uint8_t* qrow, uint64_t row,
+                                uint64_t blocks, uint64_t b, uint32_t lane) {
   LaneBlock k;
   k.codes = __ldg(reinterpret_cast<const unsigned int*>(qrow + b * kBlockBytes) + (lane % 16));
-  k.s = __half2float(__ushort_as_half(__ldg(scales + row * blocks + b)));
-  k.m = mins ? __half2float(__ushort_as_half(__ldg(mins + row * blocks + b))) : -8.0f * k.s;
+  k.s = cuda::f16_to_f32(__ldg(w.scales + row * blocks + b));
+  k.m = w.mins ? cuda::f16_to_f32(__ldg(w.mins + row * blocks + b)) : -8.0f * k.s;
   return k;
 }
 
@@ -69,14 +70,14 @@ __device__ void accumulate(const LaneBlock& k, uint64_t b, uint32_t lane, uint64
 }
 
 template <int N>
-__global__ void gemv_int4_kernel(const uint8_t* __restrict__ q, const uint16_t* __restrict__ scales,
-                                 const uint16_t* __restrict__ mins, uint64_t rows, uint64_t cols,
-                                 const float* __restrict__ x, float* __restrict__ y) {
+__global__ void gemv_int4_kernel(const Int4View w, const float* __restrict__ x,
+                                 float* __restrict__ y) {
+  const uint64_t rows = w.rows, cols = w.cols;
   const uint64_t row = uint64_t(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
   if (row >= rows) return;
   const uint32_t lane = threadIdx.x % 32;
-  const uint64_t blocks = (cols + kBlock - 1) / kBlock;
-  const uint8_t* qrow = q + row * blocks * kBlockBytes;
+  const uint64_t blocks = w.blocks();
+  const uint8_t* qrow = w.q + row * blocks * kBlockBytes;
   float acc[N];
 #pragma unroll
   for (int t = 0; t < N; ++t) acc[t] = 0.0f;
@@ -88,32 +89,30 @@ __global__ void gemv_int4_kernel(const uint8_t* __restrict__ q, const uint16_t* 
     LaneBlock k[kLoadsInFlight];
 #pragma unroll
     for (int u = 0; u < kLoadsInFlight; ++u)
-      k[u] = load_block(qrow, scales, mins, row, blocks, b + 2 * u, lane);
+      k[u] = load_block(w, qrow, row, blocks, b + 2 * u, lane);
 #pragma unroll
     for (int u = 0; u < kLoadsInFlight; ++u) accumulate<N>(k[u], b + 2 * u, lane, cols, x, acc);
   }
   for (; b < blocks; b += 2)
-    accumulate<N>(load_block(qrow, scales, mins, row, blocks, b, lane), b, lane, cols, x, acc);
+    accumulate<N>(load_block(w, qrow, row, blocks, b, lane), b, lane, cols, x, acc);
 #pragma unroll
   for (int t = 0; t < N; ++t) {
-    float v = acc[t];
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+    const float v = cuda::warp_sum(acc[t]);
     if (lane == 0) y[uint64_t(t) * rows + row] = v;
   }
 }
 
 template <int N>
-void launch(const uint8_t* q, const uint16_t* scales, const uint16_t* mins, uint64_t rows,
-            uint64_t cols, const float* x, float* y, cudaStream_t stream) {
-  const auto grid = uint32_t((rows + kWarpsPerCta - 1) / kWarpsPerCta);
-  gemv_int4_kernel<N><<<grid, kWarpsPerCta * 32, 0, stream>>>(q, scales, mins, rows, cols, x, y);
+void launch(const Int4View& w, const float* x, float* y, cudaStream_t stream) {
+  const uint32_t grid = cuda::grid_for(w.rows, kWarpsPerCta);
+  gemv_int4_kernel<N><<<grid, kWarpsPerCta * 32, 0, stream>>>(w, x, y);
 }
 
 }  // namespace
 
-void matmul_int4_cuda(const uint8_t* q, const uint16_t* scales, const uint16_t* mins, uint64_t rows,
-                      uint64_t cols, const float* x, uint64_t n, float* y, CUstream_st* stream) {
+void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y,
+                      CUstream_st* stream) {
+  const uint64_t rows = w.rows, cols = w.cols;
   if (rows == 0 || n == 0) return;
   if (rows / kWarpsPerCta >= (1ull << 31))
     throw Error("matmul_int4_cuda: " + std::to_string(rows) + " rows exceed the grid limit");
@@ -125,28 +124,28 @@ void matmul_int4_cuda(const uint8_t* q, const uint16_t* scales, const uint16_t* 
     float* yk = y + t0 * rows;
     switch (k) {
       case 1:
-        launch<1>(q, scales, mins, rows, cols, xk, yk, stream);
+        launch<1>(w, xk, yk, stream);
         break;
       case 2:
-        launch<2>(q, scales, mins, rows, cols, xk, yk, stream);
+        launch<2>(w, xk, yk, stream);
         break;
       case 3:
-        launch<3>(q, scales, mins, rows, cols, xk, yk, stream);
+        launch<3>(w, xk, yk, stream);
         break;
       case 4:
-        launch<4>(q, scales, mins, rows, cols, xk, yk, stream);
+        launch<4>(w, xk, yk, stream);
         break;
       case 5:
-        launch<5>(q, scales, mins, rows, cols, xk, yk, stream);
+        launch<5>(w, xk, yk, stream);
         break;
       case 6:
-        launch<6>(q, scales, mins, rows, cols, xk, yk, stream);
+        launch<6>(w, xk, yk, stream);
         break;
       case 7:
-        launch<7>(q, scales, mins, rows, cols, xk, yk, stream);
+        launch<7>(w, xk, yk, stream);
         break;
       default:
-        launch<8>(q, scales, mins, rows, cols, xk, yk, stream);
+        launch<8>(w, xk, yk, stream);
         break;
     }
     CUDA_CHECK(cudaGetLastError());

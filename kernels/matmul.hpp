@@ -1,27 +1,61 @@
-// Matrix products y[n, rows] = x[n, cols] · W[rows, cols]^T over ferry's weight formats on the
-// CPU, split over output rows on a CpuPool; n = 1 is the decode matrix-vector product, n > 1 a
-// prefill batch. The CPU twins of the CUDA GEMV/GEMM kernels. Each output element is computed by
-// one thread in a fixed order, so results do not depend on the thread count.
+// Matrix products y[n, rows] = x[n, cols] · W[rows, cols]^T over ferry's weight formats: n = 1 is
+// the decode matrix-vector product, n > 1 a prefill batch. Declared as twins with the same
+// arguments: the CPU ones (kernels/matmul_cpu.cpp) split the output rows over a CpuPool, each
+// output element computed by one thread in a fixed order, so results do not depend on the thread
+// count; the CUDA ones take device pointers and enqueue on `stream` without synchronization:
+// the fused INT4 GEMV (kernels/gemv_int4.cu) and cuBLASLt's bf16 GEMM (kernels/gemm_bf16.cu).
+// tests/test_gpu_kernels.cpp compares each pair.
 #pragma once
+#include <array>
 #include <cstdint>
+#include <map>
+#include <memory>
 
+#include "format/int4.hpp"
 #include "kernels/cpu_isa.hpp"
 #include "kernels/cpu_pool.hpp"
 
+struct CUstream_st;
+
 namespace ferry {
 
-// bf16 weights: w [rows, cols] bf16 bits.
+// INT4 weights (format/int4.hpp).
+void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y);
+void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y, CUstream_st* stream);
+
+// bf16 weights: w [rows, cols] bf16 bits. The CUDA twin is CublasLt::matmul_bf16 below.
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                      uint64_t n, float* y);
-// INT4 weights as in kernels/dequant.hpp; mins == nullptr for the sym layout.
-void matmul_int4_cpu(CpuPool& pool, const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
-                     uint64_t rows, uint64_t cols, const float* x, uint64_t n, float* y);
 
 // With the instruction set chosen (kernels/cpu_isa.hpp), so that tests compare the paths.
+void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
+                     KernelIsa isa);
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                      uint64_t n, float* y, KernelIsa isa);
-void matmul_int4_cpu(CpuPool& pool, const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
-                     uint64_t rows, uint64_t cols, const float* x, uint64_t n, float* y,
-                     KernelIsa isa);
+
+// cuBLASLt bf16 GEMM (kernels/gemm_bf16.cu). Owns the handle, a workspace and a bf16 copy of the
+// activations, all allocated once at load for at most `max_activations` (n x cols) values.
+class CublasLt {
+ public:
+  explicit CublasLt(uint64_t max_activations);
+  ~CublasLt();
+  CublasLt(const CublasLt&) = delete;
+  CublasLt& operator=(const CublasLt&) = delete;
+  // y[n, rows] = x[n, cols] · W^T; w bf16 [rows, cols], x and y fp32, all on the device.
+  void matmul_bf16(const uint16_t* w, uint64_t rows, uint64_t cols, const float* x, uint64_t n,
+                   float* y, CUstream_st* stream);
+
+  struct Api;   // cuBLASLt's entry points, loaded with dlopen (kernels/gemm_bf16.cu says why)
+  struct Plan;  // descriptors and algorithm of one shape
+
+ private:
+  std::unique_ptr<Api> api_;
+  std::map<std::array<uint64_t, 3>, std::unique_ptr<Plan>> plans_;  // by {rows, cols, n}
+  static constexpr uint64_t kWorkspaceBytes = 32ull << 20;  // NVIDIA's advice for Hopper: 32 MB
+  void* handle_ = nullptr;
+  void* workspace_ = nullptr;
+  void* x_bf16_ = nullptr;  // [max_activations] bf16
+  uint64_t max_activations_;
+};
 
 }  // namespace ferry

@@ -64,13 +64,6 @@ uint64_t row_grain(uint64_t cols, uint64_t n) {
   return std::max<uint64_t>(1, kMinWorkPerTask / std::max<uint64_t>(1, cols * n));
 }
 
-struct Int4Rows {
-  const uint8_t* q;        // [rows, blocks * 64]
-  const uint16_t* scales;  // [rows, blocks] f16
-  const uint16_t* mins;    // [rows, blocks] f16, nullptr for sym
-  uint64_t rows, cols, blocks;
-};
-
 struct Bf16Rows {
   const uint16_t* w;  // [rows, cols] bf16
   uint64_t rows, cols;
@@ -121,7 +114,7 @@ float dot8(const float* w, const float* x, uint64_t len) {
   return d.sum();
 }
 
-void int4_rows_portable(const Int4Rows& a, uint64_t r0, uint64_t r1, const float* x, uint64_t n,
+void int4_rows_portable(const Int4View& a, uint64_t r0, uint64_t r1, const float* x, uint64_t n,
                         float* y) {
   // sym: (code - 8) * scale + -0.0f, as kernels/dequant_cpu.cpp (x + -0 == x, -0 included).
   const float offset = a.mins ? 0.0f : 8.0f;
@@ -130,10 +123,10 @@ void int4_rows_portable(const Int4Rows& a, uint64_t r0, uint64_t r1, const float
     const uint64_t tn = std::min(kMaxTile, n - t0);
     for (uint64_t r = r0; r < r1; ++r) {
       float acc[kMaxTile] = {};
-      for (uint64_t b = 0; b < a.blocks; ++b) {
-        const uint8_t* qb = a.q + (r * a.blocks + b) * kBlockBytes;
-        const float s = f16_to_float(a.scales[r * a.blocks + b]);
-        const float m = a.mins ? f16_to_float(a.mins[r * a.blocks + b]) : -0.0f;
+      for (uint64_t b = 0; b < a.blocks(); ++b) {
+        const uint8_t* qb = a.q + (r * a.blocks() + b) * kBlockBytes;
+        const float s = f16_to_float(a.scales[r * a.blocks() + b]);
+        const float m = a.mins ? f16_to_float(a.mins[r * a.blocks() + b]) : -0.0f;
         const uint64_t len = std::min(kBlock, a.cols - b * kBlock);
         for (uint64_t j = 0; j < kBlockBytes; ++j) {  // padding weights too: never summed
           w[2 * j] = (float(qb[j] & 15) - offset) * s + m;
@@ -251,16 +244,16 @@ FERRY_AVX2 void block_sums(const float* x, uint64_t cols, uint64_t tn, uint64_t 
 // The offset term of one row and token: sum over blocks of min * (block sum of x), for sym
 // -8 * scale * (block sum of x) (the factor -8 applied once at the end, exactly). 8 blocks per
 // step: their f16 offsets convert in one instruction.
-FERRY_AVX2 float row_offset(const Int4Rows& a, uint64_t r, const float* sums_t) {
-  const uint16_t* m = (a.mins ? a.mins : a.scales) + r * a.blocks;
+FERRY_AVX2 float row_offset(const Int4View& a, uint64_t r, const float* sums_t) {
+  const uint16_t* m = (a.mins ? a.mins : a.scales) + r * a.blocks();
   __m256 acc = _mm256_setzero_ps();
   uint64_t b = 0;
-  for (; b + 8 <= a.blocks; b += 8)
+  for (; b + 8 <= a.blocks(); b += 8)
     acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + b))),
                           _mm256_load_ps(sums_t + b), acc);
-  if (b < a.blocks) {  // sums are zero past the last block
+  if (b < a.blocks()) {  // sums are zero past the last block
     alignas(16) uint16_t tail[8] = {};
-    std::copy(m + b, m + a.blocks, tail);
+    std::copy(m + b, m + a.blocks(), tail);
     acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(tail))),
                           _mm256_load_ps(sums_t + b), acc);
   }
@@ -274,7 +267,7 @@ struct PanelState {
 
 // One INT4 block of R rows x T tokens: groups of 16 (8 for a full block); acc += dot * scale.
 template <int R, int T>
-FERRY_AVX2_INLINE void int4_block(const Int4Rows& a, uint64_t r, uint64_t b, uint64_t groups,
+FERRY_AVX2_INLINE void int4_block(const Int4View& a, uint64_t r, uint64_t b, uint64_t groups,
                                   const float* xb, uint64_t kc, const float* scale,
                                   uint64_t scale_stride, __m256* acc) {
   __m256 dot[R][T];
@@ -286,7 +279,7 @@ FERRY_AVX2_INLINE void int4_block(const Int4Rows& a, uint64_t r, uint64_t b, uin
   for (uint64_t g = 0; g < groups; ++g)
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
-      const uint8_t* p = a.q + ((r + i) * a.blocks + b) * kBlockBytes + g * (kGroup / 2);
+      const uint8_t* p = a.q + ((r + i) * a.blocks() + b) * kBlockBytes + g * (kGroup / 2);
       const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
       const __m256 even = _mm256_cvtepi32_ps(_mm256_and_si256(v, nibble));
       const __m256 odd = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
@@ -308,13 +301,13 @@ FERRY_AVX2_INLINE void int4_block(const Int4Rows& a, uint64_t r, uint64_t b, uin
 
 // Blocks [b0, b1) (one chunk) of rows r .. r+R-1; acc points at row r's panel accumulators.
 template <int R, int T>
-FERRY_AVX2 void int4_tile(const Int4Rows& a, uint64_t r, uint64_t b0, uint64_t b1, const float* xp,
+FERRY_AVX2 void int4_tile(const Int4View& a, uint64_t r, uint64_t b0, uint64_t b1, const float* xp,
                           uint64_t kc, __m256* acc) {
   // The chunk's scales as floats, 8 per conversion instruction: [R, b1 - b0 <= 128].
   constexpr uint64_t kChunkBlocks = kXFloats / kBlock;
   alignas(32) float scale[R][kChunkBlocks];
   for (int i = 0; i < R; ++i) {
-    const uint16_t* s = a.scales + (r + i) * a.blocks;
+    const uint16_t* s = a.scales + (r + i) * a.blocks();
     uint64_t b = b0;
     for (; b + 8 <= b1; b += 8)
       _mm256_store_ps(&scale[i][b - b0],
@@ -390,7 +383,7 @@ constexpr int rows_per_tile() {
 
 // Rows [p0, p1) of a panel for a tile of T tokens, over one chunk.
 template <int T>
-FERRY_AVX2 void int4_panel(const Int4Rows& a, uint64_t p0, uint64_t p1, uint64_t b0, uint64_t b1,
+FERRY_AVX2 void int4_panel(const Int4View& a, uint64_t p0, uint64_t p1, uint64_t b0, uint64_t b1,
                            const float* xp, uint64_t kc, PanelState& st) {
   constexpr int R = rows_per_tile<T>();
   uint64_t r = p0;
@@ -432,7 +425,7 @@ FERRY_AVX2_INLINE void with_tile(uint64_t tn, F&& f) {
 
 // Rows [r0, r1) of y for all n tokens: token tiles, then panels of rows, then chunks of columns.
 // Weights: int4 (a4 != nullptr) or bf16.
-FERRY_AVX2 void rows_avx2(const Int4Rows* a4, const Bf16Rows* a16, uint64_t r0, uint64_t r1,
+FERRY_AVX2 void rows_avx2(const Int4View* a4, const Bf16Rows* a16, uint64_t r0, uint64_t r1,
                           const float* x, uint64_t n, float* y) {
   const uint64_t rows = a4 ? a4->rows : a16->rows, cols = a4 ? a4->cols : a16->cols;
   alignas(32) float xp[kXFloats];                 // [tn, kc] x chunk, pair order
@@ -442,7 +435,7 @@ FERRY_AVX2 void rows_avx2(const Int4Rows* a4, const Bf16Rows* a16, uint64_t r0, 
     const uint64_t tn = std::min(kMaxTile, n - t0);
     const uint64_t kc = chunk_cols(tn);
     const bool one_chunk = cols <= kc;  // x is permuted once per tile, not once per panel
-    if (a4) block_sums(x + t0 * cols, cols, tn, a4->blocks, sums);
+    if (a4) block_sums(x + t0 * cols, cols, tn, a4->blocks(), sums);
     for (uint64_t p0 = r0; p0 < r1; p0 += kPanel) {
       const uint64_t p1 = std::min(r1, p0 + kPanel);
       for (uint64_t i = 0; i < p1 - p0; ++i)
@@ -495,14 +488,13 @@ void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t c
   });
 }
 
-void matmul_int4_cpu(CpuPool& pool, const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
-                     uint64_t rows, uint64_t cols, const float* x, uint64_t n, float* y,
+void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
                      KernelIsa isa) {
+  const uint64_t rows = w.rows, cols = w.cols;
   if (rows == 0 || n == 0) return;
   const bool avx2 = usable_isa(isa) == KernelIsa::avx2;
-  const Call<Int4Rows> call{
-      {q, scales, mins, rows, cols, int4_blocks_per_row(cols)}, x, n, y, avx2};
-  if (call.a.blocks > kMaxBlocks)
+  const Call<Int4View> call{w, x, n, y, avx2};
+  if (call.a.blocks() > kMaxBlocks)
     throw Error(fmt::format("matmul_int4_cpu: {} columns exceed the kernel's {}", cols,
                             kMaxBlocks * kBlock));
   pool.parallel_for(rows, row_grain(cols, n), [c = &call](uint64_t r0, uint64_t r1) {
@@ -518,9 +510,8 @@ void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t c
   matmul_bf16_cpu(pool, w, rows, cols, x, n, y, best_kernel_isa());
 }
 
-void matmul_int4_cpu(CpuPool& pool, const uint8_t* q, const uint16_t* scales, const uint16_t* mins,
-                     uint64_t rows, uint64_t cols, const float* x, uint64_t n, float* y) {
-  matmul_int4_cpu(pool, q, scales, mins, rows, cols, x, n, y, best_kernel_isa());
+void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y) {
+  matmul_int4_cpu(pool, w, x, n, y, best_kernel_isa());
 }
 
 }  // namespace ferry

@@ -1,3 +1,5 @@
+// The scalar reference products: the plainest reading of the format/int4.hpp contract, one row
+// after another, against which tests check the vectorized CPU kernels (kernels/matmul_cpu.cpp).
 #include <algorithm>
 
 #include "base/dtype.hpp"
@@ -15,24 +17,22 @@ void matvec_bf16_cpu(const uint16_t* w, uint64_t rows, uint64_t cols, const floa
   }
 }
 
-void matvec_int4_cpu(const uint8_t* q, const uint16_t* scales, const uint16_t* mins, uint64_t rows,
-                     uint64_t cols, const float* x, float* y) {
-  const uint64_t blocks = int4_blocks_per_row(cols);
-  for (uint64_t r = 0; r < rows; ++r) {
+void matvec_int4_cpu(const Int4View& w, const float* x, float* y) {
+  const uint64_t blocks = w.blocks(), cols = w.cols;
+  for (uint64_t r = 0; r < w.rows; ++r) {
     float acc = 0;
     for (uint64_t b = 0; b < blocks; ++b) {
-      const uint8_t* qb = q + (r * blocks + b) * kBlockBytes;
+      const uint8_t* qb = w.q + (r * blocks + b) * kBlockBytes;
       const float* xb = x + b * kBlock;
       const uint64_t n = std::min(kBlock, cols - b * kBlock);  // padding elements are skipped
       float dot = 0, sum = 0;
       for (uint64_t i = 0; i < n; ++i) {
-        const uint8_t byte = qb[i / 2];
-        const float code = float((i & 1) ? byte >> 4 : byte & 15);
+        const float code = float(int4_code(qb, i));
         dot += code * xb[i];
         sum += xb[i];
       }
-      const float s = f16_to_float(scales[r * blocks + b]);
-      acc += mins ? dot * s + f16_to_float(mins[r * blocks + b]) * sum : (dot - 8.0f * sum) * s;
+      const float s = f16_to_float(w.scales[r * blocks + b]);
+      acc += w.mins ? dot * s + f16_to_float(w.mins[r * blocks + b]) * sum : (dot - 8.0f * sum) * s;
     }
     y[r] = acc;
   }

@@ -17,7 +17,6 @@ std::string meta_or_empty(const PackedFile& f, const char* key) {
   return it == f.file.metadata().end() ? std::string() : it->second;
 }
 
-// --ctx, or its default: kDefaultCtx, or the model's trained context where that is shorter.
 // The tokenizer the packed file carries; a file without one (written by hand, or damaged) is
 // named with what to do, rather than failing as an empty tokenizer.json.
 Tokenizer load_tokenizer(const PackedFile& f) {
@@ -30,40 +29,35 @@ Tokenizer load_tokenizer(const PackedFile& f) {
                               meta_or_empty(f, meta::kTokenizerConfig));
 }
 
-uint64_t context_size(const EngineOptions& o, const ModelConfig& c) {
+// --ctx, or its default: kDefaultCtx, or the model's trained context where that is shorter.
+PassShape pass_shape(const ModelConfig& c, const EngineOptions& o) {
   if (o.batch == 0) throw Error("the prefill batch must be at least 1 token");
-  return o.ctx ? o.ctx : std::min(kDefaultCtx, c.max_position);
+  PassShape s;
+  s.ctx = o.ctx ? o.ctx : std::min(kDefaultCtx, c.max_position);
+  s.batch = std::min(o.batch, s.ctx);
+  s.kv = o.kv;
+  return s;
 }
 
-std::unique_ptr<DeviceForward> make_device(const PackedFile& f, const ModelWeights& w,
-                                           const EngineOptions& o) {
-  if (!o.device) return nullptr;
-  const uint64_t ctx = context_size(o, f.config);
-  return o.device(f.config, w, ctx, std::min(o.batch, ctx), o.kv);
-}
-
-// The run state, once a context past the model's trained length has been warned about and one
-// that host memory cannot hold (the KV cache, when the forward pass runs on the CPU) refused.
-RunState make_state(const ModelConfig& c, const EngineOptions& o, bool host_compute) {
-  const uint64_t ctx = context_size(o, c), batch = std::min(o.batch, ctx);
-  const double need = run_state_bytes(c, ctx, batch, o.kv, host_compute);
+// The pass on its device, or on the CPU once a context whose KV cache and activations host
+// memory cannot hold has been refused (a device holds its own).
+std::unique_ptr<ForwardPass> make_pass(const ModelConfig& c, const ModelWeights& w,
+                                       const PassShape& s, const EngineOptions& o, CpuPool& pool) {
+  if (o.device) return o.device(c, w, s);
+  const double need = cpu_pass_bytes(c, s);
   if (const uint64_t have = host_memory_available(); have && need > double(have))
     throw Error(fmt::format(
         "--ctx {} needs {} of host memory for the {} KV cache and activations, and {} is "
         "available; lower --ctx",
-        ctx, human_bytes(need), kv_type_name(o.kv), human_bytes(double(have))));
-  if (ctx > c.max_position)
-    std::fprintf(stderr,
-                 "ferry: warning: --ctx %llu is past the %llu positions the model was trained on; "
-                 "text beyond them degrades\n",
-                 (unsigned long long)ctx, (unsigned long long)c.max_position);
-  return RunState(c, ctx, batch, o.kv, host_compute);
+        s.ctx, human_bytes(need), kv_type_name(s.kv), human_bytes(double(have))));
+  return make_cpu_forward(c, w, s, pool);
 }
 
-// On the CPU, no cache unless asked: the weights are read in place from the file's memory. On a
-// device they always page through its cache, whose budget is `auto` unless one is given.
+// Without a device backend, no cache unless asked: the weights are read in place from the file's
+// memory. With one they always page through it, whose budget is `auto` unless one is given.
 std::unique_ptr<WeightSource> make_source(const PackedFile& f, const ModelWeights& w,
-                                          const EngineOptions& o, DeviceForward* device) {
+                                          const EngineOptions& o, ForwardPass& pass) {
+  std::shared_ptr<CacheBackend> device = pass.cache_backend();
   if (!device) {
     if (!o.cache.enabled) return std::make_unique<DirectWeights>(w);
     return std::make_unique<PagedWeights>(f, w, o.cache, o.threads);
@@ -72,7 +66,7 @@ std::unique_ptr<WeightSource> make_source(const PackedFile& f, const ModelWeight
   if (!c.enabled) c.enabled = c.budget_auto = true;
   if (c.backend)
     throw Error("internal error: a cache backend given with a device (the device brings its own)");
-  c.backend = device->cache_backend();
+  c.backend = std::move(device);
   return std::make_unique<PagedWeights>(f, w, c, o.threads);
 }
 
@@ -81,13 +75,22 @@ std::unique_ptr<WeightSource> make_source(const PackedFile& f, const ModelWeight
 Engine::Engine(const EngineOptions& o) : Engine(PackedFile::open(o.model), o) {}
 
 Engine::Engine(PackedFile f, const EngineOptions& o)
-    : file(std::move(f)),
-      weights(bind_weights(file)),
-      tokenizer(load_tokenizer(file)),
-      pool(o.threads),
-      device(make_device(file, weights, o)),
-      source(make_source(file, weights, o, device.get())),
-      state(make_state(file.config, o, device == nullptr)) {}
+    : file_(std::move(f)),
+      weights_(bind_weights(file_)),
+      tokenizer_(load_tokenizer(file_)),
+      pool_(o.threads),
+      shape_(pass_shape(file_.config, o)),
+      pass_(make_pass(file_.config, weights_, shape_, o, pool_)),
+      source_(make_source(file_, weights_, o, *pass_)),
+      paged_(dynamic_cast<const PagedWeights*>(source_.get())),
+      logits_(file_.config.vocab) {
+  // Once the context is known to fit (a refused one gets its error alone).
+  if (shape_.ctx > config().max_position)
+    std::fprintf(stderr,
+                 "ferry: warning: --ctx %llu is past the %llu positions the model was trained on; "
+                 "text beyond them degrades\n",
+                 (unsigned long long)shape_.ctx, (unsigned long long)config().max_position);
+}
 
 void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {
   run(tokens, pos, nullptr);
@@ -95,31 +98,29 @@ void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {
 
 int32_t Engine::eval_greedy(std::span<const int32_t> tokens, uint64_t pos) {
   int32_t token = -1;
-  run(tokens, pos, device ? &token : nullptr);
-  if (!device)
-    token =
-        int32_t(std::max_element(state.logits.begin(), state.logits.end()) - state.logits.begin());
+  run(tokens, pos, &token);
   return token;
 }
 
 void Engine::run(std::span<const int32_t> tokens, uint64_t pos, int32_t* argmax) {
-  if (pos + tokens.size() > state.ctx)
+  if (pos + tokens.size() > shape_.ctx)
     throw Error(fmt::format("{} tokens at position {} exceed the context of {}; raise --ctx",
-                            tokens.size(), pos, state.ctx));
-  for (size_t i = 0; i < tokens.size(); i += state.batch) {
-    const size_t n = std::min<size_t>(state.batch, tokens.size() - i);
+                            tokens.size(), pos, shape_.ctx));
+  for (size_t i = 0; i < tokens.size(); i += shape_.batch) {
+    const size_t n = std::min<size_t>(shape_.batch, tokens.size() - i);
     const bool last = i + n == tokens.size();
-    if (device)
-      device->forward(*source, tokens.subspan(i, n), pos + i, state.logits,
-                      last ? argmax : nullptr);
-    else
-      forward(file.config, weights, *source, pool, state, tokens.subspan(i, n), pos + i);
+    pass_->forward(*source_, tokens.subspan(i, n), pos + i, logits_, last ? argmax : nullptr);
   }
 }
 
 std::optional<CacheStats> Engine::cache_stats() const {
-  if (const PagedWeights* p = paged()) return p->stats();
+  if (paged_) return paged_->stats();
   return std::nullopt;
+}
+
+void Engine::replace_weight_source(std::unique_ptr<WeightSource> source) {
+  source_ = std::move(source);
+  paged_ = dynamic_cast<const PagedWeights*>(source_.get());
 }
 
 double weight_bytes_per_token(const PackedFile& f) {

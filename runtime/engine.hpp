@@ -1,15 +1,17 @@
 // One loaded model ready to generate: the packed file, its bound weights, the tokenizer, the
-// thread pool of the CPU kernels, the weight source and the run state, all made once at load.
-// `ferry run`, `ferry chat`, `ferry bench` and the tests load a model through here.
+// thread pool of the CPU kernels, the weight source and the forward pass (CPU or a device's),
+// all made once at load. `ferry run`, `ferry chat`, `ferry bench` and the tests load a model
+// through here.
 #pragma once
 #include <filesystem>
 #include <memory>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "format/packed_file.hpp"
 #include "kernels/cpu_pool.hpp"
-#include "runtime/device_forward.hpp"
+#include "runtime/forward_pass.hpp"
 #include "runtime/model.hpp"
 #include "runtime/paged_weights.hpp"
 #include "text/tokenizer.hpp"
@@ -22,7 +24,7 @@ inline constexpr uint64_t kDefaultCtx = 1024;
 struct EngineOptions {
   std::filesystem::path model;  // .ferry file
   uint64_t ctx = 0;             // KV cache size in tokens; 0: kDefaultCtx
-  KvType kv = KvType::f16;      // KV cache element type (kernels/ops.hpp)
+  KvType kv = KvType::f16;      // KV cache element type (kernels/attention.hpp)
   uint64_t batch = 64;          // prefill batch: tokens per forward call
   unsigned threads = 0;         // CPU kernel threads, 0: every core
   CacheOptions cache = {};      // the paging cache; off (the default): weights read in place
@@ -31,36 +33,52 @@ struct EngineOptions {
   DeviceFactory device = {};
 };
 
-struct Engine {
+class Engine {
+ public:
   explicit Engine(const EngineOptions& o);          // opens o.model
   Engine(PackedFile file, const EngineOptions& o);  // a file already open, or synthesized
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Runs tokens at positions pos.. in batches of at most `batch`; leaves the logits of the last
-  // in state.logits. Throws ferry::Error past the context.
+  // Runs tokens at positions pos.. in batches of at most batch(); leaves the logits of the last
+  // in logits(). Throws ferry::Error past the context.
   void eval(std::span<const int32_t> tokens, uint64_t pos);
   // eval() and the index of the largest logit of the last token (the first of equals). On a
-  // device only that index crosses the bus, and state.logits is left as it was.
+  // device only that index crosses the bus, and logits() is left as it was.
   int32_t eval_greedy(std::span<const int32_t> tokens, uint64_t pos);
-  const ModelConfig& config() const { return file.config; }
+
+  const ModelConfig& config() const { return file_.config; }
+  const PackedFile& file() const { return file_; }
+  const ModelWeights& weights() const { return weights_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  CpuPool& pool() { return pool_; }
+  uint64_t ctx() const { return shape_.ctx; }
+  uint64_t batch() const { return shape_.batch; }
+  // [vocab] of the last token of the last eval() (and of eval_greedy() on the CPU). Mutable for
+  // the sampler, which scales and filters them in place; the next eval() overwrites them.
+  std::span<const float> logits() const { return logits_; }
+  std::span<float> logits() { return logits_; }
   // The paging cache's weight source, or nullptr when the weights are read in place.
-  const PagedWeights* paged() const { return dynamic_cast<const PagedWeights*>(source.get()); }
+  const PagedWeights* paged() const { return paged_; }
   // Its statistics (format_cache_stats() writes them for --stats), or nullopt without a cache.
   std::optional<CacheStats> cache_stats() const;
+  // Tests: replaces the weight source (e.g. with one that serves dequantized weights). The
+  // engine then reports no cache.
+  void replace_weight_source(std::unique_ptr<WeightSource> source);
 
  private:
-  // eval() in batches; `argmax`, when given, receives the device's choice for the last token.
+  // eval() in batches; `argmax`, when given, receives the pass's choice for the last token.
   void run(std::span<const int32_t> tokens, uint64_t pos, int32_t* argmax);
 
- public:
-  PackedFile file;
-  ModelWeights weights;
-  Tokenizer tokenizer;
-  CpuPool pool;
-  std::unique_ptr<DeviceForward> device;  // nullptr: the forward pass runs on the CPU
-  std::unique_ptr<WeightSource> source;
-  RunState state;
+  PackedFile file_;
+  ModelWeights weights_;
+  Tokenizer tokenizer_;
+  CpuPool pool_;
+  PassShape shape_;
+  std::unique_ptr<ForwardPass> pass_;
+  std::unique_ptr<WeightSource> source_;
+  const PagedWeights* paged_ = nullptr;  // source_ when it is the paging cache
+  std::vector<float> logits_;            // [vocab]
 };
 
 // Bytes of weights one decoded token reads: every tensor but the embedding, of which one row.

@@ -1,4 +1,4 @@
-// The forward pass on the GPU, step for step the CPU pass of runtime/forward.cpp (read that one
+// The forward pass on the GPU, step for step the CPU pass of runtime/forward_cpu.cpp (read that one
 // first): embedding rows gathered on the host (the table stays in host memory: only the rows of
 // the batch cross the bus, hidden x 4 bytes a token), then per layer RMSNorm, q/k/v (+bias),
 // RoPE, causal grouped-query attention over the KV cache, o, residual, RMSNorm, gate/up,
@@ -16,14 +16,14 @@
 #include <fmt/format.h>
 
 #include "base/bytes.hpp"
-#include "base/dtype.hpp"
 #include "base/error.hpp"
 #include "cache/backend_cuda.hpp"
+#include "kernels/attention.hpp"
 #include "kernels/cuda_check.hpp"
+#include "kernels/cuda_memory.hpp"
 #include "kernels/dequant.hpp"
-#include "kernels/matmul_cuda.hpp"
-#include "kernels/ops.hpp"
-#include "kernels/ops_cuda.hpp"
+#include "kernels/elementwise.hpp"
+#include "kernels/matmul.hpp"
 #include "runtime/machine/cuda_device.hpp"
 
 namespace ferry {
@@ -34,67 +34,11 @@ namespace {
 // cuBLASLt GEMM on the tensor cores (a 64-token batch would otherwise read the weights 8 times).
 constexpr uint64_t kGemvMaxBatch = 8;
 
-// One device allocation, made at load, freed at exit.
-template <typename T>
-class DeviceArray {
- public:
-  DeviceArray() = default;
-  explicit DeviceArray(uint64_t n, const char* what) : n_(n) {
-    if (n && cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)) != cudaSuccess) {
-      cudaGetLastError();
-      throw Error(fmt::format("cannot allocate {} of device memory for {}; lower --ctx or --batch",
-                              human_bytes(double(n * sizeof(T))), what));
-    }
-  }
-  ~DeviceArray() {
-    if (p_) cudaFree(p_);
-  }
-  DeviceArray(DeviceArray&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(o.n_) {}
-  DeviceArray& operator=(DeviceArray&& o) noexcept {
-    std::swap(p_, o.p_);
-    std::swap(n_, o.n_);
-    return *this;
-  }
-  T* get() const { return p_; }
-  void upload(const T* host, uint64_t n) {
-    CUDA_CHECK(cudaMemcpy(p_, host, n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-
- private:
-  T* p_ = nullptr;
-  uint64_t n_ = 0;
-};
-
-// Pinned host memory for the per-call transfers (embedding rows in, logits out).
-template <typename T>
-class PinnedArray {
- public:
-  explicit PinnedArray(uint64_t n) {
-    CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&p_), std::max<uint64_t>(1, n) * sizeof(T),
-                             cudaHostAllocDefault));
-  }
-  ~PinnedArray() { cudaFreeHost(p_); }
-  PinnedArray(const PinnedArray&) = delete;
-  PinnedArray& operator=(const PinnedArray&) = delete;
-  T* get() const { return p_; }
-
- private:
-  T* p_ = nullptr;
-};
-
-struct Stream {
-  Stream() { CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(s); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t s = nullptr;
-};
-
 // The largest staging the bf16 cache format needs: the largest packed weight.
 uint64_t staging_bytes(const ModelWeights& w) {
   uint64_t most = 0;
   for (const Linear& l : w.linears)
-    if (l.q4) most = std::max(most, cuda_staging_bytes(l.rows, l.cols, l.mins != nullptr));
+    if (l.is_int4()) most = std::max(most, cuda_staging_bytes(l.q4));
   return most;
 }
 
@@ -105,7 +49,7 @@ uint64_t prefill_scratch(const ModelWeights& w, uint64_t batch, bool bf16_cache)
   if (batch <= kGemvMaxBatch || bf16_cache) return 0;  // bf16 entries go to the GEMM as they are
   uint64_t most = 0;
   for (size_t id = 0; id + 1 < w.linears.size(); ++id)
-    if (w.linears[id].q4) most = std::max(most, w.linears[id].rows * w.linears[id].cols);
+    if (w.linears[id].is_int4()) most = std::max(most, w.linears[id].rows * w.linears[id].cols);
   return most;
 }
 
@@ -125,10 +69,10 @@ std::vector<uint16_t> gather_norms(const ModelConfig& c, const ModelWeights& w) 
   return out;
 }
 
-class CudaForward final : public DeviceForward {
+class CudaForward final : public ForwardPass {
  public:
   CudaForward(const CudaForwardOptions& o, const ModelConfig& c, const ModelWeights& w,
-              uint64_t ctx, uint64_t batch, KvType kv);
+              const PassShape& shape);
   ~CudaForward() override { cudaStreamSynchronize(stream_.s); }
 
   std::shared_ptr<CacheBackend> cache_backend() override { return backend_; }
@@ -150,7 +94,7 @@ class CudaForward final : public DeviceForward {
   const ModelWeights& w_;
   uint64_t ctx_, batch_, q_dim_, kv_dim_;
   KvType kv_;
-  Stream stream_;              // the compute stream; the cache's copy stream belongs to its backend
+  CudaStream stream_;          // the compute stream; the cache's copy stream belongs to its backend
   DeviceArray<float> x_, xb_;  // [batch, hidden] residual stream, normed block input
   DeviceArray<float> q_, att_out_;  // [batch, heads * head_dim]
   DeviceArray<float> k_, v_;        // [batch, kv_heads * head_dim] before they enter the cache
@@ -165,7 +109,7 @@ class CudaForward final : public DeviceForward {
   DeviceArray<float> inv_freq_;        // [head_dim / 2]
   DeviceArray<uint16_t> norms_;        // [layers, 2, hidden] + [hidden] bf16
   DeviceArray<uint16_t> biases_;       // q/k/v biases of every layer, bf16, packed
-  std::vector<const uint16_t*> bias_;  // [linear ids] into biases_, or nullptr
+  std::vector<const uint16_t*> bias_;  // [linear ids] into biases_, or nullptr (w.biases' twin)
   PinnedArray<float> embed_rows_;      // [batch, hidden] host: the batch's embedding rows
   PinnedArray<float> logits_host_;     // [vocab] host
   PinnedArray<int32_t> token_host_;    // [1] host
@@ -175,38 +119,38 @@ class CudaForward final : public DeviceForward {
 };
 
 CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, const ModelWeights& w,
-                         uint64_t ctx, uint64_t batch, KvType kv)
+                         const PassShape& shape)
     : c_(c),
       w_(w),
-      ctx_(ctx),
-      batch_(batch),
+      ctx_(shape.ctx),
+      batch_(shape.batch),
       q_dim_(c.heads * c.head_dim),
       kv_dim_(c.kv_heads * c.head_dim),
-      kv_(kv),
-      x_(batch * c.hidden, "activations"),
-      xb_(batch * c.hidden, "activations"),
-      q_(batch * q_dim_, "activations"),
-      att_out_(batch * q_dim_, "activations"),
-      k_(batch * kv_dim_, "activations"),
-      v_(batch * kv_dim_, "activations"),
-      proj_(batch * c.hidden, "activations"),
-      gate_(batch * c.intermediate, "activations"),
-      up_(batch * c.intermediate, "activations"),
-      partials_(attention_scratch_floats(batch, ctx, c.heads, c.head_dim), "attention"),
-      k16_(kv == KvType::f16 ? c.layers * ctx * kv_dim_ : 0, "the KV cache"),
-      v16_(kv == KvType::f16 ? c.layers * ctx * kv_dim_ : 0, "the KV cache"),
-      k32_(kv == KvType::f32 ? c.layers * ctx * kv_dim_ : 0, "the KV cache"),
-      v32_(kv == KvType::f32 ? c.layers * ctx * kv_dim_ : 0, "the KV cache"),
+      kv_(shape.kv),
+      x_(batch_ * c.hidden, "activations"),
+      xb_(batch_ * c.hidden, "activations"),
+      q_(batch_ * q_dim_, "activations"),
+      att_out_(batch_ * q_dim_, "activations"),
+      k_(batch_ * kv_dim_, "activations"),
+      v_(batch_ * kv_dim_, "activations"),
+      proj_(batch_ * c.hidden, "activations"),
+      gate_(batch_ * c.intermediate, "activations"),
+      up_(batch_ * c.intermediate, "activations"),
+      partials_(attention_scratch_floats(batch_, ctx_, c.heads, c.head_dim), "attention"),
+      k16_(kv_ == KvType::f16 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
+      v16_(kv_ == KvType::f16 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
+      k32_(kv_ == KvType::f32 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
+      v32_(kv_ == KvType::f32 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
       logits_(c.vocab, "logits"),
       token_(1, "the greedy token"),
       inv_freq_(c.head_dim / 2, "RoPE"),
       norms_((2 * c.layers + 1) * c.hidden, "norm weights"),
       bias_(w.linears.size(), nullptr),
-      embed_rows_(batch * c.hidden),
+      embed_rows_(batch_ * c.hidden),
       logits_host_(c.vocab),
       token_host_(1),
-      prefill_w_(prefill_scratch(w, batch, o.bf16_cache), "the prefill dequantization scratch"),
-      blas_(batch * widest_input(c)) {
+      prefill_w_(prefill_scratch(w, batch_, o.bf16_cache), "the prefill dequantization scratch"),
+      blas_(batch_ * widest_input(c)) {
   const std::vector<float> inv = rope_inv_freq(c);
   inv_freq_.upload(inv.data(), inv.size());
   const std::vector<uint16_t> norms = gather_norms(c, w);
@@ -214,9 +158,9 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
   std::vector<uint16_t> biases;
   std::vector<uint64_t> at(w.linears.size(), ~0ull);
   for (size_t id = 0; id < w.linears.size(); ++id)
-    if (const Linear& l = w.linears[id]; l.bias) {
+    if (const uint16_t* bias = w.biases[id]) {
       at[id] = biases.size();
-      biases.insert(biases.end(), l.bias, l.bias + l.rows);
+      biases.insert(biases.end(), bias, bias + w.linears[id].rows);
     }
   if (!biases.empty()) {
     biases_ = DeviceArray<uint16_t>(biases.size(), "biases");
@@ -246,18 +190,18 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
 void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y) {
   HeldWeight held(src, id);  // the stream now waits for the entry's upload
   const Linear& l = held.linear;
-  if (l.q4 && n > kGemvMaxBatch) {
-    dequant_int4_bf16_cuda(l.q4, l.scales, l.mins, l.rows, l.cols, prefill_w_.get(), stream_.s);
+  if (l.is_int4() && n > kGemvMaxBatch) {
+    dequant_int4_bf16_cuda(l.q4, prefill_w_.get(), stream_.s);
     blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, y, stream_.s);
-  } else if (l.q4) {
-    matmul_int4_cuda(l.q4, l.scales, l.mins, l.rows, l.cols, x, n, y, stream_.s);
+  } else if (l.is_int4()) {
+    matmul_int4_cuda(l.q4, x, n, y, stream_.s);
   } else
     blas_.matmul_bf16(l.bf16, l.rows, l.cols, x, n, y, stream_.s);
   if (bias_[id]) add_bias_cuda(y, bias_[id], n, l.rows, stream_.s);
   held.release();  // records the entry's last use after the product
 }
 
-// As attend() of runtime/forward.cpp: the batch's rotated keys and values into the cache rows
+// As attend() of runtime/forward_cpu.cpp: the batch's rotated keys and values into the cache rows
 // pos .. pos+n-1, then attention over the layer's cache in its element type.
 void CudaForward::attend(uint64_t layer, uint64_t n, uint64_t pos) {
   const uint64_t count = n * kv_dim_, base = layer * ctx_ * kv_dim_, at = base + pos * kv_dim_;
@@ -317,11 +261,7 @@ void CudaForward::forward(WeightSource& src, std::span<const int32_t> tokens, ui
 void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
                            std::span<float> logits, int32_t* argmax) {
   const uint64_t n = tokens.size();
-  for (uint64_t t = 0; t < n; ++t) {
-    const uint16_t* row = w_.embed + uint64_t(tokens[t]) * c_.hidden;
-    for (uint64_t i = 0; i < c_.hidden; ++i)
-      embed_rows_.get()[t * c_.hidden + i] = bf16_to_float(row[i]);
-  }
+  embed_rows_cpu(w_.embed, tokens.data(), n, c_.hidden, embed_rows_.get());
   CUDA_CHECK(cudaMemcpyAsync(x_.get(), embed_rows_.get(), n * c_.hidden * sizeof(float),
                              cudaMemcpyHostToDevice, stream_.s));
   for (uint64_t l = 0; l < c_.layers; ++l) {
@@ -351,8 +291,8 @@ void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, u
 
 DeviceFactory cuda_forward_factory(const CudaForwardOptions& o) {
   probe_gpu(o.device);  // one clear line now, before anything is loaded, when it cannot run
-  return [o](const ModelConfig& c, const ModelWeights& w, uint64_t ctx, uint64_t batch, KvType kv) {
-    return std::unique_ptr<DeviceForward>(new CudaForward(o, c, w, ctx, batch, kv));
+  return [o](const ModelConfig& c, const ModelWeights& w, const PassShape& shape) {
+    return std::unique_ptr<ForwardPass>(new CudaForward(o, c, w, shape));
   };
 }
 

@@ -1,8 +1,8 @@
 // The CUDA backend's forward pass (runtime/forward_cuda.cpp): the same steps as the CPU pass of
-// runtime/forward.cpp, each a kernel of kernels/*.cu on one compute stream, with every linear
+// runtime/forward_cpu.cpp, each a kernel of kernels/*.cu on one compute stream, with every linear
 // weight acquired from the paging cache in device memory. CUDA builds only.
 #pragma once
-#include "runtime/device_forward.hpp"
+#include "runtime/forward_pass.hpp"
 
 namespace ferry {
 

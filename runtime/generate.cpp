@@ -44,9 +44,9 @@ void add_config_eos(const PackedFile& f, const char* key, std::vector<int32_t>& 
 
 std::vector<int32_t> eos_token_ids(const Engine& e) {
   std::vector<int32_t> ids;
-  if (e.tokenizer.eos_id() >= 0) ids.push_back(e.tokenizer.eos_id());
-  add_config_eos(e.file, meta::kGenerationConfig, ids);
-  add_config_eos(e.file, meta::kConfig, ids);
+  if (e.tokenizer().eos_id() >= 0) ids.push_back(e.tokenizer().eos_id());
+  add_config_eos(e.file(), meta::kGenerationConfig, ids);
+  add_config_eos(e.file(), meta::kConfig, ids);
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   return ids;
@@ -93,19 +93,19 @@ GenerateStats generate(Engine& e, Sampler& sampler, std::vector<int32_t>& contex
                        uint64_t& evaluated, const GenerateOptions& o,
                        const std::function<void(std::string_view)>& on_text) {
   if (context.empty()) throw Error("nothing to continue: the context holds no tokens");
-  if (context.size() >= e.state.ctx)
+  if (context.size() >= e.ctx())
     throw Error(
         fmt::format("the prompt ({} tokens) leaves no room in the context of {}; raise "
                     "--ctx",
-                    context.size(), e.state.ctx));
+                    context.size(), e.ctx()));
   GenerateStats st;
   evaluated = std::min<uint64_t>(evaluated, context.size() - 1);
   st.prompt_tokens = context.size() - evaluated;
-  // Plain greedy on a device: the device picks the token and only it crosses the bus.
-  const bool device_greedy = e.device && sampler.plain_greedy();
+  // Plain greedy: the pass picks the token (on a device only it crosses the bus).
+  const bool greedy = sampler.plain_greedy();
   int32_t chosen = -1;
   auto eval = [&](std::span<const int32_t> tokens, uint64_t pos) {
-    if (device_greedy)
+    if (greedy)
       chosen = e.eval_greedy(tokens, pos);
     else
       e.eval(tokens, pos);
@@ -116,14 +116,14 @@ GenerateStats generate(Engine& e, Sampler& sampler, std::vector<int32_t>& contex
   st.prompt_seconds = seconds_since(t0);
 
   const auto t1 = Clock::now();
-  StreamDecoder decoder(e.tokenizer);
+  StreamDecoder decoder(e.tokenizer());
   StopStringFilter filter(o.stop_strings);
   for (uint64_t i = 0; i < o.max_tokens; ++i) {
     if (o.cancel && o.cancel->load()) {
       st.reason = StopReason::cancelled;
       break;
     }
-    const int32_t next = device_greedy ? chosen : sampler.sample(e.state.logits, context);
+    const int32_t next = greedy ? chosen : sampler.sample(e.logits(), context);
     if (std::find(o.stop_ids.begin(), o.stop_ids.end(), next) != o.stop_ids.end()) {
       st.reason = StopReason::eos;
       break;
@@ -136,7 +136,7 @@ GenerateStats generate(Engine& e, Sampler& sampler, std::vector<int32_t>& contex
       break;
     }
     if (i + 1 == o.max_tokens) break;  // the last token is not evaluated: no one reads its logits
-    if (context.size() == e.state.ctx) {
+    if (context.size() == e.ctx()) {
       st.reason = StopReason::context_full;
       break;
     }

@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 
 #include "base/error.hpp"
-#include "kernels/ops.hpp"
 
 namespace ferry {
 namespace {
@@ -22,25 +21,27 @@ const uint16_t* u16(const TensorView& t) {
 }
 
 // cols comes from the config: the q4 tensor's shape holds the padded column count.
-Linear bind_linear(const PackedFile& f, const std::string& name, uint64_t cols,
-                   bool with_bias = false) {
+Linear bind_linear(const PackedFile& f, const std::string& name, uint64_t cols) {
   Linear l;
   l.cols = cols;
   if (const TensorView* q = f.file.find(name + ".q4")) {
-    l.q4 = q->data;
-    l.scales = u16(tensor(f, name + ".scales"));
-    if (scheme_has_mins(f.scheme)) l.mins = u16(tensor(f, name + ".mins"));
     l.rows = q->shape[0];
+    l.q4 = {q->data, u16(tensor(f, name + ".scales")),
+            scheme_has_mins(f.scheme) ? u16(tensor(f, name + ".mins")) : nullptr, l.rows, cols};
   } else {
     const TensorView& t = tensor(f, name);
     l.bf16 = u16(t);
     l.rows = t.shape[0];
   }
-  if (with_bias) {
-    const std::string bias = name.substr(0, name.size() - 6) + "bias";  // "...weight" -> "...bias"
-    l.bias = u16(tensor(f, bias));
-  }
   return l;
+}
+
+// Appends the weight `name` ("....weight") and its bias ("....bias") when `with_bias`.
+void add_linear(const PackedFile& f, ModelWeights& w, const std::string& name, uint64_t cols,
+                bool with_bias = false) {
+  w.linears.push_back(bind_linear(f, name, cols));
+  const std::string bias = name.substr(0, name.size() - 6) + "bias";  // "...weight" -> "...bias"
+  w.biases.push_back(with_bias ? u16(tensor(f, bias)) : nullptr);
 }
 
 }  // namespace
@@ -55,16 +56,16 @@ ModelWeights bind_weights(const PackedFile& f) {
     w.layers.push_back({.attn_norm = u16(tensor(f, p + "input_layernorm.weight")),
                         .mlp_norm = u16(tensor(f, p + "post_attention_layernorm.weight"))});
     // Schedule order (runtime/model.hpp): q k v o gate up down.
-    w.linears.push_back(bind_linear(f, p + "self_attn.q_proj.weight", c.hidden, c.qkv_bias));
-    w.linears.push_back(bind_linear(f, p + "self_attn.k_proj.weight", c.hidden, c.qkv_bias));
-    w.linears.push_back(bind_linear(f, p + "self_attn.v_proj.weight", c.hidden, c.qkv_bias));
-    w.linears.push_back(bind_linear(f, p + "self_attn.o_proj.weight", q_dim));
-    w.linears.push_back(bind_linear(f, p + "mlp.gate_proj.weight", c.hidden));
-    w.linears.push_back(bind_linear(f, p + "mlp.up_proj.weight", c.hidden));
-    w.linears.push_back(bind_linear(f, p + "mlp.down_proj.weight", c.intermediate));
+    add_linear(f, w, p + "self_attn.q_proj.weight", c.hidden, c.qkv_bias);
+    add_linear(f, w, p + "self_attn.k_proj.weight", c.hidden, c.qkv_bias);
+    add_linear(f, w, p + "self_attn.v_proj.weight", c.hidden, c.qkv_bias);
+    add_linear(f, w, p + "self_attn.o_proj.weight", q_dim);
+    add_linear(f, w, p + "mlp.gate_proj.weight", c.hidden);
+    add_linear(f, w, p + "mlp.up_proj.weight", c.hidden);
+    add_linear(f, w, p + "mlp.down_proj.weight", c.intermediate);
   }
   w.final_norm = u16(tensor(f, "model.norm.weight"));
-  w.linears.push_back(bind_linear(f, "lm_head.weight", c.hidden));
+  add_linear(f, w, "lm_head.weight", c.hidden);
   return w;
 }
 
@@ -92,45 +93,8 @@ std::vector<float> rope_inv_freq(const ModelConfig& c) {
   return f;
 }
 
-KvCache::KvCache(KvType type_, uint64_t elements)
-    : type(type_),
-      k16(type_ == KvType::f16 ? elements : 0),
-      v16(type_ == KvType::f16 ? elements : 0),
-      k32(type_ == KvType::f32 ? elements : 0),
-      v32(type_ == KvType::f32 ? elements : 0) {}
-
-RunState::RunState(const ModelConfig& c, uint64_t ctx_, uint64_t batch_, KvType kv_type,
-                   bool host_compute)
-    : ctx(ctx_),
-      batch(batch_),
-      x(host_compute ? batch_ * c.hidden : 0),
-      xb(host_compute ? batch_ * c.hidden : 0),
-      q(host_compute ? batch_ * c.heads * c.head_dim : 0),
-      k(host_compute ? batch_ * c.kv_heads * c.head_dim : 0),
-      v(host_compute ? batch_ * c.kv_heads * c.head_dim : 0),
-      att_out(host_compute ? batch_ * c.heads * c.head_dim : 0),
-      proj(host_compute ? batch_ * c.hidden : 0),
-      gate(host_compute ? batch_ * c.intermediate : 0),
-      up(host_compute ? batch_ * c.intermediate : 0),
-      partials(host_compute ? attention_scratch_floats(batch_, ctx_, c.heads, c.head_dim) : 0),
-      inv_freq(rope_inv_freq(c)),
-      kv(kv_type, host_compute ? c.layers * ctx_ * c.kv_heads * c.head_dim : 0),
-      logits(c.vocab) {}
-
 double kv_bytes_per_position(const ModelConfig& c, KvType kv) {
   return 2.0 * double(c.layers) * double(c.kv_heads * c.head_dim) * double(kv_type_bytes(kv));
-}
-
-double run_state_bytes(const ModelConfig& c, uint64_t ctx, uint64_t batch, KvType kv,
-                       bool host_compute) {
-  const double logits = double(c.vocab) * 4;
-  if (!host_compute) return logits;
-  const double kv_bytes = double(ctx) * kv_bytes_per_position(c, kv);
-  const double activations = 4.0 * double(batch) *
-                             double(4 * c.hidden + 2 * c.heads * c.head_dim +
-                                    2 * c.kv_heads * c.head_dim + 2 * c.intermediate);
-  const double partials = 4.0 * double(attention_scratch_floats(batch, ctx, c.heads, c.head_dim));
-  return kv_bytes + activations + partials + logits;
 }
 
 void check_forward_call(const ModelConfig& c, uint64_t ctx, uint64_t batch,
@@ -138,8 +102,8 @@ void check_forward_call(const ModelConfig& c, uint64_t ctx, uint64_t batch,
   if (tokens.empty() || tokens.size() > batch)
     throw Error(fmt::format("a forward call takes 1 to {} tokens, got {}", batch, tokens.size()));
   if (pos + tokens.size() > ctx)
-    throw Error(fmt::format("position {} is past the context of {} tokens; raise --ctx",
-                            pos + tokens.size() - 1, ctx));
+    throw Error(
+        fmt::format("position {} is past the context of {} tokens", pos + tokens.size() - 1, ctx));
   for (int32_t t : tokens)
     if (t < 0 || uint64_t(t) >= c.vocab)
       throw Error(fmt::format("token id {} is outside the vocabulary of {}", t, c.vocab));

@@ -1,27 +1,26 @@
 // A packed model bound for the forward pass: pointers into a .ferry file's tensors (no copies),
-// the source the forward pass acquires each linear weight from (the file itself, or the paging
-// cache), and the run state, allocated once at load (never per token).
+// and the source the forward pass acquires each linear weight from (the file itself, or the
+// paging cache). The passes themselves: runtime/forward_pass.hpp.
 #pragma once
 #include <cstdint>
 #include <span>
 #include <vector>
 
+#include "format/int4.hpp"
 #include "format/model_config.hpp"
 #include "format/packed_file.hpp"
-#include "kernels/ops.hpp"
+#include "kernels/attention.hpp"
 
 namespace ferry {
 
-class CpuPool;
-
-// One linear layer y = W x (+ b), INT4 or bf16.
+// One linear weight W [rows = out, cols = in], INT4 or bf16: what the paging cache moves and a
+// matrix product reads. Its bias, if any, is not part of it (ModelWeights::biases): the cache
+// moves weights only, and both passes find a bias by the weight's id.
 struct Linear {
-  uint64_t rows = 0, cols = 0;       // out, in
-  const uint8_t* q4 = nullptr;       // [rows, B*64] INT4 codes, or nullptr for bf16
-  const uint16_t* scales = nullptr;  // [rows, B] f16
-  const uint16_t* mins = nullptr;    // [rows, B] f16, asym schemes only
-  const uint16_t* bf16 = nullptr;    // [rows, cols] when not quantized
-  const uint16_t* bias = nullptr;    // [rows] bf16, Qwen2 q/k/v only
+  Int4View q4;                     // INT4 codes, scales, mins; q4.q == nullptr for a bf16 weight
+  const uint16_t* bf16 = nullptr;  // [rows, cols] bf16, when not quantized
+  uint64_t rows = 0, cols = 0;     // out, in (q4.rows and q4.cols too, when INT4)
+  bool is_int4() const { return q4.q != nullptr; }
 };
 
 // The linear weights of one forward pass in the order it uses them: per layer q k v o gate up
@@ -45,6 +44,7 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;      // [layers] norms
   const uint16_t* final_norm = nullptr;  // [hidden]
   std::vector<Linear> linears;           // [layers * 7 + 1] by linear id, lm_head last
+  std::vector<const uint16_t*> biases;   // [layers * 7 + 1] bf16 [rows] by id, or nullptr
 };
 
 // Throws ferry::Error if a tensor the config implies is missing (PackedFile::open checked shapes).
@@ -100,43 +100,9 @@ class DirectWeights final : public WeightSource {
   const ModelWeights& w_;
 };
 
-// The keys and values of every layer in the cache's element type (kernels/ops.hpp): the pair of
-// vectors of that type is sized, the other stays empty.
-struct KvCache {
-  KvCache(KvType type, uint64_t elements);  // elements of k (and of v)
-  KvType type;
-  std::vector<uint16_t> k16, v16;  // [layers, ctx, kv_heads * head_dim] f16 bits (type f16)
-  std::vector<float> k32, v32;     // [layers, ctx, kv_heads * head_dim] (type f32)
-};
-
-// Activations and KV cache of one sequence, sized at load from the config, --ctx, --kv-type and
-// the prefill batch (the most tokens one forward call takes). With host_compute false (the
-// forward pass runs on a GPU, which holds its own) only the logits are allocated: a 32B model's
-// KV cache alone is 256 MB of host memory at --ctx 1024 in f16.
-struct RunState {
-  RunState(const ModelConfig& c, uint64_t ctx, uint64_t batch, KvType kv, bool host_compute = true);
-  uint64_t ctx, batch;
-  std::vector<float> x;         // [batch, hidden] residual stream
-  std::vector<float> xb;        // [batch, hidden] normed input of a block
-  std::vector<float> q;         // [batch, heads * head_dim]
-  std::vector<float> k, v;      // [batch, kv_heads * head_dim] before they enter the cache
-  std::vector<float> att_out;   // [batch, heads * head_dim]
-  std::vector<float> proj;      // [batch, hidden] attention / MLP output
-  std::vector<float> gate, up;  // [batch, intermediate]
-  std::vector<float> partials;  // [min(batch, 64), heads, attention_chunks(ctx), head_dim + 2]
-  std::vector<float> inv_freq;  // [head_dim / 2] RoPE frequencies (scaling applied)
-  KvCache kv;                   // [layers, ctx, kv_heads * head_dim] keys and values
-  std::vector<float> logits;    // [vocab] of the last token of the last call
-};
-
 // Bytes of keys and values the KV cache holds per position, over every layer: what attention
 // reads per position of context each token (Qwen2-32B in f16: 256 KB).
 double kv_bytes_per_position(const ModelConfig& c, KvType kv);
-
-// Bytes a RunState of these sizes allocates: the KV cache dominates (Qwen2-32B: 256 KB a token
-// in f16), then the attention scratch and the activations. Only the logits without host_compute.
-double run_state_bytes(const ModelConfig& c, uint64_t ctx, uint64_t batch, KvType kv,
-                       bool host_compute);
 
 // RoPE inverse frequencies theta^(-2i/d), with Llama 3's frequency-dependent scaling if set.
 std::vector<float> rope_inv_freq(const ModelConfig& c);
@@ -146,11 +112,5 @@ std::vector<float> rope_inv_freq(const ModelConfig& c);
 // backend's forward pass checks its input with this one.
 void check_forward_call(const ModelConfig& c, uint64_t ctx, uint64_t batch,
                         std::span<const int32_t> tokens, uint64_t pos);
-
-// Runs tokens (1 .. s.batch of them) at positions pos, pos+1, ... through the model in one batch
-// and leaves the logits of the last one in s.logits. Throws ferry::Error when the tokens would
-// pass the context size, a token id is outside the vocabulary, or the batch is too large.
-void forward(const ModelConfig& c, const ModelWeights& w, WeightSource& src, CpuPool& pool,
-             RunState& s, std::span<const int32_t> tokens, uint64_t pos);
 
 }  // namespace ferry

@@ -36,9 +36,9 @@ std::vector<LinearTensors> linear_tensors(const PackedFile& f, const ModelWeight
   std::vector<LinearTensors> out;
   for (const Linear& l : w.linears) {
     LinearTensors t;
-    if (l.q4) {
-      t.parts = {find(l.q4), find(l.scales)};
-      if (l.mins) t.parts.push_back(find(l.mins));
+    if (l.is_int4()) {
+      t.parts = {find(l.q4.q), find(l.q4.scales)};
+      if (l.q4.mins) t.parts.push_back(find(l.q4.mins));
     } else {
       t.parts = {find(l.bf16)};
     }
@@ -48,17 +48,14 @@ std::vector<LinearTensors> linear_tensors(const PackedFile& f, const ModelWeight
   return out;
 }
 
-uint64_t int4_bytes(const Linear& l) {
-  return l.rows * int4_blocks_per_row(l.cols) * kBlockBytes;
-}
-uint64_t scale_bytes(const Linear& l) {
-  return l.rows * int4_blocks_per_row(l.cols) * 2;
+// How the INT4 weight lies in its entry (cache/schedule.hpp).
+Int4EntryLayout entry_layout(const Linear& l) {
+  return int4_entry_layout(l.rows, l.cols, l.q4.has_mins());
 }
 
 uint64_t entry_bytes(const Linear& l, CacheFormat format) {
-  if (!l.q4 || format == CacheFormat::bf16) return l.rows * l.cols * 2;
-  return entry_aligned(int4_bytes(l)) + entry_aligned(scale_bytes(l)) +
-         (l.mins ? entry_aligned(scale_bytes(l)) : 0);
+  if (!l.is_int4() || format == CacheFormat::bf16) return l.rows * l.cols * 2;
+  return entry_layout(l).bytes();
 }
 
 }  // namespace
@@ -94,15 +91,14 @@ PagedWeights::PagedWeights(const PackedFile& f, const ModelWeights& w, const Cac
                                              HostStoreOptions{threads, o.verify, o.progress});
   size_t piece = 0;
   for (Linear& l : stored_) {
-    if (l.q4) {
-      l.q4 = store_->piece(piece++);
-      l.scales = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
-      if (l.mins) l.mins = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
+    if (l.is_int4()) {
+      l.q4.q = store_->piece(piece++);
+      l.q4.scales = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
+      if (l.q4.mins) l.q4.mins = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
     } else {
       l.bf16 = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
     }
-    const uint64_t scales = entry_aligned(int4_bytes(l));
-    layouts_.push_back({scales, scales + entry_aligned(scale_bytes(l))});
+    layouts_.push_back(entry_layout(l));
   }
 
   Schedule schedule = paging_schedule(f, w, o.format);
@@ -122,48 +118,43 @@ PagedWeights::~PagedWeights() = default;
 // Runs on the prefetch thread (or the compute thread on a miss, or at load).
 void PagedWeights::fill(uint32_t id, uint8_t* dst) {
   const Linear& l = stored_[id];
-  if (!l.q4) {
+  if (!l.is_int4()) {
     backend_->copy(dst, reinterpret_cast<const uint8_t*>(l.bf16), l.rows * l.cols * 2);
   } else if (format_ == CacheFormat::bf16) {
-    backend_->dequant_int4_bf16({l.q4, l.scales, l.mins, l.rows, l.cols},
-                                reinterpret_cast<uint16_t*>(dst));
+    backend_->dequant_int4_bf16(l.q4, reinterpret_cast<uint16_t*>(dst));
   } else if (const uint64_t whole = contiguous_bytes(id)) {
     // The host store lays a weight's parts out as the entry does (each part 256-aligned, in
     // order): one upload per weight instead of three. A 7B's k_proj is 0.9 MB of codes and 28 KB
     // of scales, and every cudaMemcpyAsync pays a fixed launch and DMA set-up cost on top of its
     // bytes; the 28 KB copies would run far below PCIe speed.
-    backend_->copy(dst, l.q4, whole);
+    backend_->copy(dst, l.q4.q, whole);
   } else {
-    const Layout& m = layouts_[id];
-    backend_->copy(dst, l.q4, int4_bytes(l));
-    backend_->copy(dst + m.scales, reinterpret_cast<const uint8_t*>(l.scales), scale_bytes(l));
-    if (l.mins)
-      backend_->copy(dst + m.mins, reinterpret_cast<const uint8_t*>(l.mins), scale_bytes(l));
+    const Int4EntryLayout& m = layouts_[id];
+    backend_->copy(dst, l.q4.q, m.code_bytes);
+    backend_->copy(dst + m.scales_at, reinterpret_cast<const uint8_t*>(l.q4.scales), m.scale_bytes);
+    if (l.q4.mins)
+      backend_->copy(dst + m.mins_at, reinterpret_cast<const uint8_t*>(l.q4.mins), m.scale_bytes);
   }
 }
 
 uint64_t PagedWeights::contiguous_bytes(uint32_t id) const {
   const Linear& l = stored_[id];
-  const Layout& m = layouts_[id];
-  const auto* q = l.q4;
-  if (reinterpret_cast<const uint8_t*>(l.scales) != q + m.scales) return 0;
-  if (!l.mins) return m.scales + scale_bytes(l);
-  if (reinterpret_cast<const uint8_t*>(l.mins) != q + m.mins) return 0;
-  return m.mins + scale_bytes(l);
+  const Int4EntryLayout& m = layouts_[id];
+  const uint8_t* q = l.q4.q;
+  if (reinterpret_cast<const uint8_t*>(l.q4.scales) != q + m.scales_at) return 0;
+  if (l.q4.mins && reinterpret_cast<const uint8_t*>(l.q4.mins) != q + m.mins_at) return 0;
+  return m.bytes();
 }
 
 Linear PagedWeights::acquire(uint32_t id) {
   const uint8_t* p = cache_->acquire(id);
   Linear l = stored_[id];
-  if (!l.q4 || format_ == CacheFormat::bf16) {
-    l.q4 = nullptr;
-    l.scales = l.mins = nullptr;
+  if (!l.is_int4() || format_ == CacheFormat::bf16) {
+    l.q4 = {};
     l.bf16 = reinterpret_cast<const uint16_t*>(p);
     return l;
   }
-  l.q4 = p;
-  l.scales = reinterpret_cast<const uint16_t*>(p + layouts_[id].scales);
-  if (l.mins) l.mins = reinterpret_cast<const uint16_t*>(p + layouts_[id].mins);
+  l.q4 = int4_entry_view(layouts_[id], p, l.rows, l.cols);
   return l;
 }
 

@@ -58,9 +58,6 @@ class PagedWeights final : public WeightSource {
   CacheBackend& backend() { return *backend_; }
 
  private:
-  struct Layout {  // byte offsets inside an int4 entry, each 256-aligned
-    uint64_t scales = 0, mins = 0;
-  };
   void fill(uint32_t id, uint8_t* dst);
   // Bytes from an INT4 weight's codes to the end of its last part when the host store holds its
   // parts as the entry lays them out (one copy fills the entry), else 0.
@@ -68,8 +65,8 @@ class PagedWeights final : public WeightSource {
 
   CacheFormat format_;
   std::shared_ptr<CacheBackend> backend_;
-  std::vector<Linear> stored_;   // [ids] pointers into the host store (bias: the file)
-  std::vector<Layout> layouts_;  // [ids]
+  std::vector<Linear> stored_;            // [ids] pointers into the host store
+  std::vector<Int4EntryLayout> layouts_;  // [ids] where an INT4 weight's parts lie in its entry
   std::unique_ptr<HostWeightStore> store_;
   std::unique_ptr<DeviceCache> cache_;  // last: stopped before the store it reads goes
 };

@@ -52,7 +52,7 @@ std::vector<float> dequant_packed(const PackedFile& p, const std::string& name, 
   std::memcpy(scales.data(), s->data, s->nbytes);
   if (m) std::memcpy(mins.data(), m->data, m->nbytes);
   std::vector<float> out(rows * cols);
-  dequant_int4_f32_cpu(q->data, scales.data(), m ? mins.data() : nullptr, rows, cols, out.data());
+  dequant_int4_f32_cpu({q->data, scales.data(), m ? mins.data() : nullptr, rows, cols}, out.data());
   return out;
 }
 

@@ -24,7 +24,7 @@ std::vector<int32_t> greedy_from_bos(const std::filesystem::path& ferry_file, si
   int32_t token = 1;  // BOS <|start_story|>
   for (uint64_t pos = 0; out.size() < n; ++pos) {
     e.eval(std::span(&token, 1), pos);
-    const std::vector<float>& l = e.state.logits;
+    const std::span<const float> l = e.logits();
     token = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
     out.push_back(token);
   }
@@ -68,7 +68,7 @@ TEST(Forward, BatchedPrefillEqualsTokenByToken) {
     // The KV cache the batch wrote must then serve a decode step like the one-by-one cache.
     const int32_t next = 872;
     for (int step = 0; step < 2; ++step) {
-      const std::vector<float>&x = one.state.logits, &y = many.state.logits;
+      const std::span<const float> x = one.logits(), y = many.logits();
       float max_abs = 0, max_diff = 0;
       for (size_t i = 0; i < x.size(); ++i) {
         max_abs = std::max(max_abs, std::abs(x[i]));

@@ -99,7 +99,7 @@ std::vector<float> ferry_logits(Engine& e, const std::vector<int32_t>& ids) {
   std::vector<float> out;
   for (size_t i = 0; i < ids.size(); ++i) {
     e.eval(std::span(&ids[i], 1), i);
-    out.insert(out.end(), e.state.logits.begin(), e.state.logits.end());
+    out.insert(out.end(), e.logits().begin(), e.logits().end());
   }
   return out;
 }
@@ -126,7 +126,7 @@ void check_bf16_kv(const fs::path& model, const Golden& g, const std::string& na
     std::vector<int32_t> out;
     e.eval(p.ids, 0);
     for (size_t i = 0; i < p.greedy.size(); ++i) {
-      out.push_back(argmax(e.state.logits));
+      out.push_back(argmax(e.logits()));
       e.eval(std::span(&out.back(), 1), p.ids.size() + i);
     }
     EXPECT_EQ(out, p.greedy) << name << ": greedy continuation differs from HF";

@@ -17,8 +17,6 @@
 namespace ferry {
 namespace {
 
-using test::DeviceBuffer;
-
 struct Case {
   Scheme scheme;
   uint64_t rows, cols;
@@ -46,20 +44,22 @@ void run_case(const Case& c) {
   quantize_int4(w.data(), c.rows, c.cols, c.scheme, q.data() + c.q_offset, scales.data(),
                 mins.data());
   std::vector<uint16_t> want(n);
-  dequant_int4_bf16_cpu(q.data() + c.q_offset, scales.data(), has_mins ? mins.data() : nullptr,
-                        c.rows, c.cols, want.data());
+  dequant_int4_bf16_cpu(
+      {q.data() + c.q_offset, scales.data(), has_mins ? mins.data() : nullptr, c.rows, c.cols},
+      want.data());
 
   const uint64_t guard = 64;  // elements after the output that the kernel must not touch
   std::vector<uint16_t> got(c.out_offset + n + guard, 0xFFFF);
-  DeviceBuffer<uint8_t> d_q(q);
-  DeviceBuffer<uint16_t> d_scales(scales), d_mins(mins), d_out(got);
+  DeviceArray<uint8_t> d_q(q);
+  DeviceArray<uint16_t> d_scales(scales), d_mins(mins), d_out(got);
   cudaStream_t stream = nullptr;
   CUDA_CHECK(cudaStreamCreate(&stream));
-  dequant_int4_bf16_cuda(d_q.ptr + c.q_offset, d_scales.ptr, has_mins ? d_mins.ptr : nullptr,
-                         c.rows, c.cols, d_out.ptr + c.out_offset, stream);
+  dequant_int4_bf16_cuda(
+      {d_q.get() + c.q_offset, d_scales.get(), has_mins ? d_mins.get() : nullptr, c.rows, c.cols},
+      d_out.get() + c.out_offset, stream);
   CUDA_CHECK(cudaStreamSynchronize(stream));
   CUDA_CHECK(cudaStreamDestroy(stream));
-  CUDA_CHECK(cudaMemcpy(got.data(), d_out.ptr, got.size() * 2, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(got.data(), d_out.get(), got.size() * 2, cudaMemcpyDeviceToHost));
 
   uint64_t mismatches = 0;
   double err = 0, ref = 0, q_err = 0;
@@ -95,8 +95,8 @@ TEST(GpuDequant, OddShapesAndMisalignedBuffers) {
 
 TEST(GpuDequant, EmptyShapeIsANoOp) {
   FERRY_REQUIRE_GPU();
-  dequant_int4_bf16_cuda(nullptr, nullptr, nullptr, 0, 576, nullptr, nullptr);
-  dequant_int4_bf16_cuda(nullptr, nullptr, nullptr, 300, 0, nullptr, nullptr);
+  dequant_int4_bf16_cuda({nullptr, nullptr, nullptr, 0, 576}, nullptr, nullptr);
+  dequant_int4_bf16_cuda({nullptr, nullptr, nullptr, 300, 0}, nullptr, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 

@@ -41,11 +41,11 @@ std::vector<std::vector<float>> run_tokens(Engine& e) {
   const std::vector<int32_t> prompt = {1, 5, 9, 14, 20, 27, 35, 44, 54, 65, 77};
   std::vector<std::vector<float>> out;
   e.eval(prompt, 0);
-  out.push_back(e.state.logits);
+  out.emplace_back(e.logits().begin(), e.logits().end());
   for (uint64_t i = 0; i < 4; ++i) {
     const int32_t t = int32_t(100 + i);
     e.eval(std::span(&t, 1), prompt.size() + i);
-    out.push_back(e.state.logits);
+    out.emplace_back(e.logits().begin(), e.logits().end());
   }
   return out;
 }
@@ -149,8 +149,8 @@ TEST(GpuForward, TinyStoriesGreedyTokensEqualTheCpus) {
       b = gpu.eval_greedy(std::span(&b, 1), pos);
     } else {
       gpu.eval(std::span(&b, 1), pos);
-      b = int32_t(std::max_element(gpu.state.logits.begin(), gpu.state.logits.end()) -
-                  gpu.state.logits.begin());
+      b = int32_t(std::max_element(gpu.logits().begin(), gpu.logits().end()) -
+                  gpu.logits().begin());
     }
     ASSERT_EQ(b, a) << "position " << pos;
   }

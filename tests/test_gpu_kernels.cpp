@@ -10,17 +10,14 @@
 #include <vector>
 
 #include "base/dtype.hpp"
+#include "kernels/attention.hpp"
+#include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
-#include "kernels/matmul_cuda.hpp"
-#include "kernels/ops.hpp"
-#include "kernels/ops_cuda.hpp"
 #include "quantizer/int4_quantize.hpp"
 #include "tests/gpu_util.hpp"
 
 namespace ferry {
 namespace {
-
-using test::DeviceBuffer;
 
 double nmse(const std::vector<float>& got, const std::vector<float>& want) {
   double err = 0, ref = 0;
@@ -47,13 +44,13 @@ void gemv_case(Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n) {
   const bool has_mins = scheme_has_mins(scheme);
   std::vector<float> want(n * rows), got(n * rows, NAN);  // NaN: an unwritten element shows
   CpuPool pool(1);
-  matmul_int4_cpu(pool, q.data(), scales.data(), has_mins ? mins.data() : nullptr, rows, cols,
+  matmul_int4_cpu(pool, {q.data(), scales.data(), has_mins ? mins.data() : nullptr, rows, cols},
                   x.data(), n, want.data());
-  DeviceBuffer<uint8_t> d_q(q);
-  DeviceBuffer<uint16_t> d_s(scales), d_m(mins);
-  DeviceBuffer<float> d_x(x), d_y(got);
-  matmul_int4_cuda(d_q.ptr, d_s.ptr, has_mins ? d_m.ptr : nullptr, rows, cols, d_x.ptr, n, d_y.ptr,
-                   nullptr);
+  DeviceArray<uint8_t> d_q(q);
+  DeviceArray<uint16_t> d_s(scales), d_m(mins);
+  DeviceArray<float> d_x(x), d_y(got);
+  matmul_int4_cuda({d_q.get(), d_s.get(), has_mins ? d_m.get() : nullptr, rows, cols}, d_x.get(), n,
+                   d_y.get(), nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   got = d_y.to_host();
   const double e = nmse(got, want);
@@ -106,9 +103,9 @@ TEST(GpuKernels, CublasLtBf16GemmMatchesCpuTwin) {
     CpuPool pool(1);
     matmul_bf16_cpu(pool, w.data(), rows, cols, x.data(), n, want.data());
     CublasLt lt(64 * cols);
-    DeviceBuffer<uint16_t> d_w(w);
-    DeviceBuffer<float> d_x(x), d_y(nans(n * rows));
-    lt.matmul_bf16(d_w.ptr, rows, cols, d_x.ptr, n, d_y.ptr, nullptr);
+    DeviceArray<uint16_t> d_w(w);
+    DeviceArray<float> d_x(x), d_y(nans(n * rows));
+    lt.matmul_bf16(d_w.get(), rows, cols, d_x.get(), n, d_y.get(), nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     // x rounded to bf16 on the GPU only: relative 2^-9 per element, NMSE ~1e-6.
     expect_close("gemm bf16", d_y.to_host(), want, 1e-5);
@@ -125,38 +122,44 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
   for (uint64_t i = 0; i < hd / 2; ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * i / hd);
 
   std::vector<float> want(n * dim);
-  for (uint64_t t = 0; t < n; ++t) rmsnorm_cpu(&x[t * dim], w.data(), 1e-6f, dim, &want[t * dim]);
-  DeviceBuffer<float> d_x(x), d_y(y), d_out(nans(n * dim)), d_f(inv_freq);
-  DeviceBuffer<uint16_t> d_w(w);
-  rmsnorm_cuda(d_x.ptr, d_w.ptr, 1e-6f, n, dim, d_out.ptr, nullptr);
+  rmsnorm_cpu(x.data(), w.data(), 1e-6f, n, dim, want.data());
+  DeviceArray<float> d_x(x), d_y(y), d_out(nans(n * dim)), d_f(inv_freq);
+  DeviceArray<uint16_t> d_w(w);
+  rmsnorm_cuda(d_x.get(), d_w.get(), 1e-6f, n, dim, d_out.get(), nullptr);
   expect_close("rmsnorm", d_out.to_host(), want, 1e-12);
 
   want = x;  // [n, heads, hd] with heads * hd == dim
-  for (uint64_t t = 0; t < n; ++t) rope_cpu(&want[t * dim], heads, hd, pos + t, inv_freq.data());
-  DeviceBuffer<float> d_r(x);
-  rope_cuda(d_r.ptr, n, heads, hd, pos, d_f.ptr, nullptr);
+  rope_cpu(want.data(), n, heads, hd, pos, inv_freq.data());
+  DeviceArray<float> d_r(x);
+  rope_cuda(d_r.get(), n, heads, hd, pos, d_f.get(), nullptr);
   expect_close("rope", d_r.to_host(), want, 1e-10);
 
   silu_mul_cpu(x.data(), y.data(), n * dim, want.data());
-  CUDA_CHECK(cudaMemset(d_out.ptr, 0xff, n * dim * sizeof(float)));  // NaN again
-  silu_mul_cuda(d_x.ptr, d_y.ptr, n * dim, d_out.ptr, nullptr);
+  CUDA_CHECK(cudaMemset(d_out.get(), 0xff, n * dim * sizeof(float)));  // NaN again
+  silu_mul_cuda(d_x.get(), d_y.get(), n * dim, d_out.get(), nullptr);
   expect_close("silu_mul", d_out.to_host(), want, 1e-12);
 
   for (uint64_t i = 0; i < n * dim; ++i) want[i] = x[i] + y[i];
-  add_cuda(d_x.ptr, d_y.ptr, n * dim, nullptr);
+  add_cuda(d_x.get(), d_y.get(), n * dim, nullptr);
+  std::vector<float> added = x;
+  add_cpu(added.data(), y.data(), n * dim);
+  EXPECT_EQ(added, want);
   expect_close("add", d_x.to_host(), want, 1e-30);  // exact: one fp32 add each
 
   want = y;  // y[n, dim] += bias[dim]: the q/k/v biases of Qwen2
   add_bias_cpu(want.data(), w.data(), n, dim);
-  add_bias_cuda(d_y.ptr, d_w.ptr, n, dim, nullptr);
+  add_bias_cuda(d_y.get(), d_w.get(), n, dim, nullptr);
   expect_close("add_bias", d_y.to_host(), want, 1e-30);
 
   std::vector<float> ties(1000, 1.0f);
   ties[700] = ties[300] = 2.0f;  // the first of equal maxima, as std::max_element
-  DeviceBuffer<float> d_t(ties);
-  DeviceBuffer<int32_t> d_i(std::vector<int32_t>(1, -1));
-  argmax_cuda(d_t.ptr, ties.size(), d_i.ptr, nullptr);
+  DeviceArray<float> d_t(ties);
+  DeviceArray<int32_t> d_i(std::vector<int32_t>(1, -1));
+  argmax_cuda(d_t.get(), ties.size(), d_i.get(), nullptr);
   EXPECT_EQ(d_i.to_host()[0], 300);
+  int32_t cpu_choice = -1;
+  argmax_cpu(ties.data(), ties.size(), &cpu_choice);
+  EXPECT_EQ(cpu_choice, 300);
 }
 
 // Decode and prefill, within one chunk and across several (a batch that crosses a chunk
@@ -183,10 +186,10 @@ TEST(GpuKernels, AttentionMatchesCpuTwin) {
     CpuPool pool(2);
     attention_cpu(pool, q.data(), kc.data(), vc.data(), k.n, k.pos, k.heads, k.kv_heads, k.hd,
                   partials.data(), want.data());
-    DeviceBuffer<float> d_q(q), d_k(kc), d_v(vc), d_out(nans(want.size()));
-    DeviceBuffer<float> d_partials(nans(partials.size()));
-    attention_cuda(d_q.ptr, d_k.ptr, d_v.ptr, k.n, k.pos, k.heads, k.kv_heads, k.hd, d_partials.ptr,
-                   d_out.ptr, nullptr);
+    DeviceArray<float> d_q(q), d_k(kc), d_v(vc), d_out(nans(want.size()));
+    DeviceArray<float> d_partials(nans(partials.size()));
+    attention_cuda(d_q.get(), d_k.get(), d_v.get(), k.n, k.pos, k.heads, k.kv_heads, k.hd,
+                   d_partials.get(), d_out.get(), nullptr);
     expect_close("attention", d_out.to_host(), want, 1e-10);
 
     // The f16 cache: stored on the device by store_f16_cuda (bit-equal to store_f16_cpu), then
@@ -194,18 +197,18 @@ TEST(GpuKernels, AttentionMatchesCpuTwin) {
     std::vector<uint16_t> k16(kc.size()), v16(vc.size());
     store_f16_cpu(kc.data(), kc.size(), k16.data());
     store_f16_cpu(vc.data(), vc.size(), v16.data());
-    DeviceBuffer<uint16_t> d_k16(std::vector<uint16_t>(kc.size(), 0xffff));
-    DeviceBuffer<uint16_t> d_v16(std::vector<uint16_t>(vc.size(), 0xffff));
-    store_f16_cuda(d_k.ptr, kc.size(), d_k16.ptr, nullptr);
-    store_f16_cuda(d_v.ptr, vc.size(), d_v16.ptr, nullptr);
+    DeviceArray<uint16_t> d_k16(std::vector<uint16_t>(kc.size(), 0xffff));
+    DeviceArray<uint16_t> d_v16(std::vector<uint16_t>(vc.size(), 0xffff));
+    store_f16_cuda(d_k.get(), kc.size(), d_k16.get(), nullptr);
+    store_f16_cuda(d_v.get(), vc.size(), d_v16.get(), nullptr);
     ASSERT_EQ(d_k16.to_host(), k16);
     ASSERT_EQ(d_v16.to_host(), v16);
     attention_cpu(pool, q.data(), k16.data(), v16.data(), k.n, k.pos, k.heads, k.kv_heads, k.hd,
                   partials.data(), want.data());
-    DeviceBuffer<float> d_out16(nans(want.size()));
-    CUDA_CHECK(cudaMemset(d_partials.ptr, 0xff, partials.size() * sizeof(float)));  // NaN again
-    attention_cuda(d_q.ptr, d_k16.ptr, d_v16.ptr, k.n, k.pos, k.heads, k.kv_heads, k.hd,
-                   d_partials.ptr, d_out16.ptr, nullptr);
+    DeviceArray<float> d_out16(nans(want.size()));
+    CUDA_CHECK(cudaMemset(d_partials.get(), 0xff, partials.size() * sizeof(float)));  // NaN again
+    attention_cuda(d_q.get(), d_k16.get(), d_v16.get(), k.n, k.pos, k.heads, k.kv_heads, k.hd,
+                   d_partials.get(), d_out16.get(), nullptr);
     expect_close("attention f16", d_out16.to_host(), want, 1e-10);
   }
 }
@@ -221,9 +224,9 @@ TEST(GpuKernels, StoreF16MatchesCpuTwin) {
   x.insert(x.end(), more.begin(), more.end());
   std::vector<uint16_t> want(x.size());
   store_f16_cpu(x.data(), x.size(), want.data());
-  DeviceBuffer<float> d_x(x);
-  DeviceBuffer<uint16_t> d_out(std::vector<uint16_t>(x.size(), 0));
-  store_f16_cuda(d_x.ptr, x.size(), d_out.ptr, nullptr);
+  DeviceArray<float> d_x(x);
+  DeviceArray<uint16_t> d_out(std::vector<uint16_t>(x.size(), 0));
+  store_f16_cuda(d_x.get(), x.size(), d_out.get(), nullptr);
   const std::vector<uint16_t> got = d_out.to_host();
   for (size_t i = 0; i < x.size(); ++i) {
     if (std::isnan(x[i]))  // any NaN pattern

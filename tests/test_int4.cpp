@@ -41,7 +41,7 @@ struct Packed {
   }
   std::vector<float> dequant() const {
     std::vector<float> out(rows * cols);
-    dequant_int4_f32_cpu(q.data(), scales.data(), mins_ptr(), rows, cols, out.data());
+    dequant_int4_f32_cpu({q.data(), scales.data(), mins_ptr(), rows, cols}, out.data());
     return out;
   }
 };
@@ -109,7 +109,7 @@ TEST(Int4, NibbleOrderLowIsEven) {
   q[2] = 0x8F;
   const std::vector<uint16_t> scales = {float_to_f16(0.5f)};
   std::vector<float> out(kBlock);
-  dequant_int4_f32_cpu(q.data(), scales.data(), nullptr, 1, kBlock, out.data());
+  dequant_int4_f32_cpu({q.data(), scales.data(), nullptr, 1, kBlock}, out.data());
   EXPECT_EQ(out[0], (3 - 8) * 0.5f);
   EXPECT_EQ(out[1], (12 - 8) * 0.5f);
   EXPECT_EQ(out[2], 0.0f);
@@ -227,9 +227,9 @@ TEST(Int4, PaddingPartialBlocks) {
       expect_half_step(w, p);
       // The twins write exactly rows * cols elements: a guard past the end stays untouched.
       std::vector<float> f32(rows * cols + 64, -1234.5f);
-      dequant_int4_f32_cpu(p.q.data(), p.scales.data(), p.mins_ptr(), rows, cols, f32.data());
+      dequant_int4_f32_cpu({p.q.data(), p.scales.data(), p.mins_ptr(), rows, cols}, f32.data());
       std::vector<uint16_t> bf(rows * cols + 64, 0x7fc1);
-      dequant_int4_bf16_cpu(p.q.data(), p.scales.data(), p.mins_ptr(), rows, cols, bf.data());
+      dequant_int4_bf16_cpu({p.q.data(), p.scales.data(), p.mins_ptr(), rows, cols}, bf.data());
       for (uint64_t i = rows * cols; i < f32.size(); ++i) {
         ASSERT_EQ(f32[i], -1234.5f);
         ASSERT_EQ(bf[i], 0x7fc1);
@@ -348,7 +348,7 @@ TEST(Int4, Bf16TwinIsRoundedF32Twin) {
     const Packed p = quantize(w, rows, cols, s);
     const std::vector<float> f32 = p.dequant();
     std::vector<uint16_t> bf(rows * cols);
-    dequant_int4_bf16_cpu(p.q.data(), p.scales.data(), p.mins_ptr(), rows, cols, bf.data());
+    dequant_int4_bf16_cpu({p.q.data(), p.scales.data(), p.mins_ptr(), rows, cols}, bf.data());
     for (uint64_t i = 0; i < bf.size(); ++i) ASSERT_EQ(bf[i], float_to_bf16(f32[i])) << i;
   }
 }

@@ -26,6 +26,7 @@ struct Weights {
   std::vector<uint16_t> scales, mins;  // [rows, blocks]
   std::vector<uint16_t> bf16;          // [rows, cols]
   const uint16_t* mins_or_null = nullptr;
+  Int4View int4() const { return {q.data(), scales.data(), mins_or_null, rows, cols}; }
 };
 
 Weights make_weights(Scheme scheme, uint64_t rows, uint64_t cols) {
@@ -56,8 +57,7 @@ std::vector<float> activations(uint64_t n, uint64_t cols) {
 std::vector<float> reference(const Weights& w, bool int4, const std::vector<float>& x, uint64_t n) {
   std::vector<float> y(n * w.rows);
   for (uint64_t t = 0; t < n; ++t)
-    int4 ? matvec_int4_cpu(w.q.data(), w.scales.data(), w.mins_or_null, w.rows, w.cols,
-                           &x[t * w.cols], &y[t * w.rows])
+    int4 ? matvec_int4_cpu(w.int4(), &x[t * w.cols], &y[t * w.rows])
          : matvec_bf16_cpu(w.bf16.data(), w.rows, w.cols, &x[t * w.cols], &y[t * w.rows]);
   return y;
 }
@@ -66,8 +66,7 @@ std::vector<float> run(const Weights& w, bool int4, const std::vector<float>& x,
                        unsigned threads, KernelIsa isa) {
   CpuPool pool(threads);
   std::vector<float> y(n * w.rows, NAN);
-  int4 ? matmul_int4_cpu(pool, w.q.data(), w.scales.data(), w.mins_or_null, w.rows, w.cols,
-                         x.data(), n, y.data(), isa)
+  int4 ? matmul_int4_cpu(pool, w.int4(), x.data(), n, y.data(), isa)
        : matmul_bf16_cpu(pool, w.bf16.data(), w.rows, w.cols, x.data(), n, y.data(), isa);
   return y;
 }
@@ -209,9 +208,9 @@ TEST(Matmul, CallsDoNotAllocate) {
   for (KernelIsa isa : isas()) {
     const uint64_t before = test::allocations();
     for (uint64_t n : {1u, 9u}) {
-      matmul_int4_cpu(pool, w.q.data(), w.scales.data(), w.mins.data(), w.rows, w.cols, x.data(), n,
-                      y.data(), isa);
-      matmul_int4_cpu(pool, w.q.data(), w.scales.data(), nullptr, w.rows, w.cols, x.data(), n,
+      matmul_int4_cpu(pool, {w.q.data(), w.scales.data(), w.mins.data(), w.rows, w.cols}, x.data(),
+                      n, y.data(), isa);
+      matmul_int4_cpu(pool, {w.q.data(), w.scales.data(), nullptr, w.rows, w.cols}, x.data(), n,
                       y.data(), isa);
       matmul_bf16_cpu(pool, w.bf16.data(), w.rows, w.cols, x.data(), n, y.data(), isa);
     }
@@ -222,7 +221,7 @@ TEST(Matmul, CallsDoNotAllocate) {
 TEST(Matmul, TooManyColumnsIsAnError) {
   CpuPool pool(1);
   EXPECT_ANY_THROW(
-      matmul_int4_cpu(pool, nullptr, nullptr, nullptr, 1, 1u << 20, nullptr, 1, nullptr));
+      matmul_int4_cpu(pool, {nullptr, nullptr, nullptr, 1, 1u << 20}, nullptr, 1, nullptr));
 }
 
 }  // namespace

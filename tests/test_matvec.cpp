@@ -33,10 +33,9 @@ TEST_P(MatvecInt4, MatchesDequantizedProduct) {
   quantize_int4(w.data(), rows, cols, scheme, q.data(), scales.data(),
                 has_mins ? mins.data() : nullptr);
   std::vector<float> dq(rows * cols), y(rows);
-  dequant_int4_f32_cpu(q.data(), scales.data(), has_mins ? mins.data() : nullptr, rows, cols,
-                       dq.data());
-  matvec_int4_cpu(q.data(), scales.data(), has_mins ? mins.data() : nullptr, rows, cols, x.data(),
-                  y.data());
+  const Int4View view{q.data(), scales.data(), has_mins ? mins.data() : nullptr, rows, cols};
+  dequant_int4_f32_cpu(view, dq.data());
+  matvec_int4_cpu(view, x.data(), y.data());
   double err = 0, ref_norm = 0;
   for (uint64_t r = 0; r < rows; ++r) {
     double ref = 0;

@@ -41,11 +41,11 @@ EngineOptions engine_options(const CacheOptions& c) {
 std::vector<float> run_tokens(Engine& e) {
   const std::vector<int32_t> prompt = {1, 5, 9, 14, 20, 27, 35, 44, 54, 65, 77};
   e.eval(prompt, 0);
-  std::vector<float> out = e.state.logits;
+  std::vector<float> out(e.logits().begin(), e.logits().end());
   for (uint64_t i = 0; i < 4; ++i) {
     const int32_t t = int32_t(100 + i);
     e.eval(std::span(&t, 1), prompt.size() + i);
-    out.insert(out.end(), e.state.logits.begin(), e.state.logits.end());
+    out.insert(out.end(), e.logits().begin(), e.logits().end());
   }
   return out;
 }
@@ -56,10 +56,10 @@ class DequantizedWeights final : public WeightSource {
  public:
   explicit DequantizedWeights(const ModelWeights& w) : linears_(w.linears) {
     for (Linear& l : linears_) {
-      if (!l.q4) continue;
+      if (!l.is_int4()) continue;
       bf16_.emplace_back(l.rows * l.cols);
-      dequant_int4_bf16_cpu(l.q4, l.scales, l.mins, l.rows, l.cols, bf16_.back().data());
-      l = {.rows = l.rows, .cols = l.cols, .bf16 = bf16_.back().data(), .bias = l.bias};
+      dequant_int4_bf16_cpu(l.q4, bf16_.back().data());
+      l = {.q4 = {}, .bf16 = bf16_.back().data(), .rows = l.rows, .cols = l.cols};
     }
   }
   Linear acquire(uint32_t id) override { return linears_.at(id); }
@@ -72,7 +72,8 @@ class DequantizedWeights final : public WeightSource {
 
 std::vector<float> uncached(const PackedFile& f, CacheFormat format) {
   Engine e(PackedFile::from_mapping(f.file.mapping()), engine_options({}));
-  if (format == CacheFormat::bf16) e.source = std::make_unique<DequantizedWeights>(e.weights);
+  if (format == CacheFormat::bf16)
+    e.replace_weight_source(std::make_unique<DequantizedWeights>(e.weights()));
   return run_tokens(e);
 }
 

@@ -55,7 +55,7 @@ TEST(SynthPacked, IsDeterministicAndRunsThroughTheForwardPass) {
   const std::vector<int32_t> prompt = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
   e.eval(prompt, 0);
   float max_abs = 0;
-  for (float v : e.state.logits) {
+  for (float v : e.logits()) {
     ASSERT_TRUE(std::isfinite(v));
     max_abs = std::max(max_abs, std::abs(v));
   }

@@ -92,11 +92,11 @@ std::vector<int32_t> spread_prompt(size_t n, int32_t below) {
 std::vector<std::vector<float>> logits_after_prompt(Engine& e, const std::vector<int32_t>& prompt,
                                                     int steps) {
   e.eval(prompt, 0);
-  std::vector<std::vector<float>> out = {e.state.logits};
+  std::vector<std::vector<float>> out = {{e.logits().begin(), e.logits().end()}};
   for (int step = 0; step < steps; ++step) {
     const int32_t t = 42 + step;
     e.eval(std::span(&t, 1), prompt.size() + uint64_t(step));
-    out.push_back(e.state.logits);
+    out.emplace_back(e.logits().begin(), e.logits().end());
   }
   return out;
 }

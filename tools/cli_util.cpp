@@ -141,7 +141,9 @@ unsigned thread_option(const cxxopts::ParseResult& a) {
 }
 
 KvType kv_type(const cxxopts::ParseResult& a) {
-  return parse_kv_type(a["kv-type"].as<std::string>().c_str());
+  const std::string name = a["kv-type"].as<std::string>();
+  if (const std::optional<KvType> kv = kv_type_from_name(name)) return *kv;
+  throw Error(fmt::format("--kv-type: '{}' is not f16 or f32", name));
 }
 
 // The CPU's prefill is bound by arithmetic: 64 tokens already reuse each weight 64 times. On a GPU

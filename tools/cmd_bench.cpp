@@ -168,7 +168,7 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-int32_t argmax(const std::vector<float>& v) {
+int32_t argmax(std::span<const float> v) {
   return int32_t(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
@@ -195,7 +195,7 @@ BenchRow run_config(const PackedFile& file, const BenchConfig& c, const EngineOp
   const CacheStats before = e.paged() ? e.paged()->stats() : CacheStats{};
   const auto t1 = Clock::now();
   for (uint64_t i = 0; i < gen; ++i) {
-    const int32_t next = argmax(e.state.logits);
+    const int32_t next = argmax(e.logits());
     e.eval(std::span(&next, 1), prompt + i);
   }
   const double decode_s = seconds_since(t1);
@@ -204,7 +204,7 @@ BenchRow run_config(const PackedFile& file, const BenchConfig& c, const EngineOp
   double w = weight_bytes_per_token(file);
   if (e.paged())
     w += double(e.paged()->weight_bytes()) -
-         double(paging_schedule(e.file, e.weights, CacheFormat::int4).whole_bytes());
+         double(paging_schedule(e.file(), e.weights(), CacheFormat::int4).whole_bytes());
   r.gb_per_token = w / 1e9;
   double streamed = 0;  // bytes copied into the cache per decoded token
   r.budget_gb = e.paged() ? double(e.paged()->stats().arena_bytes) / 1e9 : w / 1e9;

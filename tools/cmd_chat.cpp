@@ -108,7 +108,7 @@ class Chat {
     gen_.max_tokens = max_tokens;
     gen_.stop_ids = eos_token_ids(e);
     for (const std::string& m : chat_stop_tokens(tmpl_.format))
-      if (const int32_t id = e.tokenizer.token_to_id(m); id >= 0) gen_.stop_ids.push_back(id);
+      if (const int32_t id = e.tokenizer().token_to_id(m); id >= 0) gen_.stop_ids.push_back(id);
     reset();
   }
 
@@ -151,16 +151,16 @@ class Chat {
     if (in_sync_ && text.starts_with(rendered_)) {
       ids = context_;
       const std::vector<int32_t> more =
-          engine_.tokenizer.encode(std::string_view(text).substr(rendered_.size()), false);
+          engine_.tokenizer().encode(std::string_view(text).substr(rendered_.size()), false);
       ids.insert(ids.end(), more.begin(), more.end());
     } else {
-      ids = engine_.tokenizer.encode(text, false);
+      ids = engine_.tokenizer().encode(text, false);
     }
-    if (ids.size() >= engine_.state.ctx) {
+    if (ids.size() >= engine_.ctx()) {
       std::fprintf(stderr,
                    "ferry: this turn needs %zu tokens, the context holds %llu; /reset to start "
                    "over or restart with a larger --ctx\n",
-                   ids.size(), (unsigned long long)engine_.state.ctx);
+                   ids.size(), (unsigned long long)engine_.ctx());
       return false;
     }
     const auto diff = std::mismatch(context_.begin(), context_.end(), ids.begin(), ids.end());
@@ -191,7 +191,7 @@ class Chat {
     // was generated (decode drops it): then the next turn re-encodes the history.
     const std::span<const int32_t> answer(context_.begin() + long(prompt_len), context_.end());
     in_sync_ =
-        st.reason != StopReason::stop_string && engine_.tokenizer.decode(answer, false) == reply;
+        st.reason != StopReason::stop_string && engine_.tokenizer().decode(answer, false) == reply;
     rendered_ += reply;
     messages_.push_back({"assistant", std::move(reply)});
     report(st);
@@ -206,7 +206,7 @@ class Chat {
       std::fprintf(stderr,
                    "ferry: the context of %llu tokens is full; /reset to start over or "
                    "restart with a larger --ctx\n",
-                   (unsigned long long)engine_.state.ctx);
+                   (unsigned long long)engine_.ctx());
   }
 
   Engine& engine_;
@@ -272,12 +272,12 @@ int cmd_chat(int argc, char** argv) {
 
   Interrupts irq;  // before the engine starts its threads, so that they inherit the mask
   Engine e(engine_options(a));
-  const ChatTemplate t = match_chat_template(meta_text(e.file, meta::kTokenizerConfig), forced);
+  const ChatTemplate t = match_chat_template(meta_text(e.file(), meta::kTokenizerConfig), forced);
   Sampler sampler(sampler_options(a), e.config().vocab);
   Chat chat(e, sampler, t, a.count("system") ? a["system"].as<std::string>() : std::string(),
             a["tokens"].as<uint64_t>());
   std::fprintf(stderr, "ferry chat: %s format, context of %llu tokens; /reset, /exit, Ctrl-C\n",
-               std::string(chat_format_name(t.format)).c_str(), (unsigned long long)e.state.ctx);
+               std::string(chat_format_name(t.format)).c_str(), (unsigned long long)e.ctx());
   chat_loop(chat, irq);
   finish_stdout();
   return chat.refused() ? 1 : 0;  // a script feeding lines learns that one was not answered

@@ -46,15 +46,15 @@ int cmd_run(int argc, char** argv) {
     throw Error("--stats reports on the paging cache, and there is none: add --cache-budget");
   Engine e(options);
   const std::string prompt = a["prompt"].as<std::string>();
-  std::vector<int32_t> ids = e.tokenizer.encode(prompt, true);
+  std::vector<int32_t> ids = e.tokenizer().encode(prompt, true);
   if (ids.empty())
     throw Error("the prompt encodes to no tokens and the tokenizer adds no BOS: give a prompt");
   GenerateOptions g;
   g.max_tokens = a["tokens"].as<uint64_t>();
-  if (ids.size() + g.max_tokens > e.state.ctx)
+  if (ids.size() + g.max_tokens > e.ctx())
     throw Error(fmt::format(
         "prompt ({} tokens) plus {} generated exceed the context of {}; raise --ctx or lower -n",
-        ids.size(), g.max_tokens, e.state.ctx));
+        ids.size(), g.max_tokens, e.ctx()));
   g.stop_strings = stops;
   g.stop_ids = eos_token_ids(e);
   Sampler sampler(sampler_options(a), e.config().vocab);
@@ -76,7 +76,8 @@ int cmd_run(int argc, char** argv) {
       double(st.prompt_tokens) / st.prompt_seconds, (unsigned long long)st.generated,
       st.generated == 1 ? "token" : "tokens",
       rate ? fmt::format("{:.1f} tok/s", rate).c_str() : "no decode step timed",
-      rate ? fmt::format("{:.2f} GB/s", rate * weight_bytes_per_token(e.file) / 1e9).c_str() : "-",
+      rate ? fmt::format("{:.2f} GB/s", rate * weight_bytes_per_token(e.file()) / 1e9).c_str()
+           : "-",
       std::string(stop_reason_name(st.reason)).c_str());
   if (a.count("stats")) {
     std::fputs(format_cache_stats(e.paged()->stats(), st.generated).c_str(), stderr);

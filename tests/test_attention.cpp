@@ -1,9 +1,9 @@
-// The CPU attention (kernels/ops_cpu.cpp), which runs the context in chunks of kAttentionChunk
-// positions and merges them (flash-decoding), queries in rounds of 64, against the textbook softmax
-// computed here in double precision: decode and prefill batches, contexts within one chunk and
-// across many, grouped-query heads; and its results do not depend on the number of threads. The
-// f16 KV cache: attention over it (F16C and portable paths) against the textbook softmax over
-// the rounded keys and values, and store_f16_cpu's rounding and saturation.
+// The CPU attention (kernels/attention_cpu.cpp), which runs the context in chunks of
+// kAttentionChunk positions and merges them (flash-decoding), queries in rounds of 64, against the
+// textbook softmax computed here in double precision: decode and prefill batches, contexts within
+// one chunk and across many, grouped-query heads; and its results do not depend on the number of
+// threads. The f16 KV cache: attention over it (F16C and portable paths) against the textbook
+// softmax over the rounded keys and values, and store_f16_cpu's rounding and saturation.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,8 +13,9 @@
 
 #include "base/dtype.hpp"
 #include "base/error.hpp"
+#include "kernels/attention.hpp"
 #include "kernels/cpu_pool.hpp"
-#include "kernels/ops.hpp"
+#include "kernels/elementwise.hpp"
 
 namespace ferry {
 namespace {

@@ -1,3 +1,5 @@
+// The CPU twin of attention_cuda (kernels/attention.hpp): flash-decoding chunks of the context
+// spread over the pool's threads, each leaving a partial softmax state, then a merge per head.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -9,7 +11,7 @@
 #include "base/dtype.hpp"
 #include "base/error.hpp"
 #include "base/simd.hpp"
-#include "kernels/ops.hpp"
+#include "kernels/attention.hpp"
 
 #if FERRY_X86
 #include <immintrin.h>
@@ -17,53 +19,14 @@
 
 namespace ferry {
 
-void rmsnorm_cpu(const float* x, const uint16_t* w, float eps, uint64_t n, float* out) {
-  double ss = 0;  // double: a hidden size of 8192 squares sums to ~1e4 with fp32 rounding drift
-  for (uint64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
-  const float inv = float(1.0 / std::sqrt(ss / double(n) + eps));
-  for (uint64_t i = 0; i < n; ++i) out[i] = x[i] * inv * bf16_to_float(w[i]);
-}
-
-void rope_cpu(float* v, uint64_t heads, uint64_t head_dim, uint64_t pos, const float* inv_freq) {
-  const uint64_t half = head_dim / 2;
-  for (uint64_t i = 0; i < half; ++i) {
-    const float angle = float(pos) * inv_freq[i];
-    const float c = std::cos(angle), s = std::sin(angle);
-    for (uint64_t h = 0; h < heads; ++h) {
-      float* x = v + h * head_dim;
-      const float a = x[i], b = x[i + half];
-      x[i] = a * c - b * s;
-      x[i + half] = b * c + a * s;
-    }
-  }
-}
-
-void silu_mul_cpu(const float* gate, const float* up, uint64_t n, float* out) {
-  for (uint64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-}
-
-void add_bias_cpu(float* y, const uint16_t* bias, uint64_t n, uint64_t rows) {
-  for (uint64_t t = 0; t < n; ++t)
-    for (uint64_t i = 0; i < rows; ++i) y[t * rows + i] += bf16_to_float(bias[i]);
-}
-
 const char* kv_type_name(KvType t) {
   return t == KvType::f16 ? "f16" : "f32";
 }
 
-KvType parse_kv_type(const char* name) {
-  const std::string_view n(name);
+std::optional<KvType> kv_type_from_name(std::string_view n) {
   if (n == "f16") return KvType::f16;
   if (n == "f32") return KvType::f32;
-  throw Error(fmt::format("--kv-type: '{}' is not f16 or f32", n));
-}
-
-void store_f16_cpu(const float* src, uint64_t n, uint16_t* dst) {
-  constexpr float kMax = 65504.0f;  // the largest finite f16
-  for (uint64_t i = 0; i < n; ++i) {
-    const float x = src[i];  // NaN fails both tests and stays NaN
-    dst[i] = float_to_f16(x > kMax ? kMax : x < -kMax ? -kMax : x);
-  }
+  return std::nullopt;
 }
 
 namespace {

@@ -1,25 +1,22 @@
-// Element-wise and attention operations of the forward pass, CPU twins of the CUDA kernels of
-// kernels/ops_cuda.hpp. Activations are fp32; norm weights bf16 bits, as the packed file stores
-// them.
+// Causal grouped-query attention over the KV cache, declared as twins with the same arguments:
+// attention_cpu (kernels/attention_cpu.cpp, on a CpuPool) and attention_cuda
+// (kernels/attention.cu: device pointers, enqueued on `stream`). Both run the same rounds, the
+// same chunks and the same merge, from the chunk arithmetic below (host-and-device), so that
+// tests/test_gpu_kernels.cpp can compare them closely.
 #pragma once
 #include <cstdint>
+#include <optional>
+#include <string_view>
 
 #include "kernels/cpu_isa.hpp"
 #include "kernels/cpu_pool.hpp"
 
 #include "base/simd.hpp"
 
+struct CUstream_st;
+
 namespace ferry {
 
-// out = x / sqrt(mean(x^2) + eps) * w   (x, out [n]; w [n] bf16)
-void rmsnorm_cpu(const float* x, const uint16_t* w, float eps, uint64_t n, float* out);
-// Rotates each head of v [heads, head_dim] by position pos with Hugging Face's rotate_half
-// pairing (element i with i + head_dim/2); inv_freq [head_dim/2].
-void rope_cpu(float* v, uint64_t heads, uint64_t head_dim, uint64_t pos, const float* inv_freq);
-// out = silu(gate) * up   [n]
-void silu_mul_cpu(const float* gate, const float* up, uint64_t n, float* out);
-// y[t, i] += bias[i] (bias bf16), t < n, i < rows: the q/k/v biases of Qwen2
-void add_bias_cpu(float* y, const uint16_t* bias, uint64_t n, uint64_t rows);
 // Attention runs over the context in chunks of kAttentionChunk positions (flash-decoding): each
 // (query, head, chunk) leaves a partial softmax state, and a merge rescales and sums the chunks of
 // a head. Decode of one token then spreads over heads x chunks threads or blocks instead of one per
@@ -57,20 +54,14 @@ enum class KvType { f16, f32 };
 inline constexpr uint64_t kv_type_bytes(KvType t) {
   return t == KvType::f16 ? 2 : 4;
 }
-// "f16" or "f32"; parse_kv_type throws ferry::Error on anything else.
+// "f16" or "f32"; kv_type_from_name gives nullopt for anything else.
 const char* kv_type_name(KvType t);
-KvType parse_kv_type(const char* name);
-
-// dst[i] = src[i] as f16 bits (round to nearest even; beyond the largest f16, 65504, saturated
-// to it rather than made infinite, so that one outlier cannot turn a whole head's softmax into
-// NaN), i < n: keys and values into an f16 KV cache. The CPU twin of store_f16_cuda.
-void store_f16_cpu(const float* src, uint64_t n, uint16_t* dst);
+std::optional<KvType> kv_type_from_name(std::string_view name);
 
 // Causal grouped-query attention of n query tokens at positions pos .. pos+n-1 over the KV cache,
 // on the pool: q [n, heads, hd]; k, v caches [ctx, kv_heads, hd] holding positions 0 .. pos+n-1;
 // partials scratch of attention_scratch_floats(n, pos + n, heads, hd) floats; out [n, heads, hd].
-// Query head h reads kv head h / (heads / kv_heads). The CPU twin of attention_cuda
-// (kernels/ops_cuda.hpp): the same rounds, the same chunks, the same merge.
+// Query head h reads kv head h / (heads / kv_heads).
 void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const float* v_cache,
                    uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                    float* partials, float* out);
@@ -79,5 +70,13 @@ void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const fl
 void attention_cpu(CpuPool& pool, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
                    uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                    float* partials, float* out, KernelIsa isa = best_kernel_isa());
+
+// The CUDA twins (kernels/attention.cu). Throws ferry::Error past 65,535 chunks of context.
+void attention_cuda(const float* q, const float* k_cache, const float* v_cache, uint64_t n,
+                    uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                    float* partials, float* out, CUstream_st* stream);
+void attention_cuda(const float* q, const uint16_t* k_cache, const uint16_t* v_cache, uint64_t n,
+                    uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                    float* partials, float* out, CUstream_st* stream);
 
 }  // namespace ferry

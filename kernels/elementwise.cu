@@ -1,5 +1,5 @@
-// Element-wise kernels of the forward pass on the GPU; CPU twins in kernels/ops_cpu.cpp. These
-// move a few KB per token each (hidden 5120 x 4 bytes), so they are written for clarity and
+// Element-wise kernels of the forward pass on the GPU; CPU twins in kernels/elementwise_cpu.cpp.
+// These move a few KB per token each (hidden 5120 x 4 bytes), so they are written for clarity and
 // launch count, not for peak bandwidth: the weights dominate every token by ~1000x.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -8,26 +8,18 @@
 #include <cstdint>
 
 #include "kernels/cuda_check.hpp"
-#include "kernels/ops_cuda.hpp"
+#include "kernels/cuda_common.cuh"
+#include "kernels/elementwise.hpp"
 
 namespace ferry {
 namespace {
 
 constexpr uint32_t kThreads = 256;
 
-__device__ float bf16_to_f32(uint16_t b) {
-  return __uint_as_float(uint32_t(b) << 16);
-}
+using cuda::bf16_to_f32;
 
-// Block-wide sum of 256 threads through shared memory; every thread gets the result.
-__device__ float block_sum(float v, float* shared) {
-  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = v;
-  __syncthreads();
-  float total = 0;
-  for (uint32_t i = 0; i < kThreads / 32; ++i) total += shared[i];
-  __syncthreads();
-  return total;
+uint32_t grid_for(uint64_t count) {
+  return cuda::grid_for(count, kThreads);
 }
 
 // One block per row.
@@ -37,7 +29,7 @@ __global__ void rmsnorm_kernel(const float* x, const uint16_t* w, float eps, uin
   const float* xr = x + blockIdx.x * dim;
   float ss = 0;
   for (uint64_t i = threadIdx.x; i < dim; i += kThreads) ss += xr[i] * xr[i];
-  const float inv = rsqrtf(block_sum(ss, shared) / float(dim) + eps);
+  const float inv = rsqrtf(cuda::block_sum<kThreads>(ss, shared) / float(dim) + eps);
   for (uint64_t i = threadIdx.x; i < dim; i += kThreads)
     out[blockIdx.x * dim + i] = xr[i] * inv * bf16_to_f32(w[i]);
 }
@@ -107,10 +99,6 @@ __global__ void argmax_kernel(const float* v, uint64_t count, int32_t* out) {
     __syncthreads();
   }
   if (threadIdx.x == 0) *out = int32_t(best_i[0]);
-}
-
-uint32_t grid_for(uint64_t count) {
-  return uint32_t((count + kThreads - 1) / kThreads);
 }
 
 }  // namespace
