@@ -29,7 +29,7 @@ std::string disk_full_message(const std::filesystem::path& target, uint64_t size
       statvfs(dir.c_str(), &s) == 0 ? double(s.f_bavail) * double(s.f_frsize) : 0.0;
   return fmt::format(
       "{}: not enough disk space: the output needs {}, {} has {} free; free some space or "
-      "write elsewhere with -o",
+      "write elsewhere",
       target.string(), human_bytes(double(size)), dir.string(), human_bytes(free_bytes));
 }
 
@@ -41,14 +41,17 @@ std::string disk_full_message(const std::filesystem::path& target, uint64_t size
 
 void check_output_path(const std::filesystem::path& target) {
   namespace fs = std::filesystem;
-  if (target.empty()) throw Error("the output path is empty; name the file to write with -o");
+  if (target.empty())
+    throw Error(Setting::output, "the output path is empty; name the file to write");
   std::error_code ec;
   const fs::file_status st = fs::status(target, ec);
   if (!target.has_filename())
-    throw Error(
-        fmt::format("{}: ends in '/'; -o takes the path of the file to write", target.string()));
+    throw Error(Setting::output,
+                fmt::format("{}: ends in '/', a directory; give the path of the file to write",
+                            target.string()));
   if (fs::is_directory(st))
-    throw Error(fmt::format("{}: is a directory; -o takes the path of the file to write, e.g. {}",
+    throw Error(Setting::output,
+                fmt::format("{}: is a directory; give the path of the file to write, e.g. {}",
                             target.string(), (target / "model.ferry").string()));
   if (fs::exists(st) && !fs::is_regular_file(st))
     throw Error(
@@ -139,6 +142,12 @@ void AtomicFile::commit() {
   committed_ = true;
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) ::fsync(dfd), ::close(dfd);
+}
+
+void write_file_atomic(const std::filesystem::path& target, std::string_view text) {
+  AtomicFile f(target, text.size());
+  f.pwrite_all(text.data(), text.size(), 0);
+  f.commit();
 }
 
 }  // namespace ferry

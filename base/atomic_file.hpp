@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <string_view>
 
 namespace ferry {
 
@@ -37,5 +38,9 @@ class AtomicFile {
 // node with a regular file), or a parent directory that is missing, not a directory or not
 // writable. Called before any work, so that a bad -o costs nothing; AtomicFile checks it too.
 void check_output_path(const std::filesystem::path& target);
+
+// Writes `text` to `target` through an AtomicFile: the path holds its old content or all of the
+// new, never part. Throws ferry::Error naming the path and the reason.
+void write_file_atomic(const std::filesystem::path& target, std::string_view text);
 
 }  // namespace ferry

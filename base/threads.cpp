@@ -30,8 +30,8 @@ void run_threads(unsigned threads, const std::function<void()>& fn,
       });
   } catch (const std::system_error& e) {
     pool.clear();  // joins the workers that started; the caller discards what they produced
-    throw Error(
-        fmt::format("cannot start {} worker threads ({}); use fewer --threads", threads, e.what()));
+    throw Error(Setting::threads,
+                fmt::format("cannot start {} worker threads ({}); use fewer", threads, e.what()));
   }
   std::unique_lock lock(mu);
   while (!cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return finished == threads; }))
@@ -41,7 +41,8 @@ void run_threads(unsigned threads, const std::function<void()>& fn,
 
 void check_thread_request(unsigned requested) {
   if (requested > kMaxThreads)
-    throw Error(fmt::format("--threads {}: at most {} worker threads (this machine has {} cores)",
+    throw Error(Setting::threads,
+                fmt::format("{} worker threads asked for: at most {} (this machine has {} cores)",
                             requested, kMaxThreads, std::thread::hardware_concurrency()));
 }
 

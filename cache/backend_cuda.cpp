@@ -29,9 +29,10 @@ CudaBackend::CudaBackend(int device, CUstream_st* compute, uint64_t staging_byte
        cudaMalloc(reinterpret_cast<void**>(&staging_), staging_bytes_) != cudaSuccess)) {
     cudaGetLastError();
     cudaStreamDestroy(copy_);
-    throw Error("cannot allocate " + human_bytes(double(staging_bytes_)) +
-                " of device memory for the dequantization staging buffer; free device memory or "
-                "use --cache-format int4");
+    throw Error(Setting::cache_format,
+                "cannot allocate " + human_bytes(double(staging_bytes_)) +
+                    " of device memory for the dequantization staging buffer; free device memory "
+                    "or use the int4 cache format");
   }
 }
 

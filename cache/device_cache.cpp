@@ -19,11 +19,13 @@ uint64_t arena_bytes_for(const Schedule& s, uint64_t budget) {
   if (s.size() == 0 || s.size() >= kStop) throw Error("the cache schedule has no weights");
   const uint64_t minimum = s.minimum_budget();
   if (budget < minimum)
-    throw Error(fmt::format(
-        "a cache budget of {} is below the minimum of {} ({} bytes) for this model: its largest "
-        "weight ({}) must fit; raise --cache-budget to at least {}",
-        human_bytes(double(budget)), human_bytes(double(minimum)), minimum,
-        s.weights[s.largest()].name, human_bytes(double(minimum))));
+    throw Error(
+        Setting::cache_budget,
+        fmt::format(
+            "a cache budget of {} is below the minimum of {} ({} bytes) for this model: its "
+            "largest weight ({}) must fit; raise it to at least {}",
+            human_bytes(double(budget)), human_bytes(double(minimum)), minimum,
+            s.weights[s.largest()].name, human_bytes(double(minimum))));
   return std::min(budget / kEntryAlign * kEntryAlign, s.whole_bytes());
 }
 
@@ -241,10 +243,12 @@ void DeviceCache::fetch_now(uint32_t id, Lock& lock) {
     if (placed) break;
     if (prefetching_ < 0) {
       e.state = State::absent;
-      throw Error(fmt::format(
-          "weight {} ({}, {}) does not fit the cache beside the weights the caller holds; raise "
-          "--cache-budget",
-          id, schedule_.weights[id].name, human_bytes(double(schedule_.weights[id].bytes))));
+      throw Error(
+          Setting::cache_budget,
+          fmt::format(
+              "weight {} ({}, {}) does not fit the cache beside the weights the caller holds; "
+              "raise the cache budget",
+              id, schedule_.weights[id].name, human_bytes(double(schedule_.weights[id].bytes))));
     }
     changed_.wait(lock);
   }

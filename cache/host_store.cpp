@@ -43,8 +43,8 @@ std::string mismatch_message(std::vector<std::string> bad) {
                                : fmt::format("{} and {} more tensors do not match their checksums",
                                              bad[0], bad.size() - 1);
   return what +
-         ": the file is damaged; convert the model again (ferry quantize), or pass --no-verify "
-         "to load it anyway";
+         ": the file is damaged; convert the model again (ferry quantize), or load it without "
+         "checking the checksums";
 }
 
 }  // namespace
@@ -82,7 +82,7 @@ HostWeightStore::HostWeightStore(CacheBackend& backend, std::span<const HostPiec
   run_threads(threads, work, [&] {
     if (o.progress) o.progress("load weights", done.load(), total);
   });
-  if (!bad.empty()) throw Error(mismatch_message(std::move(bad)));
+  if (!bad.empty()) throw Error(Setting::verify, mismatch_message(std::move(bad)));
 }
 
 }  // namespace ferry

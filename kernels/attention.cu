@@ -149,8 +149,8 @@ void attention_rounds(const float* q, const T* k_cache, const T* v_cache, uint64
   check_attention_shape(heads, kv_heads, head_dim);
   // Grid z is limited to 65,535 chunks: 16.7 M positions of context.
   if (attention_chunks(pos + n) > 65535)
-    throw Error("attention_cuda: a context of " + std::to_string(pos + n) +
-                " positions exceeds the grid; lower --ctx");
+    throw Error(Setting::ctx, "attention_cuda: a context of " + std::to_string(pos + n) +
+                                  " positions exceeds the grid; lower it");
   for (uint64_t t0 = 0; t0 < n; t0 += kAttentionQueries) {  // rounds, as attention_cpu
     const uint64_t m = n - t0 < kAttentionQueries ? n - t0 : kAttentionQueries;
     const uint64_t q_dim = heads * head_dim;

@@ -59,10 +59,9 @@ CpuPool::CpuPool(unsigned threads) {
     for (unsigned i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker(i); });
   } catch (const std::system_error& e) {  // the system's thread limit: the started ones stop
     shut_down();
-    throw Error(
-        fmt::format("cannot start {} threads ({}); lower --threads (this machine has {} "
-                    "cores)",
-                    threads, e.what(), cores));
+    throw Error(Setting::threads,
+                fmt::format("cannot start {} threads ({}); use fewer (this machine has {} cores)",
+                            threads, e.what(), cores));
   }
 }
 

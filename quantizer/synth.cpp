@@ -338,7 +338,8 @@ class StagingDir {
 // The absolute, symlink-resolved output directory (the staging sibling must sit beside the real
 // one, on the same filesystem), without a trailing '/'.
 fs::path output_dir(const fs::path& dir) {
-  if (dir.empty()) throw Error("the output directory path is empty; name it with -o");
+  if (dir.empty())
+    throw Error(Setting::output, "the output directory path is empty; name the directory to write");
   std::error_code ec;
   fs::path p = fs::weakly_canonical(fs::absolute(dir), ec);
   if (ec) throw Error(fmt::format("{}: cannot resolve: {}", dir.string(), ec.message()));
@@ -374,7 +375,7 @@ json synth_config(std::string_view name, std::optional<uint64_t> layers) {
     if (p.info.name != name) continue;
     json c = p.make();
     if (layers) {
-      if (*layers == 0) throw Error("--layers must be at least 1");
+      if (*layers == 0) throw Error(Setting::layers, "a model needs at least 1 layer");
       c["num_hidden_layers"] = *layers;
     }
     return c;

@@ -46,9 +46,9 @@ std::unique_ptr<ForwardPass> make_pass(const ModelConfig& c, const ModelWeights&
   if (o.device) return o.device(c, w, s);
   const double need = cpu_pass_bytes(c, s);
   if (const uint64_t have = host_memory_available(); have && need > double(have))
-    throw Error(fmt::format(
-        "--ctx {} needs {} of host memory for the {} KV cache and activations, and {} is "
-        "available; lower --ctx",
+    throw Error(Setting::ctx, fmt::format(
+        "a context of {} tokens needs {} of host memory for the {} KV cache and activations, "
+        "and {} is available; lower it",
         s.ctx, human_bytes(need), kv_type_name(s.kv), human_bytes(double(have))));
   return make_cpu_forward(c, w, s, pool);
 }
@@ -104,7 +104,8 @@ int32_t Engine::eval_greedy(std::span<const int32_t> tokens, uint64_t pos) {
 
 void Engine::run(std::span<const int32_t> tokens, uint64_t pos, int32_t* argmax) {
   if (pos + tokens.size() > shape_.ctx)
-    throw Error(fmt::format("{} tokens at position {} exceed the context of {}; raise --ctx",
+    throw Error(Setting::ctx,
+                fmt::format("{} tokens at position {} exceed the context of {}; raise it",
                             tokens.size(), pos, shape_.ctx));
   for (size_t i = 0; i < tokens.size(); i += shape_.batch) {
     const size_t n = std::min<size_t>(shape_.batch, tokens.size() - i);

@@ -177,9 +177,10 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
   if (o.vram_limit) {
     const uint64_t used = total_b - free_b;
     if (o.vram_limit <= used + o.auto_margin)
-      throw Error(fmt::format(
-          "--vram-limit {} leaves nothing for the weight cache: the KV cache, activations and "
-          "the CUDA context already take {}; raise it, or lower --ctx or --batch",
+      throw Error(Setting::vram_limit, fmt::format(
+          "a device memory limit of {} leaves nothing for the weight cache: the KV cache, "
+          "activations and the CUDA context already take {}; raise it, or lower the context or "
+          "the prefill batch",
           human_bytes(double(o.vram_limit)), human_bytes(double(used))));
     available = std::min<uint64_t>(available, o.vram_limit - used);
   }

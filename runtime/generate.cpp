@@ -94,10 +94,9 @@ GenerateStats generate(Engine& e, Sampler& sampler, std::vector<int32_t>& contex
                        const std::function<void(std::string_view)>& on_text) {
   if (context.empty()) throw Error("nothing to continue: the context holds no tokens");
   if (context.size() >= e.ctx())
-    throw Error(
-        fmt::format("the prompt ({} tokens) leaves no room in the context of {}; raise "
-                    "--ctx",
-                    context.size(), e.ctx()));
+    throw Error(Setting::ctx,
+                fmt::format("the prompt ({} tokens) leaves no room in the context of {}; raise it",
+                            context.size(), e.ctx()));
   GenerateStats st;
   evaluated = std::min<uint64_t>(evaluated, context.size() - 1);
   st.prompt_tokens = context.size() - evaluated;

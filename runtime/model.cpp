@@ -103,7 +103,9 @@ void check_forward_call(const ModelConfig& c, uint64_t ctx, uint64_t batch,
     throw Error(fmt::format("a forward call takes 1 to {} tokens, got {}", batch, tokens.size()));
   if (pos + tokens.size() > ctx)
     throw Error(
-        fmt::format("position {} is past the context of {} tokens", pos + tokens.size() - 1, ctx));
+        Setting::ctx,
+        fmt::format("position {} is past the context of {} tokens; raise it",
+                    pos + tokens.size() - 1, ctx));
   for (int32_t t : tokens)
     if (t < 0 || uint64_t(t) >= c.vocab)
       throw Error(fmt::format("token id {} is outside the vocabulary of {}", t, c.vocab));

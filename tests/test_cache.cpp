@@ -225,7 +225,8 @@ TEST(CacheEviction, BudgetBelowTheLargestWeightStatesTheMinimum) {
     const std::string m = e.what();
     EXPECT_NE(m.find("minimum of 5.12 KB (5120 bytes)"), std::string::npos) << m;
     EXPECT_NE(m.find("w1"), std::string::npos) << m;  // the weight that sets it
-    EXPECT_NE(m.find("--cache-budget"), std::string::npos) << m;
+    EXPECT_NE(m.find("raise it to at least 5.12 KB"), std::string::npos) << m;
+    EXPECT_EQ(e.setting, Setting::cache_budget);  // the CLI names its option for it
   }
   EXPECT_NO_THROW(DeviceCache(b, s, config(5120, CachePolicy::pin, 2), pattern_fill(s)));
 }
@@ -434,7 +435,8 @@ TEST(CacheHostStore, CopiesEveryPieceAlignedAndVerifiesChecksums) {
   } catch (const Error& e) {
     const std::string m = e.what();
     EXPECT_NE(m.find("t1 and 1 more tensors do not match their checksums"), std::string::npos) << m;
-    EXPECT_NE(m.find("--no-verify"), std::string::npos) << m;
+    EXPECT_NE(m.find("load it without checking the checksums"), std::string::npos) << m;
+    EXPECT_EQ(e.setting, Setting::verify);
   }
   HostWeightStore unchecked(b, pieces, {.threads = 1, .verify = false, .progress = {}});
   EXPECT_EQ(unchecked.piece(1)[12345], data[1][12345]);

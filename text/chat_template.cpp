@@ -202,13 +202,13 @@ ChatTemplate match_chat_template(std::string_view tokenizer_config_json,
   const std::optional<ChatFormat> found = detect(text);
   const std::optional<ChatFormat> f = forced ? forced : found;
   if (!f && text.empty())
-    throw Error(
-        "the model has no chat_template in its tokenizer_config; choose a format with "
-        "--template (" +
-        std::string(kFormatNames) + ")");
+    throw Error(Setting::chat_template,
+                "the model has no chat_template in its tokenizer_config; choose a format (" +
+                    std::string(kFormatNames) + ")");
   if (!f)
-    throw Error("the model's chat_template matches none of ferry's formats (" +
-                std::string(kFormatNames) + "); choose the closest with --template");
+    throw Error(Setting::chat_template,
+                "the model's chat_template matches none of ferry's formats (" +
+                    std::string(kFormatNames) + "); choose the closest");
   ChatTemplate t;
   t.format = *f;
   if (*f != ChatFormat::chatml) t.bos = token_text(cfg, "bos_token").value_or(default_bos(*f));

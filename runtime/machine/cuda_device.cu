@@ -45,9 +45,9 @@ GpuInfo probe_gpu(int device) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess || count == 0)
-    throw Error(std::string("no usable CUDA GPU (") +
-                (e == cudaSuccess ? "none found" : cudaGetErrorString(e)) +
-                "); run with --device cpu");
+    throw Error(Setting::device, std::string("no usable CUDA GPU (") +
+                                     (e == cudaSuccess ? "none found" : cudaGetErrorString(e)) +
+                                     "); run on the CPU");
   if (device < 0 || device >= count)
     throw Error("GPU " + std::to_string(device) + " does not exist: " + std::to_string(count) +
                 " found");
@@ -55,12 +55,13 @@ GpuInfo probe_gpu(int device) {
   CUDA_CHECK(cudaGetDeviceProperties(&p, device));
   const std::vector<int> compiled = parse_cuda_architectures(FERRY_CUDA_ARCHS);
   const std::optional<int> arch = runnable_architecture(compiled, p.major, p.minor);
-  if (!arch) throw Error(unsupported_gpu_message(p.name, p.major, p.minor, compiled));
+  if (!arch)
+    throw Error(Setting::device, unsupported_gpu_message(p.name, p.major, p.minor, compiled));
   CUDA_CHECK(cudaSetDevice(device));
   // The definitive check: the driver must find an image of a kernel for this card.
   cudaFuncAttributes attr{};
   if (cudaFuncGetAttributes(&attr, probe_kernel) != cudaSuccess)
-    throw Error(unsupported_gpu_message(p.name, p.major, p.minor, compiled));
+    throw Error(Setting::device, unsupported_gpu_message(p.name, p.major, p.minor, compiled));
   GpuInfo g{p.name, p.major, p.minor, *arch, 0, 0};
   size_t free_b = 0, total_b = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));

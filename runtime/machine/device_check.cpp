@@ -39,7 +39,7 @@ std::string unsupported_gpu_message(std::string_view gpu_name, int major, int mi
                                     const std::vector<int>& compiled) {
   return fmt::format(
       "the GPU '{}' has compute capability {}.{}, older than every architecture this build of "
-      "ferry compiles ({}); rebuild with -DFERRY_CUDA_ARCHITECTURES={}{} or run with --device cpu",
+      "ferry compiles ({}); rebuild with -DFERRY_CUDA_ARCHITECTURES={}{} or run on the CPU",
       gpu_name, major, minor, fmt::join(compiled, " "), major, minor);
 }
 

@@ -1,0 +1,167 @@
+#include "tools/bench_sweep.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <span>
+
+#include <fmt/format.h>
+
+#include "base/error.hpp"
+#include "runtime/machine/bandwidth.hpp"
+#include "runtime/perf_model.hpp"
+#include "tools/commands.hpp"
+#include "tools/option_names.hpp"
+#ifdef FERRY_HAVE_CUDA
+#include "runtime/machine/cuda_device.hpp"
+#endif
+
+namespace ferry {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+int32_t argmax(std::span<const float> v) {
+  return int32_t(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+Bandwidths measure_host(unsigned threads) {
+  Bandwidths bw;
+  CpuPool pool(threads);
+  const HostBandwidth h = measure_host_bandwidth(pool);
+  bw.read_gbps = h.read_gbps;
+  bw.upload_gbps = bw.memcpy_gbps = h.memcpy_gbps;
+  std::fprintf(stderr, "host memory: read %.1f GB/s, memcpy %.1f GB/s (%u threads)\n", h.read_gbps,
+               h.memcpy_gbps, pool.size());
+  return bw;
+}
+
+Bandwidths measure_gpu() {
+#ifdef FERRY_HAVE_CUDA
+  Bandwidths bw;
+  const GpuInfo g = probe_gpu();
+  bw.device = fmt::format("cuda: {} (sm_{}{})", g.name, g.major, g.minor);
+  // The prefetcher uploads one weight part per call: 1 to 64 MB covers a 7B's smallest (k_proj,
+  // ~0.3 MB) to a 32B's largest (gate/up, 75 MB packed) within a factor of two.
+  std::vector<uint64_t> chunks;
+  for (uint64_t mb = 1; mb <= 64; mb *= 2) chunks.push_back(mb << 20);
+  for (const CopyBandwidth& c : measure_h2d(chunks, 256ull << 20))
+    bw.h2d.push_back({c.chunk_bytes, c.pinned_gbps, c.pageable_gbps});
+  bw.memcpy_gbps = measure_d2d_gbps(1ull << 30);
+  bw.read_gbps = bw.memcpy_gbps;  // a copy reads and writes: the same bus traffic as reading
+  bw.upload_gbps = bw.h2d.back().pinned_gbps;
+  std::fprintf(stderr, "%s\nhost to device by chunk:   pinned  pageable (GB/s)\n",
+               bw.device.c_str());
+  for (const Bandwidths::Chunk& c : bw.h2d)
+    std::fprintf(stderr, "  %6llu MB %16.1f %9.1f\n", (unsigned long long)(c.bytes >> 20),
+                 c.pinned_gbps, c.pageable_gbps);
+  std::fprintf(stderr, "device to device: %.0f GB/s\n", bw.memcpy_gbps);
+  return bw;
+#else
+  throw Error("this build of ferry has no CUDA backend; use --device cpu");
+#endif
+}
+
+// The cache's counters over the decode steps, into r; returns the bytes streamed per token.
+double record_cache(const Engine& e, const CacheStats& before, uint64_t gen, double decode_s,
+                    BenchRow& r) {
+  const CacheStats s = e.paged()->stats();
+  r.budget_gb = double(s.arena_bytes) / 1e9;
+  const double streamed = double(s.uploaded_bytes - before.uploaded_bytes) / double(gen);
+  r.upload_gb_per_token = streamed / 1e9;
+  const uint64_t uses = s.acquires - before.acquires;
+  r.hit_rate = uses ? double(s.hits - before.hits) / double(uses) : 0;
+  r.wait_fraction = (s.wait_seconds - before.wait_seconds) / decode_s;
+  return streamed;
+}
+
+}  // namespace
+
+Bandwidths measure_bandwidths(bool gpu, unsigned threads) {
+  return gpu ? measure_gpu() : measure_host(threads);
+}
+
+std::vector<BenchConfig> sweep_configs(const std::vector<std::string>& budgets,
+                                       const std::vector<std::string>& policies,
+                                       const std::vector<std::string>& formats, bool gpu) {
+  std::vector<BenchConfig> configs;
+  for (const auto& b : budgets)
+    for (const auto& p : policies)
+      for (const auto& f : formats)
+        if (b != "none" || gpu)
+          configs.push_back({b == "none" ? "auto" : b, p, f});
+        else if (configs.empty() || configs.back().budget != "none")
+          configs.push_back({b, "-", "-"});
+  return configs;
+}
+
+BenchRow run_config(const PackedFile& file, const BenchConfig& c, const SweepSetup& s,
+                    const Bandwidths& bw) {
+  EngineOptions o = s.base;
+  if (c.budget != "none") {
+    o.cache = parse_cache_options(c.budget, c.policy, c.format, s.lookahead);
+    o.cache.verify = s.verify;
+  }
+  if (s.device) o.device = s.device(o.cache);
+  Engine e(PackedFile::from_mapping(file.file.mapping()), o);
+  std::mt19937 rng(1);
+  std::vector<int32_t> ids(s.prompt);
+  for (int32_t& t : ids) t = int32_t(rng() % e.config().vocab);
+  const auto t0 = Clock::now();
+  e.eval(ids, 0);
+  const double prefill_s = seconds_since(t0);
+  const CacheStats before = e.paged() ? e.paged()->stats() : CacheStats{};
+  const auto t1 = Clock::now();
+  for (uint64_t i = 0; i < s.gen; ++i) {
+    const int32_t next = argmax(e.logits());
+    e.eval(std::span(&next, 1), s.prompt + i);
+  }
+  const double decode_s = seconds_since(t1);
+  BenchRow r{c, 0, double(s.prompt) / prefill_s, double(s.gen) / decode_s};
+  // bf16 entries are read at 2 bytes a weight instead of ~0.53: count what the kernels read.
+  double w = weight_bytes_per_token(file);
+  if (e.paged())
+    w += double(e.paged()->weight_bytes()) -
+         double(paging_schedule(e.file(), e.weights(), CacheFormat::int4).whole_bytes());
+  r.gb_per_token = w / 1e9;
+  r.budget_gb = w / 1e9;
+  const double streamed = e.paged() ? record_cache(e, before, s.gen, decode_s, r) : 0;
+  // Attention reads every layer's k and v rows once per token too: small at short contexts, but
+  // Qwen2-32B at 4k positions reads 1.1 GB of f16 cache a token beside its 17 GB of weights, and
+  // at 32k 8.6 GB, half the weights' bytes.
+  const TokenTraffic t{.weight_bytes = w,
+                       .kv_bytes = mean_kv_bytes_per_token(kv_bytes_per_position(e.config(), o.kv),
+                                                           double(s.prompt), double(s.gen)),
+                       .streamed_bytes = streamed,
+                       .read_bw = bw.read_gbps * 1e9,
+                       .copy_bw = bw.upload_gbps * 1e9};
+  r.bound_tps = tokens_per_second_bound(t);
+  r.ratio = r.bound_tps / r.decode_tps;
+  return r;
+}
+
+std::vector<BenchRow> run_sweep(const PackedFile& file, const std::vector<BenchConfig>& configs,
+                                const SweepSetup& s, const Bandwidths& bw,
+                                const std::function<void(const BenchRow&)>& on_row) {
+  std::vector<BenchRow> rows;
+  for (size_t i = 0; i < configs.size(); ++i) {
+    const BenchConfig& c = configs[i];
+    std::fprintf(stderr, "[%zu/%zu] budget %s, policy %s, format %s\n", i + 1, configs.size(),
+                 c.budget.c_str(), c.policy.c_str(), c.format.c_str());
+    try {
+      rows.push_back(run_config(file, c, s, bw));
+    } catch (const Error& e) {  // e.g. a budget below the minimum: the sweep goes on
+      std::fprintf(stderr, "  skipped: %s\n", cli_message(e, "bench").c_str());
+      continue;
+    }
+    on_row(rows.back());
+  }
+  return rows;
+}
+
+}  // namespace ferry
