@@ -1,4 +1,4 @@
-// The paging cache's own costs, on the CPU backend (cache/cpu_backend.hpp), apart from the
+// The paging cache's own costs, on the CPU backend (cache/backend_cpu.hpp), apart from the
 // kernels: what acquire + release costs per weight use when every entry is resident (the hit
 // path: a lock, a state check, the backend's two signals), and the streaming path, where every
 // use is an upload, as GB/s of entries filled by the prefetch thread for entry sizes 1 to 64 MB

@@ -7,7 +7,7 @@
 //            waits on it before it overwrites the entry's memory with another weight.
 // The CUDA backend maps these onto cudaHostAlloc (pinned store), one cudaMalloc (the arena),
 // cudaMemcpyAsync and the dequant kernel on a copy stream, and one pair of events per entry, so
-// that no call on the hot path synchronizes the device. The CPU backend (cpu_backend.hpp) stands a
+// that no call on the hot path synchronizes the device. The CPU backend (backend_cpu.hpp) stands a
 // bounded host arena in for device memory and does each copy on the calling thread.
 //
 // Fault injection, for tests, lives on the backend object (never a global): the N-th allocation

@@ -171,7 +171,7 @@ void row_sums(const float* w, const T* rows, uint64_t stride, uint64_t len, uint
   weighted_rows(w, rows, stride, len, n, out);
 }
 
-// The partial state (ops.hpp) of query t, head h over the positions of chunk `chunk`.
+// The partial state (attention.hpp) of query t, head h over the positions of chunk `chunk`.
 template <typename T>
 void attention_chunk(const AttentionCall<T>& a, uint64_t t, uint64_t h, uint64_t chunk) {
   const uint64_t n_ctx = a.pos + t + 1, begin = chunk * kAttentionChunk;

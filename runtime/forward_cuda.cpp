@@ -100,7 +100,7 @@ class CudaForward final : public ForwardPass {
   DeviceArray<float> k_, v_;        // [batch, kv_heads * head_dim] before they enter the cache
   DeviceArray<float> proj_;         // [batch, hidden]
   DeviceArray<float> gate_, up_;    // [batch, intermediate]
-  DeviceArray<float> partials_;     // [min(batch, 64), heads, chunks(ctx), head_dim + 2] (ops.hpp)
+  DeviceArray<float> partials_;     // [min(batch, 64), heads, chunks(ctx), head_dim + 2] (attention.hpp)
   // [layers, ctx, kv_heads * head_dim] keys and values: the pair of kv_'s type is allocated
   DeviceArray<uint16_t> k16_, v16_;  // f16 bits
   DeviceArray<float> k32_, v32_;
