@@ -64,7 +64,11 @@ ModelWeights bind_weights(const PackedFile& f) {
     w.linears.push_back(bind_linear(f, p + "mlp.down_proj.weight", c.intermediate));
   }
   w.final_norm = u16(tensor(f, "model.norm.weight"));
-  w.linears.push_back(bind_linear(f, "lm_head.weight", c.hidden));
+  // A tied lm_head stored once (docs/format.md): the embedding's matrix is lm_head.
+  const bool tied =
+      c.tied_embeddings && !f.file.find("lm_head.weight") && !f.file.find("lm_head.weight.q4");
+  w.linears.push_back(
+      bind_linear(f, tied ? "model.embed_tokens.weight" : "lm_head.weight", c.hidden));
   return w;
 }
 
