@@ -9,6 +9,7 @@
 
 #include "base/error.hpp"
 #include "tools/commands.hpp"
+#include "tools/version.hpp"  // generated into the build directory
 
 namespace {
 
@@ -32,11 +33,22 @@ constexpr Command kCommands[] = {
 };
 
 int usage(FILE* out) {
-  std::fprintf(
-      out,
-      "usage: ferry <command> [options]   (ferry <command> --help for its options)\n\ncommands:\n");
+  std::fprintf(out,
+               "usage: ferry <command> [options]   (ferry <command> --help for its options)\n"
+               "       ferry --version\n\ncommands:\n");
   for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
   return out == stdout ? 0 : 2;
+}
+
+int version() {
+  namespace b = ferry::build_info;
+  std::printf("ferry %s (git %s)\n", b::kVersion, b::kGitRevision);
+  if (b::kCuda)
+    std::printf("CUDA backend: yes, architectures %s\n", b::kCudaArchitectures);
+  else
+    std::printf("CUDA backend: no (CPU only: nvcc was not used for this build)\n");
+  std::printf("built with %s, %s\n", b::kCompiler, b::kBuildType);
+  return std::fflush(stdout) == 0 && !std::ferror(stdout) ? 0 : 1;
 }
 
 }  // namespace
@@ -45,6 +57,7 @@ int main(int argc, char** argv) {
   if (argc < 2) return usage(stderr);
   const std::string_view name = argv[1];
   if (name == "--help" || name == "-h" || name == "help") return usage(stdout);
+  if (name == "--version" || name == "version") return version();
   for (const Command& c : kCommands) {
     if (name != c.name) continue;
     try {
