@@ -41,12 +41,22 @@ nlohmann::json parse_meta_json(const std::map<std::string, std::string>& m, cons
 
 }  // namespace
 
+LmHeadStorage lm_head_storage(const ModelConfig& config, Scheme scheme, bool keep_lm_head) {
+  if (scheme_is_int4(scheme) && !keep_lm_head) return LmHeadStorage::int4;
+  return config.tied_embeddings ? LmHeadStorage::embedding : LmHeadStorage::bf16;
+}
+
 PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, bool keep_lm_head) {
+  return plan_packed(config, scheme, lm_head_storage(config, scheme, keep_lm_head));
+}
+
+PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, LmHeadStorage lm_head) {
   PackedPlan plan;
   for (const WeightSpec& spec : model_weights(config)) {
+    if (spec.role == WeightRole::lm_head && lm_head == LmHeadStorage::embedding) continue;
     PackedWeight w{spec, false, {}};
-    const bool linear =
-        spec.role == WeightRole::linear || (spec.role == WeightRole::lm_head && !keep_lm_head);
+    const bool linear = spec.role == WeightRole::linear ||
+                        (spec.role == WeightRole::lm_head && lm_head == LmHeadStorage::int4);
     w.quantized = linear && scheme_is_int4(scheme);
     if (w.quantized) {
       const uint64_t out = spec.shape[0], blocks = int4_blocks_per_row(spec.shape[1]);
@@ -117,8 +127,13 @@ PackedFile PackedFile::from_mapping(std::shared_ptr<MappedFile> mapping) {
     throw Error(fmt::format("{}: block size {} is not supported (only {})", what,
                             m.at(meta::kBlockSize), kBlock));
   ModelConfig config = parse_model_config(parse_meta_json(m, meta::kConfig, what), what);
-  const bool keep_lm_head = f.find("lm_head.weight") != nullptr;
-  const PackedPlan plan = plan_packed(config, *scheme, keep_lm_head);
+  // lm_head as stored: a BF16 tensor (the bf16 scheme, --keep-lm-head, and tied ones written
+  // before ferry stored those once), none (tied: the embedding), or quantized.
+  const LmHeadStorage lm_head = f.find("lm_head.weight") ? LmHeadStorage::bf16
+                                : config.tied_embeddings && !f.find("lm_head.weight.q4")
+                                    ? LmHeadStorage::embedding
+                                    : LmHeadStorage::int4;
+  const PackedPlan plan = plan_packed(config, *scheme, lm_head);
   for (const TensorDecl& d : plan.tensors) f.require_tensor(d.name, d.dtype, d.shape);
   std::map<std::string, std::string> checksums;
   const nlohmann::json sums = parse_meta_json(m, meta::kChecksums, what);

@@ -6,7 +6,10 @@
 //       "X.weight.scales" F16 [out, ceil(in/128)]
 //       "X.weight.mins"   F16 [out, ceil(in/128)]   (asym schemes only)
 //   - every other weight (and linear weights under the bf16 scheme) is "X" in BF16;
-//   - lm_head.weight is always stored, also when the source ties it to the embedding;
+//   - lm_head.weight is stored quantized (INT4 schemes), or in BF16 (the bf16 scheme,
+//     --keep-lm-head); a tied lm_head (tie_word_embeddings) that would be stored in BF16 is not
+//     stored at all: the embedding's matrix is read as lm_head (files written before this stored
+//     a BF16 copy, which still loads);
 //   - tensors of one decoder layer are contiguous, in model_weights() order;
 //   - __metadata__ holds the keys of PackedMeta below, all strings.
 #pragma once
@@ -56,12 +59,23 @@ struct PackedWeight {
   std::vector<size_t> tensors;  // indices into the decl list: {q4, scales[, mins]} or {bf16}
 };
 
-// The storage plan of a whole model under a scheme (lm_head quantized unless keep_lm_head).
+// How lm_head is stored: quantized (INT4 schemes), in BF16, or not at all because it is tied to
+// the embedding (its matrix is the embedding's, which the file holds once).
+enum class LmHeadStorage : uint8_t { int4, bf16, embedding };
+
+// The writer's choice: int4 under an INT4 scheme unless keep_lm_head; a tied lm_head that would be
+// stored in BF16 is the embedding (storing it would copy the embedding's bytes).
+LmHeadStorage lm_head_storage(const ModelConfig& config, Scheme scheme, bool keep_lm_head);
+
+// The storage plan of a whole model under a scheme. With LmHeadStorage::embedding the plan has no
+// lm_head weight at all (weights and tensors both lack it).
 struct PackedPlan {
   std::vector<TensorDecl> tensors;  // in file order, offsets assigned
   std::vector<PackedWeight> weights;
   uint64_t data_bytes = 0;
 };
+PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, LmHeadStorage lm_head);
+// The writer's plan: plan_packed(config, scheme, lm_head_storage(config, scheme, keep_lm_head)).
 PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, bool keep_lm_head);
 
 // The safetensors header for `tensors` (offsets already set) and `metadata`, padded with spaces

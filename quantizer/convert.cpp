@@ -176,8 +176,15 @@ std::vector<const TensorView*> resolve_sources(const Checkpoint& ckpt, const Mod
     sources.push_back(&ckpt.require_float_tensor(name, w.spec.shape));
     used.insert(sources.back()->name);
   }
+  // A tied lm_head the plan does not store (the embedding serves as lm_head) may still be in the
+  // checkpoint: transformers ties the two at load, so its bytes are the embedding's.
+  const bool lm_head_shared =
+      config.tied_embeddings &&
+      std::none_of(plan.weights.begin(), plan.weights.end(),
+                   [](const PackedWeight& w) { return w.spec.role == WeightRole::lm_head; });
   for (const TensorView* t : ckpt.tensors())
-    if (!used.contains(t->name) && !is_ignorable_tensor(t->name))
+    if (!used.contains(t->name) && !is_ignorable_tensor(t->name) &&
+        !(lm_head_shared && t->name == "lm_head.weight"))
       throw Error(fmt::format("{}: tensor {} is not part of a {} model as config.json describes it",
                               dir.string(), t->name, config.architecture));
   return sources;

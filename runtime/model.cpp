@@ -65,7 +65,10 @@ ModelWeights bind_weights(const PackedFile& f) {
     add_linear(f, w, p + "mlp.down_proj.weight", c.intermediate);
   }
   w.final_norm = u16(tensor(f, "model.norm.weight"));
-  add_linear(f, w, "lm_head.weight", c.hidden);
+  // A tied lm_head stored once (docs/format.md): the embedding's matrix is lm_head.
+  const bool tied =
+      c.tied_embeddings && !f.file.find("lm_head.weight") && !f.file.find("lm_head.weight.q4");
+  add_linear(f, w, tied ? "model.embed_tokens.weight" : "lm_head.weight", c.hidden);
   return w;
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Configures and builds ferry into build/ (or $FERRY_BUILD_DIR) with the system's CUDA toolkit
 # when nvcc is found (FERRY_CUDA=AUTO), the CPU backend otherwise. Extra arguments go to cmake;
-# FERRY_BUILD_TARGET builds only the targets it lists (separated by spaces).
+# FERRY_BUILD_TARGET builds only the targets it lists (separated by spaces), FERRY_BUILD_TYPE sets
+# CMAKE_BUILD_TYPE (default RelWithDebInfo). Warnings are errors only with -DFERRY_WERROR=ON (what
+# scripts/test.sh passes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/cuda/bin"

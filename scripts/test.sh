@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs every test ferry has without a GPU (tests labelled gpu skip with a
-# message when no GPU is present), after checking that every source file is clang-formatted:
+# message when no GPU is present), after checking that every source file is clang-formatted.
+# Every build here treats warnings as errors (FERRY_WERROR=ON; a user's build does not):
 #   1. the normal build (CUDA backend too when nvcc is found) and all its tests;
+#   1b. the Release build (CPU backend, benchmarks too): built, and a smoke run, no tests (its
+#      optimizer finds warnings the RelWithDebInfo build does not);
 #   2. an AddressSanitizer + UndefinedBehaviorSanitizer build (CPU backend) and all its tests;
 #   3. a ThreadSanitizer build (clang, CPU backend) of the paging cache's tests: the prefetch
 #      thread, cancellation, errors and faults injected on it, and the forward pass through it;
@@ -17,17 +20,28 @@ echo "== clang-format check"
 clang-format --dry-run --Werror $(git ls-files '*.cpp' '*.hpp' '*.cu')
 
 echo "== build and test (build/)"
-bash scripts/build.sh
+bash scripts/build.sh -DFERRY_WERROR=ON
 ctest --test-dir build --output-on-failure -j "$jobs"
 
+echo "== Release build, CPU backend (build-release/): built, smoke run, no tests"
+FERRY_BUILD_TYPE=Release FERRY_BUILD_DIR=build-release bash scripts/build.sh -DFERRY_WERROR=ON \
+  -DFERRY_CUDA=OFF -DFERRY_BENCH=ON
+./build-release/ferry --version
+smoke=$(mktemp -d)
+./build-release/ferry synth --preset llama-tiny -o "$smoke/hf" >/dev/null
+./build-release/ferry quantize -q "$smoke/hf" -o "$smoke/m.ferry"
+./build-release/ferry run "$smoke/m.ferry" -p "Once upon a time" -n 8 >/dev/null
+rm -rf "$smoke"
+
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)"
-FERRY_BUILD_DIR=build-asan bash scripts/build.sh -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_SANITIZE=address,undefined
+FERRY_BUILD_DIR=build-asan bash scripts/build.sh -DFERRY_WERROR=ON -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF \
+  -DFERRY_SANITIZE=address,undefined
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan --output-on-failure -j "$jobs"
 
 echo "== ThreadSanitizer: the paging cache and the forward pass through it (build-tsan/)"
 # clang: GCC 12 refuses moodycamel's atomic_thread_fence under -fsanitize=thread (-Werror=tsan).
 CC=clang CXX=clang++ FERRY_BUILD_DIR=build-tsan FERRY_BUILD_TARGET="ferry test_cache test_paging" \
-  bash scripts/build.sh -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_SANITIZE=thread
+  bash scripts/build.sh -DFERRY_WERROR=ON -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_SANITIZE=thread
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --test-dir build-tsan \
   --output-on-failure -j "$jobs" -R '^(Cache|Paging)'
 
@@ -44,7 +58,7 @@ fuzz_targets=(
 echo "== fuzz the parsers of untrusted input (build-fuzz/)"
 CC=clang CXX=clang++ FERRY_BUILD_DIR=build-fuzz \
   FERRY_BUILD_TARGET="fuzz_safetensors fuzz_tokenizer_json fuzz_tokenizer_text fuzz_model_config" \
-  bash scripts/build.sh -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_FUZZ=ON \
+  bash scripts/build.sh -DFERRY_WERROR=ON -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_FUZZ=ON \
   -DFERRY_SANITIZE=address,undefined
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -432,7 +432,7 @@ TEST(RunCommand, OptionMistakesAreReportedBeforeAnyWork) {
       {{model}, "unexpected argument"},
       {{"--threads", "100000"}, "--threads 100000: this machine has"},
       {{"--ctx", "0"}, "--ctx must be at least 1"},
-      {{"--ctx", "4000000000"}, "lower --ctx"},  // terabytes of KV cache
+      {{"--ctx", "4000000000"}, "--ctx: a context of 4000000000 tokens needs"},  // TBs of KV cache
       {{"--kv-type", "f8"}, "--kv-type: 'f8' is not f16 or f32"},
   };
   for (const auto& c : cases) {

@@ -103,8 +103,12 @@ TEST(Convert, Bf16SchemeKeepsEveryWeightExactly) {
   convert_checkpoint(dir, tmp / "b.ferry", opt, kNoProgress);
   const PackedFile p = PackedFile::open(tmp / "b.ferry");
   const Checkpoint src = Checkpoint::open(dir);
+  // TinyStories is tied and stores its embedding only as lm_head.weight: the packed file holds
+  // it once, as the embedding, and no lm_head.
+  EXPECT_EQ(p.file.find("lm_head.weight"), nullptr);
   for (const TensorView* t : src.tensors()) {
-    const TensorView* out = p.file.find(t->name);
+    const TensorView* out =
+        p.file.find(t->name == "lm_head.weight" ? "model.embed_tokens.weight" : t->name);
     ASSERT_NE(out, nullptr) << t->name;
     ASSERT_EQ(out->dtype, DType::BF16);
     for (uint64_t i = 0; i < t->numel(); ++i)
@@ -352,6 +356,122 @@ TEST(ConvertCli, TiedEmbeddingBytesAreCountedOnce) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("read " + human_bytes(double(stored)) + ", wrote"), std::string::npos)
       << r.output;
+}
+
+// `f` with the tensor `from` stored a second time as `to`, last, under `metadata`.
+void write_with_copy(const SafetensorsFile& f, const std::map<std::string, std::string>& metadata,
+                     const std::string& from, const std::string& to,
+                     const std::filesystem::path& out) {
+  std::vector<TensorDecl> decls;
+  std::vector<const TensorView*> data;
+  uint64_t offset = 0;
+  auto add = [&](const std::string& name, const TensorView& t) {
+    decls.push_back({name, t.dtype, t.shape, offset, offset + t.nbytes});
+    data.push_back(&t);
+    offset += t.nbytes;
+  };
+  for (const TensorView& t : f.tensors()) add(t.name, t);
+  add(to, *f.find(from));
+  const std::string header = safetensors_header(decls, metadata);
+  std::vector<uint8_t> bytes(header.begin(), header.end());
+  for (const TensorView* t : data) bytes.insert(bytes.end(), t->data, t->data + t->nbytes);
+  test::write_file(out, bytes);
+}
+
+// The file as ferry wrote a tied model in bf16 before it stored the shared matrix once: the same
+// tensors plus lm_head.weight, a copy of the embedding, last (model_weights() order).
+void write_with_lm_head_copy(const PackedFile& p, const std::filesystem::path& out) {
+  std::map<std::string, std::string> m = p.file.metadata();
+  nlohmann::ordered_json sums = nlohmann::ordered_json::parse(m.at(meta::kChecksums));
+  sums["lm_head.weight"] = sums["model.embed_tokens.weight"];
+  m[meta::kChecksums] = sums.dump();
+  write_with_copy(p.file, m, "model.embed_tokens.weight", "lm_head.weight", out);
+}
+
+// The generated text of a greedy `ferry run` (stdout; the figures line on stderr follows it).
+std::string greedy_text(const std::filesystem::path& model, std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {"run", model.string(), "-p", "Once upon a time", "-n", "24"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  const auto r = run_ferry(args);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const size_t figures = r.output.rfind("\nprompt ");
+  EXPECT_NE(figures, std::string::npos) << r.output;
+  return r.output.substr(0, figures);
+}
+
+// A tied model in bf16 stores the shared matrix once: no lm_head tensor, the embedding's bytes
+// fewer, and the same greedy tokens as the file with a copy (as ferry wrote it before, which
+// still loads), read in place or through the paging cache (whose host store then holds the
+// embedding's matrix as lm_head).
+TEST(ConvertCli, TiedBf16StoresTheSharedMatrixOnce) {
+  ScratchDir tmp;
+  SynthOptions so;
+  so.preset = "llama3-tiny";  // tied
+  synth_checkpoint(tmp / "hf", so, kNoProgress);
+  const auto q = run_ferry(
+      {"quantize", (tmp / "hf").string(), "-o", (tmp / "tied.ferry").string(), "-s", "bf16"});
+  ASSERT_EQ(q.exit_code, 0) << q.output;
+  const PackedFile p = PackedFile::open(tmp / "tied.ferry");
+  EXPECT_TRUE(p.config.tied_embeddings);
+  EXPECT_EQ(p.file.find("lm_head.weight"), nullptr);
+  EXPECT_EQ(p.file.find("lm_head.weight.q4"), nullptr);
+  EXPECT_TRUE(p.verify_checksums(2).empty());
+  // "read N, wrote M (Xx smaller)": bf16 of a bf16 checkpoint is about its size, not larger.
+  const uint64_t stored = Checkpoint::open(tmp / "hf").total_bytes();
+  const uint64_t tied_size = std::filesystem::file_size(tmp / "tied.ferry");
+  EXPECT_LT(double(tied_size), 1.01 * double(stored) + 65536) << q.output;
+
+  write_with_lm_head_copy(p, tmp / "copy.ferry");
+  const uint64_t embed = p.file.find("model.embed_tokens.weight")->nbytes;
+  EXPECT_GE(std::filesystem::file_size(tmp / "copy.ferry"), tied_size + embed);
+  const PackedFile old = PackedFile::open(tmp / "copy.ferry");
+  ASSERT_NE(old.file.find("lm_head.weight"), nullptr);
+  EXPECT_TRUE(old.verify_checksums(2).empty());
+
+  const std::string reference = greedy_text(tmp / "copy.ferry");
+  EXPECT_GT(reference.size(), std::string("Once upon a time").size()) << reference;
+  EXPECT_EQ(greedy_text(tmp / "tied.ferry"), reference);
+  EXPECT_EQ(greedy_text(tmp / "tied.ferry", {"--cache-budget", "50%"}), reference);
+  EXPECT_EQ(greedy_text(tmp / "tied.ferry", {"--cache-budget", "50%", "--cache-policy", "pin"}),
+            reference);
+  EXPECT_EQ(greedy_text(tmp / "copy.ferry", {"--cache-budget", "50%"}), reference);
+
+  // --keep-lm-head asks for a bf16 lm_head: tied, that is the embedding again, stored once; the
+  // INT4 schemes still quantize a tied lm_head.
+  ASSERT_EQ(run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "keep.ferry").string(),
+                       "--keep-lm-head", "-q"})
+                .exit_code,
+            0);
+  const PackedFile keep = PackedFile::open(tmp / "keep.ferry");
+  EXPECT_EQ(keep.file.find("lm_head.weight"), nullptr);
+  EXPECT_EQ(keep.file.find("lm_head.weight.q4"), nullptr);
+  ASSERT_EQ(run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "q.ferry").string(), "-q"})
+                .exit_code,
+            0);
+  EXPECT_NE(PackedFile::open(tmp / "q.ferry").file.find("lm_head.weight.q4"), nullptr);
+  EXPECT_EQ(greedy_text(tmp / "keep.ferry", {"--cache-budget", "50%"}),
+            greedy_text(tmp / "keep.ferry"));
+}
+
+// A tied checkpoint that also stores lm_head.weight (transformers ties the two at load, so its
+// bytes are the embedding's) converts to bf16 without it.
+TEST(Convert, TiedCheckpointWithAnLmHeadCopyConverts) {
+  ScratchDir tmp;
+  SynthOptions so;
+  so.preset = "llama3-tiny";  // tied, one shard
+  synth_checkpoint(tmp / "hf", so, kNoProgress);
+  {
+    const SafetensorsFile f = SafetensorsFile::open(tmp / "hf" / "model.safetensors");
+    write_with_copy(f, f.metadata(), "model.embed_tokens.weight", "lm_head.weight",
+                    tmp / "model.safetensors");
+  }
+  std::filesystem::rename(tmp / "model.safetensors", tmp / "hf" / "model.safetensors");
+  ConvertOptions opt;
+  opt.scheme = Scheme::bf16;
+  convert_checkpoint(tmp / "hf", tmp / "b.ferry", opt, kNoProgress);
+  EXPECT_EQ(PackedFile::open(tmp / "b.ferry").file.find("lm_head.weight"), nullptr);
+  convert_checkpoint(tmp / "hf", tmp / "q.ferry", {}, kNoProgress);
+  EXPECT_NE(PackedFile::open(tmp / "q.ferry").file.find("lm_head.weight.q4"), nullptr);
 }
 
 TEST(ConvertCli, TinyStoriesReadsItsSafetensorsBytesOnce) {

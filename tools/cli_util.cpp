@@ -12,8 +12,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -47,8 +50,101 @@ uint64_t parse_size(std::string_view text, std::string_view option) {
       fmt::format("{}: '{}' is not a size (examples: 4096, 512M, 2G, 1.5GiB)", option, text));
 }
 
+namespace {
+
+// Whether cxxopts reads `value` as the value of --option on its own.
+bool reads(cxxopts::Options& o, const std::string& option, const std::string& value) {
+  const std::string arg = "--" + option + "=" + value;
+  const char* argv[] = {o.program().c_str(), arg.c_str()};
+  try {
+    o.parse(2, argv);
+    return true;
+  } catch (const cxxopts::exceptions::exception&) {
+    return false;
+  }
+}
+
+// What --option takes, in words, found by what cxxopts reads (it keeps the value types to itself).
+std::string expected_value(cxxopts::Options& o, const std::string& option,
+                           const std::string& value) {
+  if (reads(o, option, "0.5")) return "is not a number";
+  if (reads(o, option, "-1")) return "is not a whole number";
+  if (reads(o, option, "2")) {
+    const char* max = reads(o, option, "4294967296") ? "18446744073709551615"
+                      : reads(o, option, "65536")    ? "4294967295"
+                                                     : "65535";
+    if (!value.empty() && value.find_first_not_of("0123456789") == std::string::npos)
+      return fmt::format("is too large (at most {})", max);
+    return fmt::format("is not a whole number from 0 to {}", max);
+  }
+  if (reads(o, option, "true")) return "is not true or false";
+  return "is not a valid value";
+}
+
+// The long name of the option with short name `c` ("" when there is none).
+std::string long_name(cxxopts::Options& o, char c, bool* takes_value = nullptr) {
+  for (const std::string& g : o.groups())
+    for (const cxxopts::HelpOptionDetails& d : o.group_help(g).options)
+      if (d.s == std::string(1, c) && !d.l.empty()) {
+        if (takes_value) *takes_value = !d.has_implicit;
+        return d.l.front();
+      }
+  return "";
+}
+
+// cxxopts says only "Argument '-1' failed to parse", naming no option. The shortest prefix of
+// argv that fails to parse ends at the bad value; the option is that argument itself
+// (--tokens=-1, -n-1) or the one before it (--tokens -1, -n -1). Returns {option, value}, or
+// nothing when the value belongs to no option (a positional argument).
+std::optional<std::pair<std::string, std::string>> bad_value(cxxopts::Options& o, int argc,
+                                                             char** argv) {
+  auto throws = [&](int n, auto* kind) {
+    try {
+      o.parse(n, argv);
+      return false;
+    } catch (const std::remove_pointer_t<decltype(kind)>&) {
+      return true;
+    } catch (const cxxopts::exceptions::exception&) {
+      return false;
+    }
+  };
+  const cxxopts::exceptions::incorrect_argument_type* bad = nullptr;
+  const cxxopts::exceptions::missing_argument* missing = nullptr;
+  int n = 2;
+  while (n <= argc && !throws(n, bad)) ++n;
+  if (n > argc) return std::nullopt;
+  const std::string arg = argv[n - 1];
+  if (n >= 3 && throws(n - 1, missing)) {  // the previous argument is the option
+    const std::string prev = argv[n - 2];
+    if (prev.starts_with("--")) return std::pair{prev.substr(2), arg};
+    const std::string name = long_name(o, prev.back());
+    return name.empty() ? std::nullopt : std::optional{std::pair{name, arg}};
+  }
+  if (const size_t eq = arg.find('='); arg.starts_with("--") && eq != std::string::npos)
+    return std::pair{arg.substr(2, eq - 2), arg.substr(eq + 1)};
+  if (arg.size() > 2 && arg[0] == '-' && arg[1] != '-')  // -n5, -qn5: the rest is the value
+    for (size_t i = 1; i + 1 < arg.size(); ++i) {
+      bool takes_value = false;
+      const std::string name = long_name(o, arg[i], &takes_value);
+      if (name.empty()) return std::nullopt;
+      if (takes_value) return std::pair{name, arg.substr(i + 1)};
+    }
+  return std::nullopt;
+}
+
+}  // namespace
+
 cxxopts::ParseResult parse_command(cxxopts::Options& o, int argc, char** argv) {
-  cxxopts::ParseResult a = o.parse(argc, argv);
+  cxxopts::ParseResult a;
+  try {
+    a = o.parse(argc, argv);
+  } catch (const cxxopts::exceptions::incorrect_argument_type&) {
+    const auto bad = bad_value(o, argc, argv);
+    if (!bad) throw;
+    const auto& [option, value] = *bad;
+    throw cxxopts::exceptions::parsing(
+        fmt::format("--{}: '{}' {}", option, value, expected_value(o, option, value)));
+  }
   // cxxopts leaves positional arguments beyond the declared ones in unmatched(): a second model
   // path would otherwise be ignored without a word.
   if (!a.unmatched().empty())

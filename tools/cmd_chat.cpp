@@ -18,6 +18,7 @@
 #include "runtime/generate.hpp"
 #include "text/chat_template.hpp"
 #include "tools/commands.hpp"
+#include "tools/option_names.hpp"
 
 namespace ferry {
 namespace {
@@ -129,7 +130,7 @@ class Chat {
     try {
       ready = prepare_prompt();
     } catch (const Error& e) {
-      std::fprintf(stderr, "ferry: this line was not sent: %s\n", e.what());
+      std::fprintf(stderr, "ferry: this line was not sent: %s\n", cli_message(e, "chat").c_str());
     }
     if (!ready) {
       messages_.pop_back();

@@ -9,6 +9,8 @@
 
 #include "base/error.hpp"
 #include "tools/commands.hpp"
+#include "tools/option_names.hpp"
+#include "tools/version.hpp"  // generated into the build directory
 
 namespace {
 
@@ -32,11 +34,22 @@ constexpr Command kCommands[] = {
 };
 
 int usage(FILE* out) {
-  std::fprintf(
-      out,
-      "usage: ferry <command> [options]   (ferry <command> --help for its options)\n\ncommands:\n");
+  std::fprintf(out,
+               "usage: ferry <command> [options]   (ferry <command> --help for its options)\n"
+               "       ferry --version\n\ncommands:\n");
   for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
   return out == stdout ? 0 : 2;
+}
+
+int version() {
+  namespace b = ferry::build_info;
+  std::printf("ferry %s (git %s)\n", b::kVersion, b::kGitRevision);
+  if (b::kCuda)
+    std::printf("CUDA backend: yes, architectures %s\n", b::kCudaArchitectures);
+  else
+    std::printf("CUDA backend: no (CPU only: nvcc was not used for this build)\n");
+  std::printf("built with %s, %s\n", b::kCompiler, b::kBuildType);
+  return std::fflush(stdout) == 0 && !std::ferror(stdout) ? 0 : 1;
 }
 
 }  // namespace
@@ -45,12 +58,13 @@ int main(int argc, char** argv) {
   if (argc < 2) return usage(stderr);
   const std::string_view name = argv[1];
   if (name == "--help" || name == "-h" || name == "help") return usage(stdout);
+  if (name == "--version" || name == "version") return version();
   for (const Command& c : kCommands) {
     if (name != c.name) continue;
     try {
       return c.run(argc - 1, argv + 1);
-    } catch (const ferry::Error& e) {
-      std::fprintf(stderr, "ferry: error: %s\n", e.what());
+    } catch (const ferry::Error& e) {  // the flag of the setting it is about, then the message
+      std::fprintf(stderr, "ferry: error: %s\n", ferry::cli_message(e, c.name).c_str());
     } catch (const cxxopts::exceptions::exception& e) {
       std::fprintf(stderr, "ferry: error: %s: %s (see ferry %s --help)\n", c.name, e.what(),
                    c.name);
