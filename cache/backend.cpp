@@ -35,13 +35,13 @@ Memory CacheBackend::allocate(uint64_t bytes, MemoryKind kind, std::string_view 
   count_allocation(bytes, what);
   uint8_t* p = do_allocate(bytes, kind);
   if (!p)
-    throw Error(Setting::cache_budget,
-                fmt::format("cannot allocate {} of {} for {}; free memory or lower the cache budget",
-                            human_bytes(double(bytes)),
-                            kind == MemoryKind::host
-                                ? std::string("host memory")
-                                : fmt::format("device memory ({} backend)", name()),
-                            what));
+    throw Error(
+        Setting::cache_budget,
+        fmt::format("cannot allocate {} of {} for {}; free memory or lower the cache budget",
+                    human_bytes(double(bytes)),
+                    kind == MemoryKind::host ? std::string("host memory")
+                                             : fmt::format("device memory ({} backend)", name()),
+                    what));
   return Memory(p, MemoryFree{this, kind, bytes});
 }
 

@@ -46,10 +46,12 @@ std::unique_ptr<ForwardPass> make_pass(const ModelConfig& c, const ModelWeights&
   if (o.device) return o.device(c, w, s);
   const double need = cpu_pass_bytes(c, s);
   if (const uint64_t have = host_memory_available(); have && need > double(have))
-    throw Error(Setting::ctx, fmt::format(
-        "a context of {} tokens needs {} of host memory for the {} KV cache and activations, "
-        "and {} is available; lower it",
-        s.ctx, human_bytes(need), kv_type_name(s.kv), human_bytes(double(have))));
+    throw Error(
+        Setting::ctx,
+        fmt::format(
+            "a context of {} tokens needs {} of host memory for the {} KV cache and activations, "
+            "and {} is available; lower it",
+            s.ctx, human_bytes(need), kv_type_name(s.kv), human_bytes(double(have))));
   return make_cpu_forward(c, w, s, pool);
 }
 
@@ -125,10 +127,14 @@ void Engine::replace_weight_source(std::unique_ptr<WeightSource> source) {
 }
 
 double weight_bytes_per_token(const PackedFile& f) {
+  // A tied lm_head stored once is the embedding: then every row of it is read (by lm_head).
+  const bool embed_is_lm_head = f.config.tied_embeddings && !f.file.find("lm_head.weight") &&
+                                !f.file.find("lm_head.weight.q4");
   double b = 0;
   for (const TensorView& t : f.file.tensors())
-    b += t.name == "model.embed_tokens.weight" ? double(t.nbytes) / double(t.shape[0])
-                                               : double(t.nbytes);
+    b += t.name == "model.embed_tokens.weight" && !embed_is_lm_head
+             ? double(t.nbytes) / double(t.shape[0])
+             : double(t.nbytes);
   return b;
 }
 

@@ -100,7 +100,8 @@ class CudaForward final : public ForwardPass {
   DeviceArray<float> k_, v_;        // [batch, kv_heads * head_dim] before they enter the cache
   DeviceArray<float> proj_;         // [batch, hidden]
   DeviceArray<float> gate_, up_;    // [batch, intermediate]
-  DeviceArray<float> partials_;     // [min(batch, 64), heads, chunks(ctx), head_dim + 2] (attention.hpp)
+  DeviceArray<float>
+      partials_;  // [min(batch, 64), heads, chunks(ctx), head_dim + 2] (attention.hpp)
   // [layers, ctx, kv_heads * head_dim] keys and values: the pair of kv_'s type is allocated
   DeviceArray<uint16_t> k16_, v16_;  // f16 bits
   DeviceArray<float> k32_, v32_;
@@ -177,11 +178,13 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
   if (o.vram_limit) {
     const uint64_t used = total_b - free_b;
     if (o.vram_limit <= used + o.auto_margin)
-      throw Error(Setting::vram_limit, fmt::format(
-          "a device memory limit of {} leaves nothing for the weight cache: the KV cache, "
-          "activations and the CUDA context already take {}; raise it, or lower the context or "
-          "the prefill batch",
-          human_bytes(double(o.vram_limit)), human_bytes(double(used))));
+      throw Error(
+          Setting::vram_limit,
+          fmt::format(
+              "a device memory limit of {} leaves nothing for the weight cache: the KV cache, "
+              "activations and the CUDA context already take {}; raise it, or lower the context or "
+              "the prefill batch",
+              human_bytes(double(o.vram_limit)), human_bytes(double(used))));
     available = std::min<uint64_t>(available, o.vram_limit - used);
   }
   backend_ = std::make_shared<CudaBackend>(o.device, stream_.s, o.bf16_cache ? staging_bytes(w) : 0,

@@ -105,10 +105,8 @@ void check_forward_call(const ModelConfig& c, uint64_t ctx, uint64_t batch,
   if (tokens.empty() || tokens.size() > batch)
     throw Error(fmt::format("a forward call takes 1 to {} tokens, got {}", batch, tokens.size()));
   if (pos + tokens.size() > ctx)
-    throw Error(
-        Setting::ctx,
-        fmt::format("position {} is past the context of {} tokens; raise it",
-                    pos + tokens.size() - 1, ctx));
+    throw Error(Setting::ctx, fmt::format("position {} is past the context of {} tokens; raise it",
+                                          pos + tokens.size() - 1, ctx));
   for (int32_t t : tokens)
     if (t < 0 || uint64_t(t) >= c.vocab)
       throw Error(fmt::format("token id {} is outside the vocabulary of {}", t, c.vocab));

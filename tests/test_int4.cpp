@@ -1,6 +1,6 @@
-// INT4 block quantization (quantizer/int4_quantize.hpp, layout in format/int4.hpp) and the CPU dequantization twins
-// (kernels/dequant.hpp): packing, the half-step error bound, padding, special blocks, errors,
-// and the ranking of the schemes on Gaussian weights.
+// INT4 block quantization (quantizer/int4_quantize.hpp, layout in format/int4.hpp) and the CPU
+// dequantization twins (kernels/dequant.hpp): packing, the half-step error bound, padding, special
+// blocks, errors, and the ranking of the schemes on Gaussian weights.
 #include <gtest/gtest.h>
 
 #include <cmath>
