@@ -7,7 +7,7 @@
 #include <vector>
 
 namespace ferry {
-struct Engine;
+class Engine;
 }
 
 namespace ferry::test {
