@@ -8,7 +8,7 @@
 #include <optional>
 #include <string_view>
 
-#include "kernels/cpu_isa.hpp"
+#include "base/cpu_isa.hpp"
 #include "kernels/cpu_pool.hpp"
 
 #include "base/simd.hpp"

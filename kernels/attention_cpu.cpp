@@ -45,7 +45,7 @@ struct AttentionCall {
 // a . b in 8 independent partial sums, which the compiler keeps in one vector register: a single
 // running sum is a chain of dependent adds that it may not reorder. With it, attention at head_dim
 // 128 runs 1.4x faster at 2k and 8k positions and 1.5x in prefill (bench_kernels, 2 cores).
-FERRY_CLONES_AVX2 float dot8(const float* a, const float* b, uint64_t n) {
+FERRY_ALWAYS_INLINE float dot8_body(const float* a, const float* b, uint64_t n) {
   float acc[8] = {};
   uint64_t d = 0;
   for (; d + 8 <= n; d += 8)
@@ -59,8 +59,8 @@ FERRY_CLONES_AVX2 float dot8(const float* a, const float* b, uint64_t n) {
 // out[d] = sum over i < len of w[i] * rows[i * stride + d], d < n, each sum in order of i. 32
 // outputs at a time stay in four vector registers over all the rows: adding each row into `out`
 // in memory instead kept a store-to-load chain per element and took 45% of attention's time.
-FERRY_CLONES_AVX2 void weighted_rows(const float* w, const float* rows, uint64_t stride,
-                                     uint64_t len, uint64_t n, float* out) {
+FERRY_ALWAYS_INLINE void weighted_rows_body(const float* w, const float* rows, uint64_t stride,
+                                            uint64_t len, uint64_t n, float* out) {
   uint64_t d0 = 0;
   for (; d0 + 32 <= n; d0 += 32) {
     float acc[32] = {};
@@ -73,6 +73,22 @@ FERRY_CLONES_AVX2 void weighted_rows(const float* w, const float* rows, uint64_t
     for (uint64_t i = 0; i < len; ++i) acc += w[i] * rows[i * stride + d0];
     out[d0] = acc;
   }
+}
+
+// Each compiled twice (base/simd.hpp), the AVX2 one chosen by the call's instruction set.
+float dot8_portable(const float* a, const float* b, uint64_t n) {
+  return dot8_body(a, b, n);
+}
+FERRY_TARGET_AVX2 float dot8_avx2(const float* a, const float* b, uint64_t n) {
+  return dot8_body(a, b, n);
+}
+void weighted_rows_portable(const float* w, const float* rows, uint64_t stride, uint64_t len,
+                            uint64_t n, float* out) {
+  weighted_rows_body(w, rows, stride, len, n, out);
+}
+FERRY_TARGET_AVX2 void weighted_rows_avx2(const float* w, const float* rows, uint64_t stride,
+                                          uint64_t len, uint64_t n, float* out) {
+  weighted_rows_body(w, rows, stride, len, n, out);
 }
 
 // The f16 rows, portable: the same sums as above, each element converted by f16_to_float.
@@ -149,8 +165,8 @@ FERRY_F16C void weighted_rows_f16c(const float* w, const uint16_t* rows, uint64_
 }
 #endif
 
-float row_dot(const float* q, const float* k, uint64_t n, bool) {
-  return dot8(q, k, n);
+float row_dot(const float* q, const float* k, uint64_t n, bool avx2) {
+  return avx2 ? dot8_avx2(q, k, n) : dot8_portable(q, k, n);
 }
 float row_dot(const float* q, const uint16_t* k, uint64_t n, bool avx2) {
 #if FERRY_X86
@@ -167,8 +183,11 @@ void row_sums(const float* w, const T* rows, uint64_t stride, uint64_t len, uint
   if constexpr (std::is_same_v<T, uint16_t>)
     if (avx2) return weighted_rows_f16c(w, rows, stride, len, n, out);
 #endif
-  (void)avx2;
-  weighted_rows(w, rows, stride, len, n, out);
+  if constexpr (std::is_same_v<T, float>)
+    return avx2 ? weighted_rows_avx2(w, rows, stride, len, n, out)
+                : weighted_rows_portable(w, rows, stride, len, n, out);
+  else
+    weighted_rows(w, rows, stride, len, n, out);
 }
 
 // The partial state (attention.hpp) of query t, head h over the positions of chunk `chunk`.
@@ -261,7 +280,7 @@ void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const fl
                    uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                    float* partials, float* out) {
   attention_rounds(pool, q, k_cache, v_cache, n, pos, heads, kv_heads, head_dim, partials, out,
-                   false);
+                   best_kernel_isa() == KernelIsa::avx2);
 }
 
 void attention_cpu(CpuPool& pool, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,

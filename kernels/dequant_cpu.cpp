@@ -4,7 +4,7 @@
 // (asym), with the product and the sum each rounded to fp32, never fused into an FMA. Here the
 // product and the sum are separate statements: ferry compiles in ISO C++ mode (-std=c++20, no
 // GNU extensions), where g++ defaults to -ffp-contract=off, and clang only contracts within one
-// expression (and neither the default x86-64 target nor the avx2 clones have FMA). The CUDA
+// expression (and neither the default x86-64 target nor FERRY_TARGET_AVX2 enables FMA). The CUDA
 // kernel uses __fmul_rn and __fadd_rn, which nvcc never contracts.
 #include <algorithm>
 #include <array>
@@ -20,8 +20,8 @@ namespace {
 // Dequantizes one block of 64 bytes into 128 floats. Unpacking the nibbles into a byte array
 // first and converting in a second loop lets g++ -O2 vectorize both loops (fixed trip counts);
 // the one-loop form (two floats per byte) did not vectorize and ran at half the speed.
-FERRY_CLONES_AVX2 void dequant_block(const uint8_t* q, float scale, float min, float offset,
-                                     float* out) {
+FERRY_ALWAYS_INLINE void dequant_block_body(const uint8_t* q, float scale, float min, float offset,
+                                            float* out) {
   alignas(32) std::array<uint8_t, kBlock> codes;  // [kBlock] low nibble = even element
   for (uint64_t j = 0; j < kBlockBytes; ++j) {    // nibble order: format/int4.hpp
     codes[2 * j] = q[j] & 15;
@@ -33,8 +33,26 @@ FERRY_CLONES_AVX2 void dequant_block(const uint8_t* q, float scale, float min, f
   }
 }
 
-FERRY_CLONES_AVX2 void to_bf16_block(const float* in, uint16_t* out) {
+FERRY_ALWAYS_INLINE void to_bf16_block_body(const float* in, uint16_t* out) {
   for (uint64_t i = 0; i < kBlock; ++i) out[i] = float_to_bf16(in[i]);
+}
+
+// Each compiled twice (base/simd.hpp), the AVX2 one chosen once per call.
+void dequant_block_portable(const uint8_t* q, float scale, float min, float offset, float* out) {
+  dequant_block_body(q, scale, min, offset, out);
+}
+FERRY_TARGET_AVX2 void dequant_block_avx2(const uint8_t* q, float scale, float min, float offset,
+                                          float* out) {
+  dequant_block_body(q, scale, min, offset, out);
+}
+void to_bf16_block_portable(const float* in, uint16_t* out) {
+  to_bf16_block_body(in, out);
+}
+FERRY_TARGET_AVX2 void to_bf16_block_avx2(const float* in, uint16_t* out) {
+  to_bf16_block_body(in, out);
+}
+void to_bf16_block(const float* in, uint16_t* out, bool avx2) {
+  avx2 ? to_bf16_block_avx2(in, out) : to_bf16_block_portable(in, out);
 }
 
 // Calls emit(at, values, n) for every block: values [128] floats, of which the first n are real
@@ -48,12 +66,14 @@ void for_each_block(const Int4View& w, Emit emit) {
   // (code - 8) * scale + -0 is exactly the contract's (code - 8) * scale and one loop serves both.
   const float offset = mins ? 0.0f : 8.0f;
   alignas(32) std::array<float, kBlock> buf;
+  const bool avx2 = best_kernel_isa() == KernelIsa::avx2;
   for (uint64_t r = 0; r < rows; ++r) {
     for (uint64_t k = 0; k < blocks; ++k) {
       const uint64_t i = r * blocks + k;
       const float scale = f16_to_float(scales[i]);
       const float min = mins ? f16_to_float(mins[i]) : -0.0f;
-      dequant_block(q + i * kBlockBytes, scale, min, offset, buf.data());
+      (avx2 ? dequant_block_avx2 : dequant_block_portable)(q + i * kBlockBytes, scale, min, offset,
+                                                           buf.data());
       emit(r * cols + k * kBlock, buf.data(), std::min(kBlock, cols - k * kBlock));
     }
   }
@@ -68,9 +88,10 @@ void dequant_int4_f32_cpu(const Int4View& w, float* out) {
 
 void dequant_int4_bf16_cpu(const Int4View& w, uint16_t* out) {
   alignas(32) std::array<uint16_t, kBlock> tail;
-  for_each_block(w, [out, &tail](uint64_t at, const float* v, uint64_t n) {
-    if (n == kBlock) return to_bf16_block(v, out + at);
-    to_bf16_block(v, tail.data());  // a partial block: padding elements are not written
+  const bool avx2 = best_kernel_isa() == KernelIsa::avx2;
+  for_each_block(w, [out, &tail, avx2](uint64_t at, const float* v, uint64_t n) {
+    if (n == kBlock) return to_bf16_block(v, out + at, avx2);
+    to_bf16_block(v, tail.data(), avx2);  // a partial block: padding elements are not written
     std::copy(tail.data(), tail.data() + n, out + at);
   });
 }

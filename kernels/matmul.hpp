@@ -11,8 +11,8 @@
 #include <map>
 #include <memory>
 
+#include "base/cpu_isa.hpp"
 #include "format/int4.hpp"
-#include "kernels/cpu_isa.hpp"
 #include "kernels/cpu_pool.hpp"
 
 struct CUstream_st;
@@ -27,7 +27,7 @@ void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y, C
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                      uint64_t n, float* y);
 
-// With the instruction set chosen (kernels/cpu_isa.hpp), so that tests compare the paths.
+// With the instruction set chosen (base/cpu_isa.hpp), so that tests compare the paths.
 void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
                      KernelIsa isa);
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,

@@ -31,10 +31,10 @@
 
 #include <fmt/format.h>
 
+#include "base/cpu_isa.hpp"
 #include "base/dtype.hpp"
 #include "base/error.hpp"
 #include "format/int4.hpp"
-#include "kernels/cpu_isa.hpp"
 #include "kernels/matmul.hpp"
 
 #if FERRY_X86

@@ -142,9 +142,9 @@ inline float step_sq_err(float w, float mask, Grid g, float inv, float q_lo, flo
 // fp32 rounding only (~1e-6 relative), enough to rank the candidates; add_error computes the
 // reported error exactly. Branch-free and of fixed length so g++ -O2 vectorizes it. The two
 // halves of the block go to two accumulators and the lanes are summed as a tree, which shortens
-// the chains of dependent additions (6% faster); the avx2 clone is 13% faster than SSE2.
-FERRY_CLONES_AVX2 float block_sq_err(const float* w, const float* mask, Grid g, float q_lo,
-                                     float q_hi) {
+// the chains of dependent additions (6% faster); the AVX2 build of it is 13% faster than SSE2.
+FERRY_ALWAYS_INLINE float block_sq_err_body(const float* w, const float* mask, Grid g, float q_lo,
+                                            float q_hi) {
   if (g.scale == 0) return flat_sq_err(w, mask, g.min);
   const float inv = 1.0f / g.scale;
   constexpr uint64_t kHalf = kBlock / 2;
@@ -158,6 +158,19 @@ FERRY_CLONES_AVX2 float block_sq_err(const float* w, const float* mask, Grid g, 
   for (uint64_t j = 0; j < kLanes; ++j) a[j] += b[j];
   const float s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
   return s * g.scale * g.scale;
+}
+
+// Compiled twice (base/simd.hpp); the instruction set is read once per process (a cached probe).
+float block_sq_err_portable(const float* w, const float* mask, Grid g, float q_lo, float q_hi) {
+  return block_sq_err_body(w, mask, g, q_lo, q_hi);
+}
+FERRY_TARGET_AVX2 float block_sq_err_avx2(const float* w, const float* mask, Grid g, float q_lo,
+                                          float q_hi) {
+  return block_sq_err_body(w, mask, g, q_lo, q_hi);
+}
+float block_sq_err(const float* w, const float* mask, Grid g, float q_lo, float q_hi) {
+  return best_kernel_isa() == KernelIsa::avx2 ? block_sq_err_avx2(w, mask, g, q_lo, q_hi)
+                                              : block_sq_err_portable(w, mask, g, q_lo, q_hi);
 }
 
 void check_f16_range(const Block& b, Grid g, float raw_scale, float raw_min) {
@@ -257,10 +270,10 @@ void block_codes(const Block& b, const SchemeShape& sh, Grid g, float* codes, fl
   }
 }
 
-// Adds the block's error in double (kLanes partial sums), padding excluded by the mask. The avx2
-// clone makes plain sym 25% faster end to end (36 against 47 ms on 4096 x 4096): double halves
+// Adds the block's error in double (kLanes partial sums), padding excluded by the mask. The AVX2
+// build makes plain sym 25% faster end to end (36 against 47 ms on 4096 x 4096): double halves
 // the SSE2 width.
-FERRY_CLONES_AVX2 void add_error(const Block& b, const float* dq, QuantError& e) {
+FERRY_ALWAYS_INLINE void add_error_body(const Block& b, const float* dq, QuantError& e) {
   std::array<double, kLanes> err{}, ref{}, max_abs{};
   for (uint64_t i = 0; i < kBlock; i += kLanes) {
     for (uint64_t j = 0; j < kLanes; ++j) {
@@ -278,6 +291,16 @@ FERRY_CLONES_AVX2 void add_error(const Block& b, const float* dq, QuantError& e)
     e.sum_sq_ref += ref[j];
     e.max_abs_err = std::max(e.max_abs_err, max_abs[j]);
   }
+}
+
+void add_error_portable(const Block& b, const float* dq, QuantError& e) {
+  add_error_body(b, dq, e);
+}
+FERRY_TARGET_AVX2 void add_error_avx2(const Block& b, const float* dq, QuantError& e) {
+  add_error_body(b, dq, e);
+}
+void add_error(const Block& b, const float* dq, QuantError& e) {
+  best_kernel_isa() == KernelIsa::avx2 ? add_error_avx2(b, dq, e) : add_error_portable(b, dq, e);
 }
 
 // Writes the block's 64 bytes of codes (padding codes 0, low nibble = even element) and adds

@@ -85,13 +85,14 @@ Engine::Engine(PackedFile f, const EngineOptions& o)
       pass_(make_pass(file_.config, weights_, shape_, o, pool_)),
       source_(make_source(file_, weights_, o, *pass_)),
       paged_(dynamic_cast<const PagedWeights*>(source_.get())),
-      logits_(file_.config.vocab) {
-  // Once the context is known to fit (a refused one gets its error alone).
-  if (shape_.ctx > config().max_position)
-    std::fprintf(stderr,
-                 "ferry: warning: --ctx %llu is past the %llu positions the model was trained on; "
-                 "text beyond them degrades\n",
-                 (unsigned long long)shape_.ctx, (unsigned long long)config().max_position);
+      logits_(file_.config.vocab) {}
+
+std::string Engine::context_warning() const {
+  if (shape_.ctx <= config().max_position) return {};
+  return fmt::format(
+      "a context of {} tokens is past the {} positions the model was trained on; text beyond "
+      "them degrades",
+      shape_.ctx, config().max_position);
 }
 
 void Engine::eval(std::span<const int32_t> tokens, uint64_t pos) {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "format/packed_file.hpp"
@@ -62,6 +63,9 @@ class Engine {
   const PagedWeights* paged() const { return paged_; }
   // Its statistics (format_cache_stats() writes them for --stats), or nullopt without a cache.
   std::optional<CacheStats> cache_stats() const;
+  // What the caller should warn of (Setting::ctx), or empty: a context past the positions the
+  // model was trained on. The library prints nothing itself; the command line names its flag.
+  std::string context_warning() const;
   // Tests: replaces the weight source (e.g. with one that serves dequantized weights). The
   // engine then reports no cache.
   void replace_weight_source(std::unique_ptr<WeightSource> source);

@@ -109,6 +109,7 @@ BenchRow run_config(const PackedFile& file, const BenchConfig& c, const SweepSet
   }
   if (s.device) o.device = s.device(o.cache);
   Engine e(PackedFile::from_mapping(file.file.mapping()), o);
+  warn_about_context(e);
   std::mt19937 rng(1);
   std::vector<int32_t> ids(s.prompt);
   for (int32_t& t : ids) t = int32_t(rng() % e.config().vocab);

@@ -305,6 +305,11 @@ CacheOptions parse_cache_options(const std::string& b, const std::string& policy
   return c;
 }
 
+void warn_about_context(const Engine& e) {
+  if (const std::string w = e.context_warning(); !w.empty())
+    std::fprintf(stderr, "ferry: warning: --ctx: %s\n", w.c_str());
+}
+
 EngineOptions engine_options(const cxxopts::ParseResult& a) {
   if (!a.count("model"))
     throw Error("no model given: pass a .ferry file (ferry quantize makes one)");

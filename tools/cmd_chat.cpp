@@ -273,6 +273,7 @@ int cmd_chat(int argc, char** argv) {
 
   Interrupts irq;  // before the engine starts its threads, so that they inherit the mask
   Engine e(engine_options(a));
+  warn_about_context(e);
   const ChatTemplate t = match_chat_template(meta_text(e.file(), meta::kTokenizerConfig), forced);
   Sampler sampler(sampler_options(a), e.config().vocab);
   Chat chat(e, sampler, t, a.count("system") ? a["system"].as<std::string>() : std::string(),

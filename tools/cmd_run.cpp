@@ -45,6 +45,7 @@ int cmd_run(int argc, char** argv) {
   if (a.count("stats") && !options.cache.enabled && !options.device)  // before any work
     throw Error("--stats reports on the paging cache, and there is none: add --cache-budget");
   Engine e(options);
+  warn_about_context(e);
   const std::string prompt = a["prompt"].as<std::string>();
   std::vector<int32_t> ids = e.tokenizer().encode(prompt, true);
   if (ids.empty())

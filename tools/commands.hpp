@@ -34,6 +34,8 @@ void finish_stdout();
 // cache_options: also --cache-budget, --cache-policy and --cache-format (bench sweeps its own).
 void add_engine_options(cxxopts::Options& o, bool cache_options = true);
 EngineOptions engine_options(const cxxopts::ParseResult& a);
+// Prints the engine's warning about its options, if any, naming --ctx.
+void warn_about_context(const Engine& e);
 // --ctx: 0 when not given (the Engine's default for the model); 0 given is an error.
 uint64_t context_option(const cxxopts::ParseResult& a);
 // --threads, refused above 4 per core (the pool would spend its time waking threads).

@@ -1,4 +1,4 @@
-#include "kernels/cpu_isa.hpp"
+#include "base/cpu_isa.hpp"
 
 #if FERRY_X86
 #include <cpuid.h>
