@@ -57,19 +57,25 @@ std::unique_ptr<ForwardPass> make_pass(const ModelConfig& c, const ModelWeights&
 
 // Without a device backend, no cache unless asked: the weights are read in place from the file's
 // memory. With one they always page through it, whose budget is `auto` unless one is given.
+// `paged` is set to the cache when the source is one.
 std::unique_ptr<WeightSource> make_source(const PackedFile& f, const ModelWeights& w,
-                                          const EngineOptions& o, ForwardPass& pass) {
+                                          const EngineOptions& o, ForwardPass& pass,
+                                          const PagedWeights*& paged) {
   std::shared_ptr<CacheBackend> device = pass.cache_backend();
+  if (!device && !o.cache.enabled) return std::make_unique<DirectWeights>(w);
   if (!device) {
-    if (!o.cache.enabled) return std::make_unique<DirectWeights>(w);
-    return std::make_unique<PagedWeights>(f, w, o.cache, o.threads);
+    auto cache = std::make_unique<PagedWeights>(f, w, o.cache, o.threads);
+    paged = cache.get();
+    return cache;
   }
   CacheOptions c = o.cache;
   if (!c.enabled) c.enabled = c.budget_auto = true;
   if (c.backend)
     throw Error("internal error: a cache backend given with a device (the device brings its own)");
   c.backend = std::move(device);
-  return std::make_unique<PagedWeights>(f, w, c, o.threads);
+  auto cache = std::make_unique<PagedWeights>(f, w, c, o.threads);
+  paged = cache.get();
+  return cache;
 }
 
 }  // namespace
@@ -83,8 +89,7 @@ Engine::Engine(PackedFile f, const EngineOptions& o)
       pool_(o.threads),
       shape_(pass_shape(file_.config, o)),
       pass_(make_pass(file_.config, weights_, shape_, o, pool_)),
-      source_(make_source(file_, weights_, o, *pass_)),
-      paged_(dynamic_cast<const PagedWeights*>(source_.get())),
+      source_(make_source(file_, weights_, o, *pass_, paged_)),
       logits_(file_.config.vocab) {}
 
 std::string Engine::context_warning() const {
@@ -124,7 +129,7 @@ std::optional<CacheStats> Engine::cache_stats() const {
 
 void Engine::replace_weight_source(std::unique_ptr<WeightSource> source) {
   source_ = std::move(source);
-  paged_ = dynamic_cast<const PagedWeights*>(source_.get());
+  paged_ = nullptr;
 }
 
 double weight_bytes_per_token(const PackedFile& f) {

@@ -80,9 +80,9 @@ class Engine {
   CpuPool pool_;
   PassShape shape_;
   std::unique_ptr<ForwardPass> pass_;
+  const PagedWeights* paged_ = nullptr;  // source_ when it is the paging cache (set by its maker)
   std::unique_ptr<WeightSource> source_;
-  const PagedWeights* paged_ = nullptr;  // source_ when it is the paging cache
-  std::vector<float> logits_;            // [vocab]
+  std::vector<float> logits_;  // [vocab]
 };
 
 // Bytes of weights one decoded token reads: every tensor but the embedding, of which one row.
