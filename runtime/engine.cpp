@@ -110,11 +110,27 @@ int32_t Engine::eval_greedy(std::span<const int32_t> tokens, uint64_t pos) {
   return token;
 }
 
+void Engine::eval_all(std::span<const int32_t> tokens, uint64_t pos, std::span<float> out) {
+  check_room(tokens.size(), pos);
+  const uint64_t vocab = config().vocab;
+  if (out.size() < tokens.size() * vocab)
+    throw Error(fmt::format("eval_all: room for {} logits rows, {} tokens given",
+                            out.size() / vocab, tokens.size()));
+  for (size_t i = 0; i < tokens.size(); i += shape_.batch) {
+    const size_t n = std::min<size_t>(shape_.batch, tokens.size() - i);
+    pass_->forward(*source_, tokens.subspan(i, n), pos + i, out.subspan(i * vocab, n * vocab),
+                   nullptr, LogitRows::all);
+  }
+}
+
+void Engine::check_room(uint64_t tokens, uint64_t pos) const {
+  if (pos + tokens > shape_.ctx)
+    throw Error(Setting::ctx, fmt::format("{} tokens at position {} exceed the context of {}; raise it",
+                                          tokens, pos, shape_.ctx));
+}
+
 void Engine::run(std::span<const int32_t> tokens, uint64_t pos, int32_t* argmax) {
-  if (pos + tokens.size() > shape_.ctx)
-    throw Error(Setting::ctx,
-                fmt::format("{} tokens at position {} exceed the context of {}; raise it",
-                            tokens.size(), pos, shape_.ctx));
+  check_room(tokens.size(), pos);
   for (size_t i = 0; i < tokens.size(); i += shape_.batch) {
     const size_t n = std::min<size_t>(shape_.batch, tokens.size() - i);
     const bool last = i + n == tokens.size();

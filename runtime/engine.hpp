@@ -47,6 +47,9 @@ class Engine {
   // eval() and the index of the largest logit of the last token (the first of equals). On a
   // device only that index crosses the bus, and logits() is left as it was.
   int32_t eval_greedy(std::span<const int32_t> tokens, uint64_t pos);
+  // Every token's logits into `out` [tokens, vocab] (perplexity), in batches of at most batch();
+  // logits() is left as it was.
+  void eval_all(std::span<const int32_t> tokens, uint64_t pos, std::span<float> out);
 
   const ModelConfig& config() const { return file_.config; }
   const PackedFile& file() const { return file_; }
@@ -73,6 +76,7 @@ class Engine {
  private:
   // eval() in batches; `argmax`, when given, receives the pass's choice for the last token.
   void run(std::span<const int32_t> tokens, uint64_t pos, int32_t* argmax);
+  void check_room(uint64_t tokens, uint64_t pos) const;  // throws past the context
 
   PackedFile file_;
   ModelWeights weights_;

@@ -60,7 +60,7 @@ class CpuForward final : public ForwardPass {
       : c_(c), w_(w), shape_(shape), pool_(pool), s_(c, shape) {}
   std::shared_ptr<CacheBackend> cache_backend() override { return nullptr; }
   void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-               std::span<float> logits, int32_t* argmax) override;
+               std::span<float> logits, int32_t* argmax, LogitRows rows) override;
 
  private:
   void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y);
@@ -130,19 +130,20 @@ void CpuForward::mlp_block(WeightSource& src, uint64_t layer, uint64_t n) {
 }
 
 void CpuForward::forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-                         std::span<float> logits, int32_t* argmax) {
+                         std::span<float> logits, int32_t* argmax, LogitRows rows) {
   check_forward_call(c_, shape_.ctx, shape_.batch, tokens, pos);
-  if (logits.size() < c_.vocab) throw Error("internal error: the logits span is too small");
-  const uint64_t n = tokens.size();
+  const uint64_t n = tokens.size(), out_rows = rows == LogitRows::all ? n : 1;
+  if (logits.size() < out_rows * c_.vocab || (argmax && rows == LogitRows::all))
+    throw Error("internal error: the logits span is too small, or argmax asked of every row");
   embed_rows_cpu(w_.embed, tokens.data(), n, c_.hidden, s_.x.data());
   for (uint64_t l = 0; l < c_.layers; ++l) {
     attention_block(src, l, n, pos);
     mlp_block(src, l, n);
   }
-  // Only the last token's logits are needed to choose the next one.
-  const float* last = &s_.x[(n - 1) * c_.hidden];
-  rmsnorm_cpu(last, w_.final_norm, float(c_.rms_eps), 1, c_.hidden, s_.xb.data());
-  linear(src, lm_head_id(c_.layers), s_.xb.data(), 1, logits.data());
+  // Only the last token's logits are needed to choose the next one; perplexity asks for all.
+  const float* first = &s_.x[(n - out_rows) * c_.hidden];
+  rmsnorm_cpu(first, w_.final_norm, float(c_.rms_eps), out_rows, c_.hidden, s_.xb.data());
+  linear(src, lm_head_id(c_.layers), s_.xb.data(), out_rows, logits.data());
   if (argmax) argmax_cpu(logits.data(), c_.vocab, argmax);
 }
 

@@ -77,11 +77,12 @@ class CudaForward final : public ForwardPass {
 
   std::shared_ptr<CacheBackend> cache_backend() override { return backend_; }
   void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-               std::span<float> logits, int32_t* argmax) override;
+               std::span<float> logits, int32_t* argmax, LogitRows rows) override;
 
  private:
   void run_pass(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-                std::span<float> logits, int32_t* argmax);
+                std::span<float> logits, int32_t* argmax, LogitRows rows);
+  void every_row_logits(WeightSource& src, uint64_t n, std::span<float> logits);
   void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y);
   void attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos);
   void attend(uint64_t layer, uint64_t n, uint64_t pos);
@@ -105,14 +106,14 @@ class CudaForward final : public ForwardPass {
   // [layers, ctx, kv_heads * head_dim] keys and values: the pair of kv_'s type is allocated
   DeviceArray<uint16_t> k16_, v16_;  // f16 bits
   DeviceArray<float> k32_, v32_;
-  DeviceArray<float> logits_;          // [vocab]
+  DeviceArray<float> logits_;          // [kGemvMaxBatch, vocab]: lm_head runs in GEMV groups
   DeviceArray<int32_t> token_;         // [1] greedy choice
   DeviceArray<float> inv_freq_;        // [head_dim / 2]
   DeviceArray<uint16_t> norms_;        // [layers, 2, hidden] + [hidden] bf16
   DeviceArray<uint16_t> biases_;       // q/k/v biases of every layer, bf16, packed
   std::vector<const uint16_t*> bias_;  // [linear ids] into biases_, or nullptr (w.biases' twin)
   PinnedArray<float> embed_rows_;      // [batch, hidden] host: the batch's embedding rows
-  PinnedArray<float> logits_host_;     // [vocab] host
+  PinnedArray<float> logits_host_;     // [kGemvMaxBatch, vocab] host
   PinnedArray<int32_t> token_host_;    // [1] host
   DeviceArray<uint16_t> prefill_w_;    // [largest linear but lm_head] bf16, batches above 8 only
   CublasLt blas_;
@@ -142,13 +143,13 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       v16_(kv_ == KvType::f16 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
       k32_(kv_ == KvType::f32 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
       v32_(kv_ == KvType::f32 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
-      logits_(c.vocab, "logits"),
+      logits_(kGemvMaxBatch * c.vocab, "logits"),
       token_(1, "the greedy token"),
       inv_freq_(c.head_dim / 2, "RoPE"),
       norms_((2 * c.layers + 1) * c.hidden, "norm weights"),
       bias_(w.linears.size(), nullptr),
       embed_rows_(batch_ * c.hidden),
-      logits_host_(c.vocab),
+      logits_host_(kGemvMaxBatch * c.vocab),
       token_host_(1),
       prefill_w_(prefill_scratch(w, batch_, o.bf16_cache), "the prefill dequantization scratch"),
       blas_(batch_ * widest_input(c)) {
@@ -247,10 +248,13 @@ void CudaForward::mlp_block(WeightSource& src, uint64_t layer, uint64_t n) {
 }
 
 void CudaForward::forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-                          std::span<float> logits, int32_t* argmax) {
+                          std::span<float> logits, int32_t* argmax, LogitRows rows) {
   check_forward_call(c_, ctx_, batch_, tokens, pos);
+  const uint64_t out_rows = rows == LogitRows::all ? tokens.size() : 1;
+  if (logits.size() < out_rows * c_.vocab || (argmax && rows == LogitRows::all))
+    throw Error("internal error: the logits span is too small, or argmax asked of every row");
   try {
-    run_pass(src, tokens, pos, logits, argmax);
+    run_pass(src, tokens, pos, logits, argmax, rows);
   } catch (...) {
     // Work of this call may still be queued (an upload from embed_rows_, kernels reading held
     // entries): let it drain before the caller retries or frees anything. Errors of the drain
@@ -263,7 +267,7 @@ void CudaForward::forward(WeightSource& src, std::span<const int32_t> tokens, ui
 }
 
 void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-                           std::span<float> logits, int32_t* argmax) {
+                           std::span<float> logits, int32_t* argmax, LogitRows rows) {
   const uint64_t n = tokens.size();
   embed_rows_cpu(w_.embed, tokens.data(), n, c_.hidden, embed_rows_.get());
   CUDA_CHECK(cudaMemcpyAsync(x_.get(), embed_rows_.get(), n * c_.hidden * sizeof(float),
@@ -272,6 +276,7 @@ void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, u
     attention_block(src, l, n, pos);
     mlp_block(src, l, n);
   }
+  if (rows == LogitRows::all) return every_row_logits(src, n, logits);
   rmsnorm_cuda(x_.get() + (n - 1) * c_.hidden, norm(c_.layers, 0), float(c_.rms_eps), 1, c_.hidden,
                xb_.get(), stream_.s);
   linear(src, lm_head_id(c_.layers), xb_.get(), 1, logits_.get());
@@ -289,6 +294,23 @@ void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, u
     *argmax = *token_host_.get();
   else
     std::copy_n(logits_host_.get(), std::min<uint64_t>(c_.vocab, logits.size()), logits.begin());
+}
+
+// Every token's logits, lm_head in groups of up to kGemvMaxBatch rows through the INT4 GEMV (a
+// GEMM would need the whole lm_head dequantized: 1.56 GB for Qwen2-32B), each group copied back
+// as it is done.
+void CudaForward::every_row_logits(WeightSource& src, uint64_t n, std::span<float> logits) {
+  rmsnorm_cuda(x_.get(), norm(c_.layers, 0), float(c_.rms_eps), n, c_.hidden, xb_.get(),
+               stream_.s);
+  for (uint64_t r = 0; r < n; r += kGemvMaxBatch) {
+    const uint64_t g = std::min<uint64_t>(kGemvMaxBatch, n - r);
+    linear(src, lm_head_id(c_.layers), xb_.get() + r * c_.hidden, g, logits_.get());
+    CUDA_CHECK(cudaMemcpyAsync(logits_host_.get(), logits_.get(), g * c_.vocab * sizeof(float),
+                               cudaMemcpyDeviceToHost, stream_.s));
+    CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+    std::copy_n(logits_host_.get(), g * c_.vocab, logits.begin() + ptrdiff_t(r * c_.vocab));
+  }
+  backend_->collect_device_waits();
 }
 
 }  // namespace

@@ -16,6 +16,9 @@ namespace ferry {
 
 class CpuPool;
 
+// Which tokens of a forward call get logits: the last (generation) or all (perplexity).
+enum class LogitRows { last, all };
+
 // What a pass is sized for at load, once: a KV cache of `ctx` positions in `kv`, and forward
 // calls of up to `batch` tokens (the prefill batch).
 struct PassShape {
@@ -34,10 +37,13 @@ class ForwardPass {
   // each linear weight acquired from `src` in schedule order. The logits of the last token land
   // in `logits` [vocab] on the host; or, when `argmax` is given, the index of the largest (the
   // first of equals) is written there, and a device copies back only that index (the logits are
-  // then left as they were). Throws ferry::Error when the tokens would pass the context, a token
-  // id is outside the vocabulary, or the batch is too large.
+  // then left as they were). With `rows` all, every token's logits land in `logits`
+  // [tokens, vocab] (perplexity scores each position) and `argmax` must be null. Throws
+  // ferry::Error when the tokens would pass the context, a token id is outside the vocabulary,
+  // or the batch is too large.
   virtual void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-                       std::span<float> logits, int32_t* argmax = nullptr) = 0;
+                       std::span<float> logits, int32_t* argmax = nullptr,
+                       LogitRows rows = LogitRows::last) = 0;
 };
 
 // Makes the pass of a model on a device (`--device cuda`: runtime/forward_cuda.hpp); throws

@@ -146,3 +146,25 @@ TEST(Forward, PositionPastContextIsAnError) {
 
 }  // namespace
 }  // namespace ferry
+
+// eval_all: every token's logits, in batches smaller than the prompt, equal the last-token logits
+// eval() leaves after each prefix (the same sums: batch rows are independent in every kernel).
+TEST(Forward, EvalAllGivesEachPrefixsLogits) {
+  SynthOptions so;
+  so.preset = "qwen2-tiny";
+  const auto image =
+      synth_packed_image(so, Scheme::asym_clip, [](std::string_view, uint64_t, uint64_t) {});
+  const std::vector<int32_t> prompt = test::spread_prompt(21, 500);
+  Engine all(PackedFile::from_mapping(image), {.model = {}, .ctx = 64, .batch = 8});
+  const uint64_t vocab = all.config().vocab;
+  std::vector<float> rows(prompt.size() * vocab);
+  all.eval_all(prompt, 0, rows);
+  Engine one(PackedFile::from_mapping(image), {.model = {}, .ctx = 64, .batch = 8});
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    one.eval(std::span(&prompt[i], 1), i);
+    for (uint64_t v = 0; v < vocab; ++v)
+      ASSERT_NEAR(rows[i * vocab + v], one.logits()[v], 1e-4f) << "token " << i << " id " << v;
+  }
+  std::vector<float> small(vocab);
+  EXPECT_THROW(all.eval_all(prompt, 0, small), Error);
+}
