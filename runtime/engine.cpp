@@ -125,8 +125,9 @@ void Engine::eval_all(std::span<const int32_t> tokens, uint64_t pos, std::span<f
 
 void Engine::check_room(uint64_t tokens, uint64_t pos) const {
   if (pos + tokens > shape_.ctx)
-    throw Error(Setting::ctx, fmt::format("{} tokens at position {} exceed the context of {}; raise it",
-                                          tokens, pos, shape_.ctx));
+    throw Error(Setting::ctx,
+                fmt::format("{} tokens at position {} exceed the context of {}; raise it", tokens,
+                            pos, shape_.ctx));
 }
 
 void Engine::run(std::span<const int32_t> tokens, uint64_t pos, int32_t* argmax) {

@@ -300,8 +300,7 @@ void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, u
 // GEMM would need the whole lm_head dequantized: 1.56 GB for Qwen2-32B), each group copied back
 // as it is done.
 void CudaForward::every_row_logits(WeightSource& src, uint64_t n, std::span<float> logits) {
-  rmsnorm_cuda(x_.get(), norm(c_.layers, 0), float(c_.rms_eps), n, c_.hidden, xb_.get(),
-               stream_.s);
+  rmsnorm_cuda(x_.get(), norm(c_.layers, 0), float(c_.rms_eps), n, c_.hidden, xb_.get(), stream_.s);
   for (uint64_t r = 0; r < n; r += kGemvMaxBatch) {
     const uint64_t g = std::min<uint64_t>(kGemvMaxBatch, n - r);
     linear(src, lm_head_id(c_.layers), xb_.get() + r * c_.hidden, g, logits_.get());

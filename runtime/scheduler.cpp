@@ -32,8 +32,8 @@ struct Scheduler::Entry {
   Sampler sampler;
   StreamDecoder decoder;
   StopStringFilter filter;
-  std::vector<int32_t> context;  // prompt, then every sampled token
-  uint64_t evaluated = 0;        // tokens of `context` in the KV cache
+  std::vector<int32_t> context;      // prompt, then every sampled token
+  uint64_t evaluated = 0;            // tokens of `context` in the KV cache
   std::atomic<bool> cancel = false;  // set by cancel() on any thread
   RequestResult result;
   Clock::time_point submitted = Clock::now(), started, first_token;
@@ -55,13 +55,14 @@ RequestId Scheduler::submit(Request r, std::shared_ptr<RequestSink> sink) {
                                           r.prompt.size(), engine_.ctx()));
   for (int32_t id : r.prompt)
     if (id < 0 || uint64_t(id) >= engine_.config().vocab)
-      throw Error(fmt::format("token id {} is outside the vocabulary of {}", id,
-                              engine_.config().vocab));
+      throw Error(
+          fmt::format("token id {} is outside the vocabulary of {}", id, engine_.config().vocab));
   std::lock_guard lock(mu_);
   if (stopping_) throw QueueFull("the server is stopping");
   if (queue_.size() >= o_.queue_limit) {
     ++stats_.rejected;
-    throw QueueFull(fmt::format("{} requests are waiting, the most the queue holds", queue_.size()));
+    throw QueueFull(
+        fmt::format("{} requests are waiting, the most the queue holds", queue_.size()));
   }
   const RequestId id = next_id_++;
   queue_.push_back(std::make_shared<Entry>(id, std::move(r), std::move(sink), engine_));
@@ -82,7 +83,8 @@ void Scheduler::cancel(RequestId id) {
 
 // Takes what the queue holds into the free slot; requests cancelled while queued come back in
 // `dropped` to be finished without running.
-std::shared_ptr<Scheduler::Entry> Scheduler::fill_slot(std::vector<std::shared_ptr<Entry>>& dropped) {
+std::shared_ptr<Scheduler::Entry> Scheduler::fill_slot(
+    std::vector<std::shared_ptr<Entry>>& dropped) {
   std::lock_guard lock(mu_);
   while (running_.empty() && !queue_.empty()) {
     auto next = queue_.front();
@@ -97,7 +99,8 @@ std::shared_ptr<Scheduler::Entry> Scheduler::fill_slot(std::vector<std::shared_p
 // Ends a request: its sink hears the result once, and its slot is free for the next step.
 void Scheduler::finish(const std::shared_ptr<Entry>& e, StopReason reason) {
   e->result.reason = reason;
-  if (e->started != Clock::time_point{}) e->result.generate_seconds = seconds_between(e->first_token, Clock::now());
+  if (e->started != Clock::time_point{})
+    e->result.generate_seconds = seconds_between(e->first_token, Clock::now());
   if (e->result.error.empty() && reason != StopReason::stop_string)
     e->sink->on_text(e->filter.push(e->decoder.flush()) + e->filter.flush(), -1);
   e->sink->on_done(e->result);

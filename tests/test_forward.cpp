@@ -144,9 +144,6 @@ TEST(Forward, PositionPastContextIsAnError) {
   EXPECT_THROW(e.eval(five, 0), Error);
 }
 
-}  // namespace
-}  // namespace ferry
-
 // eval_all: every token's logits, in batches smaller than the prompt, equal the last-token logits
 // eval() leaves after each prefix (the same sums: batch rows are independent in every kernel).
 TEST(Forward, EvalAllGivesEachPrefixsLogits) {
@@ -168,3 +165,6 @@ TEST(Forward, EvalAllGivesEachPrefixsLogits) {
   std::vector<float> small(vocab);
   EXPECT_THROW(all.eval_all(prompt, 0, small), Error);
 }
+
+}  // namespace
+}  // namespace ferry

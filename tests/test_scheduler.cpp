@@ -45,8 +45,8 @@ std::string solo(const std::shared_ptr<MappedFile>& image, const Request& r) {
   std::vector<int32_t> context = r.prompt;
   uint64_t evaluated = 0;
   std::string out;
-  GenerateOptions g{.max_tokens = r.max_tokens, .stop_strings = r.stop_strings,
-                    .stop_ids = r.stop_ids};
+  GenerateOptions g{
+      .max_tokens = r.max_tokens, .stop_strings = r.stop_strings, .stop_ids = r.stop_ids};
   generate(e, s, context, evaluated, g, [&](std::string_view t) { out += t; });
   return out;
 }
