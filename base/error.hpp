@@ -28,6 +28,7 @@ enum class Setting : uint8_t {
   vram_limit,     // the device memory ferry may use
   chat_template,  // the chat format
   output,         // the path of the file or directory written
+  parallel,       // sequences served at once (KV slots)
 };
 
 struct Error : std::runtime_error {

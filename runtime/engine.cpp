@@ -32,7 +32,11 @@ Tokenizer load_tokenizer(const PackedFile& f) {
 // --ctx, or its default: kDefaultCtx, or the model's trained context where that is shorter.
 PassShape pass_shape(const ModelConfig& c, const EngineOptions& o) {
   if (o.batch == 0) throw Error("the prefill batch must be at least 1 token");
+  if (o.parallel == 0 || o.parallel > 4096)
+    throw Error(Setting::parallel,
+                fmt::format("{} sequences at once is outside 1 .. 4096", o.parallel));
   PassShape s;
+  s.slots = o.parallel;
   s.ctx = o.ctx ? o.ctx : std::min(kDefaultCtx, c.max_position);
   s.batch = std::min(o.batch, s.ctx);
   s.kv = o.kv;
@@ -121,6 +125,13 @@ void Engine::eval_all(std::span<const int32_t> tokens, uint64_t pos, std::span<f
     pass_->forward(*source_, tokens.subspan(i, n), pos + i, out.subspan(i * vocab, n * vocab),
                    nullptr, LogitRows::all);
   }
+}
+
+void Engine::eval_seqs(std::span<const SeqChunk> seqs, std::span<float> logits,
+                       std::span<int32_t> argmax) {
+  if (!argmax.empty() && argmax.size() < seqs.size())
+    throw Error("internal error: the argmax span is smaller than the sequences");
+  pass_->forward_seqs(*source_, seqs, logits, argmax.empty() ? nullptr : argmax.data());
 }
 
 void Engine::check_room(uint64_t tokens, uint64_t pos) const {

@@ -27,6 +27,7 @@ struct EngineOptions {
   uint64_t ctx = 0;             // KV cache size in tokens; 0: kDefaultCtx
   KvType kv = KvType::f16;      // KV cache element type (kernels/attention.hpp)
   uint64_t batch = 64;          // prefill batch: tokens per forward call
+  uint64_t parallel = 1;        // sequences served at once: KV slots of ctx tokens each
   unsigned threads = 0;         // CPU kernel threads, 0: every core
   CacheOptions cache = {};      // the paging cache; off (the default): weights read in place
   // The device the forward pass runs on: empty for the CPU; a factory (runtime/forward_cuda.hpp)
@@ -50,6 +51,12 @@ class Engine {
   // Every token's logits into `out` [tokens, vocab] (perplexity), in batches of at most batch();
   // logits() is left as it was.
   void eval_all(std::span<const int32_t> tokens, uint64_t pos, std::span<float> out);
+  // One forward pass over chunks of several sequences, each in its own KV slot (the
+  // scheduler's step; ForwardPass::forward_seqs says what lands in `logits` [seqs, vocab] and
+  // `argmax` [seqs], which may be empty for no device argmax). eval() and eval_greedy() use
+  // slot 0.
+  void eval_seqs(std::span<const SeqChunk> seqs, std::span<float> logits,
+                 std::span<int32_t> argmax);
 
   const ModelConfig& config() const { return file_.config; }
   const PackedFile& file() const { return file_; }
@@ -58,6 +65,7 @@ class Engine {
   CpuPool& pool() { return pool_; }
   uint64_t ctx() const { return shape_.ctx; }
   uint64_t batch() const { return shape_.batch; }
+  uint64_t parallel() const { return shape_.slots; }  // KV slots
   // [vocab] of the last token of the last eval() (and of eval_greedy() on the CPU). Mutable for
   // the sampler, which scales and filters them in place; the next eval() overwrites them.
   std::span<const float> logits() const { return logits_; }

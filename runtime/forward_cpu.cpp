@@ -1,12 +1,15 @@
 // The forward pass of the Llama and Qwen2 families on the CPU, top to bottom, for a batch of n
-// consecutive tokens (the prompt in prefill, one token in decode):
+// tokens from one or more sequences (a chunk of a prompt, or each decoding sequence's next token,
+// each sequence in its own KV slot):
 //   embedding -> per layer (RMSNorm, q/k/v (+bias), RoPE, grouped-query causal attention over
 //   the KV cache, o, residual, RMSNorm, gate/up, SiLU*mul, down, residual) -> final RMSNorm ->
 //   lm_head of the last token.
-// Activations are rows of [n, dim]; every linear runs once per batch, so prefill reads each
-// weight once per batch instead of once per token. Weights come from a WeightSource (the file,
-// or the paging cache), acquired in schedule order and released as soon as they are used.
-// runtime/forward_cuda.cpp is the same pass, step for step, as CUDA kernels.
+// Activations are rows of [n, dim]; every linear runs once per batch over the rows of every
+// sequence, so prefill, and decode of many sequences, read each weight once per batch instead of
+// once per token; only RoPE and attention run per sequence, at its own positions and slot. Weights
+// come from a WeightSource (the file, or the paging cache), acquired in schedule order and released
+// as soon as they are used. runtime/forward_cuda.cpp is the same pass, step for step, as CUDA
+// kernels.
 #include <algorithm>
 #include <vector>
 
@@ -20,7 +23,7 @@
 namespace ferry {
 namespace {
 
-// Activations and KV cache of one sequence, sized at load (never per token).
+// Activations and the KV caches of every slot, sized at load (never per token).
 struct CpuState {
   CpuState(const ModelConfig& c, const PassShape& shape);
   std::vector<float> x;         // [batch, hidden] residual stream
@@ -32,7 +35,8 @@ struct CpuState {
   std::vector<float> gate, up;  // [batch, intermediate]
   std::vector<float> partials;  // [min(batch, 64), heads, attention_chunks(ctx), head_dim + 2]
   std::vector<float> inv_freq;  // [head_dim / 2] RoPE frequencies (scaling applied)
-  // [layers, ctx, kv_heads * head_dim] keys and values: the pair of the KV type is sized
+  std::vector<int32_t> ids;     // [batch] the call's tokens, sequence after sequence
+  // [slots, layers, ctx, kv_heads * head_dim] keys and values: the pair of the KV type is sized
   std::vector<uint16_t> k16, v16;  // f16 bits
   std::vector<float> k32, v32;
 };
@@ -49,9 +53,10 @@ CpuState::CpuState(const ModelConfig& c, const PassShape& s)
       up(s.batch * c.intermediate),
       partials(attention_scratch_floats(s.batch, s.ctx, c.heads, c.head_dim)),
       inv_freq(rope_inv_freq(c)),
-      k16(s.kv == KvType::f16 ? c.layers * s.ctx * c.kv_heads * c.head_dim : 0),
+      ids(s.batch),
+      k16(s.kv == KvType::f16 ? s.slots * c.layers * s.ctx * c.kv_heads * c.head_dim : 0),
       v16(k16.size()),
-      k32(s.kv == KvType::f32 ? c.layers * s.ctx * c.kv_heads * c.head_dim : 0),
+      k32(s.kv == KvType::f32 ? s.slots * c.layers * s.ctx * c.kv_heads * c.head_dim : 0),
       v32(k32.size()) {}
 
 class CpuForward final : public ForwardPass {
@@ -59,13 +64,14 @@ class CpuForward final : public ForwardPass {
   CpuForward(const ModelConfig& c, const ModelWeights& w, const PassShape& shape, CpuPool& pool)
       : c_(c), w_(w), shape_(shape), pool_(pool), s_(c, shape) {}
   std::shared_ptr<CacheBackend> cache_backend() override { return nullptr; }
-  void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-               std::span<float> logits, int32_t* argmax, LogitRows rows) override;
+  void forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs, std::span<float> logits,
+                    int32_t* argmax, LogitRows rows) override;
 
  private:
   void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y);
-  void attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos);
-  void attend(uint64_t layer, uint64_t n, uint64_t pos);
+  void attention_block(WeightSource& src, uint64_t layer, std::span<const SeqChunk> seqs,
+                       uint64_t n);
+  void attend(uint64_t layer, const SeqChunk& seq, uint64_t row);
   void mlp_block(WeightSource& src, uint64_t layer, uint64_t n);
 
   const ModelConfig& c_;
@@ -87,34 +93,43 @@ void CpuForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t
   held.release();
 }
 
-// Stores the batch's rotated keys and values (s.k, s.v) in the cache rows pos .. pos+n-1 of the
-// layer and runs attention over the layer's cache, in the cache's element type. Causal: token t
-// sees positions 0 .. pos+t; heads and chunks of the context split over the pool.
-void CpuForward::attend(uint64_t layer, uint64_t n, uint64_t pos) {
-  const uint64_t kv_dim = c_.kv_heads * c_.head_dim, count = n * kv_dim;
-  const uint64_t base = layer * shape_.ctx * kv_dim, at = base + pos * kv_dim;  // [ctx, kv_dim]
+// For one sequence whose rows start at `row` of the batch: rotates its queries and keys to its
+// positions, stores its keys and values in its slot's cache rows pos .. pos+n-1 of the layer and
+// runs attention over that cache, in the cache's element type. Causal: token t sees positions
+// 0 .. pos+t of its own sequence; heads and chunks of the context split over the pool.
+void CpuForward::attend(uint64_t layer, const SeqChunk& seq, uint64_t row) {
+  const uint64_t n = seq.tokens.size(), pos = seq.pos;
+  const uint64_t q_dim = c_.heads * c_.head_dim, kv_dim = c_.kv_heads * c_.head_dim;
+  float *q = s_.q.data() + row * q_dim, *k = s_.k.data() + row * kv_dim;
+  const float* v = s_.v.data() + row * kv_dim;
+  float* out = s_.att_out.data() + row * q_dim;
+  rope_cpu(q, n, c_.heads, c_.head_dim, pos, s_.inv_freq.data());
+  rope_cpu(k, n, c_.kv_heads, c_.head_dim, pos, s_.inv_freq.data());
+  const uint64_t count = n * kv_dim;  // [slots, layers, ctx, kv_dim]
+  const uint64_t base = (seq.slot * c_.layers + layer) * shape_.ctx * kv_dim,
+                 at = base + pos * kv_dim;
   if (shape_.kv == KvType::f16) {
-    store_f16_cpu(s_.k.data(), count, s_.k16.data() + at);
-    store_f16_cpu(s_.v.data(), count, s_.v16.data() + at);
-    attention_cpu(pool_, s_.q.data(), s_.k16.data() + base, s_.v16.data() + base, n, pos, c_.heads,
-                  c_.kv_heads, c_.head_dim, s_.partials.data(), s_.att_out.data());
+    store_f16_cpu(k, count, s_.k16.data() + at);
+    store_f16_cpu(v, count, s_.v16.data() + at);
+    attention_cpu(pool_, q, s_.k16.data() + base, s_.v16.data() + base, n, pos, c_.heads,
+                  c_.kv_heads, c_.head_dim, s_.partials.data(), out);
     return;
   }
-  std::copy_n(s_.k.data(), count, s_.k32.data() + at);
-  std::copy_n(s_.v.data(), count, s_.v32.data() + at);
-  attention_cpu(pool_, s_.q.data(), s_.k32.data() + base, s_.v32.data() + base, n, pos, c_.heads,
-                c_.kv_heads, c_.head_dim, s_.partials.data(), s_.att_out.data());
+  std::copy_n(k, count, s_.k32.data() + at);
+  std::copy_n(v, count, s_.v32.data() + at);
+  attention_cpu(pool_, q, s_.k32.data() + base, s_.v32.data() + base, n, pos, c_.heads, c_.kv_heads,
+                c_.head_dim, s_.partials.data(), out);
 }
 
-void CpuForward::attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos) {
+void CpuForward::attention_block(WeightSource& src, uint64_t layer, std::span<const SeqChunk> seqs,
+                                 uint64_t n) {
   const LayerWeights& L = w_.layers[layer];
   rmsnorm_cpu(s_.x.data(), L.attn_norm, float(c_.rms_eps), n, c_.hidden, s_.xb.data());
   linear(src, linear_id(layer, kQ), s_.xb.data(), n, s_.q.data());
   linear(src, linear_id(layer, kK), s_.xb.data(), n, s_.k.data());
   linear(src, linear_id(layer, kV), s_.xb.data(), n, s_.v.data());
-  rope_cpu(s_.q.data(), n, c_.heads, c_.head_dim, pos, s_.inv_freq.data());
-  rope_cpu(s_.k.data(), n, c_.kv_heads, c_.head_dim, pos, s_.inv_freq.data());
-  attend(layer, n, pos);
+  for (uint64_t i = 0, row = 0; i < seqs.size(); row += seqs[i++].tokens.size())
+    attend(layer, seqs[i], row);
   linear(src, linear_id(layer, kO), s_.att_out.data(), n, s_.proj.data());
   add_cpu(s_.x.data(), s_.proj.data(), n * c_.hidden);
 }
@@ -129,22 +144,36 @@ void CpuForward::mlp_block(WeightSource& src, uint64_t layer, uint64_t n) {
   add_cpu(s_.x.data(), s_.proj.data(), n * c_.hidden);
 }
 
-void CpuForward::forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-                         std::span<float> logits, int32_t* argmax, LogitRows rows) {
-  check_forward_call(c_, shape_.ctx, shape_.batch, tokens, pos);
-  const uint64_t n = tokens.size(), out_rows = rows == LogitRows::all ? n : 1;
-  if (logits.size() < out_rows * c_.vocab || (argmax && rows == LogitRows::all))
-    throw Error("internal error: the logits span is too small, or argmax asked of every row");
-  embed_rows_cpu(w_.embed, tokens.data(), n, c_.hidden, s_.x.data());
+void CpuForward::forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs,
+                              std::span<float> logits, int32_t* argmax, LogitRows rows) {
+  const uint64_t n = check_forward_seqs(c_, shape_, seqs, logits, argmax, rows);
+  uint64_t row = 0;
+  for (const SeqChunk& q : seqs)
+    row += std::copy(q.tokens.begin(), q.tokens.end(), s_.ids.begin() + ptrdiff_t(row)) -
+           (s_.ids.begin() + ptrdiff_t(row));
+  embed_rows_cpu(w_.embed, s_.ids.data(), n, c_.hidden, s_.x.data());
   for (uint64_t l = 0; l < c_.layers; ++l) {
-    attention_block(src, l, n, pos);
+    attention_block(src, l, seqs, n);
     mlp_block(src, l, n);
   }
-  // Only the last token's logits are needed to choose the next one; perplexity asks for all.
-  const float* first = &s_.x[(n - out_rows) * c_.hidden];
-  rmsnorm_cpu(first, w_.final_norm, float(c_.rms_eps), out_rows, c_.hidden, s_.xb.data());
+  // Only each sequence's last token's logits are needed to choose its next one; perplexity asks
+  // for every row of its one sequence.
+  const float eps = float(c_.rms_eps);
+  uint64_t out_rows = n;
+  if (rows == LogitRows::all) {
+    rmsnorm_cpu(s_.x.data(), w_.final_norm, eps, n, c_.hidden, s_.xb.data());
+  } else {
+    out_rows = seqs.size();
+    for (uint64_t i = 0, last = 0; i < seqs.size(); ++i) {
+      last += seqs[i].tokens.size();
+      rmsnorm_cpu(&s_.x[(last - 1) * c_.hidden], w_.final_norm, eps, 1, c_.hidden,
+                  &s_.xb[i * c_.hidden]);
+    }
+  }
   linear(src, lm_head_id(c_.layers), s_.xb.data(), out_rows, logits.data());
-  if (argmax) argmax_cpu(logits.data(), c_.vocab, argmax);
+  if (argmax)
+    for (uint64_t i = 0; i < out_rows; ++i)
+      argmax_cpu(logits.data() + i * c_.vocab, c_.vocab, argmax + i);
 }
 
 }  // namespace
@@ -155,7 +184,7 @@ std::unique_ptr<ForwardPass> make_cpu_forward(const ModelConfig& c, const ModelW
 }
 
 double cpu_pass_bytes(const ModelConfig& c, const PassShape& s) {
-  const double kv_bytes = double(s.ctx) * kv_bytes_per_position(c, s.kv);
+  const double kv_bytes = double(s.slots * s.ctx) * kv_bytes_per_position(c, s.kv);
   const double activations = 4.0 * double(s.batch) *
                              double(4 * c.hidden + 2 * c.heads * c.head_dim +
                                     2 * c.kv_heads * c.head_dim + 2 * c.intermediate);

@@ -43,8 +43,8 @@ uint64_t staging_bytes(const ModelWeights& w) {
 }
 
 // The bf16 scratch an INT4 weight is dequantized into for a prefill batch: the largest linear
-// weight but lm_head, which only ever sees one token (Qwen2-32B: gate/up, 27,648 x 5,120 x 2 =
-// 283 MB; its lm_head would need 1.56 GB).
+// weight but lm_head, which runs in GEMV groups of up to 8 rows (Qwen2-32B: gate/up, 27,648 x 5,120
+// x 2 = 283 MB; its lm_head would need 1.56 GB).
 uint64_t prefill_scratch(const ModelWeights& w, uint64_t batch, bool bf16_cache) {
   if (batch <= kGemvMaxBatch || bf16_cache) return 0;  // bf16 entries go to the GEMM as they are
   uint64_t most = 0;
@@ -76,16 +76,17 @@ class CudaForward final : public ForwardPass {
   ~CudaForward() override { cudaStreamSynchronize(stream_.s); }
 
   std::shared_ptr<CacheBackend> cache_backend() override { return backend_; }
-  void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-               std::span<float> logits, int32_t* argmax, LogitRows rows) override;
+  void forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs, std::span<float> logits,
+                    int32_t* argmax, LogitRows rows) override;
 
  private:
-  void run_pass(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
+  void run_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
                 std::span<float> logits, int32_t* argmax, LogitRows rows);
-  void every_row_logits(WeightSource& src, uint64_t n, std::span<float> logits);
+  void output_logits(WeightSource& src, uint64_t rows, std::span<float> logits, int32_t* argmax);
   void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y);
-  void attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos);
-  void attend(uint64_t layer, uint64_t n, uint64_t pos);
+  void attention_block(WeightSource& src, uint64_t layer, std::span<const SeqChunk> seqs,
+                       uint64_t n);
+  void attend(uint64_t layer, const SeqChunk& seq, uint64_t row);
   void mlp_block(WeightSource& src, uint64_t layer, uint64_t n);
   const uint16_t* norm(uint64_t layer, int which) const {
     return norms_.get() + (2 * layer + uint64_t(which)) * c_.hidden;
@@ -93,7 +94,7 @@ class CudaForward final : public ForwardPass {
 
   const ModelConfig& c_;
   const ModelWeights& w_;
-  uint64_t ctx_, batch_, q_dim_, kv_dim_;
+  uint64_t ctx_, batch_, slots_, q_dim_, kv_dim_;
   KvType kv_;
   CudaStream stream_;          // the compute stream; the cache's copy stream belongs to its backend
   DeviceArray<float> x_, xb_;  // [batch, hidden] residual stream, normed block input
@@ -103,18 +104,19 @@ class CudaForward final : public ForwardPass {
   DeviceArray<float> gate_, up_;    // [batch, intermediate]
   DeviceArray<float>
       partials_;  // [min(batch, 64), heads, chunks(ctx), head_dim + 2] (attention.hpp)
-  // [layers, ctx, kv_heads * head_dim] keys and values: the pair of kv_'s type is allocated
+  // [slots, layers, ctx, kv_heads * head_dim] keys and values: the pair of kv_'s type is allocated
   DeviceArray<uint16_t> k16_, v16_;  // f16 bits
   DeviceArray<float> k32_, v32_;
   DeviceArray<float> logits_;          // [kGemvMaxBatch, vocab]: lm_head runs in GEMV groups
-  DeviceArray<int32_t> token_;         // [1] greedy choice
+  DeviceArray<int32_t> token_;         // [slots] greedy choices
   DeviceArray<float> inv_freq_;        // [head_dim / 2]
   DeviceArray<uint16_t> norms_;        // [layers, 2, hidden] + [hidden] bf16
   DeviceArray<uint16_t> biases_;       // q/k/v biases of every layer, bf16, packed
   std::vector<const uint16_t*> bias_;  // [linear ids] into biases_, or nullptr (w.biases' twin)
   PinnedArray<float> embed_rows_;      // [batch, hidden] host: the batch's embedding rows
   PinnedArray<float> logits_host_;     // [kGemvMaxBatch, vocab] host
-  PinnedArray<int32_t> token_host_;    // [1] host
+  PinnedArray<int32_t> token_host_;    // [slots] host
+  std::vector<int32_t> ids_;           // [batch] the call's tokens, sequence after sequence
   DeviceArray<uint16_t> prefill_w_;    // [largest linear but lm_head] bf16, batches above 8 only
   CublasLt blas_;
   std::shared_ptr<CudaBackend> backend_;
@@ -126,6 +128,7 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       w_(w),
       ctx_(shape.ctx),
       batch_(shape.batch),
+      slots_(shape.slots),
       q_dim_(c.heads * c.head_dim),
       kv_dim_(c.kv_heads * c.head_dim),
       kv_(shape.kv),
@@ -139,18 +142,19 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       gate_(batch_ * c.intermediate, "activations"),
       up_(batch_ * c.intermediate, "activations"),
       partials_(attention_scratch_floats(batch_, ctx_, c.heads, c.head_dim), "attention"),
-      k16_(kv_ == KvType::f16 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
-      v16_(kv_ == KvType::f16 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
-      k32_(kv_ == KvType::f32 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
-      v32_(kv_ == KvType::f32 ? c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
+      k16_(kv_ == KvType::f16 ? slots_ * c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
+      v16_(kv_ == KvType::f16 ? slots_ * c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
+      k32_(kv_ == KvType::f32 ? slots_ * c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
+      v32_(kv_ == KvType::f32 ? slots_ * c.layers * ctx_ * kv_dim_ : 0, "the KV cache"),
       logits_(kGemvMaxBatch * c.vocab, "logits"),
-      token_(1, "the greedy token"),
+      token_(slots_, "the greedy tokens"),
       inv_freq_(c.head_dim / 2, "RoPE"),
       norms_((2 * c.layers + 1) * c.hidden, "norm weights"),
       bias_(w.linears.size(), nullptr),
       embed_rows_(batch_ * c.hidden),
       logits_host_(kGemvMaxBatch * c.vocab),
-      token_host_(1),
+      token_host_(slots_),
+      ids_(batch_),
       prefill_w_(prefill_scratch(w, batch_, o.bf16_cache), "the prefill dequantization scratch"),
       blas_(batch_ * widest_input(c)) {
   const std::vector<float> inv = rope_inv_freq(c);
@@ -206,34 +210,40 @@ void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_
   held.release();  // records the entry's last use after the product
 }
 
-// As attend() of runtime/forward_cpu.cpp: the batch's rotated keys and values into the cache rows
-// pos .. pos+n-1, then attention over the layer's cache in its element type.
-void CudaForward::attend(uint64_t layer, uint64_t n, uint64_t pos) {
-  const uint64_t count = n * kv_dim_, base = layer * ctx_ * kv_dim_, at = base + pos * kv_dim_;
+// As attend() of runtime/forward_cpu.cpp: one sequence's rows (from `row`) rotated to its
+// positions, its keys and values into its slot's cache rows pos .. pos+n-1, then attention over
+// that cache in its element type.
+void CudaForward::attend(uint64_t layer, const SeqChunk& seq, uint64_t row) {
+  const uint64_t n = seq.tokens.size(), pos = seq.pos;
+  float *q = q_.get() + row * q_dim_, *k = k_.get() + row * kv_dim_;
+  const float* v = v_.get() + row * kv_dim_;
+  float* out = att_out_.get() + row * q_dim_;
+  rope_cuda(q, n, c_.heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
+  rope_cuda(k, n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
+  const uint64_t count = n * kv_dim_, base = (seq.slot * c_.layers + layer) * ctx_ * kv_dim_,
+                 at = base + pos * kv_dim_;
   if (kv_ == KvType::f16) {
-    store_f16_cuda(k_.get(), count, k16_.get() + at, stream_.s);
-    store_f16_cuda(v_.get(), count, v16_.get() + at, stream_.s);
-    attention_cuda(q_.get(), k16_.get() + base, v16_.get() + base, n, pos, c_.heads, c_.kv_heads,
-                   c_.head_dim, partials_.get(), att_out_.get(), stream_.s);
+    store_f16_cuda(k, count, k16_.get() + at, stream_.s);
+    store_f16_cuda(v, count, v16_.get() + at, stream_.s);
+    attention_cuda(q, k16_.get() + base, v16_.get() + base, n, pos, c_.heads, c_.kv_heads,
+                   c_.head_dim, partials_.get(), out, stream_.s);
     return;
   }
   const uint64_t bytes = count * sizeof(float);
-  CUDA_CHECK(
-      cudaMemcpyAsync(k32_.get() + at, k_.get(), bytes, cudaMemcpyDeviceToDevice, stream_.s));
-  CUDA_CHECK(
-      cudaMemcpyAsync(v32_.get() + at, v_.get(), bytes, cudaMemcpyDeviceToDevice, stream_.s));
-  attention_cuda(q_.get(), k32_.get() + base, v32_.get() + base, n, pos, c_.heads, c_.kv_heads,
-                 c_.head_dim, partials_.get(), att_out_.get(), stream_.s);
+  CUDA_CHECK(cudaMemcpyAsync(k32_.get() + at, k, bytes, cudaMemcpyDeviceToDevice, stream_.s));
+  CUDA_CHECK(cudaMemcpyAsync(v32_.get() + at, v, bytes, cudaMemcpyDeviceToDevice, stream_.s));
+  attention_cuda(q, k32_.get() + base, v32_.get() + base, n, pos, c_.heads, c_.kv_heads,
+                 c_.head_dim, partials_.get(), out, stream_.s);
 }
 
-void CudaForward::attention_block(WeightSource& src, uint64_t layer, uint64_t n, uint64_t pos) {
+void CudaForward::attention_block(WeightSource& src, uint64_t layer, std::span<const SeqChunk> seqs,
+                                  uint64_t n) {
   rmsnorm_cuda(x_.get(), norm(layer, 0), float(c_.rms_eps), n, c_.hidden, xb_.get(), stream_.s);
   linear(src, linear_id(layer, kQ), xb_.get(), n, q_.get());
   linear(src, linear_id(layer, kK), xb_.get(), n, k_.get());
   linear(src, linear_id(layer, kV), xb_.get(), n, v_.get());
-  rope_cuda(q_.get(), n, c_.heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
-  rope_cuda(k_.get(), n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
-  attend(layer, n, pos);
+  for (uint64_t i = 0, row = 0; i < seqs.size(); row += seqs[i++].tokens.size())
+    attend(layer, seqs[i], row);
   linear(src, linear_id(layer, kO), att_out_.get(), n, proj_.get());
   add_cuda(x_.get(), proj_.get(), n * c_.hidden, stream_.s);
 }
@@ -247,14 +257,12 @@ void CudaForward::mlp_block(WeightSource& src, uint64_t layer, uint64_t n) {
   add_cuda(x_.get(), proj_.get(), n * c_.hidden, stream_.s);
 }
 
-void CudaForward::forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-                          std::span<float> logits, int32_t* argmax, LogitRows rows) {
-  check_forward_call(c_, ctx_, batch_, tokens, pos);
-  const uint64_t out_rows = rows == LogitRows::all ? tokens.size() : 1;
-  if (logits.size() < out_rows * c_.vocab || (argmax && rows == LogitRows::all))
-    throw Error("internal error: the logits span is too small, or argmax asked of every row");
+void CudaForward::forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs,
+                               std::span<float> logits, int32_t* argmax, LogitRows rows) {
+  const uint64_t n =
+      check_forward_seqs(c_, PassShape{ctx_, batch_, slots_, kv_}, seqs, logits, argmax, rows);
   try {
-    run_pass(src, tokens, pos, logits, argmax, rows);
+    run_pass(src, seqs, n, logits, argmax, rows);
   } catch (...) {
     // Work of this call may still be queued (an upload from embed_rows_, kernels reading held
     // entries): let it drain before the caller retries or frees anything. Errors of the drain
@@ -266,48 +274,59 @@ void CudaForward::forward(WeightSource& src, std::span<const int32_t> tokens, ui
   }
 }
 
-void CudaForward::run_pass(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
+void CudaForward::run_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
                            std::span<float> logits, int32_t* argmax, LogitRows rows) {
-  const uint64_t n = tokens.size();
-  embed_rows_cpu(w_.embed, tokens.data(), n, c_.hidden, embed_rows_.get());
+  uint64_t row = 0;
+  for (const SeqChunk& q : seqs) {
+    std::copy(q.tokens.begin(), q.tokens.end(), ids_.begin() + ptrdiff_t(row));
+    row += q.tokens.size();
+  }
+  embed_rows_cpu(w_.embed, ids_.data(), n, c_.hidden, embed_rows_.get());
   CUDA_CHECK(cudaMemcpyAsync(x_.get(), embed_rows_.get(), n * c_.hidden * sizeof(float),
                              cudaMemcpyHostToDevice, stream_.s));
   for (uint64_t l = 0; l < c_.layers; ++l) {
-    attention_block(src, l, n, pos);
+    attention_block(src, l, seqs, n);
     mlp_block(src, l, n);
   }
-  if (rows == LogitRows::all) return every_row_logits(src, n, logits);
-  rmsnorm_cuda(x_.get() + (n - 1) * c_.hidden, norm(c_.layers, 0), float(c_.rms_eps), 1, c_.hidden,
-               xb_.get(), stream_.s);
-  linear(src, lm_head_id(c_.layers), xb_.get(), 1, logits_.get());
-  if (argmax) {  // greedy: 4 bytes back instead of vocab x 4 (608 KB for Qwen2's 152,064)
-    argmax_cuda(logits_.get(), c_.vocab, token_.get(), stream_.s);
-    CUDA_CHECK(cudaMemcpyAsync(token_host_.get(), token_.get(), sizeof(int32_t),
-                               cudaMemcpyDeviceToHost, stream_.s));
-  } else {
-    CUDA_CHECK(cudaMemcpyAsync(logits_host_.get(), logits_.get(), c_.vocab * sizeof(float),
-                               cudaMemcpyDeviceToHost, stream_.s));
+  // The rows that get logits, normed into xb_: every row (perplexity) or each sequence's last.
+  const float eps = float(c_.rms_eps);
+  if (rows == LogitRows::all) {
+    rmsnorm_cuda(x_.get(), norm(c_.layers, 0), eps, n, c_.hidden, xb_.get(), stream_.s);
+    return output_logits(src, n, logits, nullptr);
   }
-  CUDA_CHECK(cudaStreamSynchronize(stream_.s));  // also surfaces a failed kernel of this call
-  backend_->collect_device_waits();
-  if (argmax)
-    *argmax = *token_host_.get();
-  else
-    std::copy_n(logits_host_.get(), std::min<uint64_t>(c_.vocab, logits.size()), logits.begin());
+  for (uint64_t i = 0, last = 0; i < seqs.size(); ++i) {
+    last += seqs[i].tokens.size();
+    rmsnorm_cuda(x_.get() + (last - 1) * c_.hidden, norm(c_.layers, 0), eps, 1, c_.hidden,
+                 xb_.get() + i * c_.hidden, stream_.s);
+  }
+  output_logits(src, seqs.size(), logits, argmax);
 }
 
-// Every token's logits, lm_head in groups of up to kGemvMaxBatch rows through the INT4 GEMV (a
-// GEMM would need the whole lm_head dequantized: 1.56 GB for Qwen2-32B), each group copied back
+// lm_head over the first `rows` rows of xb_, in groups of up to kGemvMaxBatch through the INT4
+// GEMV (a GEMM would need the whole lm_head dequantized: 1.56 GB for Qwen2-32B). Greedy: the
+// argmax of each row is made on the device and only the ids cross the bus (4 bytes a sequence
+// instead of 608 KB for Qwen2's 152,064 logits); otherwise each group's logits are copied back
 // as it is done.
-void CudaForward::every_row_logits(WeightSource& src, uint64_t n, std::span<float> logits) {
-  rmsnorm_cuda(x_.get(), norm(c_.layers, 0), float(c_.rms_eps), n, c_.hidden, xb_.get(), stream_.s);
-  for (uint64_t r = 0; r < n; r += kGemvMaxBatch) {
-    const uint64_t g = std::min<uint64_t>(kGemvMaxBatch, n - r);
+void CudaForward::output_logits(WeightSource& src, uint64_t rows, std::span<float> logits,
+                                int32_t* argmax) {
+  for (uint64_t r = 0; r < rows; r += kGemvMaxBatch) {
+    const uint64_t g = std::min<uint64_t>(kGemvMaxBatch, rows - r);
     linear(src, lm_head_id(c_.layers), xb_.get() + r * c_.hidden, g, logits_.get());
+    if (argmax) {
+      for (uint64_t i = 0; i < g; ++i)
+        argmax_cuda(logits_.get() + i * c_.vocab, c_.vocab, token_.get() + r + i, stream_.s);
+      continue;
+    }
     CUDA_CHECK(cudaMemcpyAsync(logits_host_.get(), logits_.get(), g * c_.vocab * sizeof(float),
                                cudaMemcpyDeviceToHost, stream_.s));
-    CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+    CUDA_CHECK(cudaStreamSynchronize(stream_.s));  // also surfaces a failed kernel of this call
     std::copy_n(logits_host_.get(), g * c_.vocab, logits.begin() + ptrdiff_t(r * c_.vocab));
+  }
+  if (argmax) {
+    CUDA_CHECK(cudaMemcpyAsync(token_host_.get(), token_.get(), rows * sizeof(int32_t),
+                               cudaMemcpyDeviceToHost, stream_.s));
+    CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+    std::copy_n(token_host_.get(), rows, argmax);
   }
   backend_->collect_device_waits();
 }

@@ -19,11 +19,18 @@ class CpuPool;
 // Which tokens of a forward call get logits: the last (generation) or all (perplexity).
 enum class LogitRows { last, all };
 
-// What a pass is sized for at load, once: a KV cache of `ctx` positions in `kv`, and forward
-// calls of up to `batch` tokens (the prefill batch).
+// What a pass is sized for at load, once: `slots` KV caches (one per sequence served at once) of
+// `ctx` positions in `kv`, and forward calls of up to `batch` tokens in all (the prefill batch).
 struct PassShape {
-  uint64_t ctx = 0, batch = 0;
+  uint64_t ctx = 0, batch = 0, slots = 1;
   KvType kv = KvType::f16;
+};
+
+// One sequence's share of a forward call: `tokens` at positions pos, pos+1, ... of KV slot
+// `slot` (a decoding sequence's next token, or a chunk of a prompt).
+struct SeqChunk {
+  uint64_t slot = 0, pos = 0;
+  std::span<const int32_t> tokens;
 };
 
 class ForwardPass {
@@ -33,18 +40,35 @@ class ForwardPass {
   // last-use signals on the compute stream. nullptr on the CPU, where the cache, when there is
   // one, runs its own host backend (and the weights may also be read in place from the file).
   virtual std::shared_ptr<CacheBackend> cache_backend() = 0;
-  // Runs tokens (1 .. batch of them) at positions pos, pos+1, ... through the model in one batch,
-  // each linear weight acquired from `src` in schedule order. The logits of the last token land
-  // in `logits` [vocab] on the host; or, when `argmax` is given, the index of the largest (the
-  // first of equals) is written there, and a device copies back only that index (the logits are
-  // then left as they were). With `rows` all, every token's logits land in `logits`
-  // [tokens, vocab] (perplexity scores each position) and `argmax` must be null. Throws
-  // ferry::Error when the tokens would pass the context, a token id is outside the vocabulary,
-  // or the batch is too large.
-  virtual void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
-                       std::span<float> logits, int32_t* argmax = nullptr,
-                       LogitRows rows = LogitRows::last) = 0;
+  // Runs the chunks of several sequences (1 .. batch tokens in all, each slot at most once)
+  // through the model in one batch: every linear weight is acquired from `src` once, in schedule
+  // order, and multiplies all rows; attention runs per sequence over its own slot. The logits of
+  // each chunk's last token land in `logits` [seqs, vocab] on the host; or, when `argmax` is
+  // given, the index of each one's largest (the first of equals) lands in argmax[seqs], and a
+  // device copies back only those (its logits are then left as they were; the CPU fills them
+  // all the same, so `logits` is sized [seqs, vocab] either way). With `rows` all (one
+  // chunk only), every token's logits land in `logits` [tokens, vocab] (perplexity) and `argmax`
+  // must be null. Throws ferry::Error when a chunk would pass the context, a token id is outside
+  // the vocabulary, or the batch is too large.
+  virtual void forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs,
+                            std::span<float> logits, int32_t* argmax,
+                            LogitRows rows = LogitRows::last) = 0;
+  // One sequence in slot 0: tokens at positions pos, pos+1, ...
+  void forward(WeightSource& src, std::span<const int32_t> tokens, uint64_t pos,
+               std::span<float> logits, int32_t* argmax = nullptr,
+               LogitRows rows = LogitRows::last) {
+    const SeqChunk one{.slot = 0, .pos = pos, .tokens = tokens};
+    forward_seqs(src, std::span(&one, 1), logits, argmax, rows);
+  }
 };
+
+// Throws ferry::Error unless `seqs` is a call forward_seqs() takes (every backend checks with
+// this one): 1 .. batch tokens in all, each chunk within the context and the vocabulary, slots
+// below shape.slots and distinct, `logits` large enough for `rows`, no argmax with every row.
+// Returns the tokens in all.
+uint64_t check_forward_seqs(const ModelConfig& c, const PassShape& shape,
+                            std::span<const SeqChunk> seqs, std::span<const float> logits,
+                            const int32_t* argmax, LogitRows rows);
 
 // Makes the pass of a model on a device (`--device cuda`: runtime/forward_cuda.hpp); throws
 // ferry::Error with one line when the device cannot be used.

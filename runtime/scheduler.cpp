@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "kernels/elementwise.hpp"
+
 namespace ferry {
 namespace {
 
@@ -34,13 +36,21 @@ struct Scheduler::Entry {
   StopStringFilter filter;
   std::vector<int32_t> context;      // prompt, then every sampled token
   uint64_t evaluated = 0;            // tokens of `context` in the KV cache
+  uint64_t slot = 0;                 // its KV slot while it runs
   std::atomic<bool> cancel = false;  // set by cancel() on any thread
   RequestResult result;
   Clock::time_point submitted = Clock::now(), started, first_token;
 };
 
-Scheduler::Scheduler(Engine& engine, SchedulerOptions o) : engine_(engine), o_(o) {
-  stats_.slots = 1;
+Scheduler::Scheduler(Engine& engine, SchedulerOptions o)
+    : engine_(engine),
+      o_(o),
+      logits_(engine.parallel() * engine.config().vocab),
+      argmax_(engine.parallel()) {
+  stats_.slots = engine.parallel();
+  for (uint64_t s = engine.parallel(); s-- > 0;) free_slots_.push_back(s);
+  chunks_.reserve(engine.parallel());
+  stepped_.reserve(engine.parallel());
 }
 
 Scheduler::~Scheduler() {
@@ -81,31 +91,35 @@ void Scheduler::cancel(RequestId id) {
   wake_.notify_all();
 }
 
-// Takes what the queue holds into the free slot; requests cancelled while queued come back in
-// `dropped` to be finished without running.
-std::shared_ptr<Scheduler::Entry> Scheduler::fill_slot(
-    std::vector<std::shared_ptr<Entry>>& dropped) {
+// Takes queued requests into free slots; requests cancelled while queued come back in `dropped`
+// to be finished without running.
+void Scheduler::admit(std::vector<std::shared_ptr<Entry>>& dropped) {
   std::lock_guard lock(mu_);
-  while (running_.empty() && !queue_.empty()) {
+  while (!free_slots_.empty() && !queue_.empty()) {
     auto next = queue_.front();
     queue_.pop_front();
-    (next->cancel ? dropped : running_).push_back(next);
+    if (next->cancel) {
+      dropped.push_back(next);
+      continue;
+    }
+    next->slot = free_slots_.back();
+    free_slots_.pop_back();
+    running_.push_back(next);
   }
   stats_.queued = queue_.size();
   stats_.active = running_.size();
-  return running_.empty() ? nullptr : running_.front();
 }
 
 // Ends a request: its sink hears the result once, and its slot is free for the next step.
 void Scheduler::finish(const std::shared_ptr<Entry>& e, StopReason reason) {
   e->result.reason = reason;
-  if (e->started != Clock::time_point{})
+  if (e->first_token != Clock::time_point{})
     e->result.generate_seconds = seconds_between(e->first_token, Clock::now());
   if (e->result.error.empty() && reason != StopReason::stop_string)
     e->sink->on_text(e->filter.push(e->decoder.flush()) + e->filter.flush(), -1);
   e->sink->on_done(e->result);
   std::lock_guard lock(mu_);
-  std::erase(running_, e);
+  if (std::erase(running_, e)) free_slots_.push_back(e->slot);
   ++stats_.finished;
   if (reason == StopReason::cancelled) ++stats_.cancelled;
   stats_.active = running_.size();
@@ -129,49 +143,105 @@ std::optional<StopReason> Scheduler::accept(Entry& e, int32_t next) {
   return std::nullopt;
 }
 
-// One forward pass for the request in the slot: its prompt (in prefill batches) the first time,
-// then its last token; the token chosen from the pass's logits is accepted at once.
+// The step's chunks, at most batch() tokens in all: first the next token of every decoding
+// sequence (one each), then pieces of prompts still in prefill, in an order that rotates each
+// step so that no sequence waits behind the same others twice.
+void Scheduler::plan_step(std::vector<std::shared_ptr<Entry>>& running) {
+  chunks_.clear();
+  stepped_.clear();
+  uint64_t budget = engine_.batch();
+  const size_t count = running.size();
+  for (int pass = 0; pass < 2; ++pass)
+    for (size_t k = 0; k < count && budget > 0; ++k) {
+      const std::shared_ptr<Entry>& e = running[(k + rotate_) % count];
+      const uint64_t pending = e->context.size() - e->evaluated;
+      if ((pass == 0) != (pending == 1) || e->cancel) continue;
+      const uint64_t n = std::min(pending, budget);
+      chunks_.push_back({.slot = e->slot,
+                         .pos = e->evaluated,
+                         .tokens = std::span(e->context).subspan(e->evaluated, n)});
+      stepped_.push_back(e);
+      budget -= n;
+    }
+  ++rotate_;
+}
+
+// The token a sequence whose chunk reached the end of its context goes on with: the device's
+// choice (greedy steps), or its sampler's on its row of logits.
+int32_t Scheduler::choose(Entry& e, size_t i, bool device_argmax) {
+  if (device_argmax) return argmax_[i];
+  const std::span<float> row(logits_.data() + i * engine_.config().vocab, engine_.config().vocab);
+  if (e.sampler.plain_greedy()) {
+    int32_t best = 0;
+    argmax_cpu(row.data(), row.size(), &best);
+    return best;
+  }
+  return e.sampler.sample(row, e.context);
+}
+
+// One forward pass over every running sequence's next chunk; each sequence whose chunk reached
+// the end of its context takes its next token at once.
 bool Scheduler::step() {
-  std::vector<std::shared_ptr<Entry>> dropped;
-  const std::shared_ptr<Entry> e = fill_slot(dropped);
+  std::vector<std::shared_ptr<Entry>> dropped, running;
+  admit(dropped);
   for (auto& d : dropped) {
     d->result.reason = StopReason::cancelled;
     d->sink->on_done(d->result);
     std::lock_guard lock(mu_);
     ++stats_.cancelled, ++stats_.finished;
   }
-  if (!e) return !dropped.empty();
-  if (e->cancel) return finish(e, StopReason::cancelled), true;
+  {
+    std::lock_guard lock(mu_);
+    running = running_;
+  }
+  for (auto& e : running)
+    if (e->cancel) finish(e, StopReason::cancelled);
+  std::erase_if(running, [](const auto& e) { return e->cancel.load(); });
+  if (running.empty()) return !dropped.empty();
 
+  plan_step(running);
   const auto t0 = Clock::now();
+  bool all_greedy = true;
+  uint64_t tokens = 0, prompt_tokens = 0;
+  for (size_t i = 0; i < chunks_.size(); ++i) {
+    Entry& e = *stepped_[i];
+    tokens += chunks_[i].tokens.size();
+    if (e.evaluated < e.req.prompt.size()) prompt_tokens += chunks_[i].tokens.size();
+    if (e.evaluated == 0) {
+      e.started = t0;
+      e.result.queued_seconds = seconds_between(e.submitted, t0);
+      e.result.prompt_tokens = e.req.prompt.size();
+    }
+    if (e.evaluated + chunks_[i].tokens.size() == e.context.size())
+      all_greedy = all_greedy && e.sampler.plain_greedy();
+  }
   try {
-    const bool greedy = e->sampler.plain_greedy();
-    const bool prefill = e->evaluated == 0;
-    const std::span<const int32_t> tokens =
-        prefill ? std::span<const int32_t>(e->context) : std::span(&e->context.back(), 1);
-    if (prefill) {
-      e->started = t0;
-      e->result.queued_seconds = seconds_between(e->submitted, t0);
-      e->result.prompt_tokens = tokens.size();
-    }
-    int32_t next = greedy ? engine_.eval_greedy(tokens, e->evaluated) : -1;
-    if (!greedy) engine_.eval(tokens, e->evaluated);
-    e->evaluated = e->context.size();
-    if (!greedy) next = e->sampler.sample(engine_.logits(), e->context);
-    if (prefill) {
-      e->first_token = Clock::now();
-      e->result.prompt_seconds = seconds_between(t0, e->first_token);
-    }
-    {
-      std::lock_guard lock(mu_);
-      ++stats_.steps;
-      if (prefill) stats_.prompt_tokens += tokens.size();
-      stats_.busy_seconds += seconds_between(t0, Clock::now());
-    }
-    if (const auto reason = accept(*e, next)) finish(e, *reason);
+    engine_.eval_seqs(chunks_, logits_, all_greedy ? std::span(argmax_) : std::span<int32_t>());
   } catch (const std::exception& ex) {
-    e->result.error = ex.what();
-    finish(e, StopReason::cancelled);
+    for (auto& e : stepped_) {
+      e->result.error = ex.what();
+      finish(e, StopReason::cancelled);
+    }
+    return true;
+  }
+  const auto t1 = Clock::now();
+  {
+    std::lock_guard lock(mu_);
+    ++stats_.steps;
+    stats_.prompt_tokens += prompt_tokens;
+    stats_.busy_seconds += seconds_between(t0, t1);
+    stats_.step_tokens += tokens;
+  }
+  for (size_t i = 0; i < chunks_.size(); ++i) {
+    const std::shared_ptr<Entry> e = stepped_[i];
+    const bool prefilling = e->evaluated < e->req.prompt.size();
+    e->evaluated += chunks_[i].tokens.size();
+    if (e->evaluated < e->context.size()) continue;  // more of its prompt next step
+    if (prefilling) {
+      e->first_token = t1;
+      e->result.prompt_seconds = seconds_between(e->started, t1);
+    }
+    if (const auto reason = accept(*e, choose(*e, i, all_greedy))) finish(e, *reason);
   }
   return true;
 }

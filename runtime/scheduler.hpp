@@ -1,7 +1,10 @@
 // Many requests on one Engine: a queue, and a step loop that serves the requests in its slots.
 // `ferry serve` and `ferry run --parallel` submit requests here; each request has its own
 // sampling, stop strings, token limit and cancellation, and its text comes back through its sink
-// as it becomes final. The slots are the engine's KV cache slots (EngineOptions::parallel).
+// as it becomes final. The slots are the engine's KV cache slots (EngineOptions::parallel): up to
+// that many requests run at once, continuously batched (a request joins as soon as a slot is
+// free and leaves when it ends); each step runs one forward pass over every running request's
+// next token and the chunks of prompts still in prefill, at most the engine's batch() tokens.
 #pragma once
 #include <chrono>
 #include <condition_variable>
@@ -62,7 +65,8 @@ struct SchedulerStats {
   uint64_t slots = 0, active = 0, queued = 0;
   uint64_t submitted = 0, finished = 0, cancelled = 0, rejected = 0;
   uint64_t prompt_tokens = 0, generated_tokens = 0;
-  uint64_t steps = 0;  // forward passes the loop ran
+  uint64_t steps = 0;        // forward passes the loop ran
+  uint64_t step_tokens = 0;  // tokens those passes ran (decode and prompt): / steps = batch size
   double busy_seconds = 0;
 };
 
@@ -101,7 +105,9 @@ class Scheduler {
   struct Entry;
   bool step();  // one forward pass over the slots; false when there was nothing to do
   void loop();
-  std::shared_ptr<Entry> fill_slot(std::vector<std::shared_ptr<Entry>>& dropped);
+  void admit(std::vector<std::shared_ptr<Entry>>& dropped);
+  void plan_step(std::vector<std::shared_ptr<Entry>>& running);
+  int32_t choose(Entry& e, size_t i, bool device_argmax);
   std::optional<StopReason> accept(Entry& e, int32_t next);
   void finish(const std::shared_ptr<Entry>& e, StopReason reason);
 
@@ -110,7 +116,14 @@ class Scheduler {
   mutable std::mutex mu_;
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Entry>> queue_;
-  std::vector<std::shared_ptr<Entry>> running_;
+  std::vector<std::shared_ptr<Entry>> running_;  // in their slots
+  std::vector<uint64_t> free_slots_;
+  // The step loop's own state (one thread at a time runs step()), sized at construction:
+  std::vector<float> logits_;                    // [slots, vocab] each stepped sequence's row
+  std::vector<int32_t> argmax_;                  // [slots] the device's greedy choices
+  std::vector<SeqChunk> chunks_;                 // [<= slots] the step's chunks
+  std::vector<std::shared_ptr<Entry>> stepped_;  // [<= slots] their requests, in chunk order
+  uint64_t rotate_ = 0;                          // where the next step starts its round
   SchedulerStats stats_;
   RequestId next_id_ = 1;
   bool stopping_ = false;

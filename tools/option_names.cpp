@@ -32,6 +32,8 @@ std::string_view option_name(std::string_view command, Setting s) {
     case Setting::output:
       // bench writes several files (--json, --csv, --plot) and names each in its own messages.
       return command == "quantize" || command == "synth" ? "-o" : "";
+    case Setting::parallel:
+      return "--parallel";
   }
   return "";
 }
