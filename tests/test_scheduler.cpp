@@ -170,7 +170,9 @@ void expect_batched_equals_solo(uint64_t parallel, CacheOptions cache, const std
   EXPECT_EQ(st.active, 0u) << what;
   // Every step's tokens are counted once; the last sampled token of each request is never run.
   EXPECT_EQ(st.step_tokens, tokens - reqs.size()) << what;
-  if (cache.enabled) EXPECT_GT(e.cache_stats()->evictions, 0u) << what << ": nothing streamed";
+  if (cache.enabled) {
+    EXPECT_GT(e.cache_stats()->evictions, 0u) << what << ": nothing streamed";
+  }
   if (parallel > 1) {  // the decoders really shared steps: fewer steps than one request at a time
     Engine one(PackedFile::from_mapping(image), options(1, cache));
     Scheduler serial(one);
