@@ -83,5 +83,43 @@ TEST(Cli, GoodValuesStillParse) {
   EXPECT_NE(r.output.find("/nonexistent.ferry"), std::string::npos) << r.output;
 }
 
+// ferry run -f FILE --parallel N: each completion, printed under its prompt's number, is the text
+// `ferry run -p` gives for that prompt alone (greedy), whatever shared its steps.
+TEST(Cli, RunAPromptFileInParallel) {
+  test::ScratchDir dir;
+  const std::string hf = (dir / "hf").string(), model = (dir / "m.ferry").string();
+  ASSERT_EQ(run_ferry({"synth", "--preset", "llama-tiny", "-o", hf}).exit_code, 0);
+  ASSERT_EQ(run_ferry({"quantize", hf, "-o", model}).exit_code, 0);
+  const std::vector<std::string> prompts = {"Once upon a time", "The dog", "A cat sat on the mat",
+                                            "Hello", "She said"};
+  std::string file;
+  for (const std::string& p : prompts) file += p + "\n\n";  // blank lines are skipped
+  test::write_file(dir / "p.txt", std::vector<uint8_t>(file.begin(), file.end()));
+  const auto r = run_ferry({"run", model, "-f", (dir / "p.txt").string(), "--parallel", "3", "-n",
+                            "10", "--threads", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("5 prompts, 3 slots"), std::string::npos) << r.output;
+  const std::regex header("--- ([0-9]+) \\(10 tokens, stopped: token limit\\)\n");
+  std::vector<std::string> got(prompts.size());
+  for (auto it = std::sregex_iterator(r.output.begin(), r.output.end(), header);
+       it != std::sregex_iterator(); ++it) {
+    const size_t n = std::stoul((*it)[1]), from = size_t(it->position() + it->length());
+    ASSERT_TRUE(n >= 1 && n <= prompts.size()) << r.output;
+    got[n - 1] = r.output.substr(from, r.output.find('\n', from) - from);
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto solo = run_ferry({"run", model, "-p", prompts[i], "-n", "10", "--threads", "1"});
+    ASSERT_EQ(solo.exit_code, 0) << solo.output;
+    EXPECT_EQ(got[i], solo.output.substr(0, solo.output.find('\n'))) << "prompt " << i + 1;
+  }
+  // -p with --parallel, and a missing file, are refused before any work.
+  const auto both = run_ferry({"run", model, "-p", "x", "--parallel", "2"});
+  EXPECT_EQ(both.exit_code, 1);
+  EXPECT_NE(both.output.find("give them with -f FILE"), std::string::npos) << both.output;
+  const auto missing = run_ferry({"run", model, "-f", (dir / "none.txt").string()});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.output.find("cannot read"), std::string::npos) << missing.output;
+}
+
 }  // namespace
 }  // namespace ferry
