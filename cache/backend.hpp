@@ -40,6 +40,9 @@ class CacheBackend {
   virtual ~CacheBackend() = default;
   virtual std::string_view name() const = 0;
   virtual bool pins_host_memory() const = 0;
+  // Whether the arena ("device" memory) is host memory too (the CPU backend): then the budget
+  // counts against host memory beside the host store.
+  virtual bool arena_in_host_memory() const { return false; }
   // The budget `--cache-budget auto` gives for a model whose linear weights take `whole_model`
   // bytes in the cache's format.
   virtual uint64_t auto_budget(uint64_t whole_model) const = 0;

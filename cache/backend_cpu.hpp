@@ -16,6 +16,7 @@ class CpuBackend final : public CacheBackend {
  public:
   std::string_view name() const override { return "cpu"; }
   bool pins_host_memory() const override { return false; }
+  bool arena_in_host_memory() const override { return true; }
   uint64_t auto_budget(uint64_t whole_model) const override { return whole_model; }
 
   void record_ready(uint32_t entry) override;

@@ -84,6 +84,17 @@ std::unique_ptr<WeightSource> make_source(const PackedFile& f, const ModelWeight
 
 }  // namespace
 
+uint64_t host_bytes_needed(const PackedFile& f, const EngineOptions& o) {
+  const ModelWeights w = bind_weights(f);
+  const PassShape s = pass_shape(f.config, o);
+  uint64_t need = o.device ? 0 : uint64_t(cpu_pass_bytes(f.config, s));
+  if (o.device)  // the pinned host store; the arena is device memory
+    need += paging_schedule(f, w, CacheFormat::int4).whole_bytes();
+  else if (o.cache.enabled)
+    need += cache_host_bytes(f, w, o.cache);
+  return need;
+}
+
 Engine::Engine(const EngineOptions& o) : Engine(PackedFile::open(o.model), o) {}
 
 Engine::Engine(PackedFile f, const EngineOptions& o)

@@ -97,6 +97,12 @@ class Engine {
   std::vector<float> logits_;  // [vocab]
 };
 
+// Host memory a load with these options takes beyond the file's own bytes: on the CPU its KV slots
+// and activations, and the paging cache's host store and CPU arena (cache_host_bytes). The Engine
+// checks the same parts as it makes them; `ferry bench` checks every run of a sweep before the
+// first, so that the last run cannot be killed for memory after hours of the others.
+uint64_t host_bytes_needed(const PackedFile& f, const EngineOptions& o);
+
 // Bytes of weights one decoded token reads: every tensor but the embedding, of which one row.
 double weight_bytes_per_token(const PackedFile& f);
 

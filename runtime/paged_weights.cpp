@@ -5,9 +5,11 @@
 
 #include <fmt/format.h>
 
+#include "base/bytes.hpp"
 #include "base/error.hpp"
 #include "cache/backend_cpu.hpp"
 #include "format/int4.hpp"
+#include "runtime/machine/host_memory.hpp"
 
 namespace ferry {
 namespace {
@@ -74,11 +76,47 @@ Schedule paging_schedule(const PackedFile& f, const ModelWeights& w, CacheFormat
   return s;
 }
 
+namespace {
+
+uint64_t resolved_budget(const CacheOptions& o, const CacheBackend& backend, uint64_t whole) {
+  return o.budget_auto           ? backend.auto_budget(whole)
+         : o.budget_fraction > 0 ? uint64_t(o.budget_fraction * double(whole))
+                                 : o.budget_bytes;
+}
+
+// The host store and a host arena would not fit: one line before a byte is allocated (a 32B
+// model's store alone is 18 GB, and the kernel's OOM killer gives no message).
+void check_host_memory(const PackedFile& f, const ModelWeights& w, const CacheOptions& o) {
+  const uint64_t need = cache_host_bytes(f, w, o), have = host_memory_available();
+  if (have == 0 || need <= have) return;
+  const bool host_arena = !o.backend || o.backend->arena_in_host_memory();
+  throw Error(
+      Setting::cache_budget,
+      fmt::format("the paging cache needs {} of host memory ({} copy of the weights{}) "
+                  "and {} is available; {}",
+                  human_bytes(double(need)),
+                  human_bytes(double(paging_schedule(f, w, CacheFormat::int4).whole_bytes())),
+                  host_arena ? " plus the arena of the budget" : "", human_bytes(double(have)),
+                  host_arena ? "lower it, or run without a cache on the CPU"
+                             : "free host memory or use a smaller model"));
+}
+
+}  // namespace
+
+uint64_t cache_host_bytes(const PackedFile& f, const ModelWeights& w, const CacheOptions& o) {
+  const uint64_t store = paging_schedule(f, w, CacheFormat::int4).whole_bytes();
+  if (o.backend && !o.backend->arena_in_host_memory()) return store;
+  const CpuBackend cpu;
+  const CacheBackend* backend = o.backend ? o.backend.get() : &cpu;
+  return store + resolved_budget(o, *backend, paging_schedule(f, w, o.format).whole_bytes());
+}
+
 PagedWeights::PagedWeights(const PackedFile& f, const ModelWeights& w, const CacheOptions& o,
                            unsigned threads)
     : format_(o.format),
       backend_(o.backend ? o.backend : std::make_shared<CpuBackend>()),
       stored_(w.linears) {
+  check_host_memory(f, w, o);
   // The host store: every part of every linear weight, in id order.
   const std::vector<LinearTensors> tensors = linear_tensors(f, w);
   std::vector<HostPiece> pieces;
@@ -103,9 +141,7 @@ PagedWeights::PagedWeights(const PackedFile& f, const ModelWeights& w, const Cac
 
   Schedule schedule = paging_schedule(f, w, o.format);
   const uint64_t whole = schedule.whole_bytes();
-  const uint64_t budget = o.budget_auto           ? backend_->auto_budget(whole)
-                          : o.budget_fraction > 0 ? uint64_t(o.budget_fraction * double(whole))
-                                                  : o.budget_bytes;
+  const uint64_t budget = resolved_budget(o, *backend_, whole);
   cache_ = std::make_unique<DeviceCache>(
       *backend_, std::move(schedule),
       CacheConfig{

@@ -43,10 +43,17 @@ struct CacheOptions {
 // and its name.
 Schedule paging_schedule(const PackedFile& f, const ModelWeights& w, CacheFormat format);
 
+// The host memory a cache of these options takes, for checks before anything is allocated: its
+// host store (a copy of every linear weight, pinned on a device) and, when the arena is host
+// memory (the CPU backend, o.backend null), the budget. Budgets `auto` on a device count nothing
+// here: the device's memory holds the arena.
+uint64_t cache_host_bytes(const PackedFile& f, const ModelWeights& w, const CacheOptions& o);
+
 class PagedWeights final : public WeightSource {
  public:
-  // Throws ferry::Error for a budget below the minimum (stating it), memory that cannot be had,
-  // or a checksum mismatch.
+  // Throws ferry::Error for a budget below the minimum (stating it), host memory that the host
+  // store and a CPU arena would exceed (before allocating), memory that cannot be had, or a
+  // checksum mismatch.
   PagedWeights(const PackedFile& f, const ModelWeights& w, const CacheOptions& o, unsigned threads);
   ~PagedWeights() override;
   Linear acquire(uint32_t id) override;

@@ -25,14 +25,20 @@ double transfer_seconds(double bytes, double bw) {
 
 }  // namespace
 
-double token_seconds_bound(const TokenTraffic& t) {
+double step_seconds_bound(const TokenTraffic& t) {
   check(t.weight_bytes, "the weight bytes per token");
   check(t.kv_bytes, "the KV bytes per token");
-  check(t.streamed_bytes, "the streamed bytes per token");
+  check(t.streamed_bytes, "the streamed bytes per step");
   check(t.read_bw, "the read bandwidth");
   check(t.copy_bw, "the copy bandwidth");
-  return std::max(transfer_seconds(t.weight_bytes + t.kv_bytes, t.read_bw),
-                  transfer_seconds(t.streamed_bytes, t.copy_bw));
+  check(t.compute_seconds, "the compute seconds per token");
+  if (!(t.batch >= 1)) throw Error("performance model: the batch must be at least 1 sequence");
+  return std::max({transfer_seconds(t.weight_bytes + t.batch * t.kv_bytes, t.read_bw),
+                   transfer_seconds(t.streamed_bytes, t.copy_bw), t.batch * t.compute_seconds});
+}
+
+double token_seconds_bound(const TokenTraffic& t) {
+  return step_seconds_bound(t) / t.batch;
 }
 
 double tokens_per_second_bound(const TokenTraffic& t) {

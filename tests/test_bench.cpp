@@ -39,13 +39,15 @@ TEST(BenchCli, SyntheticRunWritesTableJsonAndCsv) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("host memory: read"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("decode t/s"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("MB/token"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("MB/step"), std::string::npos) << r.output;
   // Each row is printed as soon as it is measured, before the next configuration starts.
   EXPECT_LT(r.output.find("\nnone "), r.output.find("[2/2]")) << r.output;
   std::istringstream none_row(line_starting(r.output, "none "));
   std::string budget, policy, format;
-  double prefill = 0, decode = 0, per_token = 0;
-  none_row >> budget >> policy >> format >> prefill >> decode >> per_token;
+  double seqs = 0, prefill = 0, decode = 0, per_seq = 0, per_token = 0;
+  none_row >> budget >> policy >> format >> seqs >> prefill >> decode >> per_seq >> per_token;
+  EXPECT_EQ(seqs, 1) << r.output;
+  EXPECT_EQ(per_seq, decode) << r.output;
   EXPECT_GT(per_token, 1.0) << r.output;  // qwen2-tiny: ~3 MB packed
   const auto j = nlohmann::json::parse(text_of(tmp / "b.json"));
   EXPECT_EQ(j["model"], "qwen2-tiny");
@@ -158,6 +160,10 @@ void expect_early_error(const std::vector<std::string>& extra, const std::string
 
 TEST(BenchCli, BadSweepListsAreErrorsBeforeAnyWork) {
   expect_early_error({"--budgets", "garbage"}, "--budgets: 'garbage'");
+  expect_early_error({"--parallel", "0"}, "--parallel: '0' is not a whole number of sequences");
+  expect_early_error({"--parallel", "1,x"}, "--parallel: 'x'");
+  expect_early_error({"--parallel", "4097"}, "from 1 to 4096");
+  expect_early_error({"--parallel", "1,,4"}, "--parallel: empty entry");
   expect_early_error({"--budgets", ""}, "--budgets is empty");
   expect_early_error({"--budgets", " "}, "--budgets is empty");
   expect_early_error({"--budgets", ","}, "--budgets: empty entry");
@@ -263,6 +269,57 @@ TEST(BenchCli, SyntheticModelLargerThanMemoryIsRefusedAtOnce) {
   // qwen2-tiny is ~0.6 MB a layer: 1e8 layers are ~60 TB.
   expect_early_error({"--layers", "100000000"}, "lower --layers");
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
+}
+
+// --parallel 1,4: a step of four sequences streams the same weights as a step of one (every
+// weight once), so the bytes uploaded per token fall to about a quarter; the plot is tokens/s
+// against the batch size, one line per budget.
+TEST(BenchCli, ParallelSweepSharesEachStreamedWeight) {
+  test::ScratchDir tmp;
+  const auto r = test::run_ferry({"bench", "--synthetic", "qwen2-tiny", "--prompt", "8", "--gen",
+                                  "8", "--threads", "2", "--budgets", "none,40%", "--policy", "lru",
+                                  "--parallel", "1,4", "--json", (tmp / "b.json").string(),
+                                  "--plot", (tmp / "b.png").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(text_of(tmp / "b.json"));
+  ASSERT_EQ(j["runs"].size(), 4u);
+  std::map<std::string, nlohmann::json> by;  // "budget parallel"
+  for (const auto& run : j["runs"])
+    by[run["budget"].get<std::string>() + " " + std::to_string(run["parallel"].get<int>())] = run;
+  for (const std::string budget : {"none", "40%"}) {
+    const auto &one = by.at(budget + " 1"), &four = by.at(budget + " 4");
+    EXPECT_DOUBLE_EQ(four["gb_read_per_step"].get<double>(), one["gb_read_per_step"].get<double>());
+    EXPECT_DOUBLE_EQ(four["gb_read_per_token"].get<double>() * 4,
+                     four["gb_read_per_step"].get<double>());
+    EXPECT_NEAR(four["decode_tokens_per_s_per_sequence"].get<double>() * 4,
+                four["decode_tokens_per_s"].get<double>(),
+                1e-6 * four["decode_tokens_per_s"].get<double>());
+  }
+  const double step1 = by.at("40% 1")["gb_uploaded_per_step"].get<double>();
+  const double step4 = by.at("40% 4")["gb_uploaded_per_step"].get<double>();
+  EXPECT_GT(step1, 0);
+  EXPECT_NEAR(step4, step1, 0.1 * step1);  // lru at 40% streams the same each step
+  EXPECT_NEAR(by.at("40% 4")["gb_uploaded_per_token"].get<double>(), step4 / 4, 1e-12);
+  EXPECT_GT(by.at("40% 4")["bound_tokens_per_s"].get<double>(),
+            by.at("40% 1")["bound_tokens_per_s"].get<double>());
+  const std::string gp = text_of(tmp / "b.png.gp");
+  EXPECT_NE(gp.find("sequences decoded at once"), std::string::npos) << gp;
+  EXPECT_NE(gp.find("budget 40% lru int4"), std::string::npos) << gp;
+  EXPECT_NE(gp.find("no cache"), std::string::npos) << gp;
+}
+
+// A run whose KV slots (or cache) would not fit in host memory is refused before the first run,
+// naming it, instead of being killed for memory after the runs before it.
+TEST(BenchCli, RunsThatDoNotFitInMemoryAreRefusedBeforeTheFirst) {
+  // qwen2-tiny's f16 KV is 2 KB a position: 4096 slots of 4M positions are ~34 TB.
+  const auto r =
+      test::run_ferry({"bench", "--synthetic", "qwen2-tiny", "--prompt", "8", "--gen", "4",
+                       "--threads", "2", "--parallel", "1,4096", "--ctx", "4000000"});
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("parallel 4096 needs"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("drop it from --budgets or --parallel"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("host memory: read"), std::string::npos) << "measured first";
+  EXPECT_EQ(r.output.find("[1/2]"), std::string::npos) << "ran first";
 }
 
 }  // namespace

@@ -133,6 +133,26 @@ TEST(PagingInvariance, TinyStoriesLogitsAreBitIdenticalForEveryBudget) {
 
 // An INT4 entry is filled by one copy (the host store holds its parts as the entry lays them
 // out), so each upload is one transfer: fewer, larger PCIe copies on a GPU.
+// A CPU cache whose host store and arena would exceed the host memory is refused before either
+// is allocated, naming the budget; cache_host_bytes counts both.
+TEST(PagingMemory, ACpuArenaLargerThanTheMemoryIsRefusedFirst) {
+  test::ScratchDir tmp;
+  const PackedFile f = PackedFile::open(qwen2_tiny(tmp, Scheme::asym_clip));
+  const ModelWeights w = bind_weights(f);
+  const uint64_t store = paging_schedule(f, w, CacheFormat::int4).whole_bytes();
+  const CacheOptions half{.enabled = true, .budget_fraction = 0.5};
+  EXPECT_EQ(cache_host_bytes(f, w, half), store + store / 2);
+  const CacheOptions huge{.enabled = true, .budget_bytes = uint64_t(1) << 52};  // 4 PB
+  EXPECT_EQ(cache_host_bytes(f, w, huge), store + (uint64_t(1) << 52));
+  try {
+    Engine e(PackedFile::from_mapping(f.file.mapping()), engine_options(huge));
+    ADD_FAILURE() << "a 4 PB arena was accepted";
+  } catch (const Error& err) {
+    EXPECT_EQ(err.setting, Setting::cache_budget) << err.what();
+    EXPECT_NE(std::string(err.what()).find("of host memory"), std::string::npos) << err.what();
+  }
+}
+
 TEST(PagingInvariance, EachInt4UploadIsOneTransfer) {
   test::ScratchDir tmp;
   const PackedFile f = PackedFile::open(qwen2_tiny(tmp, Scheme::asym_clip));

@@ -41,6 +41,34 @@ TEST(PerfModel, KvBytesAreCountedWithTheWeights) {
   EXPECT_NEAR(token_seconds_bound(t), 0.181, 1e-12);
 }
 
+// A step of 16 reads the 17 GB and streams its 9 GB once (360 ms, the copy bounds) and reads 16
+// sequences' 0.1 GB of KV (1.6 GB at 3000 GB/s: 6.2 ms): 22.5 ms a token, 16x one at a time.
+TEST(PerfModel, ABatchSharesEachStreamedWeight) {
+  const TokenTraffic t{.weight_bytes = 17 * GB,
+                       .kv_bytes = 0.1 * GB,
+                       .streamed_bytes = 9 * GB,
+                       .read_bw = 3000 * GB,
+                       .copy_bw = 25 * GB,
+                       .batch = 16};
+  EXPECT_DOUBLE_EQ(step_seconds_bound(t), 0.36);
+  EXPECT_DOUBLE_EQ(token_seconds_bound(t), 0.0225);
+  EXPECT_DOUBLE_EQ(tokens_per_second_bound(t), 16 / 0.36);
+}
+
+// Until compute catches up: 64 tokens at 10 ms each are 640 ms, more than the 360 ms copy.
+TEST(PerfModel, ComputeBoundsALargeBatch) {
+  const TokenTraffic t{.weight_bytes = 17 * GB,
+                       .streamed_bytes = 9 * GB,
+                       .read_bw = 3000 * GB,
+                       .copy_bw = 25 * GB,
+                       .batch = 64,
+                       .compute_seconds = 0.01};
+  EXPECT_DOUBLE_EQ(step_seconds_bound(t), 0.64);
+  EXPECT_DOUBLE_EQ(token_seconds_bound(t), 0.01);
+  EXPECT_THROW(step_seconds_bound({.read_bw = 1, .batch = 0}), Error);
+  EXPECT_THROW(step_seconds_bound({.read_bw = 1, .compute_seconds = -1}), Error);
+}
+
 // 8 tokens decoded after a prompt of 120: positions 120..127 read 121..128 rows, 124.5 on average.
 TEST(PerfModel, MeanKvBytesPerDecodedToken) {
   EXPECT_DOUBLE_EQ(mean_kv_bytes_per_token(1000, 120, 8), 124500);

@@ -55,11 +55,26 @@ std::string script_what(const std::string& png) {
   return "--plot " + png + ": its gnuplot script";
 }
 
-// "policy format" of each series, in order of first appearance.
+// Whether the sweep has more than one batch size: then the plot is tokens/s against it, one line
+// per budget, policy and format; otherwise against the budget, one line per policy and format.
+bool by_parallel(const std::vector<BenchRow>& rows) {
+  return std::any_of(rows.begin(), rows.end(), [&](const BenchRow& r) {
+    return r.config.parallel != rows.front().config.parallel;
+  });
+}
+
+std::string series_key(const BenchRow& r, bool parallel) {
+  const std::string k = r.config.policy + " " + r.config.format;
+  if (!parallel) return k;
+  return r.config.budget == "none" ? "no cache" : "budget " + r.config.budget + " " + k;
+}
+
+// The key of each series, in order of first appearance.
 std::vector<std::string> plot_series(const std::vector<BenchRow>& rows) {
+  const bool parallel = by_parallel(rows);
   std::vector<std::string> series;
   for (const BenchRow& r : rows) {
-    const std::string k = r.config.policy + " " + r.config.format;
+    const std::string k = series_key(r, parallel);
     if (std::find(series.begin(), series.end(), k) == series.end()) series.push_back(k);
   }
   return series;
@@ -77,14 +92,20 @@ void draw(const std::string& png, const std::vector<BenchRow>& rows, const std::
 void BenchTable::print(const BenchRow& r) {
   if (!mb_) {
     mb_ = r.gb_per_token < 0.1;
-    std::fprintf(out_, "%-8s %-6s %-6s %11s %10s %9s %10s %6s %6s %10s %7s\n", "budget", "policy",
-                 "format", "prefill t/s", "decode t/s", *mb_ ? "MB/token" : "GB/token",
-                 *mb_ ? "upload MB" : "upload GB", "hits", "wait", "bound t/s", "x bound");
+    const char* unit = *mb_ ? "MB" : "GB";
+    std::fprintf(out_, "%-8s %-6s %-6s %4s %11s %10s %9s %9s %12s %13s %6s %6s %10s %7s\n",
+                 "budget", "policy", "format", "seqs", "prefill t/s", "decode t/s", "seq t/s",
+                 fmt::format("{}/step", unit).c_str(), fmt::format("upload {}/st", unit).c_str(),
+                 fmt::format("upload {}/tok", unit).c_str(), "hits", "wait", "bound t/s",
+                 "x bound");
   }
   const double scale = *mb_ ? 1e3 : 1;
-  std::fprintf(out_, "%-8s %-6s %-6s %11.1f %10.2f %9.3f %10.3f %5.0f%% %5.0f%% %10.2f %7.2f\n",
+  std::fprintf(out_,
+               "%-8s %-6s %-6s %4llu %11.1f %10.2f %9.2f %9.3f %12.3f %13.4f %5.0f%% %5.0f%% "
+               "%10.2f %7.2f\n",
                r.config.budget.c_str(), r.config.policy.c_str(), r.config.format.c_str(),
-               r.prefill_tps, r.decode_tps, scale * r.gb_per_token, scale * r.upload_gb_per_token,
+               (unsigned long long)r.config.parallel, r.prefill_tps, r.decode_tps, r.seq_decode_tps,
+               scale * r.gb_per_step, scale * r.upload_gb_per_step, scale * r.upload_gb_per_token,
                100 * r.hit_rate, 100 * r.wait_fraction, r.bound_tps, r.ratio);
   std::fflush(out_);
 }
@@ -107,9 +128,13 @@ std::string bench_json(const std::string& model, const Bandwidths& bw,
                          {"budget_gb", r.budget_gb},
                          {"policy", r.config.policy},
                          {"format", r.config.format},
+                         {"parallel", r.config.parallel},
                          {"prefill_tokens_per_s", r.prefill_tps},
                          {"decode_tokens_per_s", r.decode_tps},
+                         {"decode_tokens_per_s_per_sequence", r.seq_decode_tps},
+                         {"gb_read_per_step", r.gb_per_step},
                          {"gb_read_per_token", r.gb_per_token},
+                         {"gb_uploaded_per_step", r.upload_gb_per_step},
                          {"gb_uploaded_per_token", r.upload_gb_per_token},
                          {"hit_rate", r.hit_rate},
                          {"wait_fraction", r.wait_fraction},
@@ -120,26 +145,35 @@ std::string bench_json(const std::string& model, const Bandwidths& bw,
 
 std::string bench_csv(const std::vector<BenchRow>& rows) {
   std::string s =
-      "budget,budget_gb,policy,format,prefill_tokens_per_s,decode_tokens_per_s,gb_read_per_token,"
+      "budget,budget_gb,policy,format,parallel,prefill_tokens_per_s,decode_tokens_per_s,"
+      "decode_tokens_per_s_per_sequence,gb_read_per_step,gb_read_per_token,gb_uploaded_per_step,"
       "gb_uploaded_per_token,hit_rate,wait_fraction,bound_tokens_per_s,ratio_to_bound\n";
   for (const BenchRow& r : rows)
-    s += fmt::format("{},{:.4f},{},{},{:.3f},{:.3f},{:.5f},{:.5f},{:.4f},{:.4f},{:.3f},{:.3f}\n",
-                     r.config.budget, r.budget_gb, r.config.policy, r.config.format, r.prefill_tps,
-                     r.decode_tps, r.gb_per_token, r.upload_gb_per_token, r.hit_rate,
-                     r.wait_fraction, r.bound_tps, r.ratio);
+    s += fmt::format(
+        "{},{:.4f},{},{},{},{:.3f},{:.3f},{:.3f},{:.5f},{:.5f},{:.5f},{:.5f},{:.4f},{:.4f},{:.3f},"
+        "{:.3f}\n",
+        r.config.budget, r.budget_gb, r.config.policy, r.config.format, r.config.parallel,
+        r.prefill_tps, r.decode_tps, r.seq_decode_tps, r.gb_per_step, r.gb_per_token,
+        r.upload_gb_per_step, r.upload_gb_per_token, r.hit_rate, r.wait_fraction, r.bound_tps,
+        r.ratio);
   return s;
 }
 
-// Decode tokens/s and the bound against the cache budget (GB of arena), one gnuplot data block
-// per policy and format; runs without a cache sit at the size of the whole weights.
+// Decode tokens/s (all sequences together) and the bound against the cache budget (GB of arena),
+// one gnuplot data block per policy and format, runs without a cache at the size of the whole
+// weights; or, when the sweep has several batch sizes, against the batch size, a block per budget.
 std::string plot_data(std::vector<BenchRow> rows) {
+  const bool parallel = by_parallel(rows);
+  const auto x = [parallel](const BenchRow& r) {
+    return parallel ? double(r.config.parallel) : r.budget_gb;
+  };
   std::stable_sort(rows.begin(), rows.end(),
-                   [](const BenchRow& a, const BenchRow& b) { return a.budget_gb < b.budget_gb; });
+                   [&](const BenchRow& a, const BenchRow& b) { return x(a) < x(b); });
   std::string d;
   for (const std::string& series : plot_series(rows)) {
     for (const BenchRow& r : rows)
-      if (r.config.policy + " " + r.config.format == series)
-        d += fmt::format("{:.5f} {:.4f} {:.4f}\n", r.budget_gb, r.decode_tps, r.bound_tps);
+      if (series_key(r, parallel) == series)
+        d += fmt::format("{:.5f} {:.4f} {:.4f}\n", x(r), r.decode_tps, r.bound_tps);
     d += "\n\n";  // gnuplot: the next data block
   }
   return d;
@@ -158,11 +192,14 @@ std::string plot_script(const std::string& png, const std::vector<BenchRow>& row
         "'' index {} using 1:3 with lines dt 2 lc {} title '{} bound'",
         i ? ", " : "", png, i, i + 1, name, i, i + 1, name);
   }
+  const std::string x = by_parallel(rows)
+                            ? "set xlabel 'sequences decoded at once'\nset logscale x 2\n"
+                            : "set xlabel 'cache budget (GB)'\nset xrange [0:*]\n";
   return fmt::format(
-      "set terminal pngcairo size 900,540\nset output '{}'\nset title '{}'\n"
-      "set xlabel 'cache budget (GB)'\nset ylabel 'decode tokens/s'\nset yrange [0:*]\n"
-      "set xrange [0:*]\nset key outside right\nset grid\nplot {}\n",
-      png, title, plots);
+      "set terminal pngcairo size 900,540\nset output '{}'\nset title '{}'\n{}"
+      "set ylabel 'decode tokens/s (all sequences)'\nset yrange [0:*]\n"
+      "set key outside right\nset grid\nplot {}\n",
+      png, title, x, plots);
 }
 
 void check_report_paths(const ReportPaths& p) {

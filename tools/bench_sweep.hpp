@@ -14,6 +14,7 @@ namespace ferry {
 struct BenchConfig {
   std::string budget;  // as given: "all", "50%", "6G", or "none" (no cache)
   std::string policy, format;
+  uint64_t parallel = 1;  // sequences decoded at once, each step one token of each
 };
 
 // The bandwidths of the performance model, measured on this machine in this run (GB/s, 1e9).
@@ -32,9 +33,13 @@ struct Bandwidths {
 struct BenchRow {
   BenchConfig config;
   double budget_gb = 0;  // the cache arena (the whole linear weights without a cache)
-  double prefill_tps = 0, decode_tps = 0;
-  double gb_per_token = 0;         // weights read per decoded token
-  double upload_gb_per_token = 0;  // of them, copied into the cache during decode
+  double prefill_tps = 0;
+  double decode_tps = 0;           // every sequence's tokens together
+  double seq_decode_tps = 0;       // one sequence's: decode_tps / parallel
+  double gb_per_step = 0;          // weights read per decode step (once for the whole batch)
+  double gb_per_token = 0;         // ... per decoded token: gb_per_step / parallel
+  double upload_gb_per_step = 0;   // of them, copied into the cache per decode step
+  double upload_gb_per_token = 0;  // ... per decoded token
   double hit_rate = 0, wait_fraction = 0;
   double bound_tps = 0;  // the performance model's ceiling for decode
   double ratio = 0;      // decode time per token / bound time per token (>= 1)
@@ -43,11 +48,13 @@ struct BenchRow {
 // The bandwidths, printed to stderr as they are measured. Throws for a GPU without CUDA.
 Bandwidths measure_bandwidths(bool gpu, unsigned threads);
 
-// Every budget x policy x format. Without a cache (budget none, CPU only) policy and format do
-// not apply: one run, shown as "-". On a GPU the weights always page, so none means auto.
+// Every budget x policy x format x parallel. Without a cache (budget none, CPU only) policy and
+// format do not apply: one run per parallel, shown as "-". On a GPU the weights always page, so
+// none means auto.
 std::vector<BenchConfig> sweep_configs(const std::vector<std::string>& budgets,
                                        const std::vector<std::string>& policies,
-                                       const std::vector<std::string>& formats, bool gpu);
+                                       const std::vector<std::string>& formats,
+                                       const std::vector<uint64_t>& parallels, bool gpu);
 
 // What every run of a sweep shares.
 struct SweepSetup {
@@ -59,9 +66,18 @@ struct SweepSetup {
   std::function<DeviceFactory(const CacheOptions&)> device;
 };
 
-// One configuration: a fresh engine over the same file bytes, a prompt of random ids, then
-// greedy decode. Throws ferry::Error when the configuration cannot run (e.g. a budget below the
-// model's minimum).
+// The engine options of one configuration.
+EngineOptions config_options(const BenchConfig& c, const SweepSetup& s);
+
+// Refuses, before the first run, a sweep one of whose runs would take more host memory than is
+// available now (the model already loaded or synthesized): the message names the run and what it
+// needs (runtime/engine.hpp host_bytes_needed).
+void check_sweep_memory(const PackedFile& file, const std::vector<BenchConfig>& configs,
+                        const SweepSetup& s);
+
+// One configuration: a fresh engine over the same file bytes, a prompt of random ids in each of
+// its `parallel` slots, then greedy decode of all of them together, one token each per step. Throws
+// ferry::Error when the configuration cannot run (e.g. a budget below the model's minimum).
 BenchRow run_config(const PackedFile& file, const BenchConfig& c, const SweepSetup& s,
                     const Bandwidths& bw);
 

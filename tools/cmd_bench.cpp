@@ -41,6 +41,10 @@ void add_bench_options(cxxopts::Options& o) {
       cxxopts::value<std::string>()->default_value("lru"))(
       "format", "cache formats to sweep: int4,bf16 (replaces --cache-format)",
       cxxopts::value<std::string>()->default_value("int4"))(
+      "parallel",
+      "sequences decoded at once to sweep, comma-separated (1,4,16,64): each step reads every "
+      "weight once for all of them",
+      cxxopts::value<std::string>()->default_value("1"))(
       "prompt", "prompt tokens (prefill)", cxxopts::value<uint64_t>()->default_value("128"))(
       "gen", "tokens to decode", cxxopts::value<uint64_t>()->default_value("32"))(
       "json", "write the results as JSON", cxxopts::value<std::string>())(
@@ -96,11 +100,30 @@ bool cache_options_parse(const std::string& budget, const std::string& policy,
 
 struct Sweep {
   std::vector<std::string> budgets, policies, formats;
+  std::vector<uint64_t> parallels;
 };
+
+// --parallel: whole numbers from 1 to 4096 (the engine's KV slots).
+std::vector<uint64_t> parallel_list(const cxxopts::ParseResult& a) {
+  std::vector<uint64_t> out;
+  for (const std::string& v : sweep_list(a, "parallel", "1,4,16,64")) {
+    size_t used = 0;
+    uint64_t n = 0;
+    try {
+      n = std::stoull(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != v.size() || v[0] == '-' || n == 0 || n > 4096)
+      throw Error("--parallel: '" + v + "' is not a whole number of sequences from 1 to 4096");
+    out.push_back(n);
+  }
+  return out;
+}
 
 Sweep sweep_options(const cxxopts::ParseResult& a) {
   Sweep s{sweep_list(a, "budgets", "none,all,50%,6G"), sweep_list(a, "policy", "lru,pin"),
-          sweep_list(a, "format", "int4,bf16")};
+          sweep_list(a, "format", "int4,bf16"), parallel_list(a)};
   for (const std::string& b : s.budgets)
     if (b != "none" && !cache_options_parse(b, "lru", "int4"))
       throw Error("--budgets: '" + b +
@@ -248,9 +271,10 @@ int bench(const cxxopts::ParseResult& a) {
 
   const std::string name = model_name(a);
   const PackedFile file = a.count("model") ? PackedFile::open(name) : synthesize(a);
-  const Bandwidths bw = measure_bandwidths(gpu, setup.base.threads);
   const std::vector<BenchConfig> configs =
-      sweep_configs(sweep.budgets, sweep.policies, sweep.formats, gpu);
+      sweep_configs(sweep.budgets, sweep.policies, sweep.formats, sweep.parallels, gpu);
+  check_sweep_memory(file, configs, setup);
+  const Bandwidths bw = measure_bandwidths(gpu, setup.base.threads);
   BenchTable table;
   const std::vector<BenchRow> rows =
       run_sweep(file, configs, setup, bw, [&table](const BenchRow& r) { table.print(r); });
