@@ -38,7 +38,9 @@ PassShape pass_shape(const ModelConfig& c, const EngineOptions& o) {
   PassShape s;
   s.slots = o.parallel;
   s.ctx = o.ctx ? o.ctx : std::min(kDefaultCtx, c.max_position);
-  s.batch = std::min(o.batch, s.ctx);
+  // A pass holds at most --batch prompt tokens (no more than a context), and at least one token
+  // of every slot: a decode step of 64 sequences is one pass, whatever --batch says.
+  s.batch = std::max(std::min(o.batch, s.ctx), s.slots);
   s.kv = o.kv;
   return s;
 }

@@ -64,7 +64,7 @@ class Engine {
   const Tokenizer& tokenizer() const { return tokenizer_; }
   CpuPool& pool() { return pool_; }
   uint64_t ctx() const { return shape_.ctx; }
-  uint64_t batch() const { return shape_.batch; }
+  uint64_t batch() const { return shape_.batch; }     // tokens a pass: --batch, >= parallel()
   uint64_t parallel() const { return shape_.slots; }  // KV slots
   // [vocab] of the last token of the last eval() (and of eval_greedy() on the CPU). Mutable for
   // the sampler, which scales and filters them in place; the next eval() overwrites them.
