@@ -311,7 +311,7 @@ TEST(BenchCli, ParallelSweepSharesEachStreamedWeight) {
 // A run whose KV slots (or cache) would not fit in host memory is refused before the first run,
 // naming it, instead of being killed for memory after the runs before it.
 TEST(BenchCli, RunsThatDoNotFitInMemoryAreRefusedBeforeTheFirst) {
-  // qwen2-tiny's f16 KV is 2 KB a position: 4096 slots of 4M positions are ~34 TB.
+  // qwen2-tiny's f16 KV is 1 KB a position: 4096 slots of 4M positions are ~17 TB.
   const auto r =
       test::run_ferry({"bench", "--synthetic", "qwen2-tiny", "--prompt", "8", "--gen", "4",
                        "--threads", "2", "--parallel", "1,4096", "--ctx", "4000000"});
