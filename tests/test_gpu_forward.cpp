@@ -116,6 +116,67 @@ void expect_gpu_matches_cpu(const std::filesystem::path& model, const std::strin
   }
 }
 
+// Batched decode on the device. Three sequences of different prompt lengths in their own KV slots,
+// prefilled one by one, then decoded together (one token of each a step, the GEMV over 3 rows):
+// every row of every step against the CPU's batched pass and against the GPU running that sequence
+// alone in one slot; the device argmax of each row is that row's largest logit.
+std::vector<std::vector<float>> run_slots(Engine& e, const std::vector<uint64_t>& slots) {
+  const std::vector<std::vector<int32_t>> prompts = {
+      {1, 5, 9, 14, 20}, {3, 8, 13, 21, 34, 55, 89, 144, 233, 377, 61}, {7, 2}};
+  const uint64_t vocab = e.config().vocab;
+  std::vector<float> logits(slots.size() * vocab);
+  std::vector<int32_t> argmax(slots.size());
+  std::vector<std::vector<float>> out;  // [step][seq * vocab]
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const SeqChunk c{slots[i], 0, prompts[slots[i]]};
+    e.eval_seqs(std::span(&c, 1), std::span(logits).first(vocab), std::span(argmax).first(1));
+  }
+  for (uint64_t step = 0; step < 4; ++step) {
+    std::vector<int32_t> tokens(slots.size());
+    std::vector<SeqChunk> seqs;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      tokens[i] = int32_t(100 + 7 * slots[i] + step);
+      seqs.push_back({slots[i], prompts[slots[i]].size() + step, std::span(&tokens[i], 1)});
+    }
+    e.eval_seqs(seqs, logits, argmax);
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const auto row = std::span(logits).subspan(i * vocab, vocab);
+      EXPECT_EQ(argmax[i], int32_t(std::max_element(row.begin(), row.end()) - row.begin()))
+          << "step " << step << " sequence " << i;
+    }
+    out.push_back(logits);
+  }
+  return out;
+}
+
+TEST(GpuForward, BatchedSequencesMatchTheCpuAndThemselvesAlone) {
+  FERRY_REQUIRE_GPU();
+  test::ScratchDir tmp;
+  const PackedFile f = PackedFile::open(synthesized(tmp, "qwen2-tiny"));
+  const CacheOptions c{.enabled = true, .budget_fraction = 0.3, .policy = CachePolicy::pin};
+  EngineOptions cpu_o = options(c, false), gpu_o = options(c, true);
+  cpu_o.parallel = gpu_o.parallel = 3;
+  Engine cpu(PackedFile::from_mapping(f.file.mapping()), cpu_o);
+  Engine gpu(PackedFile::from_mapping(f.file.mapping()), gpu_o);
+  const auto reference = run_slots(cpu, {0, 1, 2}), got = run_slots(gpu, {0, 1, 2});
+  for (size_t step = 0; step < got.size(); ++step)
+    EXPECT_LT(relative_error(got[step], reference[step]), 1e-4) << "step " << step;
+  const uint64_t vocab = f.config.vocab;
+  for (uint64_t slot = 0; slot < 3; ++slot) {
+    // Alone on an engine of its own (run_slots picks the prompt by slot number, so the engine
+    // has 3 slots and only this one runs).
+    EngineOptions o = options(c, true);
+    o.parallel = 3;
+    Engine solo(PackedFile::from_mapping(f.file.mapping()), o);
+    const auto one = run_slots(solo, {slot});
+    for (size_t step = 0; step < one.size(); ++step) {
+      const std::vector<float> batched(got[step].begin() + slot * vocab,
+                                       got[step].begin() + (slot + 1) * vocab);
+      EXPECT_LT(relative_error(one[step], batched), 1e-4) << "slot " << slot << " step " << step;
+    }
+  }
+}
+
 TEST(GpuForward, TinyStoriesMatchesTheCpu) {
   FERRY_REQUIRE_GPU();
   FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
