@@ -29,6 +29,8 @@ constexpr Command kCommands[] = {
     {"bench", ferry::cmd_bench,
      "throughput per cache budget, policy and format, against the bound"},
     {"chat", ferry::cmd_chat, "chat with a .ferry model (its chat template, multi-turn)"},
+    {"perplexity", ferry::cmd_perplexity,
+     "perplexity on a text as llama-perplexity measures it; KL divergence from a base"},
     {"synth", ferry::cmd_synth,
      "write a random Hugging Face checkpoint of a named shape (tests, benchmarks)"},
 };
