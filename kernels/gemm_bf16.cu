@@ -147,11 +147,9 @@ struct CublasLt::Plan {
   }
 };
 
-CublasLt::CublasLt(uint64_t max_activations)
-    : api_(std::make_unique<Api>()), max_activations_(max_activations) {
-  cublasLtHandle_t h = nullptr;
-  lt_check(api_->create(&h), "cublasLtCreate");
-  handle_ = h;
+// The memory at load (it counts against the cache's `auto` budget); the library at the first
+// GEMM: INT4 decode never needs it, and a machine without libcublasLt.so runs that.
+CublasLt::CublasLt(uint64_t max_activations) : max_activations_(max_activations) {
   CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
   CUDA_CHECK(cudaMalloc(&x_bf16_, max_activations * sizeof(__nv_bfloat16)));
 }
@@ -160,12 +158,21 @@ CublasLt::~CublasLt() {
   plans_.clear();  // before the library they call into is closed
   cudaFree(x_bf16_);
   cudaFree(workspace_);
-  api_->destroy(static_cast<cublasLtHandle_t>(handle_));
+  if (api_) api_->destroy(static_cast<cublasLtHandle_t>(handle_));
+}
+
+void CublasLt::load() {
+  auto api = std::make_unique<Api>();
+  cublasLtHandle_t h = nullptr;
+  lt_check(api->create(&h), "cublasLtCreate");
+  handle_ = h;
+  api_ = std::move(api);
 }
 
 void CublasLt::matmul_bf16(const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                            uint64_t n, float* y, CUstream_st* stream) {
   if (rows == 0 || n == 0) return;
+  if (!api_) load();
   if (n * cols > max_activations_)
     throw Error("matmul_bf16_cuda: " + std::to_string(n) + " x " + std::to_string(cols) +
                 " activations exceed the " + std::to_string(max_activations_) +

@@ -33,8 +33,9 @@ void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t 
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                      uint64_t n, float* y, KernelIsa isa);
 
-// cuBLASLt bf16 GEMM (kernels/gemm_bf16.cu). Owns the handle, a workspace and a bf16 copy of the
-// activations, all allocated once at load for at most `max_activations` (n x cols) values.
+// cuBLASLt bf16 GEMM (kernels/gemm_bf16.cu). Owns a workspace and a bf16 copy of the activations,
+// allocated once at load for at most `max_activations` (n x cols) values, and the handle, made
+// with the library's loading at the first matmul_bf16 (INT4 decode never calls it).
 class CublasLt {
  public:
   explicit CublasLt(uint64_t max_activations);
@@ -49,6 +50,7 @@ class CublasLt {
   struct Plan;  // descriptors and algorithm of one shape
 
  private:
+  void load();  // dlopen, entry points, handle
   std::unique_ptr<Api> api_;
   std::map<std::array<uint64_t, 3>, std::unique_ptr<Plan>> plans_;  // by {rows, cols, n}
   static constexpr uint64_t kWorkspaceBytes = 32ull << 20;  // NVIDIA's advice for Hopper: 32 MB

@@ -29,6 +29,12 @@
 namespace ferry {
 namespace {
 
+int current_device() {
+  int d = 0;
+  CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
 // Up to this many tokens an INT4 product runs the fused GEMV (weights read once per 8 tokens, at
 // 0.53 bytes a weight); above it, prefill dequantizes the weight to bf16 once and runs the
 // cuBLASLt GEMM on the tensor cores (a 64-token batch would otherwise read the weights 8 times).
@@ -92,6 +98,10 @@ class CudaForward final : public ForwardPass {
     return norms_.get() + (2 * layer + uint64_t(which)) * c_.hidden;
   }
 
+  // The device current at construction, where everything below lives: set again at the top of
+  // every call, so that an engine driven from another thread (a server's scheduler) or beside a
+  // second GPU launches where its memory is.
+  int device_ = current_device();
   const ModelConfig& c_;
   const ModelWeights& w_;
   uint64_t ctx_, batch_, slots_, q_dim_, kv_dim_;
@@ -261,6 +271,7 @@ void CudaForward::forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs
                                std::span<float> logits, int32_t* argmax, LogitRows rows) {
   const uint64_t n =
       check_forward_seqs(c_, PassShape{ctx_, batch_, slots_, kv_}, seqs, logits, argmax, rows);
+  CUDA_CHECK(cudaSetDevice(device_));
   try {
     run_pass(src, seqs, n, logits, argmax, rows);
   } catch (...) {
