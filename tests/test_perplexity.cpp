@@ -122,8 +122,7 @@ TEST(Perplexity, KlFromAnotherModelIsPositiveAndTheSameFromItsFile) {
   SynthOptions so;
   so.preset = "qwen2-tiny";
   so.seed = 99;
-  Engine other(PackedFile::from_mapping(synth_packed_image(so, Scheme::asym, kQuiet)),
-               options(32));
+  Engine other(PackedFile::from_mapping(synth_packed_image(so, Scheme::asym, kQuiet)), options(32));
   Engine e(PackedFile::from_mapping(tiny_image()), options(32));
   const PerplexityPlan plan = plan_perplexity(e, read_all(story()), 32);
   test::ScratchDir tmp;
