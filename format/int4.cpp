@@ -8,6 +8,7 @@ std::optional<Scheme> parse_scheme(std::string_view name) {
   if (name == "sym-clip") return Scheme::sym_clip;
   if (name == "asym") return Scheme::asym;
   if (name == "asym-clip") return Scheme::asym_clip;
+  if (name == "asym-hqq") return Scheme::asym_hqq;
   return std::nullopt;
 }
 
@@ -23,12 +24,14 @@ std::string_view scheme_name(Scheme s) {
       return "asym";
     case Scheme::asym_clip:
       return "asym-clip";
+    case Scheme::asym_hqq:
+      return "asym-hqq";
   }
   return "unknown";
 }
 
 bool scheme_has_mins(Scheme s) {
-  return s == Scheme::asym || s == Scheme::asym_clip;
+  return s == Scheme::asym || s == Scheme::asym_clip || s == Scheme::asym_hqq;
 }
 bool scheme_is_int4(Scheme s) {
   return s != Scheme::bf16;

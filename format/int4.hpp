@@ -82,12 +82,13 @@ enum class Scheme : uint8_t {
   sym_clip,   // sym with a per-block search over clipping ratios minimizing squared error
   asym,       // scale = (max - min) / 15, min offset, codes [0, 15]
   asym_clip,  // asym with the clipping search
+  asym_hqq,   // asym's scale, its min fitted to the codes (half-quadratic, HQQ-style)
 };
 
-// "bf16", "sym", "sym-clip", "asym", "asym-clip"; nullopt for anything else.
+// "bf16", "sym", "sym-clip", "asym", "asym-clip", "asym-hqq"; nullopt for anything else.
 std::optional<Scheme> parse_scheme(std::string_view name);
 std::string_view scheme_name(Scheme s);
-bool scheme_has_mins(Scheme s);  // asym and asym_clip store mins
+bool scheme_has_mins(Scheme s);  // the asym schemes store mins
 bool scheme_is_int4(Scheme s);   // everything but bf16
 
 }  // namespace ferry

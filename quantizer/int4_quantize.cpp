@@ -215,13 +215,50 @@ Grid asym_grid(const Range& r, float ratio) {
 struct SchemeShape {
   bool sym;
   bool clip;
+  bool fit_min;  // asym-hqq
   float q_lo, q_hi;
 };
 
 SchemeShape shape_of(Scheme s) {
   const bool sym = s == Scheme::sym || s == Scheme::sym_clip;
   const bool clip = s == Scheme::sym_clip || s == Scheme::asym_clip;
-  return {sym, clip, sym ? -8.0f : 0.0f, sym ? 7.0f : 15.0f};
+  return {sym, clip, s == Scheme::asym_hqq, sym ? -8.0f : 0.0f, sym ? 7.0f : 15.0f};
+}
+
+// asym-hqq: HQQ's zero-point iteration (Badri and Shaji, "Half-Quadratic Quantization of Large
+// Machine Learning Models", 2023) with its 4-bit settings: the scale stays (max - min) / 15; each
+// round takes the codes of the current min, shrinks the residual with the l_p (p = 0.7) proximal
+// step of strength 1 / beta, and sets the min to the mean of what the codes leave unexplained;
+// beta grows by 1.01 a round, 20 rounds, and the min of least mean |error| is kept (HQQ's early
+// stop). On weights of magnitude ~0.02 the shrink with beta = 10 zeroes every residual, so each
+// round is the least-squares min for the codes: a Lloyd step on the offset alone.
+Grid hqq_grid(const Block& b, Grid g, const SchemeShape& sh) {
+  if (g.scale <= 0) return g;
+  const float inv = 1.0f / g.scale;
+  double beta = 10.0, count = 0;
+  for (uint64_t i = 0; i < kBlock; ++i) count += b.mask[i];
+  Grid best = g;
+  double best_l1 = std::numeric_limits<double>::infinity();
+  for (int round = 0; round < 20; ++round, beta *= 1.01) {
+    double l1 = 0, sum = 0;
+    for (uint64_t i = 0; i < kBlock; ++i) {
+      const float x = std::min(std::max((b.w[i] - g.min) * inv, sh.q_lo), sh.q_hi);
+      const float q = (x + kRoundMagic) - kRoundMagic;
+      const double r = double(b.w[i]) - (double(q) * g.scale + g.min);
+      l1 += std::fabs(r) * b.mask[i];
+      const double a = std::fabs(r);
+      const double e = a > 0 ? std::copysign(std::max(0.0, a - std::pow(a, -0.3) / beta), r) : 0;
+      sum += (double(b.w[i]) - e - double(q) * g.scale) * b.mask[i];
+    }
+    if (l1 < best_l1) {
+      best_l1 = l1;
+      best = g;
+    } else {
+      break;
+    }
+    g.min = round_f16(float(sum / count));
+  }
+  return best;
 }
 
 Grid make_grid(const SchemeShape& sh, const Range& r, float ratio) {
@@ -237,6 +274,7 @@ Grid choose_grid(const Block& b, const SchemeShape& sh) {
   check_f16_range(
       b, best, sh.sym ? std::max(std::fabs(r.lo), std::fabs(r.hi)) / 7.0f : (r.hi - r.lo) / 15.0f,
       r.lo);
+  if (sh.fit_min) return hqq_grid(b, best, sh);
   if (!sh.clip) return best;
   // The candidates first: 20 independent scalar chains (two divisions, f16 roundings) that the
   // CPU overlaps, instead of one chain in front of each vector loop.

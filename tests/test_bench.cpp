@@ -300,8 +300,6 @@ TEST(BenchCli, ParallelSweepSharesEachStreamedWeight) {
   EXPECT_GT(step1, 0);
   EXPECT_NEAR(step4, step1, 0.1 * step1);  // lru at 40% streams the same each step
   EXPECT_NEAR(by.at("40% 4")["gb_uploaded_per_token"].get<double>(), step4 / 4, 1e-12);
-  EXPECT_GT(by.at("40% 4")["bound_tokens_per_s"].get<double>(),
-            by.at("40% 1")["bound_tokens_per_s"].get<double>());
   const std::string gp = text_of(tmp / "b.png.gp");
   EXPECT_NE(gp.find("sequences decoded at once"), std::string::npos) << gp;
   EXPECT_NE(gp.find("budget 40% lru int4"), std::string::npos) << gp;

@@ -207,7 +207,8 @@ Scheme synth_scheme(const cxxopts::ParseResult& a) {
   const auto scheme = parse_scheme(a["scheme"].as<std::string>());
   if (!scheme) throw Error("--scheme: unknown scheme " + a["scheme"].as<std::string>());
   if (!scheme_is_int4(*scheme))
-    throw Error("--scheme: a synthesized model is INT4: choose sym, sym-clip, asym or asym-clip");
+    throw Error(
+        "--scheme: a synthesized model is INT4: choose sym, sym-clip, asym, asym-clip or asym-hqq");
   return *scheme;
 }
 

@@ -71,8 +71,9 @@ int cmd_quantize(int argc, char** argv) {
   ConvertOptions opt;
   const auto scheme = parse_scheme(a["scheme"].as<std::string>());
   if (!scheme)
-    throw Error(fmt::format("--scheme: unknown scheme '{}' (asym-clip, asym, sym-clip, sym, bf16)",
-                            a["scheme"].as<std::string>()));
+    throw Error(fmt::format(
+        "--scheme: unknown scheme '{}' (asym-clip, asym, asym-hqq, sym-clip, sym, bf16)",
+        a["scheme"].as<std::string>()));
   opt.scheme = *scheme;
   opt.keep_lm_head = a.count("keep-lm-head") > 0;
   opt.threads = a["threads"].as<unsigned>();
