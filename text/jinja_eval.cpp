@@ -371,8 +371,8 @@ class Renderer {
   Value call_global(const std::string& name, const Args& a) {
     if (name == "raise_exception") {
       const Value* m = a.get(0, "message");
-      throw Error(Setting::chat_template,
-                  "chat template raised an error: " + (m ? to_str(*m) : std::string()));
+      // The conversation's fault, not the template's: no --template hint from the CLI.
+      throw Error("chat template raised an error: " + (m ? to_str(*m) : std::string()));
     }
     if (name == "strftime_now") {
       const Value* f = a.get(0, "format");
