@@ -61,12 +61,13 @@ std::vector<ChatMessage> messages_of(const json& conversation) {
 TEST(ChatTemplate, RendersTheRealTemplatesExactly) {
   const json templates = json::parse(read_text(kFixtures / "chat" / "templates.json"));
   const json golden = json::parse(read_text(kFixtures / "chat" / "golden.json"));
-  std::map<std::string, ChatTemplate> matched;
+  std::map<std::string, ChatTemplate> matched, own;  // built-in renderers; the Jinja engine
   for (const json& e : templates) {
     const std::string name = e.at("name");
     const ChatTemplate t = match_chat_template(tokenizer_config(e));
     EXPECT_EQ(chat_format_name(t.format), e.at("format").get<std::string>()) << name;
     matched.emplace(name, t);
+    own.emplace(name, load_chat_template(tokenizer_config(e), ""));
   }
   size_t checked = 0;
   for (const json& c : golden.at("cases")) {
@@ -76,6 +77,7 @@ TEST(ChatTemplate, RendersTheRealTemplatesExactly) {
     SCOPED_TRACE(name + ", conversation " + std::to_string(conv) + (gen ? ", generation" : ""));
     const std::vector<ChatMessage> m = messages_of(golden.at("conversations").at(conv));
     EXPECT_EQ(render_chat(matched.at(name), m, gen), c.at("text").get<std::string>());
+    EXPECT_EQ(render_chat(own.at(name), m, gen), c.at("text").get<std::string>());
     ++checked;
   }
   EXPECT_EQ(checked, templates.size() * golden.at("conversations").size() * 2);

@@ -139,6 +139,29 @@ TEST(Jinja, RuntimeErrorsNameTheLine) {
             "attribute assignment)");
 }
 
+// Bounds that stop a hostile or broken template with an error instead of a crash or a hang.
+TEST(Jinja, RunawayTemplatesAreStopped) {
+  EXPECT_EQ(error_of(Template("{{ range(100001) | length }}"), {}),
+            "chat template line 1: range() of more than 100000 items (jinja2's limit)");
+  EXPECT_EQ(Template("{{ range(100000) | length }}").render({}), "100000");
+  EXPECT_NE(parse_error("{{ " + std::string(500, '(') + "1" + std::string(500, ')') + " }}")
+                .find("nest more than 100 deep"),
+            std::string::npos);
+  EXPECT_NE(error_of(Template("{% for a in range(99999) %}{% for b in range(99999) %}x"
+                              "{% endfor %}{% endfor %}"),
+                     {})
+                .find("steps"),
+            std::string::npos);
+  EXPECT_NE(error_of(Template("{% set ns = namespace(s='ab') %}{% for i in range(64) %}"
+                              "{% set ns.s = ns.s ~ ns.s %}{% endfor %}"),
+                     {})
+                .find("grew past 64 MiB"),
+            std::string::npos);
+  EXPECT_NE(error_of(Template("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"), {})
+                .find("macros call each other more than 200 deep"),
+            std::string::npos);
+}
+
 TEST(Jinja, StrftimeNowFormatsTodayLocally) {
   const std::string d = Template("{{ strftime_now('%Y-%m-%d') }}").render({});
   ASSERT_EQ(d.size(), 10u);

@@ -71,7 +71,16 @@ class Renderer {
   };
 
   // ---- statements ----
+  // A chat prompt takes thousands of steps and kilobytes; these bounds stop a runaway template
+  // (nested loops over range(100000), a string repeated without end); a 1,000-message conversation
+  // through Qwen3's template takes ~60,000 steps with an error instead.
+  static constexpr uint64_t kMaxSteps = 1'000'000;
+  static constexpr size_t kMaxOutput = size_t(64) << 20;
+
   Flow render(const Stmt& s, std::string& out) {
+    if (++steps_ > kMaxSteps)
+      fail(s.line, "the template ran more than " + std::to_string(kMaxSteps) + " steps");
+    if (out.size() > kMaxOutput) fail(s.line, "the template wrote more than 64 MiB");
     switch (s.kind) {
       case StmtKind::text:
         out += s.text;
@@ -266,8 +275,16 @@ class Renderer {
       const bool in = at_line(e.line, [&] { return apply_test("in", a, args); });
       return Value::boolean(in == (op == "in"));
     }
-    if (op == "~") return Value::string(to_str(a) + to_str(b));
-    return arithmetic(op, a, b, e.line);
+    if (op == "~") return checked(Value::string(to_str(a) + to_str(b)), e.line);
+    return checked(arithmetic(op, a, b, e.line), e.line);
+  }
+
+  // A string or list that doubles on each loop step would exhaust memory within ~40 steps.
+  static Value checked(Value v, int line) {
+    if ((v.is(Kind::string) && v.s.size() > kMaxOutput) ||
+        (v.is(Kind::list) && v.list->size() > kMaxOutput / 64))
+      fail(line, "a value grew past 64 MiB");
+    return v;
   }
 
   static Value arithmetic(const std::string& op, const Value& a, const Value& b, int line) {
@@ -281,6 +298,8 @@ class Renderer {
       const Value& s = a.is(Kind::string) ? a : b;
       const Value& n = a.is(Kind::string) ? b : a;
       if (!n.is(Kind::integer)) fail(line, "a string can only be repeated by an integer");
+      if (n.i > 0 && s.s.size() * uint64_t(n.i) > kMaxOutput)
+        fail(line, "a string repeated past 64 MiB");
       std::string out;
       for (int64_t k = 0; k < n.i; ++k) out += s.s;
       return Value::string(std::move(out));
@@ -401,6 +420,10 @@ class Renderer {
       const int64_t lo = a.pos.size() > 1 ? arg(0) : 0, hi = a.pos.size() > 1 ? arg(1) : arg(0);
       const int64_t step = a.pos.size() > 2 ? arg(2) : 1;
       if (step == 0) throw Error("range() step cannot be zero");
+      // jinja2's sandbox refuses ranges of more than 100,000 items (MAX_RANGE).
+      const int64_t count = step > 0 ? (hi > lo ? (hi - lo + step - 1) / step : 0)
+                                     : (lo > hi ? (lo - hi - step - 1) / -step : 0);
+      if (count > 100'000) throw Error("range() of more than 100000 items (jinja2's limit)");
       List l;
       for (int64_t k = lo; step > 0 ? k < hi : k > hi; k += step) l.push_back(Value::integer(k));
       return Value::of_list(std::move(l));
@@ -412,6 +435,7 @@ class Renderer {
   Value call_macro(const MacroNode& m, const Args& a, int line) {
     if (a.pos.size() > m.params.size())
       fail(line, "macro " + m.name + " takes " + std::to_string(m.params.size()) + " arguments");
+    if (scopes_.size() > 200) fail(line, "macros call each other more than 200 deep");
     const size_t saved_floor = floor_;
     ScopeGuard g(*this);
     floor_ = scopes_.size() - 1;
@@ -426,6 +450,7 @@ class Renderer {
   }
 
   std::vector<Dict> scopes_;
+  uint64_t steps_ = 0;
   size_t floor_ = 0;  // a macro body sees scopes_[floor_..] and the first two (globals, top level)
 };
 

@@ -128,6 +128,7 @@ class Parser {
 
   StmtPtr parse_statement() {
     const Token& t = peek();
+    const Nest nest(*this, t.line);
     if (t.type != Tok::name) fail(t.line, "expected a statement name, found " + describe(t));
     const std::string n = next().text;
     if (n == "if") return parse_if(t.line);
@@ -249,7 +250,20 @@ class Parser {
     return t;
   }
 
+  // Nesting is bounded so that a hostile template cannot overflow the stack: real chat templates
+  // nest expressions a few levels deep, blocks under ten.
+  static constexpr int kMaxDepth = 100;
+  struct Nest {
+    Parser& p;
+    Nest(Parser& pp, int line) : p(pp) {
+      if (++p.depth_ > kMaxDepth)
+        fail(line, "expressions or blocks nest more than " + std::to_string(kMaxDepth) + " deep");
+    }
+    ~Nest() { --p.depth_; }
+  };
+
   ExprPtr parse_expression() {
+    const Nest n(*this, peek().line);
     ExprPtr e = parse_or();
     while (is_name("if")) {
       const int line = next().line;
@@ -282,6 +296,7 @@ class Parser {
 
   ExprPtr parse_not() {
     if (is_name("not")) {
+      const Nest n(*this, peek().line);
       const int line = next().line;
       return make(ExprKind::unary, line, "not", parse_not());
     }
@@ -330,6 +345,7 @@ class Parser {
   ExprPtr parse_unary_filtered() { return parse_filters(parse_unary()); }
 
   ExprPtr parse_unary() {
+    const Nest n(*this, peek().line);
     if (is_op("-") || is_op("+")) {
       const Token t = next();
       return make(ExprKind::unary, t.line, t.text, parse_unary());
@@ -533,6 +549,7 @@ class Parser {
 
   std::vector<Token> toks_;
   size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace
