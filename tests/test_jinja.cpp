@@ -122,6 +122,9 @@ TEST(Jinja, UnsupportedConstructsAreErrorsNamingLineAndConstruct) {
   EXPECT_EQ(parse_error("{{ a +  }}"), "chat template line 1: expected an expression, found '}}'");
   EXPECT_EQ(parse_error("{{ a ; b }}"), "chat template line 1: unexpected character ';' in a tag");
   EXPECT_EQ(parse_error("{# never closed"), "chat template line 1: a {# comment #} is not closed");
+  EXPECT_EQ(parse_error("{% macro m() %}{% endmacro %}{{ m() }}\n{{ lipsum(2) }}"),
+            "chat template line 2: the function lipsum() is not supported (ferry's Jinja has "
+            "raise_exception, strftime_now, namespace, dict, range and the template's macros)");
 }
 
 TEST(Jinja, RuntimeErrorsNameTheLine) {
@@ -131,9 +134,10 @@ TEST(Jinja, RuntimeErrorsNameTheLine) {
             "chat template line 2: 'y' of an undefined value (a missing variable or key)");
   EXPECT_EQ(error_of(Template("{{ 1 + 'a' }}"), {}),
             "chat template line 1: cannot apply + to a int and a string");
-  EXPECT_EQ(error_of(Template("{{ nope(1) }}"), {}),
-            "chat template line 1: 'nope' is not a function ferry's Jinja knows (raise_exception, "
-            "strftime_now, namespace, dict, range, or a macro)");
+  EXPECT_EQ(
+      error_of(Template("{% macro nope() %}{% endmacro %}{% set nope = 1 %}{{ nope(1) }}"), {}),
+      "chat template line 1: 'nope' is not a function ferry's Jinja knows (raise_exception, "
+      "strftime_now, namespace, dict, range, or a macro)");
   EXPECT_EQ(error_of(Template("{% set x = 1 %}{% set x.a = 2 %}"), {}),
             "chat template line 1: set x.a: x is not a namespace() (only namespaces take "
             "attribute assignment)");

@@ -1,6 +1,8 @@
 #include "text/jinja_parser.hpp"
 
+#include <algorithm>
 #include <initializer_list>
+#include <set>
 
 #include "base/error.hpp"
 #include "text/jinja_builtins.hpp"
@@ -35,6 +37,13 @@ class Parser {
   Body parse_all() {
     Body body = parse_body({});
     if (peek().type != Tok::eof) fail(peek().line, "unexpected '" + peek().text + "'");
+    // A function that is neither a global ferry provides nor a macro of the template would fail
+    // mid-conversation: refuse it now.
+    for (const auto& [name, line] : called_)
+      if (!macros_.contains(name))
+        fail(line, "the function " + name +
+                       "() is not supported (ferry's Jinja has raise_exception, strftime_now, "
+                       "namespace, dict, range and the template's macros)");
     return body;
   }
 
@@ -225,6 +234,7 @@ class Parser {
     auto s = stmt(StmtKind::macro, line);
     s->macro = std::make_shared<MacroNode>();
     s->macro->name = expect_identifier("a macro name");
+    macros_.insert(s->macro->name);
     expect_op("(");
     while (!skip_op(")")) {
       if (!s->macro->params.empty()) expect_op(",");
@@ -504,6 +514,11 @@ class Parser {
     ExprPtr c = make(ExprKind::call, peek().line);
     if (callee->kind == ExprKind::attr && !known_method(callee->name) && callee->args[0])
       fail(callee->line, "the method ." + callee->name + "() is not supported");
+    static constexpr std::string_view kGlobals[] = {"raise_exception", "strftime_now", "namespace",
+                                                    "dict", "range"};
+    if (callee->kind == ExprKind::name &&
+        std::find(std::begin(kGlobals), std::end(kGlobals), callee->name) == std::end(kGlobals))
+      called_.emplace_back(callee->name, callee->line);
     c->args.push_back(std::move(callee));
     parse_arg_list(*c);
     return c;
@@ -550,6 +565,8 @@ class Parser {
   std::vector<Token> toks_;
   size_t pos_ = 0;
   int depth_ = 0;
+  std::set<std::string> macros_;                     // macros the template defines
+  std::vector<std::pair<std::string, int>> called_;  // other names called, with their lines
 };
 
 }  // namespace
