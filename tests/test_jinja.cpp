@@ -1,6 +1,6 @@
 // The Jinja engine for chat templates against transformers' own rendering
 // (tools/reference/gen_jinja_golden.py -> tests/fixtures/chat/jinja_golden.json): seven real chat
-// templates over eight conversations (system or not, multi-turn, Unicode, empty content, tool
+// templates over nine conversations (system or not, multi-turn, Unicode, empty content, tool
 // calls with tool definitions), with and without the generation prompt, byte for byte; one small
 // template per construct; and the errors for what ferry does not run.
 #include <gtest/gtest.h>

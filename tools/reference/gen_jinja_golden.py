@@ -82,6 +82,15 @@ CONVERSATIONS = [
                   {"role": "tool", "tool_call_id": "call12345", "content": "{\"temp\": 21.5}"},
                   {"role": "user", "content": "Thanks"}],
      "tools": [WEATHER_TOOL]},
+    # Alternating roles around the tool call, as Mistral's templates require; ids of 9 characters.
+    {"messages": [{"role": "user", "content": "Weather in Zürich?"},
+                  {"role": "assistant", "content": "",
+                   "tool_calls": [{"id": "abc123XYZ", "type": "function", "function": {
+                       "name": "get_weather", "arguments": {"city": "Zürich"}}}]},
+                  {"role": "tool", "tool_call_id": "abc123XYZ", "content": "{\"temp\": 21.5}"},
+                  {"role": "assistant", "content": "It is 21.5 °C."},
+                  {"role": "user", "content": "Thanks"}],
+     "tools": [WEATHER_TOOL]},
 ]
 
 # One construct each, with the variables it is rendered with.
