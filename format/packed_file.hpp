@@ -41,6 +41,9 @@ inline constexpr const char* kConfig = "ferry.config.json";  // the source files
 inline constexpr const char* kTokenizer = "ferry.tokenizer.json";
 inline constexpr const char* kTokenizerConfig = "ferry.tokenizer_config.json";
 inline constexpr const char* kGenerationConfig = "ferry.generation_config.json";
+// chat_template.jinja, which transformers >= 4.43 saves beside tokenizer_config.json (older files
+// keep the template in tokenizer_config's chat_template; files packed before lack this key).
+inline constexpr const char* kChatTemplate = "ferry.chat_template.jinja";
 }  // namespace meta
 
 // One tensor to be written: name, dtype, shape; offsets are assigned by layout_safetensors.

@@ -209,7 +209,8 @@ std::string read_json_object_file(const std::filesystem::path& p) {
   return text;
 }
 
-// tokenizer_config.json and generation_config.json are optional: absent is fine, malformed is not.
+// tokenizer_config.json, generation_config.json and chat_template.jinja are optional: absent is
+// fine, malformed is not (tools/cmd_quantize parses the chat template before converting).
 std::map<std::string, std::string> source_metadata(const std::filesystem::path& dir,
                                                    Scheme scheme) {
   std::map<std::string, std::string> m = {
@@ -223,6 +224,8 @@ std::map<std::string, std::string> source_metadata(const std::filesystem::path& 
   for (auto [key, file] : {std::pair{meta::kTokenizerConfig, "tokenizer_config.json"},
                            std::pair{meta::kGenerationConfig, "generation_config.json"}})
     if (std::filesystem::exists(dir / file)) m[key] = read_json_object_file(dir / file);
+  if (std::filesystem::exists(dir / "chat_template.jinja"))
+    m[meta::kChatTemplate] = read_text_file(dir / "chat_template.jinja");
   return m;
 }
 
@@ -231,8 +234,9 @@ std::map<std::string, std::string> source_metadata(const std::filesystem::path& 
 void refuse_output_over_input(const std::filesystem::path& out, const std::filesystem::path& dir,
                               const Checkpoint& ckpt) {
   std::vector<std::filesystem::path> inputs;
-  for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json",
-                        "generation_config.json", "model.safetensors.index.json"})
+  for (const char* f :
+       {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+        "chat_template.jinja", "model.safetensors.index.json"})
     inputs.push_back(dir / f);
   for (const SafetensorsFile& shard : ckpt.shards()) inputs.push_back(shard.path());
   std::error_code ec;  // a path that does not exist is simply not equivalent

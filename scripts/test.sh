@@ -54,10 +54,11 @@ fuzz_targets=(
   "fuzz_tokenizer_json $((fuzz_seconds / 2)) tests/fixtures/tokenizer tests/fuzz_corpus/tokenizer_json"
   "fuzz_tokenizer_text $((fuzz_seconds / 2)) tests/fuzz_corpus/tokenizer_text"
   "fuzz_model_config $((fuzz_seconds / 2)) tests/fuzz_corpus/model_config"
+  "fuzz_jinja $((fuzz_seconds / 2)) tests/fuzz_corpus/jinja tests/fixtures/chat"
 )
 echo "== fuzz the parsers of untrusted input (build-fuzz/)"
 CC=clang CXX=clang++ FERRY_BUILD_DIR=build-fuzz \
-  FERRY_BUILD_TARGET="fuzz_safetensors fuzz_tokenizer_json fuzz_tokenizer_text fuzz_model_config" \
+  FERRY_BUILD_TARGET="fuzz_safetensors fuzz_tokenizer_json fuzz_tokenizer_text fuzz_model_config fuzz_jinja" \
   bash scripts/build.sh -DFERRY_WERROR=ON -DFERRY_CUDA=OFF -DFERRY_BENCH=OFF -DFERRY_FUZZ=ON \
   -DFERRY_SANITIZE=address,undefined
 work=$(mktemp -d)

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -60,12 +61,13 @@ std::vector<ChatMessage> messages_of(const json& conversation) {
 TEST(ChatTemplate, RendersTheRealTemplatesExactly) {
   const json templates = json::parse(read_text(kFixtures / "chat" / "templates.json"));
   const json golden = json::parse(read_text(kFixtures / "chat" / "golden.json"));
-  std::map<std::string, ChatTemplate> matched;
+  std::map<std::string, ChatTemplate> matched, own;  // built-in renderers; the Jinja engine
   for (const json& e : templates) {
     const std::string name = e.at("name");
     const ChatTemplate t = match_chat_template(tokenizer_config(e));
     EXPECT_EQ(chat_format_name(t.format), e.at("format").get<std::string>()) << name;
     matched.emplace(name, t);
+    own.emplace(name, load_chat_template(tokenizer_config(e), ""));
   }
   size_t checked = 0;
   for (const json& c : golden.at("cases")) {
@@ -75,6 +77,7 @@ TEST(ChatTemplate, RendersTheRealTemplatesExactly) {
     SCOPED_TRACE(name + ", conversation " + std::to_string(conv) + (gen ? ", generation" : ""));
     const std::vector<ChatMessage> m = messages_of(golden.at("conversations").at(conv));
     EXPECT_EQ(render_chat(matched.at(name), m, gen), c.at("text").get<std::string>());
+    EXPECT_EQ(render_chat(own.at(name), m, gen), c.at("text").get<std::string>());
     ++checked;
   }
   EXPECT_EQ(checked, templates.size() * golden.at("conversations").size() * 2);
@@ -139,6 +142,49 @@ TEST(ChatTemplate, ListOfNamedTemplatesAndTodaysDate) {
           .dump();
   const std::string date = match_chat_template(llama32).today_date;
   EXPECT_TRUE(std::regex_match(date, std::regex("[0-9]{2} [A-Z][a-z]{2} [0-9]{4}"))) << date;
+}
+
+// The model's own template runs on the Jinja engine: chat_template.jinja first, else
+// tokenizer_config's chat_template (string or named list); --template still picks a built-in.
+TEST(ChatTemplate, LoadsTheModelsOwnTemplate) {
+  const std::string cfg = json{
+      {"chat_template", json::array({{{"name", "tool_use"}, {"template", "tools"}},
+                                     {{"name", "default"},
+                                      {"template",
+                                       "{{ bos_token }}{% for m in messages %}[{{ m.role }}: "
+                                       "{{ m.content }}]{% endfor %}{{ eos_token }}"}}})},
+      {"bos_token", {{"content", "<s>"}, {"lstrip", false}}},
+      {"eos_token", "</s>"}}.dump();
+  const std::vector<ChatMessage> m = {{"system", "S"}, {"user", "hi"}};
+  const ChatTemplate from_cfg = load_chat_template(cfg, "");
+  ASSERT_TRUE(from_cfg.jinja);
+  EXPECT_EQ(render_chat(from_cfg, m, true), "<s>[system: S][user: hi]</s>");
+  EXPECT_EQ(chat_stop_tokens(from_cfg), std::vector<std::string>{"</s>"});
+  EXPECT_EQ(describe_chat_template(from_cfg), "the model's chat template (tokenizer_config.json)");
+  // chat_template.jinja wins; a ChatML template also stops at ChatML's end-of-turn tokens.
+  const ChatTemplate from_file = load_chat_template(
+      cfg, "{% for m in messages %}<|im_start|>{{ m.role }}<|im_end|>{% endfor %}");
+  EXPECT_EQ(render_chat(from_file, m, false),
+            "<|im_start|>system<|im_end|><|im_start|>user<|im_end|>");
+  EXPECT_EQ(chat_stop_tokens(from_file),
+            (std::vector<std::string>{"<|im_end|>", "<|endoftext|>", "</s>"}));
+  EXPECT_EQ(describe_chat_template(from_file), "the model's chat template (chat_template.jinja)");
+  // --template overrides the model's template.
+  const ChatTemplate forced = load_chat_template(cfg, "{{ x }}", ChatFormat::chatml);
+  EXPECT_FALSE(forced.jinja);
+  EXPECT_EQ(
+      render_chat(forced, m, true),
+      "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  // A template the engine cannot parse is an error naming the line and the construct.
+  try {
+    load_chat_template("", "ok\n{% include 'x' %}");
+    ADD_FAILURE() << "accepted an include";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.setting, Setting::chat_template);
+    EXPECT_NE(std::string(e.what()).find("line 2: the statement {% include %}"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(load_chat_template("{}", ""), Error);  // no template at all: choose a format
 }
 
 // Feeds `pieces` through a StopStringFilter; returns the concatenated output and whether a stop
@@ -331,7 +377,8 @@ TEST(ChatCommand, TwoTurnsResetAndExitThroughAPipe) {
   Child c({"chat", model, "-n", "12", "--threads", "1"});
   c.write_stdin("Hello there\nHow are you today?\n/reset\nAgain\n/exit\nnever read\n");
   ASSERT_EQ(c.finish(60), 0) << c.err;
-  EXPECT_NE(c.err.find("chatml format"), std::string::npos) << c.err;
+  EXPECT_NE(c.err.find("the model's chat template (tokenizer_config.json)"), std::string::npos)
+      << c.err;
   EXPECT_EQ(count(c.err, "stopped: "), 3u) << c.err;  // three answers, nothing after /exit
   EXPECT_EQ(count(c.err, "(conversation reset)"), 1u) << c.err;
   ASSERT_FALSE(c.out.empty());
@@ -349,6 +396,60 @@ TEST(ChatCommand, TwoTurnsResetAndExitThroughAPipe) {
   EXPECT_EQ(n[0], tokens("<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"));
   EXPECT_EQ(n[1], 1 + tokens("<|im_end|>\n<|im_start|>user\nHow are you today?<|im_end|>\n"
                              "<|im_start|>assistant\n"));
+}
+
+// A checkpoint saved by transformers >= 4.43 keeps its template in chat_template.jinja: quantize
+// stores it in the packed file and `ferry chat` renders it (its default system line, its
+// raise_exception) instead of tokenizer_config's ChatML one.
+TEST(ChatCommand, UsesTheModelsChatTemplateJinja) {
+  test::ScratchDir dir;
+  const std::string hf = (dir / "hf").string(), model = (dir / "m.ferry").string();
+  ASSERT_EQ(test::run_ferry({"synth", "--preset", "qwen2-tiny", "-o", hf}).exit_code, 0);
+  std::ofstream(dir / "hf" / "chat_template.jinja")
+      << "{%- for message in messages %}\n"
+         "  {%- if message.content == 'boom' %}{{ raise_exception('no booms: ' ~ message.role) }}"
+         "{% endif %}\n"
+         "  {%- if loop.first and message.role != 'system' %}\n"
+         "<|im_start|>system\nJinja default system<|im_end|>\n"
+         "  {%- endif %}\n"
+         "<|im_start|>{{ message.role }}\n{{ message.content | trim }}<|im_end|>\n"
+         "{% endfor %}\n"
+         "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}\n";
+  const test::RunResult q = test::run_ferry({"quantize", hf, "-o", model});
+  ASSERT_EQ(q.exit_code, 0) << q.output;
+  Child c({"chat", model, "-n", "4", "--threads", "1"});
+  c.write_stdin("  Hello  \nboom\n");
+  ASSERT_EQ(c.finish(60), 1) << c.err;  // "boom" was refused by the template
+  EXPECT_NE(c.err.find("the model's chat template (chat_template.jinja)"), std::string::npos)
+      << c.err;
+  EXPECT_NE(c.err.find("this line was not sent: chat template raised an error: no "
+                       "booms: user"),
+            std::string::npos)
+      << c.err;
+  const Tokenizer tok = Tokenizer::from_json(read_text(dir / "hf" / "tokenizer.json"),
+                                             read_text(dir / "hf" / "tokenizer_config.json"));
+  const std::vector<int> n = evaluated_counts(c.err);
+  ASSERT_EQ(n.size(), 1u) << c.err;
+  // As transformers renders it: `{%- endif %}` takes the newline after the system turn.
+  EXPECT_EQ(n[0], int(tok.encode("<|im_start|>system\nJinja default system<|im_end|>"
+                                 "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n",
+                                 false)
+                          .size()));
+}
+
+// A template the engine cannot run fails the conversion, not the first chat.
+TEST(ChatCommand, QuantizeRefusesATemplateItCannotRun) {
+  test::ScratchDir dir;
+  const std::string hf = (dir / "hf").string(), model = (dir / "m.ferry").string();
+  ASSERT_EQ(test::run_ferry({"synth", "--preset", "qwen2-tiny", "-o", hf}).exit_code, 0);
+  std::ofstream(dir / "hf" / "chat_template.jinja") << "{{ bos_token }}\n{{ messages | batch(2) }}";
+  const test::RunResult q = test::run_ferry({"quantize", hf, "-o", model});
+  EXPECT_EQ(q.exit_code, 1) << q.output;
+  EXPECT_NE(q.output.find("chat_template.jinja: chat template line 2: the filter 'batch' is not "
+                          "supported"),
+            std::string::npos)
+      << q.output;
+  EXPECT_FALSE(std::filesystem::exists(model));
 }
 
 TEST(ChatCommand, SigintStopsTheAnswerAndTheChatGoesOn) {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.hpp"
+#include "text/jinja_template.hpp"
 
 namespace ferry {
 namespace {
@@ -175,6 +176,51 @@ std::string generation_prompt(const ChatTemplate& t) {
 
 }  // namespace
 
+std::string chat_template_text(std::string_view tokenizer_config_json,
+                               std::string_view chat_template_jinja) {
+  if (!chat_template_jinja.empty()) return std::string(chat_template_jinja);
+  if (tokenizer_config_json.empty()) return {};
+  return template_text(json::parse(tokenizer_config_json, nullptr, false));
+}
+
+ChatTemplate load_chat_template(std::string_view tokenizer_config_json,
+                                std::string_view chat_template_jinja,
+                                std::optional<ChatFormat> forced) {
+  if (forced) return match_chat_template(tokenizer_config_json, forced);
+  const json cfg =
+      tokenizer_config_json.empty() ? json() : json::parse(tokenizer_config_json, nullptr, false);
+  const std::string text = chat_template_text(tokenizer_config_json, chat_template_jinja);
+  if (text.empty())
+    throw Error(Setting::chat_template,
+                "the model has no chat template (no chat_template.jinja, no chat_template in "
+                "tokenizer_config); choose a format (" +
+                    std::string(kFormatNames) + ")");
+  ChatTemplate t;
+  t.source = chat_template_jinja.empty() ? "tokenizer_config.json" : "chat_template.jinja";
+  t.jinja = std::make_shared<const jinja::Template>(text);
+  t.format = detect(text).value_or(ChatFormat::chatml);
+  t.format_known = detect(text).has_value();
+  // transformers passes the tokenizer's named special tokens (special_tokens_map) as variables.
+  for (const char* key :
+       {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
+    if (const std::optional<std::string> v = token_text(cfg, key))
+      t.specials.set(key, jinja::Value::string(*v));
+  return t;
+}
+
+std::vector<std::string> chat_stop_tokens(const ChatTemplate& t) {
+  if (!t.jinja) return chat_stop_tokens(t.format);
+  std::vector<std::string> out;
+  if (t.format_known) out = chat_stop_tokens(t.format);
+  if (const jinja::Value* eos = t.specials.find("eos_token")) out.push_back(eos->s);
+  return out;
+}
+
+std::string describe_chat_template(const ChatTemplate& t) {
+  if (t.jinja) return "the model's chat template (" + t.source + ")";
+  return "the " + std::string(chat_format_name(t.format)) + " format";
+}
+
 std::optional<ChatFormat> parse_chat_format(std::string_view name) {
   if (name == "chatml") return ChatFormat::chatml;
   if (name == "llama3") return ChatFormat::llama3;
@@ -227,6 +273,21 @@ ChatTemplate match_chat_template(std::string_view tokenizer_config_json,
 
 std::string render_chat(const ChatTemplate& t, std::span<const ChatMessage> messages,
                         bool add_generation_prompt) {
+  if (t.jinja) {
+    jinja::Dict vars = t.specials;
+    jinja::List list;
+    for (const ChatMessage& m : messages) {
+      jinja::Dict d;
+      d.items = {{"role", jinja::Value::string(m.role)},
+                 {"content", jinja::Value::string(m.content)}};
+      list.push_back(jinja::Value::of_dict(std::move(d)));
+    }
+    vars.set("messages", jinja::Value::of_list(std::move(list)));
+    vars.set("tools", jinja::Value::none());
+    vars.set("documents", jinja::Value::none());
+    vars.set("add_generation_prompt", jinja::Value::boolean(add_generation_prompt));
+    return t.jinja->render(vars);
+  }
   std::string out = t.format == ChatFormat::chatml   ? render_chatml(t, messages)
                     : t.format == ChatFormat::llama3 ? render_llama3(t, messages)
                                                      : render_deepseek(t, messages);

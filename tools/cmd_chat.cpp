@@ -108,7 +108,7 @@ class Chat {
       : engine_(e), sampler_(s), tmpl_(std::move(t)), system_(std::move(system)) {
     gen_.max_tokens = max_tokens;
     gen_.stop_ids = eos_token_ids(e);
-    for (const std::string& m : chat_stop_tokens(tmpl_.format))
+    for (const std::string& m : chat_stop_tokens(tmpl_))
       if (const int32_t id = e.tokenizer().token_to_id(m); id >= 0) gen_.stop_ids.push_back(id);
     reset();
   }
@@ -260,7 +260,9 @@ int cmd_chat(int argc, char** argv) {
   o.positional_help("MODEL.ferry");
   add_engine_options(o);
   add_sampler_options(o);
-  o.add_options()("template", "chat format: chatml, llama3 or deepseek-r1 (default: the model's)",
+  o.add_options()("template",
+                  "a built-in chat format instead of the model's own template: chatml, llama3 or "
+                  "deepseek-r1",
                   cxxopts::value<std::string>())(
       "system", "system prompt (when not given: the template's own, if any)",
       cxxopts::value<std::string>())("n,tokens", "most tokens per answer",
@@ -274,12 +276,13 @@ int cmd_chat(int argc, char** argv) {
   Interrupts irq;  // before the engine starts its threads, so that they inherit the mask
   Engine e(engine_options(a));
   warn_about_context(e);
-  const ChatTemplate t = match_chat_template(meta_text(e.file(), meta::kTokenizerConfig), forced);
+  const ChatTemplate t = load_chat_template(meta_text(e.file(), meta::kTokenizerConfig),
+                                            meta_text(e.file(), meta::kChatTemplate), forced);
   Sampler sampler(sampler_options(a), e.config().vocab);
   Chat chat(e, sampler, t, a.count("system") ? a["system"].as<std::string>() : std::string(),
             a["tokens"].as<uint64_t>());
-  std::fprintf(stderr, "ferry chat: %s format, context of %llu tokens; /reset, /exit, Ctrl-C\n",
-               std::string(chat_format_name(t.format)).c_str(), (unsigned long long)e.ctx());
+  std::fprintf(stderr, "ferry chat: %s, context of %llu tokens; /reset, /exit, Ctrl-C\n",
+               describe_chat_template(t).c_str(), (unsigned long long)e.ctx());
   chat_loop(chat, irq);
   finish_stdout();
   return chat.refused() ? 1 : 0;  // a script feeding lines learns that one was not answered

@@ -81,8 +81,8 @@ json inspect_packed(const std::filesystem::path& path, bool verify) {
   j["model"] = model_json(p.config);
   add_tensors(j, views(p.file));
   json files = json::object();
-  for (const char* k :
-       {meta::kConfig, meta::kTokenizer, meta::kTokenizerConfig, meta::kGenerationConfig})
+  for (const char* k : {meta::kConfig, meta::kTokenizer, meta::kTokenizerConfig,
+                        meta::kGenerationConfig, meta::kChatTemplate})
     files[std::string(k).substr(6)] = m.contains(k) ? json(m.at(k).size()) : json("absent");
   j["source_files_bytes"] = files;
   j["quant_error"] = p.quant_error;

@@ -8,6 +8,7 @@
 #include "base/bytes.hpp"
 #include "base/error.hpp"
 #include "quantizer/convert.hpp"
+#include "text/chat_template.hpp"
 #include "tools/commands.hpp"
 #include "tools/progress.hpp"
 
@@ -42,6 +43,26 @@ void print_summary(const ConvertReport& r, const std::filesystem::path& out, Sch
               human_bytes(double(r.output_bytes)).c_str(),
               double(r.input_bytes) / double(r.output_bytes), r.seconds,
               double(r.input_bytes) / r.seconds / 1e9);
+}
+
+// A chat template that ferry's Jinja engine cannot run fails the conversion, naming its line and
+// construct, rather than the first `ferry chat` of the packed file. A model without one (a base
+// model) is fine.
+void check_chat_template(const std::filesystem::path& dir) {
+  const std::filesystem::path jinja = dir / "chat_template.jinja",
+                              cfg = dir / "tokenizer_config.json";
+  const std::string jinja_text = std::filesystem::exists(jinja) ? read_text_file(jinja) : "";
+  const std::string cfg_text = std::filesystem::exists(cfg) ? read_text_file(cfg) : "";
+  const std::string text = chat_template_text(cfg_text, jinja_text);
+  if (text.empty()) return;
+  try {
+    jinja::Template t(text);
+  } catch (const Error& e) {
+    throw Error(
+        fmt::format("{}: {}; ferry cannot run this template (`ferry chat --template` can "
+                    "still choose a built-in format)",
+                    (jinja_text.empty() ? cfg : jinja).string(), e.what()));
+  }
 }
 
 }  // namespace
@@ -80,6 +101,7 @@ int cmd_quantize(int argc, char** argv) {
   const bool quiet = a.count("quiet") > 0;
   ProgressBar bar(quiet);
   const std::filesystem::path out = a["output"].as<std::string>();
+  check_chat_template(a["input"].as<std::string>());
   const ConvertReport r =
       convert_checkpoint(a["input"].as<std::string>(), out, opt,
                          [&](std::string_view p, uint64_t d, uint64_t t) { bar.update(p, d, t); });
