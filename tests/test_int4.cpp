@@ -17,7 +17,8 @@
 namespace ferry {
 namespace {
 
-constexpr Scheme kInt4Schemes[] = {Scheme::sym, Scheme::sym_clip, Scheme::asym, Scheme::asym_clip};
+constexpr Scheme kInt4Schemes[] = {Scheme::sym, Scheme::sym_clip, Scheme::asym, Scheme::asym_clip,
+                                   Scheme::asym_hqq};
 
 // One quantized weight with its buffers sized from the layout in int4.hpp.
 struct Packed {
@@ -79,8 +80,10 @@ std::vector<float> gaussian(uint64_t n, uint32_t seed, double outlier_rate = 0.0
 }
 
 TEST(Int4, SchemeNames) {
-  for (Scheme s : {Scheme::bf16, Scheme::sym, Scheme::sym_clip, Scheme::asym, Scheme::asym_clip})
+  for (Scheme s : {Scheme::bf16, Scheme::sym, Scheme::sym_clip, Scheme::asym, Scheme::asym_clip,
+                   Scheme::asym_hqq})
     EXPECT_EQ(parse_scheme(scheme_name(s)), s);
+  EXPECT_TRUE(scheme_has_mins(Scheme::asym_hqq));
   EXPECT_FALSE(parse_scheme("sym_clip").has_value());
   EXPECT_FALSE(parse_scheme("").has_value());
   EXPECT_TRUE(scheme_has_mins(Scheme::asym_clip));
@@ -159,7 +162,10 @@ TEST(Int4, PackUnpackRoundTrip) {
 void expect_half_step(const std::vector<float>& w, const Packed& p) {
   const std::vector<float> dq = p.dequant();
   const bool sym = !scheme_has_mins(p.scheme);
-  const bool clip = p.scheme == Scheme::sym_clip || p.scheme == Scheme::asym_clip;
+  // asym-hqq moves the min off the block's least value: the ends it leaves out map to the grid's
+  // nearest end, as clipped ones do.
+  const bool clip =
+      p.scheme == Scheme::sym_clip || p.scheme == Scheme::asym_clip || p.scheme == Scheme::asym_hqq;
   uint64_t bad = 0, clipped = 0;
   for (uint64_t r = 0; r < p.rows; ++r) {
     for (uint64_t c = 0; c < p.cols; ++c) {
@@ -324,7 +330,7 @@ TEST(Int4, F16OverflowThrows) {
 TEST(Int4, SchemesRankedOnGaussianWeights) {
   const uint64_t rows = 256, cols = 4096;
   const std::vector<float> w = gaussian(rows * cols, 42);
-  double rms[5] = {};
+  double rms[6] = {};
   for (Scheme s : kInt4Schemes) {
     const Packed p = quantize(w, rows, cols, s);
     rms[int(s)] = p.err.relative_rms();
@@ -335,6 +341,7 @@ TEST(Int4, SchemesRankedOnGaussianWeights) {
   EXPECT_LT(rms[int(Scheme::asym_clip)], rms[int(Scheme::asym)]);
   EXPECT_LT(rms[int(Scheme::asym)], rms[int(Scheme::sym)]);
   EXPECT_LT(rms[int(Scheme::asym_clip)], rms[int(Scheme::sym_clip)]);
+  EXPECT_LT(rms[int(Scheme::asym_hqq)], rms[int(Scheme::asym)]);  // the min fitted to the codes
   // Sanity of magnitude: 4-bit codes over ~+-3 sigma give roughly 10% relative error.
   EXPECT_LT(rms[int(Scheme::sym)], 0.2);
   EXPECT_GT(rms[int(Scheme::asym_clip)], 0.03);
