@@ -103,8 +103,9 @@ void CpuForward::attend(uint64_t layer, const SeqChunk& seq, uint64_t row) {
   float *q = s_.q.data() + row * q_dim, *k = s_.k.data() + row * kv_dim;
   const float* v = s_.v.data() + row * kv_dim;
   float* out = s_.att_out.data() + row * q_dim;
-  rope_cpu(q, n, c_.heads, c_.head_dim, pos, s_.inv_freq.data());
-  rope_cpu(k, n, c_.kv_heads, c_.head_dim, pos, s_.inv_freq.data());
+  const float scale = rope_attention_factor(c_);
+  rope_cpu(q, n, c_.heads, c_.head_dim, pos, s_.inv_freq.data(), scale);
+  rope_cpu(k, n, c_.kv_heads, c_.head_dim, pos, s_.inv_freq.data(), scale);
   const uint64_t count = n * kv_dim;  // [slots, layers, ctx, kv_dim]
   const uint64_t base = (seq.slot * c_.layers + layer) * shape_.ctx * kv_dim,
                  at = base + pos * kv_dim;

@@ -218,8 +218,9 @@ void CudaForward::attend(uint64_t layer, const SeqChunk& seq, uint64_t row) {
   float *q = q_.get() + row * q_dim_, *k = k_.get() + row * kv_dim_;
   const float* v = v_.get() + row * kv_dim_;
   float* out = att_out_.get() + row * q_dim_;
-  rope_cuda(q, n, c_.heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
-  rope_cuda(k, n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
+  const float scale = rope_attention_factor(c_);
+  rope_cuda(q, n, c_.heads, c_.head_dim, pos, inv_freq_.get(), scale, stream_.s);
+  rope_cuda(k, n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), scale, stream_.s);
   const uint64_t count = n * kv_dim_, base = (seq.slot * c_.layers + layer) * ctx_ * kv_dim_,
                  at = base + pos * kv_dim_;
   if (kv_ == KvType::f16) {
