@@ -57,6 +57,10 @@ ModelWeights bind_weights(const PackedFile& f) {
     const std::string p = fmt::format("model.layers.{}.", i);
     w.layers.push_back({.attn_norm = u16(tensor(f, p + "input_layernorm.weight")),
                         .mlp_norm = u16(tensor(f, p + "post_attention_layernorm.weight"))});
+    if (c.qk_norm) {
+      w.layers.back().q_norm = u16(tensor(f, p + "self_attn.q_norm.weight"));
+      w.layers.back().k_norm = u16(tensor(f, p + "self_attn.k_norm.weight"));
+    }
     // Schedule order (runtime/model.hpp): q k v o gate up down.
     add_linear(f, w, p + "self_attn.q_proj.weight", c.hidden, c.qkv_bias);
     add_linear(f, w, p + "self_attn.k_proj.weight", c.hidden, c.qkv_bias);

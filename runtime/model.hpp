@@ -37,6 +37,8 @@ constexpr uint32_t lm_head_id(uint64_t layers) {
 struct LayerWeights {
   const uint16_t* attn_norm = nullptr;  // [hidden]
   const uint16_t* mlp_norm = nullptr;   // [hidden]
+  const uint16_t* q_norm = nullptr;     // [head_dim] Qwen3 (ModelConfig::qk_norm), else nullptr
+  const uint16_t* k_norm = nullptr;     // [head_dim]
 };
 
 struct ModelWeights {
