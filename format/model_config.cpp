@@ -271,6 +271,24 @@ ModelConfig parse_model_config(const nlohmann::json& c, std::string_view what) {
   return m;
 }
 
+GenerationConfig parse_generation_config(const nlohmann::json& j, std::string_view what) {
+  if (!j.is_object()) throw Error(fmt::format("{}: not a JSON object", what));
+  GenerationConfig g;
+  g.present = true;
+  g.eos_token_ids = parse_eos(j, what);
+  g.do_sample = bool_or(j, "do_sample", false, what);
+  g.temperature = number_or(j, "temperature", 1.0, what);
+  g.top_p = number_or(j, "top_p", 1.0, what);
+  if (j.contains("top_k") && !j["top_k"].is_null() &&
+      (!j["top_k"].is_number_integer() || j["top_k"].get<int64_t>() < 0))
+    throw Error(fmt::format("{}: \"top_k\" must be a whole number of 0 or more", what));
+  g.top_k = j.contains("top_k") && !j["top_k"].is_null() ? j["top_k"].get<uint64_t>() : 50;
+  if (!(g.temperature >= 0) || !(g.top_p > 0 && g.top_p <= 1))
+    throw Error(fmt::format("{}: temperature {} must be 0 or more and top_p {} in (0, 1]", what,
+                            g.temperature, g.top_p));
+  return g;
+}
+
 std::vector<WeightSpec> model_weights(const ModelConfig& c) {
   const uint64_t q_out = c.heads * c.head_dim, kv_out = c.kv_heads * c.head_dim;
   std::vector<WeightSpec> w;

@@ -51,6 +51,17 @@ struct ModelConfig {
 ModelConfig parse_model_config(const nlohmann::json& config, std::string_view what);
 std::string_view family_name(Family f);
 
+// generation_config.json: what transformers' generate() does by default for this model.
+struct GenerationConfig {
+  std::vector<int64_t> eos_token_ids;  // a number or a list in the file
+  bool do_sample = false;              // false (or absent): greedy, whatever the values below say
+  double temperature = 1, top_p = 1;   // when absent, transformers' defaults (1.0, 50, 1.0)
+  uint64_t top_k = 50;
+  bool present = false;  // the checkpoint had one (a .ferry file keeps it, docs/format.md)
+};
+// Throws ferry::Error naming the key for a value of the wrong type or range.
+GenerationConfig parse_generation_config(const nlohmann::json& j, std::string_view what);
+
 enum class WeightRole : uint8_t { embedding, norm, bias, linear, lm_head };
 
 struct WeightSpec {

@@ -223,6 +223,10 @@ std::map<std::string, std::string> source_metadata(const std::filesystem::path& 
   for (auto [key, file] : {std::pair{meta::kTokenizerConfig, "tokenizer_config.json"},
                            std::pair{meta::kGenerationConfig, "generation_config.json"}})
     if (std::filesystem::exists(dir / file)) m[key] = read_json_object_file(dir / file);
+  // Sampling defaults `ferry run` would use: a bad value is refused now, not at run time.
+  if (m.contains(meta::kGenerationConfig))
+    parse_generation_config(nlohmann::json::parse(m[meta::kGenerationConfig]),
+                            (dir / "generation_config.json").string());
   return m;
 }
 

@@ -190,5 +190,25 @@ TEST(ModelConfig, LinearAndYarnFrequencies) {
   EXPECT_FLOAT_EQ(y.back(), float(std::pow(100000.0, -62.0 / 64) / 4));  // slow ones slowed
 }
 
+// Qwen3's generation_config.json samples; SmolLM2's (no do_sample) is greedy.
+TEST(ModelConfig, GenerationConfig) {
+  const GenerationConfig q = parse_generation_config({{"do_sample", true},
+                                                      {"temperature", 0.6},
+                                                      {"top_k", 20},
+                                                      {"top_p", 0.95},
+                                                      {"eos_token_id", {151645, 151643}}},
+                                                     "qwen3");
+  EXPECT_TRUE(q.do_sample);
+  EXPECT_EQ(q.temperature, 0.6);
+  EXPECT_EQ(q.top_k, 20u);
+  EXPECT_EQ(q.top_p, 0.95);
+  EXPECT_EQ(q.eos_token_ids, (std::vector<int64_t>{151645, 151643}));
+  const GenerationConfig s = parse_generation_config({{"eos_token_id", 2}}, "smollm2");
+  EXPECT_FALSE(s.do_sample);
+  EXPECT_EQ(s.top_k, 50u);  // transformers' default, used only when do_sample is true
+  EXPECT_THROW(parse_generation_config({{"top_p", 0.0}}, "bad"), Error);
+  EXPECT_THROW(parse_generation_config({{"top_k", "20"}}, "bad"), Error);
+}
+
 }  // namespace
 }  // namespace ferry

@@ -275,7 +275,7 @@ int cmd_chat(int argc, char** argv) {
   Engine e(engine_options(a));
   warn_about_context(e);
   const ChatTemplate t = match_chat_template(meta_text(e.file(), meta::kTokenizerConfig), forced);
-  Sampler sampler(sampler_options(a), e.config().vocab);
+  Sampler sampler(sampler_options(a, generation_config(e)), e.config().vocab);
   Chat chat(e, sampler, t, a.count("system") ? a["system"].as<std::string>() : std::string(),
             a["tokens"].as<uint64_t>());
   std::fprintf(stderr, "ferry chat: %s format, context of %llu tokens; /reset, /exit, Ctrl-C\n",

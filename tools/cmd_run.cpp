@@ -58,7 +58,7 @@ int cmd_run(int argc, char** argv) {
         ids.size(), g.max_tokens, e.ctx()));
   g.stop_strings = stops;
   g.stop_ids = eos_token_ids(e);
-  Sampler sampler(sampler_options(a), e.config().vocab);
+  Sampler sampler(sampler_options(a, generation_config(e)), e.config().vocab);
 
   std::fputs(prompt.c_str(), stdout);  // echoed, as the text continues it
   uint64_t evaluated = 0;
