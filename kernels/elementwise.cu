@@ -36,7 +36,7 @@ __global__ void rmsnorm_kernel(const float* x, const uint16_t* w, float eps, uin
 
 // One thread per (token, head, pair); rotate_half pairing (i, i + hd/2) as rope_cpu.
 __global__ void rope_kernel(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t pos,
-                            const float* inv_freq) {
+                            const float* inv_freq, float scale) {
   const uint64_t half = head_dim / 2;
   const uint64_t id = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (id >= n * heads * half) return;
@@ -44,6 +44,8 @@ __global__ void rope_kernel(float* v, uint64_t n, uint64_t heads, uint64_t head_
   float* x = v + head_row * head_dim;
   float s, c;
   sincosf(float(pos + t) * inv_freq[i], &s, &c);
+  s *= scale;
+  c *= scale;
   const float a = x[i], b = x[i + half];
   x[i] = a * c - b * s;
   x[i + half] = b * c + a * s;
@@ -111,10 +113,11 @@ void rmsnorm_cuda(const float* x, const uint16_t* w, float eps, uint64_t n, uint
 }
 
 void rope_cuda(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t pos,
-               const float* inv_freq, CUstream_st* stream) {
+               const float* inv_freq, float scale, CUstream_st* stream) {
   const uint64_t count = n * heads * (head_dim / 2);
   if (count == 0) return;
-  rope_kernel<<<grid_for(count), kThreads, 0, stream>>>(v, n, heads, head_dim, pos, inv_freq);
+  rope_kernel<<<grid_for(count), kThreads, 0, stream>>>(v, n, heads, head_dim, pos, inv_freq,
+                                                        scale);
   CUDA_CHECK(cudaGetLastError());
 }
 

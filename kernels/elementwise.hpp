@@ -14,18 +14,20 @@ struct CUstream_st;
 
 namespace ferry {
 
-// out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, for each of the n rows of x, out [n, dim]; w [dim]
+// out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, for each of the n rows of x, out [n, dim]; w [dim].
+// out may be x. Also Qwen3's per-head q_norm / k_norm: rows of [n * heads, head_dim], in place.
 void rmsnorm_cpu(const float* x, const uint16_t* w, float eps, uint64_t n, uint64_t dim,
                  float* out);
 void rmsnorm_cuda(const float* x, const uint16_t* w, float eps, uint64_t n, uint64_t dim,
                   float* out, CUstream_st* stream);
 
 // Rotates v[n, heads, head_dim] in place, token t at position pos + t, with Hugging Face's
-// rotate_half pairing (element i with i + head_dim/2); inv_freq [head_dim/2].
+// rotate_half pairing (element i with i + head_dim/2); inv_freq [head_dim/2]. cos and sin are
+// multiplied by `scale` first, as transformers does (yarn's attention factor; 1 otherwise).
 void rope_cpu(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t pos,
-              const float* inv_freq);
+              const float* inv_freq, float scale);
 void rope_cuda(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t pos,
-               const float* inv_freq, CUstream_st* stream);
+               const float* inv_freq, float scale, CUstream_st* stream);
 
 // out[i] = silu(gate[i]) * up[i], i < count
 void silu_mul_cpu(const float* gate, const float* up, uint64_t count, float* out);

@@ -16,11 +16,12 @@ void rmsnorm_row(const float* x, const uint16_t* w, float eps, uint64_t dim, flo
   for (uint64_t i = 0; i < dim; ++i) out[i] = x[i] * inv * bf16_to_float(w[i]);
 }
 
-void rope_row(float* v, uint64_t heads, uint64_t head_dim, uint64_t pos, const float* inv_freq) {
+void rope_row(float* v, uint64_t heads, uint64_t head_dim, uint64_t pos, const float* inv_freq,
+              float scale) {
   const uint64_t half = head_dim / 2;
   for (uint64_t i = 0; i < half; ++i) {
     const float angle = float(pos) * inv_freq[i];
-    const float c = std::cos(angle), s = std::sin(angle);
+    const float c = std::cos(angle) * scale, s = std::sin(angle) * scale;
     for (uint64_t h = 0; h < heads; ++h) {
       float* x = v + h * head_dim;
       const float a = x[i], b = x[i + half];
@@ -38,9 +39,9 @@ void rmsnorm_cpu(const float* x, const uint16_t* w, float eps, uint64_t n, uint6
 }
 
 void rope_cpu(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t pos,
-              const float* inv_freq) {
+              const float* inv_freq, float scale) {
   for (uint64_t t = 0; t < n; ++t)
-    rope_row(v + t * heads * head_dim, heads, head_dim, pos + t, inv_freq);
+    rope_row(v + t * heads * head_dim, heads, head_dim, pos + t, inv_freq, scale);
 }
 
 void silu_mul_cpu(const float* gate, const float* up, uint64_t count, float* out) {

@@ -226,6 +226,10 @@ std::map<std::string, std::string> source_metadata(const std::filesystem::path& 
     if (std::filesystem::exists(dir / file)) m[key] = read_json_object_file(dir / file);
   if (std::filesystem::exists(dir / "chat_template.jinja"))
     m[meta::kChatTemplate] = read_text_file(dir / "chat_template.jinja");
+  // Sampling defaults `ferry run` would use: a bad value is refused now, not at run time.
+  if (m.contains(meta::kGenerationConfig))
+    parse_generation_config(nlohmann::json::parse(m[meta::kGenerationConfig]),
+                            (dir / "generation_config.json").string());
   return m;
 }
 

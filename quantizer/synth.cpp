@@ -63,6 +63,35 @@ json qwen2_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t hea
   return c;
 }
 
+// Qwen3: Qwen2's layout without q/k/v biases, with q_norm/k_norm and an explicit head_dim.
+json qwen3_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t heads, uint64_t kv,
+                  uint64_t head_dim, uint64_t vocab, bool tied) {
+  json c = qwen2_config(hidden, inter, layers, heads, kv, vocab, tied);
+  c["architectures"] = {"Qwen3ForCausalLM"};
+  c["model_type"] = "qwen3";
+  c["head_dim"] = head_dim;
+  c["attention_bias"] = false;
+  c["max_position_embeddings"] = 40960;
+  c["use_sliding_window"] = false;
+  c["sliding_window"] = nullptr;
+  return c;
+}
+
+// Mistral: the Llama layout; sliding_window null as in v0.2 and later (v0.1's 4096 would bound
+// the context), head_dim given explicitly as Mistral Nemo does.
+json mistral_config(uint64_t hidden, uint64_t inter, uint64_t layers, uint64_t heads, uint64_t kv,
+                    uint64_t head_dim, uint64_t vocab) {
+  json c = llama_config(hidden, inter, layers, heads, kv, vocab, 1e6, false);
+  c["architectures"] = {"MistralForCausalLM"};
+  c["model_type"] = "mistral";
+  c["head_dim"] = head_dim;
+  c["max_position_embeddings"] = 32768;
+  c["sliding_window"] = nullptr;
+  c.erase("attention_bias");
+  c.erase("mlp_bias");
+  return c;
+}
+
 json with_llama3_rope(json c, uint64_t original_max) {
   c["rope_scaling"] = {{"rope_type", "llama3"},
                        {"factor", 8.0},
@@ -87,6 +116,12 @@ const std::vector<Preset>& presets() {
       {{"qwen2-tiny",
         "Qwen2, hidden 320 (not a multiple of 128), q/k/v biases, GQA 5/1, vocab 512"},
        [] { return qwen2_config(320, 896, 4, 5, 1, 512, false); }},
+      {{"qwen3-tiny",
+        "Qwen3, hidden 320, q_norm/k_norm, head_dim 96 (q width 384 != hidden), GQA 4/2, vocab "
+        "512"},
+       [] { return qwen3_config(320, 768, 4, 4, 2, 96, 512, true); }},
+      {{"mistral-tiny", "Mistral, hidden 256, 4 layers, GQA 8/2, head_dim 48, vocab 512"},
+       [] { return mistral_config(256, 768, 4, 8, 2, 48, 512); }},
       {{"qwen2-small",
         "Qwen2, hidden 1024, 8 layers, GQA 16/2, vocab 32000 (~300 MB bf16): benchmarks"},
        [] { return qwen2_config(1024, 2816, 8, 16, 2, 32000, false); }},
@@ -96,6 +131,9 @@ const std::vector<Preset>& presets() {
       {{"qwen2-32b",
         "DeepSeek-R1-Distill-Qwen-32B shapes: hidden 5120, 64 layers, GQA 40/8 (~65 GB bf16)"},
        [] { return qwen2_config(5120, 27648, 64, 40, 8, 152064, false); }},
+      {{"qwen3-32b",
+        "Qwen3-32B shapes: hidden 5120, 64 layers, GQA 64/8, head_dim 128 (~66 GB bf16)"},
+       [] { return qwen3_config(5120, 25600, 64, 64, 8, 128, 151936, false); }},
       {{"llama3-8b",
         "Llama-3-8B shapes: hidden 4096, 32 layers, GQA 32/8, vocab 128256 (~16 GB bf16)"},
        [] {

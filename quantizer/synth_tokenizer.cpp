@@ -132,7 +132,7 @@ json byte_level(bool with_regex_flag) {
 
 SynthTokenizer synth_tokenizer(const json& config) {
   const ModelConfig mc = parse_model_config(config, "synthesized config");
-  const bool qwen = mc.family == Family::qwen2;
+  const bool qwen = mc.family != Family::llama;
   const std::vector<std::string> specials =
       qwen ? std::vector<std::string>{"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
            : std::vector<std::string>{"<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",

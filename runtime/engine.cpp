@@ -37,7 +37,16 @@ PassShape pass_shape(const ModelConfig& c, const EngineOptions& o) {
                 fmt::format("{} sequences at once is outside 1 .. 4096", o.parallel));
   PassShape s;
   s.slots = o.parallel;
-  s.ctx = o.ctx ? o.ctx : std::min(kDefaultCtx, c.max_position);
+  // A sliding window also bounds the default: within it, full attention is the model's own.
+  s.ctx = o.ctx ? o.ctx
+                : std::min({kDefaultCtx, c.max_position,
+                            c.sliding_window ? c.sliding_window : c.max_position});
+  if (c.sliding_window && s.ctx > c.sliding_window)
+    throw Error(Setting::ctx,
+                fmt::format("config.json's sliding_window is {} tokens and the context {}: ferry "
+                            "does not implement sliding-window attention; lower the context to {} "
+                            "or less",
+                            c.sliding_window, s.ctx, c.sliding_window));
   // A pass holds at most --batch prompt tokens (no more than a context), and at least one token
   // of every slot: a decode step of 64 sequences is one pass, whatever --batch says.
   s.batch = std::max(std::min(o.batch, s.ctx), s.slots);

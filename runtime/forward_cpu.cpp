@@ -1,9 +1,9 @@
-// The forward pass of the Llama and Qwen2 families on the CPU, top to bottom, for a batch of n
-// tokens from one or more sequences (a chunk of a prompt, or each decoding sequence's next token,
-// each sequence in its own KV slot):
-//   embedding -> per layer (RMSNorm, q/k/v (+bias), RoPE, grouped-query causal attention over
-//   the KV cache, o, residual, RMSNorm, gate/up, SiLU*mul, down, residual) -> final RMSNorm ->
-//   lm_head of the last token.
+// The forward pass of the Llama (and Mistral), Qwen2 and Qwen3 families on the CPU, top to bottom,
+// for a batch of n tokens from one or more sequences (a chunk of a prompt, or each decoding
+// sequence's next token, each sequence in its own KV slot):
+//   embedding -> per layer (RMSNorm, q/k/v (+bias), per-head RMSNorm of q and k (Qwen3), RoPE,
+//   grouped-query causal attention over the KV cache, o, residual, RMSNorm, gate/up, SiLU*mul,
+//   down, residual) -> final RMSNorm -> lm_head of the last token.
 // Activations are rows of [n, dim]; every linear runs once per batch over the rows of every
 // sequence, so prefill, and decode of many sequences, read each weight once per batch instead of
 // once per token; only RoPE and attention run per sequence, at its own positions and slot. Weights
@@ -103,8 +103,9 @@ void CpuForward::attend(uint64_t layer, const SeqChunk& seq, uint64_t row) {
   float *q = s_.q.data() + row * q_dim, *k = s_.k.data() + row * kv_dim;
   const float* v = s_.v.data() + row * kv_dim;
   float* out = s_.att_out.data() + row * q_dim;
-  rope_cpu(q, n, c_.heads, c_.head_dim, pos, s_.inv_freq.data());
-  rope_cpu(k, n, c_.kv_heads, c_.head_dim, pos, s_.inv_freq.data());
+  const float scale = rope_attention_factor(c_);
+  rope_cpu(q, n, c_.heads, c_.head_dim, pos, s_.inv_freq.data(), scale);
+  rope_cpu(k, n, c_.kv_heads, c_.head_dim, pos, s_.inv_freq.data(), scale);
   const uint64_t count = n * kv_dim;  // [slots, layers, ctx, kv_dim]
   const uint64_t base = (seq.slot * c_.layers + layer) * shape_.ctx * kv_dim,
                  at = base + pos * kv_dim;
@@ -128,6 +129,11 @@ void CpuForward::attention_block(WeightSource& src, uint64_t layer, std::span<co
   linear(src, linear_id(layer, kQ), s_.xb.data(), n, s_.q.data());
   linear(src, linear_id(layer, kK), s_.xb.data(), n, s_.k.data());
   linear(src, linear_id(layer, kV), s_.xb.data(), n, s_.v.data());
+  if (c_.qk_norm) {  // Qwen3: each head of q and k normed on its own, before RoPE
+    rmsnorm_cpu(s_.q.data(), L.q_norm, float(c_.rms_eps), n * c_.heads, c_.head_dim, s_.q.data());
+    rmsnorm_cpu(s_.k.data(), L.k_norm, float(c_.rms_eps), n * c_.kv_heads, c_.head_dim,
+                s_.k.data());
+  }
   for (uint64_t i = 0, row = 0; i < seqs.size(); row += seqs[i++].tokens.size())
     attend(layer, seqs[i], row);
   linear(src, linear_id(layer, kO), s_.att_out.data(), n, s_.proj.data());

@@ -1,11 +1,12 @@
 // The forward pass on the GPU, step for step the CPU pass of runtime/forward_cpu.cpp (read that one
 // first): embedding rows gathered on the host (the table stays in host memory: only the rows of
 // the batch cross the bus, hidden x 4 bytes a token), then per layer RMSNorm, q/k/v (+bias),
-// RoPE, causal grouped-query attention over the KV cache, o, residual, RMSNorm, gate/up,
-// SiLU*mul, down, residual; final RMSNorm and lm_head of the last token. Every step is a kernel
-// enqueued on one compute stream; each linear weight comes from the paging cache, whose acquire
-// makes the stream wait on the entry's ready event and whose release records its last use. The
-// host runs ahead of the GPU and blocks once per call, on the logits' copy back.
+// per-head RMSNorm of q and k (Qwen3), RoPE, causal grouped-query attention over the KV cache, o,
+// residual, RMSNorm, gate/up, SiLU*mul, down, residual; final RMSNorm and lm_head of the last
+// token. Every step is a kernel enqueued on one compute stream; each linear weight comes from the
+// paging cache, whose acquire makes the stream wait on the entry's ready event and whose release
+// records its last use. The host runs ahead of the GPU and blocks once per call, on the logits'
+// copy back.
 #include "runtime/forward_cuda.hpp"
 
 #include <cuda_runtime.h>
@@ -75,6 +76,18 @@ std::vector<uint16_t> gather_norms(const ModelConfig& c, const ModelWeights& w) 
   return out;
 }
 
+// Qwen3's q_norm and k_norm of every layer in one upload: [layers, 2, head_dim]; empty otherwise.
+std::vector<uint16_t> gather_qk_norms(const ModelConfig& c, const ModelWeights& w) {
+  std::vector<uint16_t> out;
+  if (!c.qk_norm) return out;
+  out.reserve(2 * c.layers * c.head_dim);
+  for (const LayerWeights& L : w.layers) {
+    out.insert(out.end(), L.q_norm, L.q_norm + c.head_dim);
+    out.insert(out.end(), L.k_norm, L.k_norm + c.head_dim);
+  }
+  return out;
+}
+
 class CudaForward final : public ForwardPass {
  public:
   CudaForward(const CudaForwardOptions& o, const ModelConfig& c, const ModelWeights& w,
@@ -96,6 +109,9 @@ class CudaForward final : public ForwardPass {
   void mlp_block(WeightSource& src, uint64_t layer, uint64_t n);
   const uint16_t* norm(uint64_t layer, int which) const {
     return norms_.get() + (2 * layer + uint64_t(which)) * c_.hidden;
+  }
+  const uint16_t* qk_norm(uint64_t layer, int which) const {  // 0: q_norm, 1: k_norm
+    return qk_norms_.get() + (2 * layer + uint64_t(which)) * c_.head_dim;
   }
 
   // The device current at construction, where everything below lives: set again at the top of
@@ -121,6 +137,7 @@ class CudaForward final : public ForwardPass {
   DeviceArray<int32_t> token_;         // [slots] greedy choices
   DeviceArray<float> inv_freq_;        // [head_dim / 2]
   DeviceArray<uint16_t> norms_;        // [layers, 2, hidden] + [hidden] bf16
+  DeviceArray<uint16_t> qk_norms_;     // [layers, 2, head_dim] bf16, Qwen3 only
   DeviceArray<uint16_t> biases_;       // q/k/v biases of every layer, bf16, packed
   std::vector<const uint16_t*> bias_;  // [linear ids] into biases_, or nullptr (w.biases' twin)
   PinnedArray<float> embed_rows_;      // [batch, hidden] host: the batch's embedding rows
@@ -160,6 +177,7 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       token_(slots_, "the greedy tokens"),
       inv_freq_(c.head_dim / 2, "RoPE"),
       norms_((2 * c.layers + 1) * c.hidden, "norm weights"),
+      qk_norms_(c.qk_norm ? 2 * c.layers * c.head_dim : 0, "norm weights"),
       bias_(w.linears.size(), nullptr),
       embed_rows_(batch_ * c.hidden),
       logits_host_(kGemvMaxBatch * c.vocab),
@@ -171,6 +189,8 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
   inv_freq_.upload(inv.data(), inv.size());
   const std::vector<uint16_t> norms = gather_norms(c, w);
   norms_.upload(norms.data(), norms.size());
+  const std::vector<uint16_t> qk_norms = gather_qk_norms(c, w);
+  if (!qk_norms.empty()) qk_norms_.upload(qk_norms.data(), qk_norms.size());
   std::vector<uint16_t> biases;
   std::vector<uint64_t> at(w.linears.size(), ~0ull);
   for (size_t id = 0; id < w.linears.size(); ++id)
@@ -228,8 +248,9 @@ void CudaForward::attend(uint64_t layer, const SeqChunk& seq, uint64_t row) {
   float *q = q_.get() + row * q_dim_, *k = k_.get() + row * kv_dim_;
   const float* v = v_.get() + row * kv_dim_;
   float* out = att_out_.get() + row * q_dim_;
-  rope_cuda(q, n, c_.heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
-  rope_cuda(k, n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), stream_.s);
+  const float scale = rope_attention_factor(c_);
+  rope_cuda(q, n, c_.heads, c_.head_dim, pos, inv_freq_.get(), scale, stream_.s);
+  rope_cuda(k, n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), scale, stream_.s);
   const uint64_t count = n * kv_dim_, base = (seq.slot * c_.layers + layer) * ctx_ * kv_dim_,
                  at = base + pos * kv_dim_;
   if (kv_ == KvType::f16) {
@@ -252,6 +273,12 @@ void CudaForward::attention_block(WeightSource& src, uint64_t layer, std::span<c
   linear(src, linear_id(layer, kQ), xb_.get(), n, q_.get());
   linear(src, linear_id(layer, kK), xb_.get(), n, k_.get());
   linear(src, linear_id(layer, kV), xb_.get(), n, v_.get());
+  if (c_.qk_norm) {  // Qwen3: each head of q and k normed on its own, before RoPE
+    const float eps = float(c_.rms_eps);
+    rmsnorm_cuda(q_.get(), qk_norm(layer, 0), eps, n * c_.heads, c_.head_dim, q_.get(), stream_.s);
+    rmsnorm_cuda(k_.get(), qk_norm(layer, 1), eps, n * c_.kv_heads, c_.head_dim, k_.get(),
+                 stream_.s);
+  }
   for (uint64_t i = 0, row = 0; i < seqs.size(); row += seqs[i++].tokens.size())
     attend(layer, seqs[i], row);
   linear(src, linear_id(layer, kO), att_out_.get(), n, proj_.get());

@@ -52,6 +52,14 @@ std::vector<int32_t> eos_token_ids(const Engine& e) {
   return ids;
 }
 
+GenerationConfig generation_config(const Engine& e) {
+  const auto& m = e.file().file.metadata();
+  const auto it = m.find(meta::kGenerationConfig);
+  if (it == m.end()) return {};
+  const auto j = nlohmann::json::parse(it->second, nullptr, false);
+  return parse_generation_config(j, "the packed file's generation_config.json");
+}
+
 std::string StopStringFilter::push(std::string_view text) {
   if (found_) return {};
   held_ += text;

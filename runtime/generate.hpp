@@ -62,6 +62,10 @@ struct GenerateStats {
 // <|end_of_text|>, Qwen2.5 Instruct <|im_end|> and <|endoftext|>), without duplicates.
 std::vector<int32_t> eos_token_ids(const Engine& engine);
 
+// The packed file's generation_config.json (absent in files made without one: present false,
+// greedy).
+GenerationConfig generation_config(const Engine& engine);
+
 // `context` holds every token of the sequence; its first `evaluated` are in the KV cache (the
 // last token is evaluated again if all are, for its logits). Evaluates the rest, appends the
 // sampled tokens to `context`, leaves in `evaluated` how many the KV cache holds on return (the

@@ -1,7 +1,9 @@
 #include "runtime/model.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -55,6 +57,10 @@ ModelWeights bind_weights(const PackedFile& f) {
     const std::string p = fmt::format("model.layers.{}.", i);
     w.layers.push_back({.attn_norm = u16(tensor(f, p + "input_layernorm.weight")),
                         .mlp_norm = u16(tensor(f, p + "post_attention_layernorm.weight"))});
+    if (c.qk_norm) {
+      w.layers.back().q_norm = u16(tensor(f, p + "self_attn.q_norm.weight"));
+      w.layers.back().k_norm = u16(tensor(f, p + "self_attn.k_norm.weight"));
+    }
     // Schedule order (runtime/model.hpp): q k v o gate up down.
     add_linear(f, w, p + "self_attn.q_proj.weight", c.hidden, c.qkv_bias);
     add_linear(f, w, p + "self_attn.k_proj.weight", c.hidden, c.qkv_bias);
@@ -72,28 +78,59 @@ ModelWeights bind_weights(const PackedFile& f) {
   return w;
 }
 
+namespace {
+
+// Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
+// interpolated (transformers' _compute_llama3_parameters).
+double llama3_freq(const RopeScaling& r, double inv) {
+  const double wavelen = 2 * std::numbers::pi / inv;
+  const double low = double(r.original_max_position) / r.low_freq_factor;
+  const double high = double(r.original_max_position) / r.high_freq_factor;
+  if (wavelen > low) return inv / r.factor;
+  if (wavelen < high) return inv;
+  const double smooth = (double(r.original_max_position) / wavelen - r.low_freq_factor) /
+                        (r.high_freq_factor - r.low_freq_factor);
+  return (1 - smooth) * inv / r.factor + smooth * inv;
+}
+
+// YaRN (transformers' _compute_yarn_parameters): dimensions that turn more than beta_fast times
+// over the original context keep their frequency, those that turn fewer than beta_slow times are
+// slowed by `factor`, and a linear ramp over the dimension index blends the band between.
+std::pair<double, double> yarn_range(const RopeScaling& r, double theta, uint64_t dim) {
+  const auto correction_dim = [&](double rotations) {
+    return double(dim) *
+           std::log(double(r.original_max_position) / (rotations * 2 * std::numbers::pi)) /
+           (2 * std::log(theta));
+  };
+  double low = correction_dim(r.beta_fast), high = correction_dim(r.beta_slow);
+  if (r.truncate) low = std::floor(low), high = std::ceil(high);
+  low = std::max(low, 0.0), high = std::min(high, double(dim - 1));
+  if (low == high) high += 0.001;  // as transformers: no division by zero
+  return {low, high};
+}
+
+}  // namespace
+
 std::vector<float> rope_inv_freq(const ModelConfig& c) {
   std::vector<float> f(c.head_dim / 2);
   const RopeScaling& r = c.rope_scaling;
+  const auto [low, high] =
+      r.type == "yarn" ? yarn_range(r, c.rope_theta, c.head_dim) : std::pair<double, double>{0, 1};
   for (size_t i = 0; i < f.size(); ++i) {
     double inv = std::pow(c.rope_theta, -double(2 * i) / double(c.head_dim));
-    if (r.type == "llama3") {
-      // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
-      // interpolated (transformers' _compute_llama3_parameters).
-      const double wavelen = 2 * std::numbers::pi / inv;
-      const double low = double(r.original_max_position) / r.low_freq_factor;
-      const double high = double(r.original_max_position) / r.high_freq_factor;
-      if (wavelen > low) {
-        inv /= r.factor;
-      } else if (wavelen >= high) {
-        const double smooth = (double(r.original_max_position) / wavelen - r.low_freq_factor) /
-                              (r.high_freq_factor - r.low_freq_factor);
-        inv = (1 - smooth) * inv / r.factor + smooth * inv;
-      }
+    if (r.type == "linear") inv /= r.factor;  // positions divided by factor
+    if (r.type == "llama3") inv = llama3_freq(r, inv);
+    if (r.type == "yarn") {
+      const double ramp = std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
+      inv = inv / r.factor * ramp + inv * (1 - ramp);
     }
     f[i] = float(inv);
   }
   return f;
+}
+
+float rope_attention_factor(const ModelConfig& c) {
+  return c.rope_scaling.type == "yarn" ? float(c.rope_scaling.attention_factor) : 1.0f;
 }
 
 double kv_bytes_per_position(const ModelConfig& c, KvType kv) {

@@ -37,6 +37,8 @@ constexpr uint32_t lm_head_id(uint64_t layers) {
 struct LayerWeights {
   const uint16_t* attn_norm = nullptr;  // [hidden]
   const uint16_t* mlp_norm = nullptr;   // [hidden]
+  const uint16_t* q_norm = nullptr;     // [head_dim] Qwen3 (ModelConfig::qk_norm), else nullptr
+  const uint16_t* k_norm = nullptr;     // [head_dim]
 };
 
 struct ModelWeights {
@@ -104,8 +106,11 @@ class DirectWeights final : public WeightSource {
 // reads per position of context each token (Qwen2-32B in f16: 256 KB).
 double kv_bytes_per_position(const ModelConfig& c, KvType kv);
 
-// RoPE inverse frequencies theta^(-2i/d), with Llama 3's frequency-dependent scaling if set.
+// RoPE inverse frequencies theta^(-2i/d) [head_dim / 2], with the config's scaling (linear,
+// llama3, yarn) applied.
 std::vector<float> rope_inv_freq(const ModelConfig& c);
+// What RoPE multiplies cos and sin by: yarn's attention factor (1.14 for factor 4), else 1.
+float rope_attention_factor(const ModelConfig& c);
 
 // Throws ferry::Error when a forward call of `tokens` at position `pos` is not 1 to `batch`
 // tokens, would pass the context of `ctx`, or holds an id outside the vocabulary. Every

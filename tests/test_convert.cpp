@@ -196,6 +196,23 @@ const CliCase kCliCases[] = {
      "unsupported architecture 'GPT2LMHeadModel'"},
     {"negative rope_theta", [](const auto& hf) { edit_config(hf, "rope_theta", -1.0); },
      "rope_theta -1 must be a finite number above 1"},
+    {"rope type longrope",
+     [](const auto& hf) {
+       edit_config(hf, "rope_scaling", {{"rope_type", "longrope"}, {"factor", 4.0}});
+     },
+     "rope type 'longrope' (rope_scaling) is not implemented"},
+    {"rope type dynamic, transformers 5",
+     [](const auto& hf) {
+       edit_config(hf, "rope_parameters",
+                   {{"rope_type", "dynamic"}, {"rope_theta", 1e6}, {"factor", 2.0}});
+     },
+     "rope type 'dynamic' (rope_parameters) is not implemented"},
+    {"partial rotary", [](const auto& hf) { edit_config(hf, "partial_rotary_factor", 0.5); },
+     "partial_rotary_factor 0.5 is not supported"},
+    {"gelu", [](const auto& hf) { edit_config(hf, "hidden_act", "gelu"); },
+     "hidden_act 'gelu' is not supported"},
+    {"o_proj bias", [](const auto& hf) { edit_config(hf, "attention_bias", true); },
+     "attention_bias=true"},
     {"mlp_bias a string", [](const auto& hf) { edit_config(hf, "mlp_bias", "yes"); },
      "\"mlp_bias\" must be true or false"},
     {"rms_norm_eps of 2", [](const auto& hf) { edit_config(hf, "rms_norm_eps", 2.0); },

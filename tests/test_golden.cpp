@@ -1,10 +1,11 @@
 // ferry's CPU forward pass against golden data from Hugging Face transformers
 // (tools/reference/gen_model_golden.py; fixtures in tests/fixtures/model/): the real TinyStories
-// model and synthesized tiny Qwen2 (q/k/v biases, GQA 5:1, hidden 320) and Llama 3 (llama3 rope
-// scaling) checkpoints. bf16 scheme: logits within 1e-5 of HF's with an f32 KV cache, 1e-3 with
-// the default f16 one, and 64 greedy tokens equal with either. INT4
-// schemes: the mean KL divergence to HF stays bounded, and the top-1 token after each prompt is
-// HF's (real model) or one HF ranks nearly as high (random models).
+// model and synthesized tiny Qwen2 (q/k/v biases, GQA 5:1, hidden 320), Llama 3 (llama3 rope
+// scaling), Qwen3 (q_norm/k_norm) and Mistral checkpoints, and yarn and linear rope scaling. bf16
+// scheme: logits within 1e-5 of HF's with an f32 KV cache, 1e-3 with the default f16 one, and 64
+// greedy tokens equal with either. INT4 schemes: the mean KL divergence to HF stays bounded, and
+// the top-1 token after each prompt is HF's (real model) or one HF ranks nearly as high (random
+// models).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -36,6 +37,7 @@ struct Prompt {
 struct Golden {
   uint64_t vocab = 0;
   std::string synth_hash;  // xxh3 of the synthesized model.safetensors; empty for real models
+  nlohmann::json config_overrides;  // config.json keys the reference replaced after synth
   std::vector<Prompt> prompts;
 };
 
@@ -46,6 +48,7 @@ Golden load_golden(const std::string& name) {
   Golden g;
   g.vocab = j["vocab"];
   g.synth_hash = j.value("synth_safetensors_xxh3", "");
+  g.config_overrides = j.value("config_overrides", nlohmann::json::object());
   std::ifstream bin(dir / (name + ".logits.f32"), std::ios::binary);
   for (const auto& p : j["prompts"]) {
     Prompt pr{p["ids"].get<std::vector<int32_t>>(), p["greedy"].get<std::vector<int32_t>>(), {}};
@@ -67,6 +70,12 @@ fs::path synthesize(const test::ScratchDir& tmp, const std::string& preset, cons
   EXPECT_EQ(checksum_hex(bytes.data(), bytes.size()), g.synth_hash)
       << "ferry synth no longer writes the checkpoint the golden data was made from: rerun "
          "tools/reference/gen_model_golden.py";
+  if (!g.config_overrides.empty()) {
+    std::ifstream in(tmp / "hf" / "config.json");
+    nlohmann::json config = nlohmann::json::parse(in);
+    config.update(g.config_overrides);
+    std::ofstream(tmp / "hf" / "config.json") << config.dump(2);
+  }
   return tmp / "hf";
 }
 
@@ -224,6 +233,45 @@ TEST(Golden, SynthesizedLlama3MatchesTransformers) {
   ASSERT_FALSE(HasFailure()) << "golden data unreadable or made from another checkpoint";
   check_bf16(convert(tmp, hf, Scheme::bf16), g, "llama3-tiny");
   check_int4(tmp, hf, g, "llama3-tiny", 0.008, 0.25f);  // measured 0.0035 .. 0.0048
+}
+
+// Qwen3: q_norm/k_norm, no q/k/v bias, head_dim 96 with hidden 320 (q width 384), tied.
+TEST(Golden, SynthesizedQwen3MatchesTransformers) {
+  const Golden g = load_golden("qwen3_tiny");
+  test::ScratchDir tmp;
+  const fs::path hf = synthesize(tmp, "qwen3-tiny", g);
+  ASSERT_FALSE(HasFailure()) << "golden data unreadable or made from another checkpoint";
+  check_bf16(convert(tmp, hf, Scheme::bf16), g, "qwen3-tiny");
+  // measured 0.0041 .. 0.0071; the gap up to 0.250 (asym-clip), so 0.3 here (e^-0.3 = 0.74)
+  check_int4(tmp, hf, g, "qwen3-tiny", 0.011, 0.3f);
+}
+
+// Mistral: the Llama layout under MistralForCausalLM, head_dim 48 given explicitly.
+TEST(Golden, SynthesizedMistralMatchesTransformers) {
+  const Golden g = load_golden("mistral_tiny");
+  test::ScratchDir tmp;
+  const fs::path hf = synthesize(tmp, "mistral-tiny", g);
+  ASSERT_FALSE(HasFailure()) << "golden data unreadable or made from another checkpoint";
+  check_bf16(convert(tmp, hf, Scheme::bf16), g, "mistral-tiny");
+  check_int4(tmp, hf, g, "mistral-tiny", 0.007, 0.25f);  // measured 0.0029 .. 0.0042
+}
+
+// RoPE scaling: yarn (factor 4 over an original context of 128, attention factor 1.14) on the
+// Qwen2 preset, linear (factor 2) on the Llama one; bf16 only, the scaling is not a weight matter.
+TEST(Golden, YarnRopeScalingMatchesTransformers) {
+  const Golden g = load_golden("qwen2_tiny_yarn");
+  test::ScratchDir tmp;
+  const fs::path hf = synthesize(tmp, "qwen2-tiny", g);
+  ASSERT_FALSE(HasFailure()) << "golden data unreadable or made from another checkpoint";
+  check_bf16(convert(tmp, hf, Scheme::bf16), g, "qwen2-yarn");
+}
+
+TEST(Golden, LinearRopeScalingMatchesTransformers) {
+  const Golden g = load_golden("llama_tiny_linear");
+  test::ScratchDir tmp;
+  const fs::path hf = synthesize(tmp, "llama-tiny", g);
+  ASSERT_FALSE(HasFailure()) << "golden data unreadable or made from another checkpoint";
+  check_bf16(convert(tmp, hf, Scheme::bf16), g, "llama-linear");
 }
 
 }  // namespace

@@ -128,10 +128,17 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
   rmsnorm_cuda(d_x.get(), d_w.get(), 1e-6f, n, dim, d_out.get(), nullptr);
   expect_close("rmsnorm", d_out.to_host(), want, 1e-12);
 
+  // Qwen3's q_norm / k_norm: rows of one head each, in place.
+  want = x;
+  rmsnorm_cpu(want.data(), w.data(), 1e-6f, n * heads, hd, want.data());
+  DeviceArray<float> d_h(x);
+  rmsnorm_cuda(d_h.get(), d_w.get(), 1e-6f, n * heads, hd, d_h.get(), nullptr);
+  expect_close("rmsnorm per head", d_h.to_host(), want, 1e-12);
+
   want = x;  // [n, heads, hd] with heads * hd == dim
-  rope_cpu(want.data(), n, heads, hd, pos, inv_freq.data());
+  rope_cpu(want.data(), n, heads, hd, pos, inv_freq.data(), 1.14f);
   DeviceArray<float> d_r(x);
-  rope_cuda(d_r.get(), n, heads, hd, pos, d_f.get(), nullptr);
+  rope_cuda(d_r.get(), n, heads, hd, pos, d_f.get(), 1.14f, nullptr);
   expect_close("rope", d_r.to_host(), want, 1e-10);
 
   silu_mul_cpu(x.data(), y.data(), n * dim, want.data());

@@ -324,7 +324,8 @@ EngineOptions engine_options(const cxxopts::ParseResult& a) {
 }
 
 void add_sampler_options(cxxopts::Options& o) {
-  o.add_options()("temp", "temperature (0: greedy)", cxxopts::value<float>()->default_value("0"))(
+  o.add_options()("temp", "temperature (0: greedy; default: the model's generation_config.json)",
+                  cxxopts::value<float>()->default_value("0"))(
       "top-k", "keep the k most likely tokens (0: off)",
       cxxopts::value<uint32_t>()->default_value("0"))("top-p", "nucleus sampling threshold",
                                                       cxxopts::value<float>()->default_value("1"))(
@@ -335,11 +336,15 @@ void add_sampler_options(cxxopts::Options& o) {
       "seed", "random seed", cxxopts::value<uint64_t>()->default_value("0"));
 }
 
-SamplerOptions sampler_options(const cxxopts::ParseResult& a) {
+// A sampling option given on the command line wins; one not given is the model's
+// generation_config.json value when that samples (do_sample true), else off (greedy).
+SamplerOptions sampler_options(const cxxopts::ParseResult& a, const GenerationConfig& g) {
   SamplerOptions s;
-  s.temperature = a["temp"].as<float>();
-  s.top_k = a["top-k"].as<uint32_t>();
-  s.top_p = a["top-p"].as<float>();
+  const bool model = g.do_sample;
+  s.temperature = a.count("temp") || !model ? a["temp"].as<float>() : float(g.temperature);
+  s.top_k = a.count("top-k") || !model ? a["top-k"].as<uint32_t>()
+                                       : uint32_t(std::min<uint64_t>(g.top_k, UINT32_MAX));
+  s.top_p = a.count("top-p") || !model ? a["top-p"].as<float>() : float(g.top_p);
   s.min_p = a["min-p"].as<float>();
   s.repetition_penalty = a["repeat-penalty"].as<float>();
   s.seed = a["seed"].as<uint64_t>();

@@ -278,7 +278,7 @@ int cmd_chat(int argc, char** argv) {
   warn_about_context(e);
   const ChatTemplate t = load_chat_template(meta_text(e.file(), meta::kTokenizerConfig),
                                             meta_text(e.file(), meta::kChatTemplate), forced);
-  Sampler sampler(sampler_options(a), e.config().vocab);
+  Sampler sampler(sampler_options(a, generation_config(e)), e.config().vocab);
   Chat chat(e, sampler, t, a.count("system") ? a["system"].as<std::string>() : std::string(),
             a["tokens"].as<uint64_t>());
   std::fprintf(stderr, "ferry chat: %s, context of %llu tokens; /reset, /exit, Ctrl-C\n",

@@ -35,8 +35,25 @@ json model_json(const ModelConfig& c) {
             {"rope_theta", c.rope_theta},
             {"rope_scaling", c.rope_scaling.type.empty() ? "none" : c.rope_scaling.type},
             {"tied_embeddings", c.tied_embeddings},
-            {"qkv_bias", c.qkv_bias}};
+            {"qkv_bias", c.qkv_bias},
+            {"qk_norm", c.qk_norm},
+            {"sliding_window", c.sliding_window},
+            {"dtype", c.dtype.empty() ? "unspecified" : c.dtype}};
+  if (c.rope_scaling.type != "") j["rope_factor"] = c.rope_scaling.factor;
   return j;
+}
+
+// What `ferry run` and `ferry chat` sample with when no sampling option is given.
+void add_generation(json& j, const std::string& text, const std::string& what) {
+  try {
+    const GenerationConfig g = parse_generation_config(nlohmann::json::parse(text), what);
+    j["generation"] = {{"do_sample", g.do_sample}, {"eos_token_ids", g.eos_token_ids}};
+    if (g.do_sample)
+      j["generation"].update(
+          {{"temperature", g.temperature}, {"top_k", g.top_k}, {"top_p", g.top_p}});
+  } catch (const std::exception& e) {
+    j["generation_error"] = e.what();
+  }
 }
 
 // The model section from a config.json text; an unsupported or broken config is reported, not
@@ -85,6 +102,8 @@ json inspect_packed(const std::filesystem::path& path, bool verify) {
                         meta::kGenerationConfig, meta::kChatTemplate})
     files[std::string(k).substr(6)] = m.contains(k) ? json(m.at(k).size()) : json("absent");
   j["source_files_bytes"] = files;
+  if (m.contains(meta::kGenerationConfig))
+    add_generation(j, m.at(meta::kGenerationConfig), "generation_config.json");
   j["quant_error"] = p.quant_error;
   if (verify) {
     const std::vector<std::string> bad = p.verify_checksums(thread_count(0));
@@ -106,6 +125,9 @@ json inspect_hf(const std::filesystem::path& path) {
                                            ? path / "config.json"
                                            : path.parent_path() / "config.json";
   if (std::filesystem::exists(config)) add_model(j, read_text_file(config), config.string());
+  if (const auto gen = config.parent_path() / "generation_config.json";
+      std::filesystem::exists(gen))
+    add_generation(j, read_text_file(gen), gen.string());
   j["shards"] = ck.shards().size();
   j["aliases"] = ck.aliases();
   add_tensors(j, ck.tensors());
@@ -144,6 +166,29 @@ void print_text(const json& j) {
         m["tied_embeddings"].get<bool>() ? "tied" : "untied",
         m["qkv_bias"].get<bool>() ? ", q/k/v biases" : "");
   }
+  if (j.contains("model")) {
+    const json& m = j["model"];
+    std::printf("dtype %s, sliding window %s%s\n", m["dtype"].get<std::string>().c_str(),
+                m["sliding_window"].get<uint64_t>()
+                    ? std::to_string(m["sliding_window"].get<uint64_t>()).c_str()
+                    : "none",
+                m["qk_norm"].get<bool>() ? ", q/k per-head norms" : "");
+  }
+  if (j.contains("generation")) {
+    const json& g = j["generation"];
+    std::printf("generation defaults: %s, eos ids %s\n",
+                g["do_sample"].get<bool>()
+                    ? fmt::format("sampling, temperature {:g}, top_k {}, top_p {:g}",
+                                  g["temperature"].get<double>(), g["top_k"].get<uint64_t>(),
+                                  g["top_p"].get<double>())
+                          .c_str()
+                    : "greedy (do_sample false)",
+                g["eos_token_ids"].dump().c_str());
+  } else {
+    std::printf("generation defaults: greedy (no generation_config.json)\n");
+  }
+  if (j.contains("generation_error"))
+    std::printf("generation_config.json: %s\n", j["generation_error"].get<std::string>().c_str());
   if (j.contains("model_error"))
     std::printf("model: not runnable by ferry: %s\n", j["model_error"].get<std::string>().c_str());
   if (j.contains("scheme"))

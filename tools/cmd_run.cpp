@@ -69,7 +69,7 @@ int run_prompt_file(const cxxopts::ParseResult& a, EngineOptions options,
   Scheduler sched(e, {.queue_limit = prompts.size()});
   Request base;
   base.max_tokens = a["tokens"].as<uint64_t>();
-  base.sampling = sampler_options(a);
+  base.sampling = sampler_options(a, generation_config(e));
   base.stop_strings = stops;
   base.stop_ids = eos_token_ids(e);
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -148,7 +148,7 @@ int cmd_run(int argc, char** argv) {
         ids.size(), g.max_tokens, e.ctx()));
   g.stop_strings = stops;
   g.stop_ids = eos_token_ids(e);
-  Sampler sampler(sampler_options(a), e.config().vocab);
+  Sampler sampler(sampler_options(a, generation_config(e)), e.config().vocab);
 
   std::fputs(prompt.c_str(), stdout);  // echoed, as the text continues it
   uint64_t evaluated = 0;

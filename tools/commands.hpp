@@ -57,6 +57,7 @@ CacheOptions parse_cache_options(const std::string& budget, const std::string& p
                                  const std::string& format, uint32_t lookahead);
 // --temp, --top-k, --top-p, --min-p, --repeat-penalty, --seed.
 void add_sampler_options(cxxopts::Options& o);
-SamplerOptions sampler_options(const cxxopts::ParseResult& a);
+// The command line's sampling options over the model's defaults (generation_config.json).
+SamplerOptions sampler_options(const cxxopts::ParseResult& a, const GenerationConfig& model);
 
 }  // namespace ferry

@@ -72,7 +72,25 @@ def enter_venv(route: str):
     os.execv(str(python), [str(python), str(pathlib.Path(__file__).resolve())] + sys.argv[1:])
 
 
-def reference(out: pathlib.Path, model_dir: pathlib.Path, name: str, bos, synth_hash=None):
+# The synthesized checkpoints: (ferry synth preset, fixture name, config.json keys replaced after
+# synth). The rope-scaling variants reuse a preset's weights: both types change the frequencies at
+# every position (yarn also multiplies cos/sin by 0.1 ln 4 + 1 = 1.139); the C++ test applies the
+# same overrides, which the index records.
+SYNTH = [
+    ("qwen2-tiny", "qwen2_tiny", {}),
+    ("llama3-tiny", "llama3_tiny", {}),
+    ("qwen3-tiny", "qwen3_tiny", {}),
+    ("mistral-tiny", "mistral_tiny", {}),
+    ("qwen2-tiny", "qwen2_tiny_yarn",
+     {"rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                       "original_max_position_embeddings": 128}}),
+    ("llama-tiny", "llama_tiny_linear",
+     {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+]
+
+
+def reference(out: pathlib.Path, model_dir: pathlib.Path, name: str, bos, synth_hash=None,
+              overrides=None):
     tok = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     model = transformers.AutoModelForCausalLM.from_pretrained(
         model_dir, **{DTYPE_ARG: torch.float32}, attn_implementation="eager")
@@ -96,6 +114,8 @@ def reference(out: pathlib.Path, model_dir: pathlib.Path, name: str, bos, synth_
                           "tokenizers": tokenizers.__version__}}
     if synth_hash:
         index["synth_safetensors_xxh3"] = synth_hash
+    if overrides:
+        index["config_overrides"] = overrides
     (out / f"{name}.json").write_text(json.dumps(index, indent=1) + "\n")
     print(f"{name}: {len(prompts)} prompts, vocab {index['vocab']}")
 
@@ -108,6 +128,7 @@ def main():
                     "compare a torch or transformers release with the committed ones)")
     ap.add_argument("--route", choices=sorted(ROUTES), default="pypi")
     ap.add_argument("--no-venv", action="store_true", help="use the current interpreter's torch")
+    ap.add_argument("--only", nargs="*", help="fixture names to make (default: all)")
     a = ap.parse_args()
     if not a.no_venv:
         enter_venv(a.route)
@@ -122,18 +143,25 @@ def main():
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     tiny = pathlib.Path(a.shared) / "models" / "tinystories-656k"
-    if tiny.exists():
+    if a.only is not None and "tinystories" not in a.only:
+        pass
+    elif tiny.exists():
         reference(out, tiny, "tinystories", bos=1)
     else:
         print(f"{tiny} is absent: tinystories fixtures left as they are")
     with tempfile.TemporaryDirectory() as tmp:
-        for preset, name in [("qwen2-tiny", "qwen2_tiny"), ("llama3-tiny", "llama3_tiny")]:
-            d = pathlib.Path(tmp) / preset
+        for preset, name, overrides in SYNTH:
+            if a.only is not None and name not in a.only:
+                continue
+            d = pathlib.Path(tmp) / name
             subprocess.run([a.ferry, "synth", "--preset", preset, "-o", str(d), "-q"], check=True)
             h = xxhash.xxh3_64_hexdigest((d / "model.safetensors").read_bytes())
             cfg = json.loads((d / "config.json").read_text())
+            cfg.update(overrides)
+            (d / "config.json").write_text(json.dumps(cfg, indent=2))
             bos = cfg.get("bos_token_id")
-            reference(out, d, name, bos=bos if isinstance(bos, int) else None, synth_hash=h)
+            reference(out, d, name, bos=bos if isinstance(bos, int) else None, synth_hash=h,
+                      overrides=overrides)
 
 
 if __name__ == "__main__":
