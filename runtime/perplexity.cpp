@@ -165,7 +165,8 @@ std::vector<int32_t> PerplexityPlan::chunk(uint64_t i) const {
   return c;
 }
 
-PerplexityPlan plan_perplexity(const Engine& e, std::string_view text, uint64_t ctx) {
+PerplexityPlan plan_perplexity(const Engine& e, std::string_view text, uint64_t ctx,
+                               uint64_t max_chunks) {
   if (ctx < 8 || ctx > e.ctx())
     throw Error(Setting::ctx,
                 fmt::format("a perplexity chunk of {} tokens is outside 8 .. {} (the context)", ctx,
@@ -180,6 +181,7 @@ PerplexityPlan plan_perplexity(const Engine& e, std::string_view text, uint64_t 
     throw Error(Setting::ctx, fmt::format("the text is {} tokens, less than one chunk of {}: give "
                                           "a longer text or lower it",
                                           p.tokens.size(), ctx));
+  if (max_chunks) p.chunks = std::min(p.chunks, max_chunks);
   p.tokens.resize(p.chunks * ctx);
   return p;
 }

@@ -35,9 +35,11 @@ struct PerplexityPlan {
   int32_t target(uint64_t i, uint64_t j) const { return tokens[i * ctx + j + 1]; }
 };
 
-// Tokenizes `text` with the engine's tokenizer and cuts it. Throws ferry::Error (naming --ctx)
-// when the text holds fewer than one chunk, or when ctx is below 8 or above the engine's context.
-PerplexityPlan plan_perplexity(const Engine& e, std::string_view text, uint64_t ctx);
+// Tokenizes `text` with the engine's tokenizer and cuts it, keeping at most `max_chunks` chunks
+// (0: all; llama-perplexity's --chunks). Throws ferry::Error (naming --ctx) when the text holds
+// fewer than one chunk, or when ctx is below 8 or above the engine's context.
+PerplexityPlan plan_perplexity(const Engine& e, std::string_view text, uint64_t ctx,
+                               uint64_t max_chunks = 0);
 
 // The base's log-probabilities of one chunk's scored positions, [scored, vocab].
 class BaseLogprobs {

@@ -185,6 +185,30 @@ TEST(Perplexity, TinyStoriesMatchesTransformers) {
   }
 }
 
+// SmolLM2-135M-Instruct (tools/reference/gen_smollm2.py writes it into ../shared), bf16 scheme, on
+// the first 4 chunks of 256 tokens of Debian's GPL-3 text: HF transformers' perplexity with the
+// same chunking, to 1e-4 with the f32 KV cache (the issue asks for 1%). The whole text at chunks
+// of 512 gives 18.1312 in both.
+TEST(Perplexity, SmolLM2MatchesTransformers) {
+  FERRY_REQUIRE_SHARED_MODEL(dir, "smollm2-135m-instruct");
+  const std::filesystem::path text = "/usr/share/common-licenses/GPL-3";
+  if (!std::filesystem::exists(text)) GTEST_SKIP() << text << " is absent (Debian's base-files)";
+  test::ScratchDir tmp;
+  convert_checkpoint(dir, tmp / "s.ferry", {.scheme = Scheme::bf16}, kQuiet);
+  const auto golden =
+      nlohmann::json::parse(read_all(std::filesystem::path(FERRY_SOURCE_DIR) /
+                                     "tests/fixtures/perplexity/smollm2_gpl3_ctx256_4chunks.json"));
+  EngineOptions o = options(256, KvType::f32);
+  o.model = tmp / "s.ferry";
+  o.threads = 0;
+  Engine e(o);
+  const PerplexityPlan plan = plan_perplexity(e, read_all(text), 256, 4);
+  EXPECT_EQ(plan.chunks, 4u);
+  const PerplexityResult r = run_perplexity(e, plan, {});
+  EXPECT_EQ(r.scored, golden["scored"].get<uint64_t>());
+  EXPECT_NEAR(r.ppl / golden["ppl"].get<double>(), 1.0, 1e-4) << r.ppl;
+}
+
 // The command: figures on stdout, JSON, and its errors before any work.
 TEST(Perplexity, CommandLine) {
   FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");

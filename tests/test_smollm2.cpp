@@ -5,6 +5,8 @@
 // from the fixture) equals transformers' for all 64 tokens with an f32 KV cache.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -15,6 +17,7 @@
 #include "quantizer/convert.hpp"
 #include "runtime/engine.hpp"
 #include "tests/test_util.hpp"
+#include "text/chat_template.hpp"
 
 namespace ferry {
 namespace {
@@ -53,6 +56,47 @@ TEST(SmolLM2, GreedyTextEqualsTransformers) {
                 p["text"].get<std::string>().c_str(), same, want.size());
     EXPECT_EQ(got, want) << p["text"];
   }
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+// ferry's own rendering of each prompt as a one-message conversation, through the model's
+// chat_template.jinja, is the fixture's ids (transformers' apply_chat_template); and `ferry chat`
+// answers the first with transformers' greedy reply, up to the end of the turn.
+TEST(SmolLM2, ChatUsesTheModelsTemplateAndGivesTransformersReply) {
+  FERRY_REQUIRE_SHARED_MODEL(dir, "smollm2-135m-instruct");
+  std::ifstream in(fs::path(FERRY_SOURCE_DIR) / "tests" / "fixtures" / "model" / "smollm2.json");
+  const auto golden = nlohmann::json::parse(in);
+  const Tokenizer tok = Tokenizer::from_json(read_text(dir / "tokenizer.json"),
+                                             read_text(dir / "tokenizer_config.json"));
+  const ChatTemplate t = load_chat_template(read_text(dir / "tokenizer_config.json"),
+                                            read_text(dir / "chat_template.jinja"));
+  for (const auto& p : golden["prompts"]) {
+    const std::vector<ChatMessage> m = {{"user", p["text"].get<std::string>()}};
+    EXPECT_EQ(tok.encode(render_chat(t, m, true), false), p["ids"].get<std::vector<int32_t>>())
+        << p["text"];
+  }
+  test::ScratchDir tmp;
+  ConvertOptions c;
+  c.scheme = Scheme::bf16;
+  convert_checkpoint(dir, tmp / "m.ferry", c, [](std::string_view, uint64_t, uint64_t) {});
+  const std::string question = golden["prompts"][0]["text"].get<std::string>();
+  std::string reply = golden["prompts"][0]["greedy_text"].get<std::string>();
+  reply.resize(reply.find("<|im_end|>"));
+  const std::string cmd = fmt::format(
+      "printf '%s\\n/exit\\n' '{}' | '{}' chat '{}' --kv-type f32 "
+      "-n 64 --threads 2 2>/dev/null",
+      question, FERRY_BINARY, (tmp / "m.ferry").string());
+  FILE* f = popen(cmd.c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  EXPECT_EQ(pclose(f), 0) << out;
+  EXPECT_EQ(out, reply + "\n") << "transformers: " << reply;
 }
 
 }  // namespace

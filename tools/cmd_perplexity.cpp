@@ -103,7 +103,7 @@ int perplexity(const cxxopts::ParseResult& a) {
   const uint64_t chunk = a.count("ctx") ? a["ctx"].as<uint64_t>() : kDefaultChunk;
   o.ctx = chunk;
   Engine e(o);
-  const PerplexityPlan plan = plan_perplexity(e, text, chunk);
+  const PerplexityPlan plan = plan_perplexity(e, text, chunk, a["chunks"].as<uint64_t>());
   std::unique_ptr<Engine> base_engine;
   std::unique_ptr<BaseLogprobs> base;
   if (a.count("kl-base")) {
@@ -145,6 +145,8 @@ int cmd_perplexity(int argc, char** argv) {
   o.positional_help("MODEL.ferry");
   add_engine_options(o);
   o.add_options()("f,file", "the text (UTF-8)", cxxopts::value<std::string>())(
+      "chunks", "score at most this many chunks (0: every whole chunk of the text)",
+      cxxopts::value<uint64_t>()->default_value("0"))(
       "kl-base", "a base model (e.g. the bf16 conversion): KL divergence, top-1, PPL ratio",
       cxxopts::value<std::string>())(
       "save-logits",

@@ -6,7 +6,7 @@ chunks of --ctx tokens (the tail dropped), each chunk's first token replaced by 
 one, and positions ctx/2 .. ctx-2 scored (each predicts the next token). Weights are rounded to
 bf16 and the model runs in fp32, as ferry's bf16 scheme does.
 
-  tools/reference/.venv/bin/python tools/reference/gen_perplexity_golden.py MODEL_DIR TEXT --ctx 128 [-o OUT.json]
+  tools/reference/.venv/bin/python tools/reference/gen_perplexity_golden.py MODEL_DIR TEXT --ctx 128 [--chunks N] [-o OUT.json]
 
 With -o it writes {"ppl", "mean_nll", "scored", "chunks", "ctx", "versions"}; tests compare ferry's
 figure with it (tests/test_perplexity.cpp).
@@ -26,6 +26,7 @@ def main():
     ap.add_argument("model")
     ap.add_argument("text")
     ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--chunks", type=int, default=0, help="at most this many chunks (0: all)")
     ap.add_argument("-o", "--out")
     a = ap.parse_args()
     model_dir = pathlib.Path(a.model)
@@ -45,6 +46,8 @@ def main():
             p.copy_(p.to(torch.bfloat16).to(torch.float32))
     ctx, first = a.ctx, a.ctx // 2
     chunks = len(ids) // ctx
+    if a.chunks:
+        chunks = min(chunks, a.chunks)
     nll, scored = 0.0, 0
     for i in range(chunks):
         chunk = ids[i * ctx:(i + 1) * ctx]
