@@ -29,6 +29,8 @@ constexpr Command kCommands[] = {
     {"bench", ferry::cmd_bench,
      "throughput per cache budget, policy and format, against the bound"},
     {"chat", ferry::cmd_chat, "chat with a .ferry model (its chat template, multi-turn)"},
+    {"serve", ferry::cmd_serve,
+     "serve a .ferry model over HTTP: the OpenAI API, and a chat page at /"},
     {"synth", ferry::cmd_synth,
      "write a random Hugging Face checkpoint of a named shape (tests, benchmarks)"},
 };
