@@ -61,7 +61,8 @@ ServerOptions server_options(const cxxopts::ParseResult& a, uint64_t parallel, u
   ServerOptions s;
   s.host = a["host"].as<std::string>();
   const int port = a["port"].as<int>();
-  if (port < 1 || port > 65535) throw Error(fmt::format("--port: {} is not from 1 to 65535", port));
+  if (port < 0 || port > 65535)
+    throw Error(fmt::format("--port: {} is not from 1 to 65535 (or 0: any free port)", port));
   s.port = port;
   if (a.count("api-key")) {
     s.api_key = a["api-key"].as<std::string>();
@@ -85,7 +86,7 @@ int cmd_serve(int argc, char** argv) {
   add_engine_options(o);
   o.add_options()("host", "address to listen on (0.0.0.0: every interface)",
                   cxxopts::value<std::string>()->default_value("127.0.0.1"))(
-      "port", "TCP port", cxxopts::value<int>()->default_value("8080"))(
+      "port", "TCP port (0: any free one, printed on stderr)", cxxopts::value<int>()->default_value("8080"))(
       "parallel", "requests served at once (KV slots of --ctx tokens each)",
       cxxopts::value<uint64_t>()->default_value("4"))(
       "queue", "requests that may wait for a slot; beyond them: 503 with Retry-After",
