@@ -86,7 +86,8 @@ int cmd_serve(int argc, char** argv) {
   add_engine_options(o);
   o.add_options()("host", "address to listen on (0.0.0.0: every interface)",
                   cxxopts::value<std::string>()->default_value("127.0.0.1"))(
-      "port", "TCP port (0: any free one, printed on stderr)", cxxopts::value<int>()->default_value("8080"))(
+      "port", "TCP port (0: any free one, printed on stderr)",
+      cxxopts::value<int>()->default_value("8080"))(
       "parallel", "requests served at once (KV slots of --ctx tokens each)",
       cxxopts::value<uint64_t>()->default_value("4"))(
       "queue", "requests that may wait for a slot; beyond them: 503 with Retry-After",
