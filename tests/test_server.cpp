@@ -343,6 +343,28 @@ TEST(Server, HealthSaysLoadingUntilTheModelIsAttached) {
   EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "tiny");
 }
 
+TEST(Server, CorsHeadersOnlyWhenAskedFor) {
+  ServerOptions o = server_options();
+  o.cors_origin = "http://app.example";
+  HttpServer with(o), without(server_options());
+  httplib::Client a("127.0.0.1", with.start()), b("127.0.0.1", without.start());
+  const auto preflight = a.Options("/v1/chat/completions");  // no key: browsers send none here
+  ASSERT_TRUE(preflight);
+  EXPECT_EQ(preflight->status, 204);
+  EXPECT_EQ(preflight->get_header_value("Access-Control-Allow-Origin"), "http://app.example");
+  EXPECT_NE(preflight->get_header_value("Access-Control-Allow-Headers").find("Authorization"),
+            std::string::npos);
+  const auto health = a.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->get_header_value("Access-Control-Allow-Origin"), "http://app.example");
+  const auto plain = b.Get("/health");
+  ASSERT_TRUE(plain);
+  EXPECT_FALSE(plain->has_header("Access-Control-Allow-Origin"));
+  const auto no_preflight = b.Options("/v1/chat/completions", kAuth);
+  ASSERT_TRUE(no_preflight);
+  EXPECT_NE(no_preflight->status, 204);
+}
+
 TEST(Server, TokenizeAndDetokenizeRoundTrip) {
   Served s;
   const auto t = s.post("/tokenize", {{"content", "Hello world"}});
