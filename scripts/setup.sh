@@ -10,6 +10,8 @@ debs=(
   clang libclang-rt-14-dev          # libFuzzer target and sanitizer runtimes
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libfmt-dev libxxhash-dev libcxxopts-dev libconcurrentqueue-dev libpcre2-dev libutf8proc-dev gnuplot-nox
+  libcpp-httplib-dev                # ferry serve's HTTP layer
+  chromium                          # the chat page's test (headless)
   clang-format python3
 )
 
