@@ -46,13 +46,13 @@ ServedModel served_model(const Engine& e, const std::string& path, const cxxopts
   }
   const std::string config = meta_text(e.file(), meta::kTokenizerConfig);
   try {
-    m.chat = match_chat_template(config, forced);
+    m.chat = load_chat_template(config, meta_text(e.file(), meta::kChatTemplate), forced);
   } catch (const Error& err) {
     std::fprintf(stderr, "ferry serve: /v1/chat/completions is off: %s\n", err.what());
   }
   m.stop_ids = eos_token_ids(e);
   if (m.chat)
-    for (const std::string& t : chat_stop_tokens(m.chat->format))
+    for (const std::string& t : chat_stop_tokens(*m.chat))
       if (const int32_t id = e.tokenizer().token_to_id(t); id >= 0) m.stop_ids.push_back(id);
   return m;
 }
