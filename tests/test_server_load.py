@@ -125,7 +125,9 @@ def main() -> int:
         check(value("ferry_requests_finished_total") == 2 * REQUESTS and value("ferry_requests_cancelled_total") == 0,
               "/metrics: every request finished, none cancelled")
         check(value("ferry_kv_slots_used") == 0 and value("ferry_queue_depth") == 0, "/metrics: idle after the load")
-        check(rss_after - rss_before < 32 * 1024,
+        # Under AddressSanitizer (test.sh sets ASAN_OPTIONS for that build) freed memory sits in its
+        # quarantine (256 MB by default), so resident memory says nothing about leaks there.
+        check("ASAN_OPTIONS" in os.environ or rss_after - rss_before < 32 * 1024,
               f"resident memory {rss_before // 1024} MB before the load, {rss_after // 1024} MB after")
         print(f"load: {REQUESTS} requests from {CLIENTS} clients, {tokens} tokens in {seconds:.2f} s: "
               f"{tokens / seconds:.0f} tokens/s aggregate (--parallel {PARALLEL}); the same requests one at a "
