@@ -114,8 +114,10 @@ def main() -> int:
     subprocess.run([ferry, "synth", "--preset", "qwen2-tiny", "-o", hf], check=True, capture_output=True)
     subprocess.run([ferry, "quantize", hf, "-o", model], check=True, capture_output=True)
 
+    # started as a shell starts a background job (SIGINT ignored): Ctrl-C's SIGINT must stop it still
     server = subprocess.Popen([ferry, "serve", model, "--port", "0", "--threads", "1"],
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     port = None
     for line in server.stderr:
         port = port or (re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line) or [None, None])[1]
@@ -181,9 +183,13 @@ def main() -> int:
     finally:
         browser.terminate()
         browser.wait(timeout=30)
-        server.send_signal(signal.SIGTERM)
-        rc = server.wait(timeout=30)
-    check(rc == 0, f"the server stopped with exit 0 (got {rc})")
+        server.send_signal(signal.SIGINT)
+        try:
+            rc = server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            rc = "still running 30 s after SIGINT"
+    check(rc == 0, f"SIGINT stopped the server with exit 0 (got {rc})")
     print(f"{len(failures)} failure(s)")
     return 1 if failures else 0
 

@@ -113,7 +113,12 @@ int cmd_serve(int argc, char** argv) {
   if (!(grace >= 0)) throw Error("--grace: give a number of seconds, 0 or more");
 
   // SIGINT and SIGTERM are taken by sigwait below: blocked before any thread starts, so that
-  // every thread inherits the mask. A client gone mid-write must not kill the server (SIGPIPE).
+  // every thread inherits the mask. A shell starts a background job with SIGINT ignored, and an
+  // ignored signal is discarded before sigwait can see it: both are set back to the default
+  // first (blocked, the default never runs). A client gone mid-write must not kill the server
+  // (SIGPIPE).
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
   const sigset_t signals = stop_signals();
   if (pthread_sigmask(SIG_BLOCK, &signals, nullptr) != 0)
     throw Error("cannot set up SIGINT/SIGTERM handling (pthread_sigmask failed)");
