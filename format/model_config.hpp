@@ -38,6 +38,10 @@ struct ModelConfig {
   // Tokens a query sees when a sliding window is in force (Mistral v0.1: 4096); 0 when none. ferry
   // attends over the whole context, which is the same only for contexts up to the window.
   uint64_t sliding_window = 0;
+  // The longest context the packed file allows (quantize --max-context, meta::kMaxContext); 0 when
+  // none. Set by PackedFile::open, not by config.json: it is how a model whose sliding window is
+  // shorter than its trained context is packed at all (ferry attends over the whole context).
+  uint64_t context_limit = 0;
   std::string dtype;                   // torch_dtype / dtype as given, "" when absent
   std::vector<int64_t> eos_token_ids;  // config.json's eos_token_id, a number or a list
 };

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cstdlib>
 #include <mutex>
 
@@ -37,6 +38,21 @@ nlohmann::json parse_meta_json(const std::map<std::string, std::string>& m, cons
   } catch (const nlohmann::json::exception& e) {
     throw Error(fmt::format("{}: metadata {} is not valid JSON: {}", what, key, e.what()));
   }
+}
+
+// meta::kMaxContext: absent (0), or a positive decimal number of tokens.
+uint64_t parse_max_context(const std::map<std::string, std::string>& m, const std::string& what) {
+  auto it = m.find(meta::kMaxContext);
+  if (it == m.end()) return 0;
+  const std::string& s = it->second;
+  uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || v == 0)
+    throw Error(
+        fmt::format("{}: metadata {} is '{}', not a positive number of tokens; convert "
+                    "the checkpoint again with ferry quantize",
+                    what, meta::kMaxContext, s));
+  return v;
 }
 
 }  // namespace
@@ -127,6 +143,7 @@ PackedFile PackedFile::from_mapping(std::shared_ptr<MappedFile> mapping) {
     throw Error(fmt::format("{}: block size {} is not supported (only {})", what,
                             m.at(meta::kBlockSize), kBlock));
   ModelConfig config = parse_model_config(parse_meta_json(m, meta::kConfig, what), what);
+  config.context_limit = parse_max_context(m, what);
   // lm_head as stored: a BF16 tensor (the bf16 scheme, --keep-lm-head, and tied ones written
   // before ferry stored those once), none (tied: the embedding), or quantized.
   const LmHeadStorage lm_head = f.find("lm_head.weight") ? LmHeadStorage::bf16

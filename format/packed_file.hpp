@@ -36,7 +36,10 @@ inline constexpr const char* kScheme = "ferry.scheme";           // scheme_name(
 inline constexpr const char* kBlockSize = "ferry.block_size";    // "128"
 inline constexpr const char* kChecksums = "ferry.checksums";     // JSON {tensor: xxh3-64 hex}
 inline constexpr const char* kQuantError =
-    "ferry.quant_error";                                     // JSON {weight: relative RMS error}
+    "ferry.quant_error";  // JSON {weight: relative RMS error}
+// quantize --max-context N (decimal): runs are refused past N tokens. Written only for a model
+// whose sliding window is shorter than its trained context; absent in every other file.
+inline constexpr const char* kMaxContext = "ferry.max_context";
 inline constexpr const char* kConfig = "ferry.config.json";  // the source files, verbatim
 inline constexpr const char* kTokenizer = "ferry.tokenizer.json";
 inline constexpr const char* kTokenizerConfig = "ferry.tokenizer_config.json";

@@ -209,6 +209,29 @@ std::string read_json_object_file(const std::filesystem::path& p) {
   return text;
 }
 
+// ferry attends over the whole context. A sliding window shorter than the trained context would
+// make every position past the window wrong, silently, so such a model is packed only with a
+// context limit within its window (Mistral 7B v0.1: window 4096 of 32768 positions).
+void check_context_limit(const ModelConfig& c, uint64_t max_context, const std::string& what) {
+  if (max_context > c.max_position)
+    throw Error(
+        fmt::format("--max-context {} is past the {} positions (max_position_embeddings) "
+                    "the model was trained on; give {} or less",
+                    max_context, c.max_position, c.max_position));
+  if (!c.sliding_window || c.sliding_window >= c.max_position) return;
+  if (!max_context)
+    throw Error(fmt::format(
+        "{}: sliding_window is {} tokens, shorter than max_position_embeddings {}: ferry does not "
+        "implement sliding-window attention, so positions past {} would be computed wrongly; "
+        "pass --max-context {} (or less) to pack the model for contexts within its window",
+        what, c.sliding_window, c.max_position, c.sliding_window, c.sliding_window));
+  if (max_context > c.sliding_window)
+    throw Error(fmt::format(
+        "--max-context {} is past {}'s sliding_window of {} tokens: ferry does not implement "
+        "sliding-window attention; give {} or less",
+        max_context, what, c.sliding_window, c.sliding_window));
+}
+
 // tokenizer_config.json, generation_config.json and chat_template.jinja are optional: absent is
 // fine, malformed is not (tools/cmd_quantize parses the chat template before converting).
 std::map<std::string, std::string> source_metadata(const std::filesystem::path& dir,
@@ -336,6 +359,8 @@ ConvertReport convert_checkpoint(const std::filesystem::path& dir,
   std::map<std::string, std::string> metadata = source_metadata(dir, opt.scheme);
   report.config = parse_model_config(nlohmann::json::parse(metadata[meta::kConfig]),
                                      (dir / "config.json").string());
+  if (opt.max_context) metadata[meta::kMaxContext] = std::to_string(opt.max_context);
+  check_context_limit(report.config, opt.max_context, (dir / "config.json").string());
   const Checkpoint ckpt = Checkpoint::open(dir);
   refuse_output_over_input(out_path, dir, ckpt);
   const PackedPlan plan = plan_packed(report.config, opt.scheme, opt.keep_lm_head);

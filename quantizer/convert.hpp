@@ -25,7 +25,10 @@ inline constexpr Scheme kDefaultScheme = Scheme::asym_clip;
 
 struct ConvertOptions {
   Scheme scheme = kDefaultScheme;
-  bool keep_lm_head = false;          // store lm_head in bf16 instead of INT4
+  bool keep_lm_head = false;  // store lm_head in bf16 instead of INT4
+  // --max-context: the longest context the packed model may run (meta::kMaxContext); 0: none.
+  // Required for a model whose sliding window is shorter than its trained context.
+  uint64_t max_context = 0;
   unsigned threads = 0;               // 0: every core
   uint64_t chunk_bytes = 4ull << 20;  // source bytes per work unit
 };

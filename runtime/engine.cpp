@@ -40,7 +40,13 @@ PassShape pass_shape(const ModelConfig& c, const EngineOptions& o) {
   // A sliding window also bounds the default: within it, full attention is the model's own.
   s.ctx = o.ctx ? o.ctx
                 : std::min({kDefaultCtx, c.max_position,
-                            c.sliding_window ? c.sliding_window : c.max_position});
+                            c.sliding_window ? c.sliding_window : c.max_position,
+                            c.context_limit ? c.context_limit : c.max_position});
+  if (c.context_limit && s.ctx > c.context_limit)
+    throw Error(Setting::ctx,
+                fmt::format("the model was packed for contexts up to {} tokens (quantize "
+                            "--max-context) and the context asked is {}; lower it",
+                            c.context_limit, s.ctx));
   if (c.sliding_window && s.ctx > c.sliding_window)
     throw Error(Setting::ctx,
                 fmt::format("config.json's sliding_window is {} tokens and the context {}: ferry "

@@ -12,6 +12,7 @@
 
 #include "base/atomic_file.hpp"
 #include "base/error.hpp"
+#include "kernels/elementwise.hpp"
 
 namespace ferry {
 namespace {
@@ -37,8 +38,10 @@ uint64_t plan_hash(const PerplexityPlan& p) {
   return h;
 }
 
-uint64_t argmax(std::span<const float> v) {
-  return uint64_t(std::max_element(v.begin(), v.end()) - v.begin());
+int32_t argmax(std::span<const float> v) {
+  int32_t top = 0;
+  argmax_cpu(v.data(), v.size(), &top);
+  return top;
 }
 
 // Running sums of one quantity over the scored tokens: mean and its standard error.

@@ -209,6 +209,13 @@ const CliCase kCliCases[] = {
      "rope type 'dynamic' (rope_parameters) is not implemented"},
     {"partial rotary", [](const auto& hf) { edit_config(hf, "partial_rotary_factor", 0.5); },
      "partial_rotary_factor 0.5 is not supported"},
+    {"sliding window in force",
+     [](const auto& hf) {
+       edit_config(hf, "use_sliding_window", true);
+       edit_config(hf, "sliding_window", 4096);
+     },
+     "sliding_window is 4096 tokens, shorter than max_position_embeddings 32768: ferry does not "
+     "implement sliding-window attention"},
     {"gelu", [](const auto& hf) { edit_config(hf, "hidden_act", "gelu"); },
      "hidden_act 'gelu' is not supported"},
     {"o_proj bias", [](const auto& hf) { edit_config(hf, "attention_bias", true); },
@@ -520,6 +527,36 @@ TEST(ConvertCli, QuantizeThenInspectJson) {
   const auto h = run_ferry({"inspect", "--json", (tmp / "hf").string()});
   ASSERT_EQ(h.exit_code, 0) << h.output;
   EXPECT_EQ(nlohmann::json::parse(h.output)["kind"], "hf-checkpoint");
+}
+
+// Mistral 7B v0.1's case at a small scale: a window shorter than the trained context is packed
+// only with --max-context within the window, and runs are then held to that limit.
+TEST(ConvertCli, SlidingWindowModelIsPackedOnlyWithinItsWindow) {
+  ScratchDir tmp;
+  ASSERT_EQ(run_ferry({"synth", "--preset", "mistral-tiny", "-o", (tmp / "hf").string()}).exit_code,
+            0);
+  edit_config(tmp / "hf", "sliding_window", 64);
+  const std::string hf = (tmp / "hf").string(), out = (tmp / "m.ferry").string();
+  const auto refused = run_ferry({"quantize", hf, "-o", out, "-q"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.output.find("pass --max-context 64 (or less)"), std::string::npos)
+      << refused.output;
+  const auto past = run_ferry({"quantize", hf, "-o", out, "-q", "--max-context", "65"});
+  EXPECT_EQ(past.exit_code, 1);
+  EXPECT_NE(past.output.find("--max-context 65 is past"), std::string::npos) << past.output;
+  EXPECT_FALSE(std::filesystem::exists(out));
+
+  const auto packed = run_ferry({"quantize", hf, "-o", out, "-q", "--max-context", "48"});
+  ASSERT_EQ(packed.exit_code, 0) << packed.output;
+  const auto i = run_ferry({"inspect", "--json", out});
+  ASSERT_EQ(i.exit_code, 0) << i.output;
+  EXPECT_EQ(nlohmann::json::parse(i.output)["model"]["max_context"], 48);
+  const auto long_run = run_ferry({"run", out, "-p", "Hello", "-n", "4", "--ctx", "49"});
+  EXPECT_EQ(long_run.exit_code, 1);
+  EXPECT_NE(long_run.output.find("packed for contexts up to 48 tokens"), std::string::npos)
+      << long_run.output;
+  const auto run = run_ferry({"run", out, "-p", "Hello", "-n", "4"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
 }
 
 TEST(ConvertCli, InspectDetectsACorruptedTensor) {

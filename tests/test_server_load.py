@@ -22,6 +22,8 @@ import threading
 import time
 import urllib.request
 
+from server_harness import Checks, start_server, tiny_model
+
 CLIENTS, REQUESTS, PARALLEL = 32, 128, 8
 
 
@@ -55,23 +57,11 @@ def rss_kb(pid):
 def main() -> int:
     ferry = sys.argv[1]
     tmp = tempfile.TemporaryDirectory()
-    hf, model = os.path.join(tmp.name, "hf"), os.path.join(tmp.name, "m.ferry")
-    subprocess.run([ferry, "synth", "--preset", "qwen2-tiny", "-o", hf], check=True, capture_output=True)
-    subprocess.run([ferry, "quantize", hf, "-o", model], check=True, capture_output=True)
-    server = subprocess.Popen([ferry, "serve", model, "--port", "0", "--parallel", str(PARALLEL),
-                               "--ctx", "256", "--queue", str(CLIENTS)], stderr=subprocess.PIPE, text=True)
-    port = None
-    for line in server.stderr:
-        port = port or (re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line) or [None, None])[1]
-        if "ready:" in line:
-            break
+    hf, model = tiny_model(ferry, tmp.name)
+    server, port = start_server(ferry, model, "--parallel", str(PARALLEL), "--ctx", "256", "--queue", str(CLIENTS))
     base = f"http://127.0.0.1:{port}"
-    failures = []
 
-    def check(ok, what):
-        print(("ok   " if ok else "FAIL ") + what)
-        if not ok:
-            failures.append(what)
+    check = Checks()
 
     # mixed lengths: prompts of 1 to 40 words, replies of 4 to 80 tokens
     bodies = [{"messages": [{"role": "user", "content": " ".join(["word%d" % (i * 7 % 13)] * (1 + i * 11 % 40))}],
@@ -136,8 +126,7 @@ def main() -> int:
         server.send_signal(signal.SIGTERM)
         rc = server.wait(timeout=60)
     check(rc == 0, f"SIGTERM: exit 0 (got {rc})")
-    print(f"{len(failures)} failure(s)")
-    return 1 if failures else 0
+    return check.exit_code()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import tempfile
 import urllib.error
 import urllib.request
 
+from server_harness import Checks, start_server, tiny_model
+
 SKIP = 77
 
 
@@ -30,22 +32,6 @@ def reexec_in_venv(venv_python: str) -> None:
         print(f"SKIP: {venv_python} is absent (tools/reference/.venv: see README)")
         sys.exit(SKIP)
     os.execv(venv_python, [venv_python] + sys.argv)
-
-
-def start_server(ferry, model, *extra):
-    proc = subprocess.Popen([ferry, "serve", model, "--port", "0", "--threads", "1", *extra],
-                            stderr=subprocess.PIPE, text=True)
-    port = None
-    for line in proc.stderr:  # "listening on http://127.0.0.1:PORT/", then "ready"
-        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-        if m:
-            port = int(m.group(1))
-        if "ready:" in line:
-            break
-    if port is None:
-        proc.kill()
-        sys.exit(f"FAIL: ferry serve did not start: {proc.stderr.read()}")
-    return proc, port
 
 
 def greedy_run(ferry, model, prompt, n):
@@ -85,17 +71,9 @@ def main() -> int:
         return SKIP
 
     tmp = tempfile.TemporaryDirectory()
-    hf, model = os.path.join(tmp.name, "hf"), os.path.join(tmp.name, "m.ferry")
-    subprocess.run([ferry, "synth", "--preset", "qwen2-tiny", "-o", hf], check=True, capture_output=True)
-    subprocess.run([ferry, "quantize", hf, "-o", model], check=True, capture_output=True)
-
-    proc, port = start_server(ferry, model, "--api-key", "sesame", "--body-limit", "64K")
-    failures = []
-
-    def check(ok, what):
-        print(("ok   " if ok else "FAIL ") + what)
-        if not ok:
-            failures.append(what)
+    hf, model = tiny_model(ferry, tmp.name)
+    proc, port = start_server(ferry, model, "--threads", "1", "--api-key", "sesame", "--body-limit", "64K")
+    check = Checks()
 
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sesame", max_retries=0)
@@ -170,8 +148,7 @@ def main() -> int:
             proc.kill()
             rc = "still running after 30 s"
     check(rc == 0, f"SIGTERM: exit status 0 (got {rc})")
-    print(f"{len(failures)} failure(s)")
-    return 1 if failures else 0
+    return check.exit_code()
 
 
 if __name__ == "__main__":

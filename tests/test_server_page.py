@@ -25,6 +25,8 @@ import tempfile
 import time
 import urllib.request
 
+from server_harness import Checks, start_server, tiny_model
+
 SKIP = 77
 
 
@@ -110,30 +112,17 @@ def main() -> int:
         return SKIP
     os.makedirs(out_dir, exist_ok=True)
     tmp = tempfile.TemporaryDirectory()
-    hf, model = os.path.join(tmp.name, "hf"), os.path.join(tmp.name, "m.ferry")
-    subprocess.run([ferry, "synth", "--preset", "qwen2-tiny", "-o", hf], check=True, capture_output=True)
-    subprocess.run([ferry, "quantize", hf, "-o", model], check=True, capture_output=True)
-
+    hf, model = tiny_model(ferry, tmp.name)
     # started as a shell starts a background job (SIGINT ignored): Ctrl-C's SIGINT must stop it still
-    server = subprocess.Popen([ferry, "serve", model, "--port", "0", "--threads", "1"],
-                              stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    port = None
-    for line in server.stderr:
-        port = port or (re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line) or [None, None])[1]
-        if "ready:" in line:
-            break
+    server, port = start_server(ferry, model, "--threads", "1",
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     base = f"http://127.0.0.1:{port}"
     profile = os.path.join(tmp.name, "profile")
     browser = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                 "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    failures = []
 
-    def check(ok, what):
-        print(("ok   " if ok else "FAIL ") + what)
-        if not ok:
-            failures.append(what)
+    check = Checks()
 
     try:
         active = os.path.join(profile, "DevToolsActivePort")
@@ -190,8 +179,7 @@ def main() -> int:
             server.kill()
             rc = "still running 30 s after SIGINT"
     check(rc == 0, f"SIGINT stopped the server with exit 0 (got {rc})")
-    print(f"{len(failures)} failure(s)")
-    return 1 if failures else 0
+    return check.exit_code()
 
 
 if __name__ == "__main__":

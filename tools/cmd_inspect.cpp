@@ -38,6 +38,7 @@ json model_json(const ModelConfig& c) {
             {"qkv_bias", c.qkv_bias},
             {"qk_norm", c.qk_norm},
             {"sliding_window", c.sliding_window},
+            {"max_context", c.context_limit},
             {"dtype", c.dtype.empty() ? "unspecified" : c.dtype}};
   if (c.rope_scaling.type != "") j["rope_factor"] = c.rope_scaling.factor;
   return j;
@@ -173,6 +174,9 @@ void print_text(const json& j) {
                     ? std::to_string(m["sliding_window"].get<uint64_t>()).c_str()
                     : "none",
                 m["qk_norm"].get<bool>() ? ", q/k per-head norms" : "");
+    if (m["max_context"].get<uint64_t>())
+      std::printf("packed for contexts up to %llu tokens (quantize --max-context)\n",
+                  m["max_context"].get<unsigned long long>());
   }
   if (j.contains("generation")) {
     const json& g = j["generation"];

@@ -81,6 +81,10 @@ int cmd_quantize(int argc, char** argv) {
       cxxopts::value<std::string>()->default_value(std::string(scheme_name(kDefaultScheme))))(
       "keep-lm-head",
       "store lm_head in bf16 instead of INT4 (a tied one is then the embedding, stored once)")(
+      "max-context",
+      "the longest context the packed model may run (tokens); required for a model whose "
+      "sliding_window is shorter than its trained context, and at most that window",
+      cxxopts::value<uint64_t>()->default_value("0"))(
       "t,threads", "worker threads (0: every core)",
       cxxopts::value<unsigned>()->default_value("0"))(
       "q,quiet", "no progress and no per-tensor table")("h,help", "this help");
@@ -98,6 +102,7 @@ int cmd_quantize(int argc, char** argv) {
   opt.scheme = *scheme;
   opt.keep_lm_head = a.count("keep-lm-head") > 0;
   opt.threads = a["threads"].as<unsigned>();
+  opt.max_context = a["max-context"].as<uint64_t>();
   const bool quiet = a.count("quiet") > 0;
   ProgressBar bar(quiet);
   const std::filesystem::path out = a["output"].as<std::string>();
