@@ -1,17 +1,29 @@
 // Fused INT4 matrix-vector product on the GPU for decode (n = 1) and small batches (n <= 8):
-// y[n, rows] = x[n, cols] · W^T, W packed as in format/int4.hpp. The CPU twin is
-// matmul_int4_cpu (kernels/matmul.hpp); tests/test_gpu_kernels.cpp compares them.
+// y[n, rows] = x[n, cols] · W^T, W packed as in format/int4.hpp. The CPU twin is the scalar
+// reference matvec_int4_cpu (kernels/matvec.hpp); tests/test_gpu_kernels.cpp compares them, and
+// scripts/sass_check.py holds the compiled loop to the budget derived below (a CTest test).
 //
-// Decode is bound by reading W once: 0.5 byte per weight plus 4 bytes of scale (and min) per 128,
-// 0.53-0.56 bytes per weight. One warp owns one output row; each lane loads 4 packed bytes (8
-// codes) per step, so half a warp covers one 64-byte quantization block and a warp reads 128
-// contiguous bytes per load instruction: fully coalesced; each lane issues 4 such loads before
-// it uses the first (kLoadsInFlight). The n activations stay in L1/L2
-// (a 5120-wide fp32 vector is 20 KB), so weights are the only DRAM stream.
-//
+// Decode is bound by reading W once: 0.5 byte per weight plus 4 bytes of scale and min per 128,
+// 0.53 bytes per weight. An H200 reads ~4.8 TB/s over 132 SMs at ~1.98 GHz: 18 bytes per SM
+// per clock, 34 weights. The SM issues 4 warp-instructions per clock, so the loop must spend
+// under ~4 / 34 * 1024 = 120 warp-instructions per 1024 weights to keep up (the old kernel spent
+// ~385: bounds checks per element, int-to-float conversions, scalar loads of x). So:
+//  - The columns go in chunks of kChunk = 1024 (8 blocks). A CTA stages each chunk of x in shared
+//    memory once, with 16-byte loads, zero past the last column, together with the sum of each
+//    32 elements (the offset term's sum(x), once per CTA instead of once per row).
+//  - Per chunk and row, lane l loads 16 bytes of codes (32 codes: a quarter of block l / 4), so
+//    a warp reads the row's 512 contiguous bytes with one 128-bit load per lane. The codes,
+//    scale and min of the next chunk are loaded before the current one is used.
+//  - Each code becomes the float 1 + code / 128 with one byte permute (see unit_code), not a
+//    quarter-rate int-to-float conversion: one PRMT and one FFMA per weight.
+//  - Offsets are 32-bit (the launcher refuses weights past 2^31 bytes); only whole blocks exist
+//    in a chunk's loop: the padding of the last block meets zeros of x, and blocks past the row's
+//    end are skipped whole, so no per-element bounds check remains.
+//  - A warp owns R rows (4 for large matrices, fewer for small ones so their CTAs still cover
+//    the SMs), reading each staged x element once per R rows.
 // Each block's codes are dotted with x first and scaled once: s * sum(c x) + m * sum(x), with
-// m = min (asym) or -8 s (sym), as the CPU twin does. Partial sums are reduced over the warp
-// with shuffles; no shared memory, no atomics, so results do not depend on scheduling.
+// m = min (asym) or -8 s (sym), as the scalar twin does; partial sums are reduced over the warp
+// with shuffles in a fixed order, so results do not depend on scheduling.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -27,85 +39,197 @@
 namespace ferry {
 namespace {
 
-constexpr uint32_t kWarpsPerCta = 8;  // 8 rows per 256-thread CTA
-// Blocks each lane loads before it uses any (4 x 4 bytes). With one load in flight a warp has
-// 128 bytes outstanding: 64 resident warps x 128 B = 8 KB per SM, which at ~700 ns of DRAM
-// latency sustains ~1.5 TB/s over an H100's 132 SMs, half its HBM. Four in flight at N = 1
-// (40 registers: 48 resident warps): 24 KB per SM.
-constexpr int kLoadsInFlight = 4;
+constexpr uint32_t kWarpsPerCta = 8;
+constexpr uint32_t kThreads = kWarpsPerCta * 32;
+constexpr uint32_t kChunk = 1024;            // columns per stage: 8 blocks
+constexpr uint32_t kLaneCols = kChunk / 32;  // 32 columns per lane, a quarter block
+static_assert(kThreads * 4 == kChunk, "one 16-byte load per thread stages a chunk of one token");
 
-struct LaneBlock {
-  uint32_t codes;  // 8 codes of this lane, element i in bits 4i .. 4i+3
-  float s, m;      // scale, and min (asym) or -8 s (sym)
+// One lane's share of one row in one chunk: 32 codes, the block's scale and min (asym) or -8 s.
+struct LaneCodes {
+  uint4 q;
+  float s, m;
 };
 
-__device__ LaneBlock load_block(const Int4View& w, const uint8_t* qrow, uint64_t row,
-                                uint64_t blocks, uint64_t b, uint32_t lane) {
-  LaneBlock k;
-  k.codes = __ldg(reinterpret_cast<const unsigned int*>(qrow + b * kBlockBytes) + (lane % 16));
-  k.s = cuda::f16_to_f32(__ldg(w.scales + row * blocks + b));
-  k.m = w.mins ? cuda::f16_to_f32(__ldg(w.mins + row * blocks + b)) : -8.0f * k.s;
+// Where one lane reads one row: its 16 bytes of codes in the chunk's first block, and that
+// block's scale and min; each advances by one chunk (8 blocks) at a time. A sym weight has no
+// mins: `m` then points at the scales and m_factor is -8 (m = -8 s), so loading is branch-free.
+// A row past the matrix's end reads its last row instead (never written back): no predicate.
+struct LaneRow {
+  const uint4* q;
+  const uint16_t* s;
+  const uint16_t* m;
+};
+
+__device__ __forceinline__ LaneRow lane_row(const Int4View& w, uint32_t row, uint32_t rows,
+                                            uint32_t blocks, uint32_t lane) {
+  const uint32_t at = min(row, rows - 1) * blocks + lane / 4;
+  return {reinterpret_cast<const uint4*>(w.q + size_t(at) * kBlockBytes) + lane % 4, w.scales + at,
+          (w.mins ? w.mins : w.scales) + at};
+}
+
+// Chunk c of a lane's row. GUARD: the chunk may run past the row's last block, whose lanes then
+// take zeros (0 * 0: nothing); only the last two chunks need it.
+template <bool GUARD>
+__device__ __forceinline__ LaneCodes load_codes(const LaneRow& p, uint32_t c, bool in_row,
+                                                float m_factor) {
+  LaneCodes k{make_uint4(0, 0, 0, 0), 0.0f, 0.0f};
+  if (GUARD && !in_row) return k;
+  k.q = __ldg(p.q + c * (8 * kBlockBytes / 16));
+  k.s = cuda::f16_to_f32(__ldg(p.s + c * 8));
+  k.m = m_factor * cuda::f16_to_f32(__ldg(p.m + c * 8));
   return k;
 }
 
-// acc[t] += s * sum(c x) + m * sum(x) over this lane's 8 elements of block b.
-template <int N>
-__device__ void accumulate(const LaneBlock& k, uint64_t b, uint32_t lane, uint64_t cols,
-                           const float* __restrict__ x, float* acc) {
-  const uint64_t col = b * kBlock + (lane % 16) * 8;
+// Each code as f = 0.5 + code / 256, exactly: with one byte permute the code byte (0..15)
+// becomes byte 2 of the float 0.5 (0x3F000000), i.e. mantissa bits 16..19, and bit 23 (the
+// exponent's lowest) stays 0. So sum(code * x) = 256 * sum(f * x) - 128 * sum(x): one PRMT and
+// one FFMA per weight instead of a conversion and a subtract. Removing the 0.5s cancels: f lies
+// in [0.5, 0.56), so it costs ~4 bits of the fp32 sum's 24 (relative error ~2^-20; the twin
+// test's NMSE bound of 1e-10 allows ~1e-5).
+__device__ __forceinline__ float unit_code(uint32_t bytes, uint32_t k) {
+  return __uint_as_float(__byte_perm(bytes, 0x3F000000u, 0x7044u | (k << 8)));
+}
+
+// d + sum over 8 elements of (0.5 + code / 256) * x, x being 8 consecutive staged floats.
+__device__ __forceinline__ float dot8(uint32_t word, const float4& a, const float4& b, float d) {
+  const uint32_t even = word & 0x0F0F0F0Fu, odd = (word >> 4) & 0x0F0F0F0Fu;
+  d = fmaf(unit_code(even, 0), a.x, d);
+  d = fmaf(unit_code(odd, 0), a.y, d);
+  d = fmaf(unit_code(even, 1), a.z, d);
+  d = fmaf(unit_code(odd, 1), a.w, d);
+  d = fmaf(unit_code(even, 2), b.x, d);
+  d = fmaf(unit_code(odd, 2), b.y, d);
+  d = fmaf(unit_code(even, 3), b.z, d);
+  return fmaf(unit_code(odd, 3), b.w, d);
+}
+
+// Stages columns [c0, c0 + kChunk) of each token's x (zeros past `cols`) and the sums of each
+// 32 of them. VEC: x is 16-byte aligned and cols a multiple of 4, so each thread's 4 elements are
+// one aligned load, wholly inside or wholly past the row.
+template <int N, bool VEC>
+__device__ __forceinline__ void stage_x(const float* __restrict__ x, uint32_t cols, uint32_t c0,
+                                        float4 (*xs)[kChunk / 4], float (*sums)[kChunk / 32]) {
+  const uint32_t col = c0 + 4 * threadIdx.x;
 #pragma unroll
   for (int t = 0; t < N; ++t) {
-    const float* xt = x + uint64_t(t) * cols + col;
-    float dot = 0.0f, sum = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      if (col + i < cols) {  // padding codes of the last block are skipped
-        const float xv = xt[i];
-        dot += float((k.codes >> (4 * i)) & 15u) * xv;
-        sum += xv;
-      }
+    const float* xt = x + size_t(t) * cols;
+    float4 v = make_float4(0, 0, 0, 0);
+    if (VEC) {
+      if (col < cols) v = __ldg(reinterpret_cast<const float4*>(xt + col));
+    } else {
+      if (col + 0 < cols) v.x = xt[col + 0];
+      if (col + 1 < cols) v.y = xt[col + 1];
+      if (col + 2 < cols) v.z = xt[col + 2];
+      if (col + 3 < cols) v.w = xt[col + 3];
     }
-    acc[t] += k.s * dot + k.m * sum;
+    xs[t][threadIdx.x] = v;
+    // 8 neighbouring threads hold one lane's 32 columns: their sum, in a fixed order.
+    float s = (v.x + v.y) + (v.z + v.w);
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    s += __shfl_xor_sync(0xffffffffu, s, 4);
+    if (threadIdx.x % 8 == 0) sums[t][threadIdx.x / 8] = s;
   }
 }
 
-template <int N>
-__global__ void gemv_int4_kernel(const Int4View w, const float* __restrict__ x,
-                                 float* __restrict__ y) {
-  const uint64_t rows = w.rows, cols = w.cols;
-  const uint64_t row = uint64_t(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
-  if (row >= rows) return;
+// One chunk: stage x, then, while chunk c + 1's codes load, add this chunk's products.
+template <int N, int R, bool VEC, bool GUARD>
+__device__ __forceinline__ void gemv_chunk(const float* __restrict__ x, uint32_t cols,
+                                           uint32_t blocks, uint32_t c, const LaneRow (&at)[R],
+                                           float m_factor, LaneCodes (&cur)[R], float (&acc)[R][N],
+                                           float4 (*xs)[kChunk / 4], float (*sums)[kChunk / 32]) {
   const uint32_t lane = threadIdx.x % 32;
-  const uint64_t blocks = w.blocks();
-  const uint8_t* qrow = w.q + row * blocks * kBlockBytes;
-  float acc[N];
+  stage_x<N, VEC>(x, cols, c * kChunk, xs, sums);
+  __syncthreads();
+  LaneCodes next[R];
+  const bool in_row = (c + 1) * 8 + lane / 4 < blocks;
 #pragma unroll
-  for (int t = 0; t < N; ++t) acc[t] = 0.0f;
-  // Lanes 0-15 take blocks b, b+2, ..., lanes 16-31 b+1, b+3, ...; each lane 8 consecutive
-  // elements of a block. The blocks are accumulated in the same order whether they come from the
-  // batched loop or the tail, so the result does not depend on kLoadsInFlight.
-  uint64_t b = lane / 16;
-  for (; b + 2 * (kLoadsInFlight - 1) < blocks; b += 2 * kLoadsInFlight) {
-    LaneBlock k[kLoadsInFlight];
-#pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u)
-      k[u] = load_block(w, qrow, row, blocks, b + 2 * u, lane);
-#pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) accumulate<N>(k[u], b + 2 * u, lane, cols, x, acc);
-  }
-  for (; b < blocks; b += 2)
-    accumulate<N>(load_block(w, qrow, row, blocks, b, lane), b, lane, cols, x, acc);
+  for (int r = 0; r < R; ++r) next[r] = load_codes<GUARD>(at[r], c + 1, in_row, m_factor);
+  const uint32_t xi = lane * (kLaneCols / 4);  // this lane's first float4 in the chunk
 #pragma unroll
   for (int t = 0; t < N; ++t) {
-    const float v = cuda::warp_sum(acc[t]);
-    if (lane == 0) y[uint64_t(t) * rows + row] = v;
+    float4 v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = xs[t][xi + j];
+    const float sum = sums[t][lane];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      // Two chains of 16 FMAs, for latency.
+      const float f = dot8(cur[r].q.y, v[2], v[3], dot8(cur[r].q.x, v[0], v[1], 0.0f)) +
+                      dot8(cur[r].q.w, v[6], v[7], dot8(cur[r].q.z, v[4], v[5], 0.0f));
+      const float d = 256.0f * (f - 0.5f * sum);  // sum(code * x), see unit_code
+      acc[r][t] += cur[r].s * d + cur[r].m * sum;
+    }
   }
+  __syncthreads();  // the next chunk overwrites xs
+#pragma unroll
+  for (int r = 0; r < R; ++r) cur[r] = next[r];
+}
+
+template <int N, int R, bool VEC>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemv_int4_kernel(const Int4View w, const float* __restrict__ x, float* __restrict__ y) {
+  __shared__ float4 xs[N][kChunk / 4];    // the chunk of x, [N][1024] floats
+  __shared__ float sums[N][kChunk / 32];  // sums of each 32 of them, [N][32]
+  const uint32_t rows = uint32_t(w.rows), cols = uint32_t(w.cols), blocks = uint32_t(w.blocks());
+  const uint32_t lane = threadIdx.x % 32;
+  const uint32_t row0 = (blockIdx.x * kWarpsPerCta + threadIdx.x / 32) * R;
+  const uint32_t chunks = (cols + kChunk - 1) / kChunk;
+  const float m_factor = w.mins ? 1.0f : -8.0f;
+  float acc[R][N];
+  LaneRow at[R];
+  LaneCodes cur[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int t = 0; t < N; ++t) acc[r][t] = 0.0f;
+    at[r] = lane_row(w, row0 + r, rows, blocks, lane);
+    cur[r] = load_codes<true>(at[r], 0, lane / 4 < blocks, m_factor);
+  }
+  // The main loop: chunk c + 1 is whole (its 8 blocks exist), so its loads need no guard.
+  uint32_t c = 0;
+  for (; (c + 2) * 8 <= blocks; ++c)
+    gemv_chunk<N, R, VEC, false>(x, cols, blocks, c, at, m_factor, cur, acc, xs, sums);
+  for (; c < chunks; ++c)
+    gemv_chunk<N, R, VEC, true>(x, cols, blocks, c, at, m_factor, cur, acc, xs, sums);
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < N; ++t) {
+      const float v = cuda::warp_sum(acc[r][t]);
+      if (lane == 0 && row0 + r < rows) y[size_t(t) * rows + row0 + r] = v;
+    }
+}
+
+// Rows per warp: 4 where the matrix gives two CTAs of 32 rows to each of an H100/H200's 132 SMs
+// (Qwen2-32B's gate/up, 27648 rows: 864 CTAs), else 2 (q/o, 5120 rows: 320 CTAs of 16), else 1
+// (k/v, 1024 rows: 128 CTAs of 8). Fixed thresholds, not a device query per call: a GPU with
+// fewer SMs only gets more CTAs per SM.
+uint32_t rows_per_warp(uint64_t rows) {
+  constexpr uint64_t kSms = 132;
+  for (uint32_t r : {4u, 2u})
+    if (rows >= kSms * 2 * kWarpsPerCta * r) return r;
+  return 1;
+}
+
+template <int N, int R>
+void launch_rows(const Int4View& w, const float* x, float* y, cudaStream_t stream) {
+  const uint32_t grid = cuda::grid_for(w.rows, kWarpsPerCta * R);
+  if (w.cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
+    gemv_int4_kernel<N, R, true><<<grid, kThreads, 0, stream>>>(w, x, y);
+  else
+    gemv_int4_kernel<N, R, false><<<grid, kThreads, 0, stream>>>(w, x, y);
 }
 
 template <int N>
-void launch(const Int4View& w, const float* x, float* y, cudaStream_t stream) {
-  const uint32_t grid = cuda::grid_for(w.rows, kWarpsPerCta);
-  gemv_int4_kernel<N><<<grid, kWarpsPerCta * 32, 0, stream>>>(w, x, y);
+void launch(const Int4View& w, const float* x, float* y, uint32_t r, cudaStream_t stream) {
+  if (r == 4)
+    launch_rows<N, 4>(w, x, y, stream);
+  else if (r == 2)
+    launch_rows<N, 2>(w, x, y, stream);
+  else
+    launch_rows<N, 1>(w, x, y, stream);
 }
 
 }  // namespace
@@ -114,8 +238,12 @@ void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y,
                       CUstream_st* stream) {
   const uint64_t rows = w.rows, cols = w.cols;
   if (rows == 0 || n == 0) return;
-  if (rows / kWarpsPerCta >= (1ull << 31))
-    throw Error("matmul_int4_cuda: " + std::to_string(rows) + " rows exceed the grid limit");
+  // 32-bit offsets: codes (and the scale index times 64) below 2^31 bytes, a 4B-parameter
+  // matrix; the largest weight of a 32B model is a 152064 x 5120 lm_head, 0.4 GB of codes.
+  if (int4_code_bytes(rows, cols) >= (1ull << 31) || cols >= (1ull << 31))
+    throw Error("matmul_int4_cuda: a " + std::to_string(rows) + " x " + std::to_string(cols) +
+                " weight exceeds the kernel's 32-bit offsets (2 GB of codes)");
+  const uint32_t r = rows_per_warp(rows);
   // Batches above 8 go through dequantization and the bf16 GEMM (prefill), where reading W once
   // per 8 tokens would waste the tensor cores; here they are split into groups of 8.
   for (uint64_t t0 = 0; t0 < n; t0 += 8) {
@@ -124,28 +252,28 @@ void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y,
     float* yk = y + t0 * rows;
     switch (k) {
       case 1:
-        launch<1>(w, xk, yk, stream);
+        launch<1>(w, xk, yk, r, stream);
         break;
       case 2:
-        launch<2>(w, xk, yk, stream);
+        launch<2>(w, xk, yk, r, stream);
         break;
       case 3:
-        launch<3>(w, xk, yk, stream);
+        launch<3>(w, xk, yk, r, stream);
         break;
       case 4:
-        launch<4>(w, xk, yk, stream);
+        launch<4>(w, xk, yk, r, stream);
         break;
       case 5:
-        launch<5>(w, xk, yk, stream);
+        launch<5>(w, xk, yk, r, stream);
         break;
       case 6:
-        launch<6>(w, xk, yk, stream);
+        launch<6>(w, xk, yk, r, stream);
         break;
       case 7:
-        launch<7>(w, xk, yk, stream);
+        launch<7>(w, xk, yk, r, stream);
         break;
       default:
-        launch<8>(w, xk, yk, stream);
+        launch<8>(w, xk, yk, r, stream);
         break;
     }
     CUDA_CHECK(cudaGetLastError());

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Static checks of the compiled CUDA kernels' SASS: the properties their design relies on.
+
+No GPU is needed: `cuobjdump -sass` disassembles the object files the build made, and each rule
+below is checked on the sm_90 code (the H100/H200 the roofline figures are for):
+  - no kernel touches local memory (LDL/STL: register spills or stack arrays, each a round trip
+    to DRAM-backed memory inside a loop);
+  - the INT4 GEMV's main loop (the loop with the most instructions) reads the weights with
+    128-bit global loads (LDG.E.128) and x with 128-bit shared loads (LDS.128);
+  - its instruction budget. Derived in kernels/gemv_int4.cu's header: an H200 streams 18 bytes,
+    34 weights, per SM per clock, and an SM issues 4 warp-instructions per clock, so keeping up
+    with HBM leaves ~120 warp-instructions per 1024 weights. Staging x costs each warp the same
+    per chunk whatever its rows per warp R, so the variants differ: the bound is on their mean
+    weighted by the bytes each one reads in a Qwen2-32B layer (R = 4: gate, up, 58%; R = 2:
+    down, q, o, 40%; R = 1: k, v, 2%, by the kernel's rows_per_warp), and no variant may exceed
+    it by more than a quarter. gemv_int4_kernel<1, R> covers R * 1024 weights per iteration.
+
+Usage: sass_check.py [--cuobjdump PATH] OBJECT...
+Exit 0: every rule holds; 1: a rule fails (each failure printed); 77: no cuobjdump (skipped,
+CTest's SKIP_RETURN_CODE; scripts/setup.sh fetches one when nvcc is present).
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+SKIP = 77
+GEMV_BUDGET = 120  # warp-instructions per 1024 weights in the main loop (see above)
+# gemv_int4_kernel<N = 1, R>: the share of a Qwen2-32B layer's INT4 bytes each R reads.
+GEMV_SHARE = {4: 2 * 27648 * 5120, 2: 27648 * 5120 + 2 * 5120 * 5120, 1: 2 * 1024 * 5120}
+
+# Kernels allowed local memory, and why: none may spill.
+LOCAL_ALLOWED = {
+    # sincosf's slow path: Payne-Hanek argument reduction keeps a small scratch array, used
+    # only for |angle| > 105615 rad (positions past ~105k at rope frequency 1).
+    "rope_kernel": "sincosf's argument reduction for huge angles",
+}
+
+LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def find_cuobjdump(given):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for c in [given, os.environ.get("FERRY_CUOBJDUMP"), shutil.which("cuobjdump"),
+              os.path.join(root, ".tools", "cuda", "bin", "cuobjdump")]:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def sm90_functions(cuobjdump, obj):
+    """{mangled name: [(address, opcode, operands)]} of the sm_90 code in one object file."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(cuobjdump) + os.pathsep + env.get("PATH", "")  # its nvdisasm
+    out = subprocess.run([cuobjdump, "-sass", obj], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        if "does not contain device code" in out.stderr:  # host code of the CUDA backend
+            return {}
+        sys.exit(f"FAIL: cuobjdump -sass {obj}: {out.stderr.strip()}")
+    funcs, arch, name = {}, None, None
+    for line in out.stdout.splitlines():
+        if line.strip().startswith("arch = "):
+            arch = line.split("=")[1].strip()
+        elif "Function : " in line:
+            name = line.split("Function : ")[1].strip()
+            if arch == "sm_90":
+                funcs[name] = []
+        elif arch == "sm_90" and name in funcs:
+            m = LINE.search(line)
+            if m:
+                funcs[name].append((int(m.group(1), 16), m.group(3), m.group(4)))
+    return funcs
+
+
+def loops(code):
+    """Each backward branch's body: the instructions from its target to the branch."""
+    out = []
+    for i, (addr, op, args) in enumerate(code):
+        if op.startswith("BRA"):
+            m = re.search(r"0x([0-9a-f]+)", args)
+            if m and int(m.group(1), 16) <= addr:
+                target = int(m.group(1), 16)
+                out.append([c for c in code[: i + 1] if c[0] >= target])
+    return out
+
+
+def real(body):
+    return [c for c in body if c[1] != "NOP"]
+
+
+def check_gemv(name, code, r, fail):
+    """Checks one gemv_int4_kernel<1, R>; returns its instructions per 1024 weights."""
+    bodies = loops(code)
+    if not bodies:
+        return fail(f"{name}: no loop found")
+    main = max(bodies, key=lambda b: len(real(b)))
+    ops = [c[1] for c in real(main)]
+    per_1024 = len(ops) / r
+    wide_global = sum(op.startswith("LDG") and ".128" in op for op in ops)
+    narrow_global = sum(op.startswith("LDG") and ".128" not in op and "U16" not in op for op in ops)
+    wide_shared = sum(op.startswith("LDS") and ".128" in op for op in ops)
+    print(f"  {name}: main loop {len(ops)} instructions = {per_1024:.0f} per 1024 weights "
+          f"(R = {r}); 128-bit loads: {wide_global} global, {wide_shared} shared; "
+          f"narrower non-scale global loads {narrow_global}")
+    if per_1024 > 1.25 * GEMV_BUDGET:
+        fail(f"{name}: {per_1024:.0f} warp-instructions per 1024 weights, over 1.25 x {GEMV_BUDGET}")
+    if wide_global == 0 or narrow_global:
+        fail(f"{name}: the weights are not read with 128-bit loads only "
+             f"({wide_global} LDG.128, {narrow_global} narrower)")
+    if wide_shared == 0:
+        fail(f"{name}: x is not read from shared memory with 128-bit loads")
+    return per_1024
+
+
+def demangled_gemv(name):
+    """(N, R, aligned x) of gemv_int4_kernel<N, R, VEC>; R None for the old one-parameter kernel."""
+    m = re.search(r"gemv_int4_kernelILi(\d+)E(?:Li(\d+)E)?(?:Lb(\d)E)?", name)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)) if m.group(2) else None, m.group(3) != "0"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cuobjdump")
+    ap.add_argument("objects", nargs="+")
+    a = ap.parse_args()
+    cuobjdump = find_cuobjdump(a.cuobjdump)
+    if not cuobjdump:
+        print("SKIP: no cuobjdump (PATH, FERRY_CUOBJDUMP or .tools/cuda/bin; scripts/setup.sh "
+              "fetches it where nvcc is present)")
+        return SKIP
+    failures = []
+
+    def fail(msg):
+        print("FAIL " + msg)
+        failures.append(msg)
+
+    kernels, per_r = 0, {}
+    for obj in a.objects:
+        for name, code in sm90_functions(cuobjdump, obj).items():
+            kernels += 1
+            local = [c for c in code if c[1].startswith(("LDL", "STL"))]
+            if local and not any(k in name for k in LOCAL_ALLOWED):
+                fail(f"{name}: {len(local)} local-memory accesses ({local[0][1]} at "
+                     f"{local[0][0]:#x}): a spill or a stack array")
+            g = demangled_gemv(name)
+            if g and g[0] == 1 and g[2]:  # the aligned-x variant: every real model's
+                r = g[1] or 1  # the old one-parameter kernel: 1024 weights per iteration
+                per_r[r] = check_gemv(name, code, r, fail)
+    if kernels == 0:
+        fail("no sm_90 kernel found in the objects given (was sm_90 compiled in?)")
+    if not per_r:
+        fail("no gemv_int4_kernel<1, R> found")
+    elif all(v is not None for v in per_r.values()):
+        total = sum(GEMV_SHARE[r] for r in per_r)
+        mean = sum(per_r[r] * GEMV_SHARE[r] for r in per_r) / total
+        print(f"  decode GEMV: {mean:.0f} warp-instructions per 1024 weights, weighted by a "
+              f"Qwen2-32B layer's bytes (budget {GEMV_BUDGET})")
+        if mean > GEMV_BUDGET:
+            fail(f"decode GEMV: {mean:.0f} warp-instructions per 1024 weights, over {GEMV_BUDGET}")
+    print(f"sass_check: {kernels} sm_90 kernels, {len(per_r)} decode GEMV variants: "
+          f"{len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
