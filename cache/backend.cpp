@@ -59,12 +59,23 @@ void CacheBackend::place(uint64_t bytes, std::string_view what) {
 
 void CacheBackend::copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
   count_transfer(bytes);
+  if (stress_.race) do_delay(true, stress_.delay_us);
   do_copy(dst, src, bytes);
 }
 
 void CacheBackend::dequant_int4_bf16(const Int4View& src, uint16_t* dst) {
   count_transfer(src.rows * src.cols * 2);
+  if (stress_.race) do_delay(true, stress_.delay_us);
   do_dequant_int4_bf16(src, dst);
+}
+
+void CacheBackend::evicted(uint8_t* memory, uint64_t bytes) {
+  if (stress_.poison) do_poison(memory, bytes);
+}
+
+void CacheBackend::record_last_use(uint32_t entry) {
+  if (stress_.race) do_delay(false, stress_.delay_us);
+  do_record_last_use(entry);
 }
 
 }  // namespace ferry

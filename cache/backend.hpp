@@ -11,7 +11,8 @@
 // bounded host arena in for device memory and does each copy on the calling thread.
 //
 // Fault injection, for tests, lives on the backend object (never a global): the N-th allocation
-// or the N-th transfer throws ferry::Error as if the memory or the copy had failed.
+// or the N-th transfer throws ferry::Error as if the memory or the copy had failed. So do the
+// stress modes below, which make an ordering the cache forgot show as wrong logits.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -25,6 +26,23 @@ namespace ferry {
 class CacheBackend;
 
 enum class MemoryKind { host, device };
+
+// Stress modes (off by default; `--cache-stress`, tests and scripts/gpu-check). On a GPU the
+// tiny test models upload in microseconds, so a missing wait would almost never be caught:
+//   race    every fill (copy or dequantization) starts after a delay of delay_us on the copy side,
+//           and every last-use signal is recorded after one on the compute side (a spin kernel on
+//           the stream; on the CPU a sleep on the calling thread): a read not ordered after its
+//           fill, or a fill not ordered after the last read of what it overwrites, gets a window
+//           of delay_us to read or write the wrong bytes;
+//   poison  an evicted entry's memory is filled with 0xFF on the copy side as soon as its last
+//           reader is done (0xFFFF is NaN in bf16 and f16; INT4 scales become NaN), so a read
+//           after the eviction turns logits into NaN instead of passing unnoticed.
+// With both, the logits must stay bit-identical (tests/test_paging.cpp, test_gpu_forward.cpp).
+struct CacheStress {
+  bool race = false;
+  bool poison = false;
+  uint32_t delay_us = 200;  // ~a 4 MB upload at 25 GB/s: long next to a tiny model's kernels
+};
 
 // Frees through the backend that allocated the memory.
 struct MemoryFree {
@@ -59,9 +77,11 @@ class CacheBackend {
   void dequant_int4_bf16(const Int4View& src, uint16_t* dst);  // [rows, cols] bf16
   virtual void record_ready(uint32_t entry) = 0;
   virtual void wait_last_use(uint32_t entry) = 0;  // before reusing the entry's memory
+  // After wait_last_use of an evicted entry, before its memory is reused: poisons it (stress).
+  void evicted(uint8_t* memory, uint64_t bytes);
   // The compute side.
   virtual void wait_ready(uint32_t entry) = 0;
-  virtual void record_last_use(uint32_t entry) = 0;
+  void record_last_use(uint32_t entry);  // after the stress delay, do_record_last_use
   // Called once by the cache before any signal is used, with the number of entries.
   virtual void create_signals(uint32_t entries) = 0;
   // Seconds the compute side has waited on ready signals where acquire does not see it (a GPU
@@ -75,6 +95,9 @@ class CacheBackend {
   void fail_transfer_at(uint64_t n);
   uint64_t allocations() const { return allocations_.load(); }
   uint64_t transfers() const { return transfers_.load(); }
+  // Set before the cache that uses this backend is made (its threads read it unlocked).
+  void set_stress(const CacheStress& s) { stress_ = s; }
+  const CacheStress& stress() const { return stress_; }
 
  protected:
   // nullptr when the memory cannot be had.
@@ -82,6 +105,11 @@ class CacheBackend {
   virtual void do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) = 0;
   virtual void do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) = 0;
   virtual void do_dequant_int4_bf16(const Int4View& src, uint16_t* dst) = 0;
+  virtual void do_record_last_use(uint32_t entry) = 0;
+  // Stress: fill `bytes` at `memory` (device) with 0xFF after what the copy side has queued, and
+  // delay the copy side (copy_side) or the compute side by `us`.
+  virtual void do_poison(uint8_t* memory, uint64_t bytes) = 0;
+  virtual void do_delay(bool copy_side, uint32_t us) = 0;
 
  private:
   friend struct MemoryFree;
@@ -91,6 +119,7 @@ class CacheBackend {
 
   std::atomic<uint64_t> allocations_{0}, fail_allocation_{0};
   std::atomic<uint64_t> transfers_{0}, fail_transfer_{0};
+  CacheStress stress_;
 };
 
 }  // namespace ferry

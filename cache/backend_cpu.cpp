@@ -7,6 +7,7 @@
 
 #include "base/error.hpp"
 #include "kernels/dequant.hpp"
+#include "kernels/spin.hpp"
 
 namespace ferry {
 namespace {
@@ -34,6 +35,14 @@ void CpuBackend::do_dequant_int4_bf16(const Int4View& s, uint16_t* dst) {
   dequant_int4_bf16_cpu(s, dst);
 }
 
+void CpuBackend::do_poison(uint8_t* memory, uint64_t bytes) {
+  std::memset(memory, 0xFF, bytes);
+}
+
+void CpuBackend::do_delay(bool, uint32_t us) {
+  spin_cpu(us);
+}
+
 void CpuBackend::create_signals(uint32_t entries) {
   entries_ = entries;
   ready_ = std::make_unique<std::atomic<bool>[]>(entries);
@@ -58,7 +67,7 @@ void CpuBackend::wait_ready(uint32_t entry) {
   readers_[entry].fetch_add(1, std::memory_order_relaxed);
 }
 
-void CpuBackend::record_last_use(uint32_t entry) {
+void CpuBackend::do_record_last_use(uint32_t entry) {
   check(entry);
   readers_[entry].fetch_sub(1, std::memory_order_release);
 }

@@ -22,7 +22,6 @@ class CpuBackend final : public CacheBackend {
   void record_ready(uint32_t entry) override;
   void wait_last_use(uint32_t entry) override;
   void wait_ready(uint32_t entry) override;
-  void record_last_use(uint32_t entry) override;
   void create_signals(uint32_t entries) override;
 
  protected:
@@ -30,6 +29,9 @@ class CpuBackend final : public CacheBackend {
   void do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) override;
   void do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) override;
   void do_dequant_int4_bf16(const Int4View& src, uint16_t* dst) override;
+  void do_record_last_use(uint32_t entry) override;
+  void do_poison(uint8_t* memory, uint64_t bytes) override;
+  void do_delay(bool copy_side, uint32_t us) override;
 
  private:
   void check(uint32_t entry) const;

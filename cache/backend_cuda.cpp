@@ -12,6 +12,7 @@
 #include "format/int4.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/dequant.hpp"
+#include "kernels/spin.hpp"
 
 namespace ferry {
 
@@ -118,8 +119,23 @@ void CudaBackend::collect_device_waits() noexcept {
   device_wait_ns_ += uint64_t(ms_total * 1e6);
 }
 
-void CudaBackend::record_last_use(uint32_t entry) {
+void CudaBackend::do_record_last_use(uint32_t entry) {
   CUDA_CHECK(cudaEventRecord(last_use_.at(entry), compute_));
+}
+
+// Runs where wait_last_use ran (the prefetch thread or a miss on the compute thread), after the
+// copy stream's wait on the entry's last use: the memset is ordered after the last reader.
+void CudaBackend::do_poison(uint8_t* memory, uint64_t bytes) {
+  std::lock_guard lock(copy_mu_);
+  CUDA_CHECK(cudaSetDevice(device_));
+  CUDA_CHECK(cudaMemsetAsync(memory, 0xFF, bytes, copy_));
+}
+
+void CudaBackend::do_delay(bool copy_side, uint32_t us) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  if (!copy_side) return spin_cuda(us, compute_);
+  std::lock_guard lock(copy_mu_);
+  spin_cuda(us, copy_);
 }
 
 uint8_t* CudaBackend::do_allocate(uint64_t bytes, MemoryKind kind) {

@@ -121,6 +121,7 @@ int64_t DeviceCache::victim(bool take_fresh) const {
 void DeviceCache::evict(uint32_t id) {
   Entry& e = entries_[id];
   backend_.wait_last_use(id);  // the copy side waits for the last reader before reusing
+  backend_.evicted(arena_.get() + e.offset, schedule_.arena_bytes(id));
   allocator_.free(e.offset, schedule_.arena_bytes(id));
   e.state = State::absent;
   e.fresh = false;

@@ -117,6 +117,7 @@ PagedWeights::PagedWeights(const PackedFile& f, const ModelWeights& w, const Cac
       backend_(o.backend ? o.backend : std::make_shared<CpuBackend>()),
       stored_(w.linears) {
   check_host_memory(f, w, o);
+  backend_->set_stress(o.stress);
   // The host store: every part of every linear weight, in id order.
   const std::vector<LinearTensors> tensors = linear_tensors(f, w);
   std::vector<HostPiece> pieces;

@@ -36,6 +36,7 @@ struct CacheOptions {
   ProgressFn progress = {};  // loading the host store; may be empty
   std::shared_ptr<CacheBackend> backend = nullptr;  // nullptr: the CPU backend
   std::function<void(uint32_t)> on_evict = {};      // tests: each evicted id
+  CacheStress stress = {};                          // --cache-stress (cache/backend.hpp)
 };
 
 // The schedule of a model in a cache format: its linear weights by id (runtime/model.hpp order),

@@ -401,6 +401,38 @@ TEST(CacheBackendSignals, CpuBackendChecksTheProtocol) {
   EXPECT_THROW(b.record_ready(2), Error);
 }
 
+// Poison: at the moment an entry is evicted (the on_evict hook runs right after, under the lock,
+// before its memory can be reused) its bytes are all 0xFF; race: each last-use signal is delayed
+// by delay_us (the fills here are the test's memset, not the backend's copy, whose delay
+// tests/test_paging.cpp's stress test meets). Every reader still sees its own weight's pattern.
+TEST(CacheStress, PoisonFillsEvictedMemoryAndRaceDelaysEachFillAndRelease) {
+  const Schedule s = make_schedule(std::vector<uint64_t>(4, 256), {0, 0, 1, 1});
+  CpuBackend b;
+  b.set_stress({.race = true, .poison = true, .delay_us = 2000});
+  std::vector<const uint8_t*> seen(s.size(), nullptr);
+  std::vector<uint32_t> poisoned, evicted;
+  CacheConfig cfg = config(512, CachePolicy::lru, 0);
+  cfg.on_evict = [&](uint32_t id) {
+    evicted.push_back(id);
+    bool all_ff = true;
+    for (uint64_t i = 0; i < s.weights[id].bytes; ++i) all_ff &= seen[id][i] == 0xFF;
+    if (all_ff) poisoned.push_back(id);
+  };
+  DeviceCache c(b, s, cfg, pattern_fill(s));
+  const auto t0 = Clock::now();
+  for (int pass = 0; pass < 2; ++pass)
+    for (uint32_t id = 0; id < s.size(); ++id) {
+      const uint8_t* p = c.acquire(id);
+      seen[id] = p;
+      ASSERT_TRUE(holds_pattern(p, id, s.weights[id].bytes)) << "weight " << id;
+      c.release(id);
+    }
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  EXPECT_GE(evicted.size(), 6u);
+  EXPECT_EQ(poisoned, evicted);
+  EXPECT_GE(seconds, 8 * 0.002);  // 8 releases, each after 2 ms
+}
+
 // --- host store -----------------------------------------------------------------------------
 
 TEST(CacheHostStore, CopiesEveryPieceAlignedAndVerifiesChecksums) {

@@ -302,6 +302,37 @@ TEST(GpuForward, DeviceWaitsAreCounted) {
   }
 }
 
+// The stress modes (cache/backend.hpp) on the device: a 200 us spin kernel before every upload on
+// the copy stream and before every last-use event on the compute stream, and every evicted entry
+// memset to 0xFF on the copy stream. A forgotten wait then reads NaNs or the wrong weight; with
+// the waits right, the logits at the minimum budget equal the all-resident run's bit for bit.
+// qwen2-small streams uploads long enough to overlap kernels for real.
+TEST(GpuForward, RaceAndPoisonStressLeavesLogitsBitIdentical) {
+  FERRY_REQUIRE_GPU();
+  test::ScratchDir tmp;
+  for (const std::string preset : {"qwen2-tiny", "qwen2-small"}) {
+    const PackedFile f = PackedFile::open(synthesized(tmp, preset));
+    const ModelWeights w = bind_weights(f);
+    for (const CacheFormat format : {CacheFormat::int4, CacheFormat::bf16}) {
+      const CacheOptions all{.enabled = true, .budget_fraction = 1.0, .format = format};
+      Engine resident(PackedFile::from_mapping(f.file.mapping()), options(all, true));
+      const auto reference = run_tokens(resident);
+      for (const CachePolicy policy : {CachePolicy::lru, CachePolicy::pin}) {
+        const CacheOptions c{.enabled = true,
+                             .budget_bytes = paging_schedule(f, w, format).minimum_budget(),
+                             .policy = policy,
+                             .format = format,
+                             .stress = {.race = true, .poison = true}};
+        Engine gpu(PackedFile::from_mapping(f.file.mapping()), options(c, true));
+        const std::string what =
+            fmt::format("{} {} {}", preset, format_name(format), policy_name(policy));
+        EXPECT_EQ(run_tokens(gpu), reference) << what;
+        EXPECT_GT(gpu.cache_stats()->evictions, 0u) << what;
+      }
+    }
+  }
+}
+
 // A budget above what --vram-limit leaves is a clear error, not an out-of-memory crash.
 TEST(GpuForward, VramLimitCapsTheBudget) {
   FERRY_REQUIRE_GPU();

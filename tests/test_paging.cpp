@@ -116,6 +116,29 @@ TEST(PagingInvariance, SynthesizedQwen2LogitsAreBitIdenticalForEveryBudget) {
   expect_invariant(f, "qwen2-tiny asym-clip", {0.0, 0.1, 0.25, 0.5, 0.75, 1.0});
 }
 
+// The stress modes (cache/backend.hpp): every fill and every release delayed, every evicted entry
+// poisoned with 0xFF (NaN scales and bf16 weights) at the minimum budget, where every weight is
+// evicted and refilled each pass: the logits stay the uncached run's, bit for bit.
+TEST(PagingStress, RaceAndPoisonLeaveLogitsBitIdenticalAtTheMinimumBudget) {
+  test::ScratchDir tmp;
+  const PackedFile f = PackedFile::open(qwen2_tiny(tmp, Scheme::asym_clip));
+  const ModelWeights w = bind_weights(f);
+  for (CacheFormat format : {CacheFormat::int4, CacheFormat::bf16}) {
+    const std::vector<float> reference = uncached(f, format);
+    for (CachePolicy policy : {CachePolicy::lru, CachePolicy::pin}) {
+      const CacheOptions c{.enabled = true,
+                           .budget_bytes = paging_schedule(f, w, format).minimum_budget(),
+                           .policy = policy,
+                           .format = format,
+                           .stress = {.race = true, .poison = true, .delay_us = 50}};
+      Engine e(PackedFile::from_mapping(f.file.mapping()), engine_options(c));
+      const std::string what = fmt::format("{} {}", format_name(format), policy_name(policy));
+      EXPECT_EQ(run_tokens(e), reference) << what;
+      EXPECT_GT(e.cache_stats()->evictions, 0u) << what;
+    }
+  }
+}
+
 // bf16-scheme files store the linear weights unquantized: both formats copy them as they are.
 TEST(PagingInvariance, Bf16SchemeFileLogitsAreBitIdenticalForEveryBudget) {
   test::ScratchDir tmp;

@@ -191,7 +191,30 @@ void add_engine_options(cxxopts::Options& o, bool cache_options) {
       cxxopts::value<std::string>())("cache-policy", "lru or pin (keeps a share resident)",
                                      cxxopts::value<std::string>()->default_value("lru"))(
       "cache-format", "int4 (packed, as stored) or bf16 (dequantized while filling, 4x the bytes)",
-      cxxopts::value<std::string>()->default_value("int4"));
+      cxxopts::value<std::string>()->default_value("int4"))(
+      "cache-stress",
+      "a check of the cache's ordering, not for speed: race (every fill and every last-use "
+      "signal delayed by 200 us), poison (evicted entries filled with 0xFF), or race,poison; "
+      "the output must not change",
+      cxxopts::value<std::string>());
+}
+
+CacheStress parse_cache_stress(const std::string& s) {
+  CacheStress st;
+  std::string_view rest = s;
+  while (!rest.empty()) {
+    const size_t comma = rest.find(',');
+    const std::string_view mode = rest.substr(0, comma);
+    if (mode == "race")
+      st.race = true;
+    else if (mode == "poison")
+      st.poison = true;
+    else
+      throw Error(fmt::format("--cache-stress: '{}' is not race or poison", mode));
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  }
+  if (!st.race && !st.poison) throw Error("--cache-stress: give race, poison or race,poison");
+  return st;
 }
 
 DeviceFactory device_factory(const cxxopts::ParseResult& a, const CacheOptions& c) {
@@ -255,7 +278,8 @@ CacheOptions cache_options(const cxxopts::ParseResult& a) {
   // On a GPU the weights always page through its cache: `auto` unless a budget is given.
   const bool gpu = a.count("device") && a["device"].as<std::string>() != "cpu";
   if (!a.count("cache-budget") && !gpu) {
-    for (const char* companion : {"cache-policy", "cache-format", "lookahead", "no-verify"})
+    for (const char* companion :
+         {"cache-policy", "cache-format", "lookahead", "no-verify", "cache-stress"})
       if (a.count(companion))
         throw Error(fmt::format(
             "--{} needs --cache-budget (without it the weights are read in place, uncached)",
@@ -267,6 +291,7 @@ CacheOptions cache_options(const cxxopts::ParseResult& a) {
                           a["cache-policy"].as<std::string>(), a["cache-format"].as<std::string>(),
                           a["lookahead"].as<uint32_t>());
   c.verify = !a.count("no-verify");
+  if (a.count("cache-stress")) c.stress = parse_cache_stress(a["cache-stress"].as<std::string>());
   // A bar only for stores that take a noticeable time to read (256 MB: ~0.1 s at the 2-3 GB/s a
   // cold page cache gives), so that small models do not print load lines before their text.
   auto bar = std::make_shared<ProgressBar>();

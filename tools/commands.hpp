@@ -56,6 +56,8 @@ DeviceFactory device_factory(const cxxopts::ParseResult& a, const CacheOptions& 
 // "6G" | "50%" | "all" | "auto", "lru" | "pin", "int4" | "bf16"; throws naming the bad value.
 CacheOptions parse_cache_options(const std::string& budget, const std::string& policy,
                                  const std::string& format, uint32_t lookahead);
+// --cache-stress: "race", "poison" or both, comma-separated; throws naming the bad mode.
+CacheStress parse_cache_stress(const std::string& s);
 // --temp, --top-k, --top-p, --min-p, --repeat-penalty, --seed.
 void add_sampler_options(cxxopts::Options& o);
 // The command line's sampling options over the model's defaults (generation_config.json).
