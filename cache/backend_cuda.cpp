@@ -157,8 +157,10 @@ uint8_t* CudaBackend::do_allocate(uint64_t bytes, MemoryKind kind) {
   p = std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
   if (!p) return nullptr;
   std::fprintf(stderr,
-               "ferry: warning: cannot pin %s of host memory (cudaHostAlloc failed; see ulimit "
-               "-l); using pageable memory: uploads run at roughly half the PCIe bandwidth\n",
+               "ferry: warning: cannot pin %s of host memory (cudaHostAlloc failed: the driver "
+               "could not lock that much, which RLIMIT_MEMLOCK does not govern; a container's "
+               "memory limit or other pinned memory may); using pageable memory: uploads run at "
+               "roughly half the PCIe bandwidth\n",
                human_bytes(double(bytes)).c_str());
   pageable_fallback_ = true;
   pageable_.push_back(static_cast<uint8_t*>(p));
