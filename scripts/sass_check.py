@@ -7,7 +7,9 @@ below is checked on the sm_90 code (the H100/H200 the roofline figures are for):
     to DRAM-backed memory inside a loop);
   - the INT4 GEMV's main loop (the loop with the most instructions) reads the weights with
     128-bit global loads (LDG.E.128) and x with 128-bit shared loads (LDS.128);
-  - its instruction budget. Derived in kernels/gemv_int4.cu's header: an H200 streams 18 bytes,
+  - the GQA attention kernel (attention_group_kernel) reads K and V rows with 128-bit loads
+    only, in both its K loop and its V loop;
+  - the GEMV's instruction budget. Derived in kernels/gemv_int4.cu's header: an H200 streams 18 bytes,
     34 weights, per SM per clock, and an SM issues 4 warp-instructions per clock, so keeping up
     with HBM leaves ~120 warp-instructions per 1024 weights. Staging x costs each warp the same
     per chunk whatever its rows per warp R, so the variants differ: the bound is on their mean
@@ -114,6 +116,22 @@ def check_gemv(name, code, r, fail):
     return per_1024
 
 
+def check_attention(name, code, fail):
+    """The GQA group kernel: its K loop and its V loop (the loops with 128-bit global loads)
+    read rows with 128-bit loads only; returns how many such loops it has."""
+    wide = []
+    for body in loops(code):
+        ops = [c[1] for c in real(body)]
+        if any(op.startswith("LDG") and ".128" in op for op in ops):
+            narrow = sum(op.startswith("LDG") and ".128" not in op for op in ops)
+            if narrow:
+                fail(f"{name}: a K/V loop also issues {narrow} narrower global loads")
+            wide.append(len(ops))
+    if len(wide) < 2:
+        fail(f"{name}: {len(wide)} loops read K/V with 128-bit loads, expected the K and the V loop")
+    return len(wide)
+
+
 def demangled_gemv(name):
     """(N, R, aligned x) of gemv_int4_kernel<N, R, VEC>; R None for the old one-parameter kernel."""
     m = re.search(r"gemv_int4_kernelILi(\d+)E(?:Li(\d+)E)?(?:Lb(\d)E)?", name)
@@ -138,7 +156,7 @@ def main():
         print("FAIL " + msg)
         failures.append(msg)
 
-    kernels, per_r = 0, {}
+    kernels, per_r, groups = 0, {}, 0
     for obj in a.objects:
         for name, code in sm90_functions(cuobjdump, obj).items():
             kernels += 1
@@ -146,6 +164,9 @@ def main():
             if local and not any(k in name for k in LOCAL_ALLOWED):
                 fail(f"{name}: {len(local)} local-memory accesses ({local[0][1]} at "
                      f"{local[0][0]:#x}): a spill or a stack array")
+            if "attention_group_kernel" in name:
+                groups += 1
+                check_attention(name, code, fail)
             g = demangled_gemv(name)
             if g and g[0] == 1 and g[2]:  # the aligned-x variant: every real model's
                 r = g[1] or 1  # the old one-parameter kernel: 1024 weights per iteration
@@ -161,8 +182,8 @@ def main():
               f"Qwen2-32B layer's bytes (budget {GEMV_BUDGET})")
         if mean > GEMV_BUDGET:
             fail(f"decode GEMV: {mean:.0f} warp-instructions per 1024 weights, over {GEMV_BUDGET}")
-    print(f"sass_check: {kernels} sm_90 kernels, {len(per_r)} decode GEMV variants: "
-          f"{len(failures)} failure(s)")
+    print(f"sass_check: {kernels} sm_90 kernels, {len(per_r)} decode GEMV variants, {groups} "
+          f"GQA attention variants: {len(failures)} failure(s)")
     return 1 if failures else 0
 
 

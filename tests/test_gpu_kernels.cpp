@@ -186,7 +186,9 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
 // boundary: its queries see different numbers of chunks; a batch of 150 in three rounds of
 // queries, the later ones crossing chunk boundaries too); head_dim 64, 80, 96 and 128 (4, 3, 2
 // and 2 thread groups per position in the value sums, some threads idle at 80 and 96), 256 and
-// 320 (one group, strided over head_dim).
+// 320 (one group, strided over head_dim). With the f16 cache, head_dim 64, 128 and 256 run the
+// GQA group kernel (one block per kv head and chunk for all its query heads): groups of 1 to 8
+// heads, Qwen2-32B's 40/8 at a 4k context among them; the others the per-head kernel.
 TEST(GpuKernels, AttentionMatchesCpuTwin) {
   FERRY_REQUIRE_GPU();
   struct Case {
@@ -194,7 +196,8 @@ TEST(GpuKernels, AttentionMatchesCpuTwin) {
   };
   for (const Case& k : {Case{8, 2, 64, 4, 29}, Case{8, 2, 128, 1, 1000}, Case{4, 4, 80, 7, 508},
                         Case{6, 3, 128, 40, 700}, Case{2, 1, 256, 1, 0}, Case{4, 2, 64, 150, 200},
-                        Case{4, 2, 96, 3, 300}, Case{2, 2, 320, 2, 600}}) {
+                        Case{4, 2, 96, 3, 300}, Case{2, 2, 320, 2, 600}, Case{40, 8, 128, 1, 4000},
+                        Case{16, 2, 128, 3, 600}, Case{3, 3, 64, 2, 257}, Case{7, 1, 256, 1, 90}}) {
     SCOPED_TRACE("heads " + std::to_string(k.heads) + " hd " + std::to_string(k.hd) + " n " +
                  std::to_string(k.n) + " pos " + std::to_string(k.pos));
     const uint64_t ctx = k.pos + k.n, q_dim = k.heads * k.hd;
