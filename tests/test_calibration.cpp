@@ -5,6 +5,7 @@
 // calibrated INT4 weights have a lower activation-weighted error than the plain ones.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 
@@ -243,6 +244,40 @@ TEST(Calibration, LowersTheActivationWeightedError) {
     EXPECT_LT(e_calib, e_plain) << scheme_name(scheme);
     EXPECT_LT(e_weighted, e_plain) << scheme_name(scheme);
   }
+}
+
+}  // namespace
+}  // namespace ferry
+
+namespace ferry {
+namespace {
+
+// The command line: a run that writes a file quantize reads, and one-line errors for bad input.
+TEST(Calibration, CommandLine) {
+  Calibrated c;
+  const std::string text = (c.dir / "story.txt").string();
+  std::ofstream(text) << story();
+  const std::filesystem::path stats = c.dir / "cli.calib", q = c.dir / "cli.ferry";
+  test::RunResult r = test::run_ferry({"calibrate", c.bf16.string(), "-f", text, "-o",
+                                       stats.string(), "--ctx", "64", "--chunks", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = test::run_ferry({"quantize", c.hf.string(), "-o", q.string(), "--calib", stats.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("calibration: 16 linear groups"), std::string::npos) << r.output;
+  // A quantized model, an empty text, an option without --calib: one line each, no output file.
+  const std::filesystem::path none = c.dir / "none.calib";
+  const std::string empty = (c.dir / "empty.txt").string();
+  std::ofstream(empty).flush();
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"calibrate", q.string(), "-f", text, "-o", none.string()},
+        {"calibrate", c.bf16.string(), "-f", empty, "-o", none.string()},
+        {"quantize", c.hf.string(), "-o", (c.dir / "x.ferry").string(), "--calib-alpha", "0.5"}}) {
+    r = test::run_ferry(args);
+    EXPECT_NE(r.exit_code, 0) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  }
+  EXPECT_FALSE(std::filesystem::exists(none));
+  EXPECT_FALSE(std::filesystem::exists(c.dir / "x.ferry"));
 }
 
 }  // namespace
