@@ -1,6 +1,7 @@
 // ferry quantize HF_DIR -o OUT.ferry [--scheme S]
 #include <cxxopts.hpp>
 
+#include <algorithm>
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -87,6 +88,9 @@ CalibOptions calib_options(const cxxopts::ParseResult& a) {
 
 void print_calibration(const ConvertReport& r) {
   if (r.calib.empty()) return;
+  if (std::all_of(r.calib.begin(), r.calib.end(),
+                  [](const GroupChoice& g) { return g.error_plain == 0; }))
+    return (void)std::puts("calibration: E[x^2] as the objective of the searches (no scaling)");
   double plain = 0, chosen = 0, alpha = 0;
   for (const GroupChoice& g : r.calib) {
     plain += g.error_plain;
