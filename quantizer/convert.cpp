@@ -347,16 +347,18 @@ ConvertReport convert_checkpoint(const std::filesystem::path& dir,
   const std::vector<const TensorView*> sources = resolve_sources(ckpt, report.config, plan, dir);
   const unsigned threads = thread_count(opt.threads);
 
-  std::vector<std::string> placeholder_sums(plan.tensors.size(), std::string(16, '0'));
-  set_results(metadata, plan, placeholder_sums, empty_reports(plan));
-  const uint64_t header_size = safetensors_header(plan.tensors, metadata).size();
-  AtomicFile out(out_path, header_size + plan.data_bytes);
-
+  // Before the output exists: statistics made for another model are refused without a write.
   const FoldPlan fold = opt.calib.stats.empty()
                             ? FoldPlan{}
                             : plan_activation_scaling(ckpt, report.config, metadata[meta::kConfig],
                                                       opt.calib, opt.scheme, threads);
   report.calib = fold.groups;
+
+  std::vector<std::string> placeholder_sums(plan.tensors.size(), std::string(16, '0'));
+  set_results(metadata, plan, placeholder_sums, empty_reports(plan));
+  const uint64_t header_size = safetensors_header(plan.tensors, metadata).size();
+  AtomicFile out(out_path, header_size + plan.data_bytes);
+
   Job job(ckpt, plan, sources, opt.scheme, header_size, out, opt.chunk_bytes, fold);
   uint64_t work_bytes = 0;  // a tied lm_head's source counts twice here: it is converted twice
   for (const TensorView* s : sources) work_bytes += s->nbytes;
