@@ -34,10 +34,10 @@ namespace ferry {
 class Checkpoint;
 
 struct CalibOptions {
-  std::filesystem::path stats;  // `ferry calibrate`'s file; empty: no calibration
-  bool scale = true;            // AWQ scaling, alpha searched per group
-  bool weighted = true;         // E[x^2] as the objective of the scale/offset searches
-  std::optional<float> alpha;   // a fixed alpha for every group instead of the search
+  std::filesystem::path stats = {};  // `ferry calibrate`'s file; empty: no calibration
+  bool scale = true;                 // AWQ scaling, alpha searched per group
+  bool weighted = true;              // E[x^2] as the objective of the scale/offset searches
+  std::optional<float> alpha = {};   // a fixed alpha for every group instead of the search
 };
 
 // How one tensor of the checkpoint is changed before it is stored: w[r][c] * col_mul[c] /

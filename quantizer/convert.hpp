@@ -29,7 +29,7 @@ struct ConvertOptions {
   bool keep_lm_head = false;          // store lm_head in bf16 instead of INT4
   unsigned threads = 0;               // 0: every core
   uint64_t chunk_bytes = 4ull << 20;  // source bytes per work unit
-  CalibOptions calib;                 // --calib: activation-aware INT4 (off without a file)
+  CalibOptions calib = {};            // --calib: activation-aware INT4 (off without a file)
 };
 
 struct WeightReport {

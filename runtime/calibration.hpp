@@ -17,7 +17,7 @@ struct CalibrationOptions {
   uint64_t ctx = 512;    // tokens a chunk
   uint64_t chunks = 0;   // at most this many (0: every whole chunk of the text)
   uint64_t batch = 128;  // tokens a forward call
-  std::function<void(uint64_t chunk, uint64_t chunks)> progress;  // after each chunk
+  std::function<void(uint64_t chunk, uint64_t chunks)> progress = {};  // after each chunk
 };
 
 // Throws ferry::Error with one line when the model is not a bf16 conversion (`ferry quantize
