@@ -59,7 +59,7 @@ std::vector<Unit> make_units(const PackedPlan& plan, const std::vector<const Ten
 // Everything the workers share; read-only except the atomics and the error slot.
 struct Job {
   Job(const Checkpoint& c, const PackedPlan& p, std::vector<const TensorView*> s, Scheme sc,
-      uint64_t ds, const AtomicFile& o, uint64_t chunk_bytes)
+      uint64_t ds, const AtomicFile& o, uint64_t chunk_bytes, const FoldPlan& f)
       : ckpt(c),
         plan(p),
         sources(std::move(s)),
@@ -67,6 +67,7 @@ struct Job {
         scheme(sc),
         data_start(ds),
         out(o),
+        fold(f),
         unit_errors(units.size()) {}
 
   const Checkpoint& ckpt;
@@ -76,6 +77,7 @@ struct Job {
   Scheme scheme;
   uint64_t data_start;
   const AtomicFile& out;
+  const FoldPlan& fold;  // --calib's scales and column importances; empty without
 
   std::vector<QuantError> unit_errors;  // per unit, reduced at the end (deterministic)
   std::atomic<size_t> next_unit{0};
@@ -126,6 +128,8 @@ QuantError run_unit(Job& job, const Unit& u, Buffers& b) {
   const uint64_t n = u.rows * m.cols, esize = dtype_size(src.dtype);
   b.f32.resize(std::max<size_t>(b.f32.size(), n));
   to_float(src.data + u.row0 * m.cols * esize, src.dtype, n, b.f32.data());
+  const TensorFold* fold = job.fold.find(w.spec.name);
+  if (fold) apply_fold(*fold, u.row0, u.rows, m.cols, b.f32.data());
   QuantError err;
   if (w.quantized) {
     const uint64_t blocks = int4_blocks_per_row(m.cols);
@@ -134,7 +138,8 @@ QuantError run_unit(Job& job, const Unit& u, Buffers& b) {
     b.mins.resize(std::max<size_t>(b.mins.size(), u.rows * blocks));
     const bool mins = scheme_has_mins(job.scheme);
     err = quantize_int4(b.f32.data(), u.rows, m.cols, job.scheme, b.q4.data(), b.s16.data(),
-                        mins ? b.mins.data() : nullptr);
+                        mins ? b.mins.data() : nullptr,
+                        fold && !fold->importance.empty() ? fold->importance.data() : nullptr);
     write_tensor_rows(job, job.plan.tensors[w.tensors[0]], u.row0, u.rows, b.q4.data());
     write_tensor_rows(job, job.plan.tensors[w.tensors[1]], u.row0, u.rows, b.s16.data());
     if (mins) write_tensor_rows(job, job.plan.tensors[w.tensors[2]], u.row0, u.rows, b.mins.data());
@@ -367,12 +372,19 @@ ConvertReport convert_checkpoint(const std::filesystem::path& dir,
   const std::vector<const TensorView*> sources = resolve_sources(ckpt, report.config, plan, dir);
   const unsigned threads = thread_count(opt.threads);
 
+  // Before the output exists: statistics made for another model are refused without a write.
+  const FoldPlan fold = opt.calib.stats.empty()
+                            ? FoldPlan{}
+                            : plan_activation_scaling(ckpt, report.config, metadata[meta::kConfig],
+                                                      opt.calib, opt.scheme, threads);
+  report.calib = fold.groups;
+
   std::vector<std::string> placeholder_sums(plan.tensors.size(), std::string(16, '0'));
   set_results(metadata, plan, placeholder_sums, empty_reports(plan));
   const uint64_t header_size = safetensors_header(plan.tensors, metadata).size();
   AtomicFile out(out_path, header_size + plan.data_bytes);
 
-  Job job(ckpt, plan, sources, opt.scheme, header_size, out, opt.chunk_bytes);
+  Job job(ckpt, plan, sources, opt.scheme, header_size, out, opt.chunk_bytes, fold);
   uint64_t work_bytes = 0;  // a tied lm_head's source counts twice here: it is converted twice
   for (const TensorView* s : sources) work_bytes += s->nbytes;
   report.input_bytes = distinct_source_bytes(sources);

@@ -15,6 +15,7 @@
 
 #include "base/threads.hpp"
 #include "format/model_config.hpp"
+#include "quantizer/activation_scaling.hpp"
 #include "quantizer/int4_quantize.hpp"
 
 namespace ferry {
@@ -31,6 +32,7 @@ struct ConvertOptions {
   uint64_t max_context = 0;
   unsigned threads = 0;               // 0: every core
   uint64_t chunk_bytes = 4ull << 20;  // source bytes per work unit
+  CalibOptions calib = {};            // --calib: activation-aware INT4 (off without a file)
 };
 
 struct WeightReport {
@@ -47,6 +49,7 @@ struct ConvertReport {
   uint64_t input_bytes = 0;  // source tensor bytes read, each stored tensor once (tied: once)
   uint64_t output_bytes = 0;
   double seconds = 0;
+  std::vector<GroupChoice> calib;  // per linear group, with --calib scaling
 };
 
 // Throws ferry::Error for missing or malformed inputs (config.json, tokenizer.json and, when

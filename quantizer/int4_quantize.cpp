@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "base/dtype.hpp"
 #include "base/error.hpp"
@@ -34,8 +35,11 @@ static_assert(kLanes == 8, "block_sq_err sums its 8 lanes as a tree by hand");
 struct Block {
   alignas(32) std::array<float, kBlock> w;     // [kBlock] weights, padding = w[0]
   alignas(32) std::array<float, kBlock> mask;  // [kBlock] 1 real, 0 padding
-  uint64_t n = 0;                              // real elements, 1..128
-  uint64_t row = 0, col = 0;                   // where it starts, for error messages
+  // [kBlock] sqrt(column importance) real, 0 padding: what the searches weigh errors by (their
+  // squared differences are multiplied by its square); = mask without importances.
+  alignas(32) std::array<float, kBlock> wmask;
+  uint64_t n = 0;             // real elements, 1..128
+  uint64_t row = 0, col = 0;  // where it starts, for error messages
 };
 
 // A quantization grid with f16-rounded parameters: w ~ q * scale + min, q in [q_lo, q_hi].
@@ -65,19 +69,26 @@ std::string where(const Block& b) {
          std::to_string(b.col + b.n - 1);
 }
 
-void load_block(const float* src, uint64_t n, uint64_t row, uint64_t col, Block& b) {
+// sqrt_weight: [n] square roots of the columns' importances, or nullptr.
+void load_block(const float* src, uint64_t n, uint64_t row, uint64_t col, const float* sqrt_weight,
+                Block& b) {
   b.n = n;
   b.row = row;
   b.col = col;
   if (n == kBlock) {  // constant-length copies: vector moves, not rep movs and a scalar fill
     std::copy(src, src + kBlock, b.w.begin());
     b.mask.fill(1.0f);
+  } else {
+    for (uint64_t i = 0; i < kBlock; ++i) {
+      b.w[i] = src[i < n ? i : 0];
+      b.mask[i] = i < n ? 1.0f : 0.0f;
+    }
+  }
+  if (!sqrt_weight) {
+    b.wmask = b.mask;
     return;
   }
-  for (uint64_t i = 0; i < kBlock; ++i) {
-    b.w[i] = src[i < n ? i : 0];
-    b.mask[i] = i < n ? 1.0f : 0.0f;
-  }
+  for (uint64_t i = 0; i < kBlock; ++i) b.wmask[i] = i < n ? sqrt_weight[i] : 0.0f;
 }
 
 [[noreturn]] void throw_non_finite(const Block& b) {
@@ -236,7 +247,8 @@ Grid hqq_grid(const Block& b, Grid g, const SchemeShape& sh) {
   if (g.scale <= 0) return g;
   const float inv = 1.0f / g.scale;
   double beta = 10.0, count = 0;
-  for (uint64_t i = 0; i < kBlock; ++i) count += b.mask[i];
+  for (uint64_t i = 0; i < kBlock; ++i) count += double(b.wmask[i]) * b.wmask[i];
+  if (count <= 0) return g;  // every column of the block unused: any offset is as good
   Grid best = g;
   double best_l1 = std::numeric_limits<double>::infinity();
   for (int round = 0; round < 20; ++round, beta *= 1.01) {
@@ -245,10 +257,11 @@ Grid hqq_grid(const Block& b, Grid g, const SchemeShape& sh) {
       const float x = std::min(std::max((b.w[i] - g.min) * inv, sh.q_lo), sh.q_hi);
       const float q = (x + kRoundMagic) - kRoundMagic;
       const double r = double(b.w[i]) - (double(q) * g.scale + g.min);
-      l1 += std::fabs(r) * b.mask[i];
+      const double m2 = double(b.wmask[i]) * b.wmask[i];  // the importance (1 or 0 without)
+      l1 += std::fabs(r) * m2;
       const double a = std::fabs(r);
       const double e = a > 0 ? std::copysign(std::max(0.0, a - std::pow(a, -0.3) / beta), r) : 0;
-      sum += (double(b.w[i]) - e - double(q) * g.scale) * b.mask[i];
+      sum += (double(b.w[i]) - e - double(q) * g.scale) * m2;
     }
     if (l1 < best_l1) {
       best_l1 = l1;
@@ -282,7 +295,7 @@ Grid choose_grid(const Block& b, const SchemeShape& sh) {
   for (int k = 0; k < kClipSteps; ++k) grids[k] = make_grid(sh, r, clip_ratio(k));
   float best_err = std::numeric_limits<float>::infinity();
   for (const Grid& g : grids) {
-    const float err = block_sq_err(b.w.data(), b.mask.data(), g, sh.q_lo, sh.q_hi);
+    const float err = block_sq_err(b.w.data(), b.wmask.data(), g, sh.q_lo, sh.q_hi);
     if (err < best_err) {
       best_err = err;
       best = g;
@@ -364,19 +377,23 @@ double QuantError::relative_rms() const {
 }
 
 QuantError quantize_int4(const float* w, uint64_t rows, uint64_t cols, Scheme scheme, uint8_t* q,
-                         uint16_t* scales, uint16_t* mins) {
+                         uint16_t* scales, uint16_t* mins, const float* col_weight) {
   if (!scheme_is_int4(scheme)) throw Error("quantize_int4: scheme bf16 is not an INT4 scheme");
   if (scheme_has_mins(scheme) && mins == nullptr)
     throw Error("quantize_int4: scheme " + std::string(scheme_name(scheme)) +
                 " needs a mins buffer");
   const SchemeShape sh = shape_of(scheme);
   const uint64_t blocks = int4_blocks_per_row(cols);
+  std::vector<float> sqrt_weight;  // [cols]
+  for (uint64_t j = 0; col_weight && j < cols; ++j)
+    sqrt_weight.push_back(std::sqrt(std::max(0.0f, col_weight[j])));
   QuantError total;
   Block b;
   for (uint64_t row = 0; row < rows; ++row) {
     for (uint64_t k = 0; k < blocks; ++k) {
       const uint64_t col = k * kBlock;
-      load_block(w + row * cols + col, std::min(kBlock, cols - col), row, col, b);
+      load_block(w + row * cols + col, std::min(kBlock, cols - col), row, col,
+                 col_weight ? sqrt_weight.data() + col : nullptr, b);
       const Grid g = choose_grid(b, sh);
       encode_block(b, sh, g, q + (row * blocks + k) * kBlockBytes, total);
       scales[row * blocks + k] = float_to_f16(g.scale);

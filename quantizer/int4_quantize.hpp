@@ -22,9 +22,13 @@ struct QuantError {
 
 // Quantizes `rows` rows of `cols` floats (row-major, contiguous) with an INT4 scheme.
 // q: [rows, blocks*64], scales: [rows, blocks], mins: [rows, blocks] (nullptr for sym schemes).
+// col_weight [cols] (optional, >= 0): the importance of each input column, E[x_j^2] of the
+// activations it multiplies (quantizer/activation_scaling.hpp): the clip search and asym-hqq's
+// offset fit then minimise sum_j col_weight[j] (w_j - dequant(w_j))^2 over a block instead of the
+// plain squared error. The reported QuantError stays the plain one.
 // Throws ferry::Error if a block holds a non-finite value or needs a scale beyond f16 range.
 QuantError quantize_int4(const float* w, uint64_t rows, uint64_t cols, Scheme scheme, uint8_t* q,
-                         uint16_t* scales, uint16_t* mins);
+                         uint16_t* scales, uint16_t* mins, const float* col_weight = nullptr);
 
 // The clipping ratios the *_clip schemes try, from 1.0 down (documented in docs/format.md).
 inline constexpr int kClipSteps = 20;

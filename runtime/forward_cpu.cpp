@@ -61,8 +61,9 @@ CpuState::CpuState(const ModelConfig& c, const PassShape& s)
 
 class CpuForward final : public ForwardPass {
  public:
-  CpuForward(const ModelConfig& c, const ModelWeights& w, const PassShape& shape, CpuPool& pool)
-      : c_(c), w_(w), shape_(shape), pool_(pool), s_(c, shape) {}
+  CpuForward(const ModelConfig& c, const ModelWeights& w, const PassShape& shape, CpuPool& pool,
+             LinearObserver* observer)
+      : c_(c), w_(w), shape_(shape), pool_(pool), s_(c, shape), observer_(observer) {}
   std::shared_ptr<CacheBackend> cache_backend() override { return nullptr; }
   void forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs, std::span<float> logits,
                     int32_t* argmax, LogitRows rows) override;
@@ -79,12 +80,14 @@ class CpuForward final : public ForwardPass {
   PassShape shape_;
   CpuPool& pool_;
   CpuState s_;
+  LinearObserver* observer_;  // null but for `ferry calibrate`
 };
 
 // y[n, rows] = x[n, cols] W^T (+ b), with W acquired from the source for just this call.
 void CpuForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y) {
   HeldWeight held(src, id);
   const Linear& l = held.linear;
+  if (observer_) observer_->observe(id, x, n, l.cols);
   if (l.is_int4())
     matmul_int4_cpu(pool_, l.q4, x, n, y);
   else
@@ -185,8 +188,9 @@ void CpuForward::forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs,
 }  // namespace
 
 std::unique_ptr<ForwardPass> make_cpu_forward(const ModelConfig& c, const ModelWeights& w,
-                                              const PassShape& shape, CpuPool& pool) {
-  return std::make_unique<CpuForward>(c, w, shape, pool);
+                                              const PassShape& shape, CpuPool& pool,
+                                              LinearObserver* observer) {
+  return std::make_unique<CpuForward>(c, w, shape, pool, observer);
 }
 
 double cpu_pass_bytes(const ModelConfig& c, const PassShape& s) {

@@ -75,9 +75,19 @@ uint64_t check_forward_seqs(const ModelConfig& c, const PassShape& shape,
 using DeviceFactory = std::function<std::unique_ptr<ForwardPass>(
     const ModelConfig& c, const ModelWeights& w, const PassShape& shape)>;
 
-// The CPU pass (runtime/forward_cpu.cpp), its kernels on `pool`, which must outlive it.
+// Sees the input rows of every linear of a CPU pass (`ferry calibrate`, runtime/calibration.hpp):
+// x [n, cols] just before the product with weight `id` (linear_id order).
+class LinearObserver {
+ public:
+  virtual ~LinearObserver() = default;
+  virtual void observe(uint32_t id, const float* x, uint64_t n, uint64_t cols) = 0;
+};
+
+// The CPU pass (runtime/forward_cpu.cpp), its kernels on `pool`, which must outlive it; `observer`
+// (null: none, and no cost) must too.
 std::unique_ptr<ForwardPass> make_cpu_forward(const ModelConfig& c, const ModelWeights& w,
-                                              const PassShape& shape, CpuPool& pool);
+                                              const PassShape& shape, CpuPool& pool,
+                                              LinearObserver* observer = nullptr);
 
 // Bytes the CPU pass allocates for this shape: the KV cache dominates (Qwen2-32B: 256 KB a token
 // in f16), then the attention scratch and the activations.

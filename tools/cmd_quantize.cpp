@@ -1,6 +1,7 @@
 // ferry quantize HF_DIR -o OUT.ferry [--scheme S]
 #include <cxxopts.hpp>
 
+#include <algorithm>
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -65,6 +66,44 @@ void check_chat_template(const std::filesystem::path& dir) {
   }
 }
 
+CalibOptions calib_options(const cxxopts::ParseResult& a) {
+  CalibOptions c;
+  if (!a.count("calib")) {
+    if (a.count("calib-method") || a.count("calib-alpha"))
+      throw Error("--calib-method and --calib-alpha need --calib STATS");
+    return c;
+  }
+  c.stats = a["calib"].as<std::string>();
+  const std::string m = a["calib-method"].as<std::string>();
+  if (m != "scale" && m != "weighted" && m != "both")
+    throw Error(fmt::format("--calib-method: unknown method '{}' (scale, weighted, both)", m));
+  c.scale = m != "weighted";
+  c.weighted = m != "scale";
+  if (a.count("calib-alpha")) {
+    c.alpha = a["calib-alpha"].as<float>();
+    if (!(*c.alpha >= 0 && *c.alpha <= 1)) throw Error("--calib-alpha: give a value in [0, 1]");
+  }
+  return c;
+}
+
+void print_calibration(const ConvertReport& r) {
+  if (r.calib.empty()) return;
+  if (std::all_of(r.calib.begin(), r.calib.end(),
+                  [](const GroupChoice& g) { return g.error_plain == 0; }))
+    return (void)std::puts("calibration: E[x^2] as the objective of the searches (no scaling)");
+  double plain = 0, chosen = 0, alpha = 0;
+  for (const GroupChoice& g : r.calib) {
+    plain += g.error_plain;
+    chosen += g.error;
+    alpha += g.alpha;
+  }
+  std::printf(
+      "calibration: %zu linear groups, mean alpha %.2f, activation-weighted error of the "
+      "sampled rows %.4e -> %.4e (%.1f%% lower)\n",
+      r.calib.size(), alpha / double(r.calib.size()), plain, chosen,
+      plain > 0 ? 100 * (1 - chosen / plain) : 0.0);
+}
+
 }  // namespace
 
 int cmd_quantize(int argc, char** argv) {
@@ -85,8 +124,15 @@ int cmd_quantize(int argc, char** argv) {
       "the longest context the packed model may run (tokens); required for a model whose "
       "sliding_window is shorter than its trained context, and at most that window",
       cxxopts::value<uint64_t>()->default_value("0"))(
-      "t,threads", "worker threads (0: every core)",
-      cxxopts::value<unsigned>()->default_value("0"))(
+      "calib", "activation-aware INT4 with `ferry calibrate`'s statistics file",
+      cxxopts::value<std::string>())(
+      "calib-method",
+      "with --calib: scale (AWQ scales, alpha searched), weighted (E[x^2] as the "
+      "objective of the scale/offset search), or both",
+      cxxopts::value<std::string>()->default_value("both"))(
+      "calib-alpha", "with --calib: one fixed AWQ alpha for every group instead of the search",
+      cxxopts::value<float>())("t,threads", "worker threads (0: every core)",
+                               cxxopts::value<unsigned>()->default_value("0"))(
       "q,quiet", "no progress and no per-tensor table")("h,help", "this help");
   o.parse_positional({"input"});
   const auto a = parse_command(o, argc, argv);
@@ -103,6 +149,7 @@ int cmd_quantize(int argc, char** argv) {
   opt.keep_lm_head = a.count("keep-lm-head") > 0;
   opt.threads = a["threads"].as<unsigned>();
   opt.max_context = a["max-context"].as<uint64_t>();
+  opt.calib = calib_options(a);
   const bool quiet = a.count("quiet") > 0;
   ProgressBar bar(quiet);
   const std::filesystem::path out = a["output"].as<std::string>();
@@ -112,6 +159,7 @@ int cmd_quantize(int argc, char** argv) {
                          [&](std::string_view p, uint64_t d, uint64_t t) { bar.update(p, d, t); });
   bar.finish();
   if (!quiet) print_summary(r, out, opt.scheme);
+  if (!quiet) print_calibration(r);
   return 0;
 }
 

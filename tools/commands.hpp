@@ -19,6 +19,7 @@ int cmd_chat(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_perplexity(int argc, char** argv);
 int cmd_serve(int argc, char** argv);
+int cmd_calibrate(int argc, char** argv);
 
 // "512M", "2G", "1.5GB", "4096" (bytes); decimal units (G = 1e9) like the sizes ferry prints,
 // binary ones with "GiB"/"MiB"/"KiB". Throws ferry::Error naming `option` on anything else.

@@ -31,6 +31,8 @@ constexpr Command kCommands[] = {
     {"chat", ferry::cmd_chat, "chat with a .ferry model (its chat template, multi-turn)"},
     {"perplexity", ferry::cmd_perplexity,
      "perplexity on a text as llama-perplexity measures it; KL divergence from a base"},
+    {"calibrate", ferry::cmd_calibrate,
+     "activation statistics of a bf16 model over a text, for quantize --calib"},
     {"serve", ferry::cmd_serve,
      "serve a .ferry model over HTTP: the OpenAI API, and a chat page at /"},
     {"synth", ferry::cmd_synth,
