@@ -86,7 +86,7 @@ void CpuForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t
   HeldWeight held(src, id);
   const Linear& l = held.linear;
   if (l.is_int4())
-    matmul_int4_cpu(pool_, l.q4, x, n, y);
+    matmul_int4_q8_cpu(pool_, l.q4, x, n, y);
   else
     matmul_bf16_cpu(pool_, l.bf16, l.rows, l.cols, x, n, y);
   if (const uint16_t* bias = w_.biases[id]) add_bias_cpu(y, bias, n, l.rows);
