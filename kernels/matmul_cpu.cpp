@@ -28,9 +28,10 @@
 // AVX2 maddubs/madd. Measured on this 2-core AVX2 machine under a load of ~8 (other builds), one
 // thread, CPU time per call (bench_kernels), fp32 path -> INT8 path:
 //   4096 x 4096 decode 1.30 -> 0.89 ms, n = 64 52.9 -> 22.7 ms (7.8 -> 19.4 GMAC/s wall);
-//   SmolLM2 1536 x 576 decode 0.135 -> 0.063 ms, n = 128 8.54 -> 6.68 ms.
+//   SmolLM2 1536 x 576 decode 0.138 -> 0.049 ms, n = 128 8.03 -> 3.84 ms (6.68 before the offset
+//   term moved into the block loop).
 // ferry bench --prompt 128 --gen 64 on SmolLM2-135M asym-clip, 2 threads, same load: prefill
-// 19-44 -> 31-58 tokens/s, decode ~4 -> ~4-5 (noise of the load dominates; see the commit).
+// 19-55 -> 31-74 tokens/s, decode 4-6.5 either way (noise of the load dominates; see the commits).
 //
 // Portable path: per block the 128 weights are dequantized exactly as kernels/dequant.hpp does
 // and dotted with each token of the tile in 8 partial sums.
@@ -195,6 +196,10 @@ struct Q8Tile {
   alignas(32) int8_t q[kMaxTile * kQ8MaxCols];
   alignas(32) float d[kMaxTile * kQ8MaxBlocks];
   alignas(32) float sums[kMaxTile * kQ8MaxBlocks];
+  // [tn, blocks, 8]: d * qsum in lane 0, zeros: the AVX2 path adds min * this to its lanes per
+  // block, instead of a per-(row, token) offset dot product that cost as much as the 4.5 blocks
+  // of SmolLM2's 576-column rows.
+  alignas(32) float off[kMaxTile * kQ8MaxBlocks * 8];
 };
 
 // Position of element e (0..127) of a block in layout order.
@@ -223,6 +228,9 @@ void quantize_q8(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t) {
       }
       t.d[j * kQ8MaxBlocks + b] = d;
       t.sums[j * kQ8MaxBlocks + b] = d * float(qsum);
+      float* o = t.off + (j * kQ8MaxBlocks + b) * 8;
+      std::fill(o, o + 8, 0.0f);
+      o[0] = d * float(qsum);
     }
     std::fill(t.sums + j * kQ8MaxBlocks + blocks, t.sums + j * kQ8MaxBlocks + (blocks + 7) / 8 * 8,
               0.0f);
@@ -552,7 +560,7 @@ FERRY_AVX2 void rows_avx2(const Int4View* a4, const Bf16Rows* a16, uint64_t r0, 
 // INT4 x INT8 tile of R rows x T tokens over all blocks: per block and row the 64 code bytes
 // unpack into 4 vectors of 32 u8 (low and high nibbles), maddubs with the token's 4 vectors of
 // q gives i16 pair sums (at most 2 * 15 * 127 = 3810; the 4 added, 15,240 < 32,767), madd with
-// ones the i32 lane sums, exact; acc += float(lanes) * d_b * scale_b.
+// ones the i32 lane sums, exact; acc += float(lanes) * d_b * scale_b + min_b * (d_b qsum_b, 0..).
 template <int R, int T>
 FERRY_AVX2 void q8_tile(const Int4View& a, uint64_t r, const Q8Tile& t, uint64_t j0, float* y,
                         uint64_t t0) {
@@ -576,7 +584,10 @@ FERRY_AVX2 void q8_tile(const Int4View& a, uint64_t r, const Q8Tile& t, uint64_t
       const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), nibble);
       const __m256i c2 = _mm256_and_si256(v1, nibble);
       const __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), nibble);
-      const __m256 s = _mm256_set1_ps(_cvtsh_ss(a.scales[(r + i) * blocks + b]));
+      const float sf = _cvtsh_ss(a.scales[(r + i) * blocks + b]);
+      const __m256 s = _mm256_set1_ps(sf);
+      const __m256 m =
+          _mm256_set1_ps(a.mins ? _cvtsh_ss(a.mins[(r + i) * blocks + b]) : -8.0f * sf);
 #pragma GCC unroll 8
       for (int j = 0; j < T; ++j) {
         const __m256i* q =
@@ -587,15 +598,15 @@ FERRY_AVX2 void q8_tile(const Int4View& a, uint64_t r, const Q8Tile& t, uint64_t
         s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(c3, _mm256_load_si256(q + 3)));
         const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
         acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(f, d[j]), s, acc[i][j]);
+        acc[i][j] = _mm256_fmadd_ps(m, _mm256_load_ps(t.off + ((j0 + j) * kQ8MaxBlocks + b) * 8),
+                                    acc[i][j]);
       }
     }
   }
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 8
-    for (int j = 0; j < T; ++j)
-      y[(t0 + j0 + j) * a.rows + r + i] =
-          hsum(acc[i][j]) + row_offset(a, r + i, t.sums + (j0 + j) * kQ8MaxBlocks);
+    for (int j = 0; j < T; ++j) y[(t0 + j0 + j) * a.rows + r + i] = hsum(acc[i][j]);
 }
 
 // Rows per INT4 x INT8 tile: R * T accumulators, 4 unpacked code vectors and a few temporaries
@@ -687,7 +698,7 @@ void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64
   if (w.blocks() > kQ8MaxBlocks) return matmul_int4_cpu(pool, w, x, n, y, isa);
   const Call<Int4View> call{w, x, n, y, usable_isa(isa) == KernelIsa::avx2};
   pool.parallel_for(w.rows, row_grain(w.cols, n), [c = &call](uint64_t r0, uint64_t r1) {
-    Q8Tile t;  // 264 KB of the task's stack (pool threads have 8 MB)
+    Q8Tile t;  // 328 KB of the task's stack (pool threads have 8 MB)
 #if FERRY_X86
     if (c->avx2) return q8_rows_avx2(c->a, r0, r1, c->x, c->n, c->y, t);
 #endif
