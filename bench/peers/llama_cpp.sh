@@ -44,6 +44,13 @@ if [[ ! -x $cache/build/bin/llama-bench || ! -x $cache/build/bin/llama-quantize 
   nice ninja -C "$cache/build" -j2 llama-bench llama-quantize
 fi
 
+# convert_hf_to_gguf.py imports sentencepiece for Llama-family vocabularies even when the
+# checkpoint has only a tokenizer.json: installed beside the cache, not into the venv.
+if ! PYTHONPATH=$cache/pydeps "$python" -c 'import sentencepiece' 2>/dev/null; then
+  "$python" -m pip install -q --target "$cache/pydeps" sentencepiece
+fi
+export PYTHONPATH=$cache/pydeps${PYTHONPATH:+:$PYTHONPATH}
+
 # 2. The model: GGUF bf16 -> Q4_0 for llama.cpp, asym-clip INT4 for ferry (cached by name).
 gguf16=$cache/models/$name-bf16.gguf gguf4=$cache/models/$name-q4_0.gguf pack=$cache/models/$name.ferry
 [[ -f $gguf16 ]] || nice "$python" "$src/convert_hf_to_gguf.py" "$hf" --outtype bf16 --outfile "$gguf16"
