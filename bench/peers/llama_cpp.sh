@@ -53,7 +53,23 @@ export PYTHONPATH=$cache/pydeps${PYTHONPATH:+:$PYTHONPATH}
 
 # 2. The model: GGUF bf16 -> Q4_0 for llama.cpp, asym-clip INT4 for ferry (cached by name).
 gguf16=$cache/models/$name-bf16.gguf gguf4=$cache/models/$name-q4_0.gguf pack=$cache/models/$name.ferry
-[[ -f $gguf16 ]] || nice "$python" "$src/convert_hf_to_gguf.py" "$hf" --outtype bf16 --outfile "$gguf16"
+# A synthesized checkpoint (ferry synth) has a byte-level tokenizer whose pre-tokenizer hash
+# llama.cpp does not know: retried with the "default" pre-tokenizer (llama-bench feeds token ids
+# and never tokenizes, so the vocabulary does not change its speed).
+convert_default_pre() {
+  echo "llama_cpp.sh: $hf's pre-tokenizer is unknown to llama.cpp; converting with 'default'" >&2
+  nice "$python" - "$src" "$hf" --outtype bf16 --outfile "$gguf16" <<'PY'
+import runpy, sys
+src = sys.argv[1]
+sys.path.insert(0, src)
+import conversion.base as base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "default"
+sys.argv = [src + "/convert_hf_to_gguf.py"] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+PY
+}
+[[ -f $gguf16 ]] || nice "$python" "$src/convert_hf_to_gguf.py" "$hf" --outtype bf16 --outfile "$gguf16" ||
+  convert_default_pre
 [[ -f $gguf4 ]] || nice "$cache/build/bin/llama-quantize" "$gguf16" "$gguf4" Q4_0 "$threads"
 [[ -f $pack ]] || nice "$ferry" quantize -q "$hf" -o "$pack"
 
