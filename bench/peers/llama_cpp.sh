@@ -75,8 +75,13 @@ PY
 
 # 3. Side by side: llama-bench's pp (prompt) and tg (decode) rows, ferry bench's last row.
 lj=$("$cache/build/bin/llama-bench" -m "$gguf4" -p "$prompt" -n "$gen" -t "$threads" -o csv)
-l_pp=$(awk -F, 'NR==1{for(i=1;i<=NF;i++)h[$i]=i} NR>1 && $h["\"n_prompt\""]!="\"0\""{gsub(/"/,"",$h["\"avg_ts\""]);print $h["\"avg_ts\""]}' <<<"$lj" | head -1)
-l_tg=$(awk -F, 'NR==1{for(i=1;i<=NF;i++)h[$i]=i} NR>1 && $h["\"n_gen\""]!="\"0\""{gsub(/"/,"",$h["\"avg_ts\""]);print $h["\"avg_ts\""]}' <<<"$lj" | head -1)
+# llama-bench's csv: a header row, then one row per test (n_prompt > 0: pp, n_gen > 0: tg).
+field() {
+  awk -F, -v want="$1" 'NR == 1 { gsub(/"/, ""); for (i = 1; i <= NF; i++) h[$i] = i; next }
+    { gsub(/"/, "") } $h[want] > 0 { print $h["avg_ts"]; exit }' <<<"$lj"
+}
+l_pp=$(field n_prompt)
+l_tg=$(field n_gen)
 fb=$("$ferry" bench "$pack" --prompt "$prompt" --gen "$gen" --threads "$threads" | tail -1)
 f_pp=$(awk '{print $5}' <<<"$fb")
 f_tg=$(awk '{print $6}' <<<"$fb")
