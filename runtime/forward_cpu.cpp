@@ -61,8 +61,9 @@ CpuState::CpuState(const ModelConfig& c, const PassShape& s)
 
 class CpuForward final : public ForwardPass {
  public:
-  CpuForward(const ModelConfig& c, const ModelWeights& w, const PassShape& shape, CpuPool& pool)
-      : c_(c), w_(w), shape_(shape), pool_(pool), s_(c, shape) {}
+  CpuForward(const ModelConfig& c, const ModelWeights& w, const PassShape& shape, CpuPool& pool,
+             bool int8_activations)
+      : c_(c), w_(w), shape_(shape), pool_(pool), int8_(int8_activations), s_(c, shape) {}
   std::shared_ptr<CacheBackend> cache_backend() override { return nullptr; }
   void forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs, std::span<float> logits,
                     int32_t* argmax, LogitRows rows) override;
@@ -78,6 +79,7 @@ class CpuForward final : public ForwardPass {
   const ModelWeights& w_;
   PassShape shape_;
   CpuPool& pool_;
+  bool int8_;  // INT4 linears on INT8 activations (matmul_int4_q8_cpu)
   CpuState s_;
 };
 
@@ -86,7 +88,7 @@ void CpuForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t
   HeldWeight held(src, id);
   const Linear& l = held.linear;
   if (l.is_int4())
-    matmul_int4_q8_cpu(pool_, l.q4, x, n, y);
+    int8_ ? matmul_int4_q8_cpu(pool_, l.q4, x, n, y) : matmul_int4_cpu(pool_, l.q4, x, n, y);
   else
     matmul_bf16_cpu(pool_, l.bf16, l.rows, l.cols, x, n, y);
   if (const uint16_t* bias = w_.biases[id]) add_bias_cpu(y, bias, n, l.rows);
@@ -185,8 +187,9 @@ void CpuForward::forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs,
 }  // namespace
 
 std::unique_ptr<ForwardPass> make_cpu_forward(const ModelConfig& c, const ModelWeights& w,
-                                              const PassShape& shape, CpuPool& pool) {
-  return std::make_unique<CpuForward>(c, w, shape, pool);
+                                              const PassShape& shape, CpuPool& pool,
+                                              bool int8_activations) {
+  return std::make_unique<CpuForward>(c, w, shape, pool, int8_activations);
 }
 
 double cpu_pass_bytes(const ModelConfig& c, const PassShape& s) {

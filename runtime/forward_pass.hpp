@@ -76,8 +76,12 @@ using DeviceFactory = std::function<std::unique_ptr<ForwardPass>(
     const ModelConfig& c, const ModelWeights& w, const PassShape& shape)>;
 
 // The CPU pass (runtime/forward_cpu.cpp), its kernels on `pool`, which must outlive it.
+// int8_activations: INT4 linears multiply activations quantized to INT8 per block of 128
+// (matmul_int4_q8_cpu, the fast path); false: fp32 activations (matmul_int4_cpu), the exact
+// reference the GPU tests compare the CUDA GEMV with at 1e-4.
 std::unique_ptr<ForwardPass> make_cpu_forward(const ModelConfig& c, const ModelWeights& w,
-                                              const PassShape& shape, CpuPool& pool);
+                                              const PassShape& shape, CpuPool& pool,
+                                              bool int8_activations = true);
 
 // Bytes the CPU pass allocates for this shape: the KV cache dominates (Qwen2-32B: 256 KB a token
 // in f16), then the attention scratch and the activations.
