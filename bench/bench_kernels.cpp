@@ -103,10 +103,11 @@ void report(benchmark::State& state, double weight_bytes, double seconds) {
   state.counters["threads"] = pool().size();
 }
 
-// args: rows, cols, n, mins (asym) 0/1
+// args: rows, cols, n, mins (asym) 0/1, q8: 1 for matmul_int4_q8_cpu (activations in INT8,
+// integer SIMD), 0 for matmul_int4_cpu (fp32 activations). GMAC/s: weight-token products.
 void int4(benchmark::State& state) {
   const uint64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
-  const bool asym = state.range(3) != 0;
+  const bool asym = state.range(3) != 0, q8 = state.range(4) != 0;
   const Weights w = make(rows, cols, true, asym);
   const uint64_t q_size = w.q.size() / w.copies, s_size = w.scales.size() / w.copies;
   std::vector<float> x(n * cols, 0.25f), y(n * rows);
@@ -115,13 +116,15 @@ void int4(benchmark::State& state) {
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
     const uint64_t s_at = c * s_size;
-    matmul_int4_cpu(pool(),
-                    {w.q.data() + c * q_size, w.scales.data() + s_at,
-                     asym ? w.mins.data() + s_at : nullptr, rows, cols},
-                    x.data(), n, y.data());
+    const Int4View v{w.q.data() + c * q_size, w.scales.data() + s_at,
+                     asym ? w.mins.data() + s_at : nullptr, rows, cols};
+    q8 ? matmul_int4_q8_cpu(pool(), v, x.data(), n, y.data())
+       : matmul_int4_cpu(pool(), v, x.data(), n, y.data());
     c = (c + 1) % w.copies;
   }
-  report(state, double(w.bytes), since(t0));
+  const double seconds = since(t0);
+  report(state, double(w.bytes), seconds);
+  state.counters["GMAC/s"] = double(rows * cols * n) * double(state.iterations()) / seconds / 1e9;
 }
 
 void bf16(benchmark::State& state) {
@@ -190,12 +193,13 @@ void pool_dispatch(benchmark::State& state) {
 BENCHMARK(host_bandwidth)->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(pool_dispatch)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(int4)
-    ->ArgNames({"rows", "cols", "n", "asym"})
-    ->Args({4096, 4096, 1, 1})
-    ->Args({4096, 4096, 1, 0})
-    ->Args({11008, 4096, 1, 1})
-    ->Args({4096, 11008, 1, 1})
-    ->Args({4096, 4096, 64, 1})
+    ->ArgNames({"rows", "cols", "n", "asym", "q8"})
+    ->ArgsProduct({{4096}, {4096}, {1, 64}, {1}, {0, 1}})
+    ->Args({4096, 4096, 1, 0, 1})
+    ->Args({11008, 4096, 1, 1, 1})
+    ->Args({4096, 11008, 1, 1, 1})
+    // SmolLM2-135M's MLP up projection, decode and a 128-token prompt
+    ->ArgsProduct({{1536}, {576}, {1, 128}, {1}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(attention)

@@ -23,6 +23,11 @@ namespace ferry {
 void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y);
 void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y, CUstream_st* stream);
 
+// INT4 weights times activations quantized to INT8 per block of 128 (kernels/matmul_cpu.cpp: the
+// integer-SIMD path, its error bound); rows over 32,768 columns take matmul_int4_cpu.
+void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y);
+void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
+                        KernelIsa isa);
 // bf16 weights: w [rows, cols] bf16 bits. The CUDA twin is CublasLt::matmul_bf16 below.
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                      uint64_t n, float* y);

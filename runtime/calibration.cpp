@@ -114,8 +114,9 @@ CalibStats run_calibration(Engine& e, std::string_view text, const CalibrationOp
   StatsObserver observer(c);
   const uint64_t batch = std::min(o.batch, o.ctx);
   const PassShape shape{.ctx = o.ctx, .batch = batch, .slots = 1, .kv = KvType::f32};
+  // fp32 activations: the statistics are of the inputs the linears see, not of their INT8 copies.
   const std::unique_ptr<ForwardPass> pass =
-      make_cpu_forward(c, e.weights(), shape, e.pool(), &observer);
+      make_cpu_forward(c, e.weights(), shape, e.pool(), false, &observer);
   DirectWeights weights(e.weights());
   // Every row's logits, so that lm_head sees every token's input, as the others do.
   std::vector<float> logits(batch * c.vocab);  // [batch, vocab]

@@ -73,7 +73,7 @@ std::unique_ptr<ForwardPass> make_pass(const ModelConfig& c, const ModelWeights&
             "a context of {} tokens needs {} of host memory for the {} KV cache and activations, "
             "and {} is available; lower it",
             s.ctx, human_bytes(need), kv_type_name(s.kv), human_bytes(double(have))));
-  return make_cpu_forward(c, w, s, pool);
+  return make_cpu_forward(c, w, s, pool, o.cpu_int8_activations);
 }
 
 // Without a device backend, no cache unless asked: the weights are read in place from the file's

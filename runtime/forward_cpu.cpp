@@ -62,8 +62,14 @@ CpuState::CpuState(const ModelConfig& c, const PassShape& s)
 class CpuForward final : public ForwardPass {
  public:
   CpuForward(const ModelConfig& c, const ModelWeights& w, const PassShape& shape, CpuPool& pool,
-             LinearObserver* observer)
-      : c_(c), w_(w), shape_(shape), pool_(pool), s_(c, shape), observer_(observer) {}
+             bool int8_activations, LinearObserver* observer)
+      : c_(c),
+        w_(w),
+        shape_(shape),
+        pool_(pool),
+        int8_(int8_activations),
+        s_(c, shape),
+        observer_(observer) {}
   std::shared_ptr<CacheBackend> cache_backend() override { return nullptr; }
   void forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs, std::span<float> logits,
                     int32_t* argmax, LogitRows rows) override;
@@ -79,6 +85,7 @@ class CpuForward final : public ForwardPass {
   const ModelWeights& w_;
   PassShape shape_;
   CpuPool& pool_;
+  bool int8_;  // INT4 linears on INT8 activations (matmul_int4_q8_cpu)
   CpuState s_;
   LinearObserver* observer_;  // null but for `ferry calibrate`
 };
@@ -89,7 +96,7 @@ void CpuForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t
   const Linear& l = held.linear;
   if (observer_) observer_->observe(id, x, n, l.cols);
   if (l.is_int4())
-    matmul_int4_cpu(pool_, l.q4, x, n, y);
+    int8_ ? matmul_int4_q8_cpu(pool_, l.q4, x, n, y) : matmul_int4_cpu(pool_, l.q4, x, n, y);
   else
     matmul_bf16_cpu(pool_, l.bf16, l.rows, l.cols, x, n, y);
   if (const uint16_t* bias = w_.biases[id]) add_bias_cpu(y, bias, n, l.rows);
@@ -189,8 +196,8 @@ void CpuForward::forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs,
 
 std::unique_ptr<ForwardPass> make_cpu_forward(const ModelConfig& c, const ModelWeights& w,
                                               const PassShape& shape, CpuPool& pool,
-                                              LinearObserver* observer) {
-  return std::make_unique<CpuForward>(c, w, shape, pool, observer);
+                                              bool int8_activations, LinearObserver* observer) {
+  return std::make_unique<CpuForward>(c, w, shape, pool, int8_activations, observer);
 }
 
 double cpu_pass_bytes(const ModelConfig& c, const PassShape& s) {

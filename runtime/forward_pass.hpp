@@ -83,10 +83,14 @@ class LinearObserver {
   virtual void observe(uint32_t id, const float* x, uint64_t n, uint64_t cols) = 0;
 };
 
-// The CPU pass (runtime/forward_cpu.cpp), its kernels on `pool`, which must outlive it; `observer`
-// (null: none, and no cost) must too.
+// The CPU pass (runtime/forward_cpu.cpp), its kernels on `pool`, which must outlive it.
+// int8_activations: INT4 linears multiply activations quantized to INT8 per block of 128
+// (matmul_int4_q8_cpu, the fast path); false: fp32 activations (matmul_int4_cpu), the exact
+// reference the GPU tests compare the CUDA GEMV with at 1e-4. `observer` (null: none, and no
+// cost) must outlive the pass too.
 std::unique_ptr<ForwardPass> make_cpu_forward(const ModelConfig& c, const ModelWeights& w,
                                               const PassShape& shape, CpuPool& pool,
+                                              bool int8_activations = true,
                                               LinearObserver* observer = nullptr);
 
 // Bytes the CPU pass allocates for this shape: the KV cache dominates (Qwen2-32B: 256 KB a token

@@ -2,6 +2,7 @@
 // matvecs (kernels/matvec.hpp), every instruction-set path, and the thread pool they run on.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -117,6 +118,77 @@ TEST(Matmul, WideRowsCrossColumnChunks) {
       const std::vector<float> x = activations(n, w.cols), want = reference(w, int4, x, n);
       for (KernelIsa isa : isas())
         EXPECT_LT(relative_error(run(w, int4, x, n, 1, isa), want), 4e-6) << int4 << n;
+    }
+  }
+}
+
+// INT4 x INT8: against the fp32 product within the bound of kernels/matmul_cpu.cpp's header,
+// |y - y_fp32| <= sum_b d_b / 2 * sum_{i in b} |w_i| (d_b = max|x in b| / 127, the INT8 step;
+// w the dequantized weights), plus fp32 rounding (1e-5 relative to the sum of |w x|).
+std::vector<float> q8_bound(const Weights& w, const std::vector<float>& x, uint64_t n) {
+  const uint64_t blocks = int4_blocks_per_row(w.cols);
+  std::vector<float> bound(n * w.rows);
+  for (uint64_t t = 0; t < n; ++t)
+    for (uint64_t r = 0; r < w.rows; ++r) {
+      double e = 0, mag = 0;
+      for (uint64_t b = 0; b < blocks; ++b) {
+        const uint64_t c0 = b * kBlock, c1 = std::min(w.cols, c0 + kBlock);
+        float amax = 0;
+        for (uint64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[t * w.cols + c]));
+        const float s = f16_to_float(w.scales[r * blocks + b]);
+        const float m = w.mins_or_null ? f16_to_float(w.mins[r * blocks + b]) : -8.0f * s;
+        double wsum = 0;
+        for (uint64_t c = c0; c < c1; ++c) {
+          const uint8_t byte = w.q[(r * blocks + b) * kBlockBytes + (c - c0) / 2];
+          const double wi = double((c - c0) % 2 ? byte >> 4 : byte & 15) * s + m;
+          wsum += std::fabs(wi);
+          mag += std::fabs(wi * x[t * w.cols + c]);
+        }
+        e += amax / 127.0 / 2 * wsum;
+      }
+      bound[t * w.rows + r] = float(e + 1e-5 * mag);
+    }
+  return bound;
+}
+
+std::vector<float> run_q8(const Weights& w, const std::vector<float>& x, uint64_t n,
+                          unsigned threads, KernelIsa isa) {
+  CpuPool pool(threads);
+  std::vector<float> y(n * w.rows, NAN);
+  matmul_int4_q8_cpu(pool, w.int4(), x.data(), n, y.data(), isa);
+  return y;
+}
+
+TEST(MatmulQ8, EveryPathWithinTheInt8RoundingBound) {
+  for (Scheme scheme : {Scheme::sym, Scheme::asym, Scheme::asym_clip})
+    for (Shape s : {Shape{67, 320}, Shape{40, 200}, Shape{33, 4096}, Shape{5, 100}})
+      for (uint64_t n : {1u, 3u, 8u, 17u}) {
+        const Weights w = make_weights(scheme, s.rows, s.cols);
+        const std::vector<float> x = activations(n, s.cols), want = reference(w, true, x, n);
+        const std::vector<float> bound = q8_bound(w, x, n);
+        for (KernelIsa isa : isas()) {
+          SCOPED_TRACE(testing::Message() << scheme_name(scheme) << " " << s.rows << "x" << s.cols
+                                          << " n=" << n << " isa=" << int(isa));
+          const std::vector<float> got = run_q8(w, x, n, 2, isa);
+          for (size_t i = 0; i < want.size(); ++i)
+            ASSERT_LE(std::fabs(got[i] - want[i]), bound[i]) << i;
+          // The bound is not vacuous: the INT8 error is well under the fp32 result's size.
+          EXPECT_LT(relative_error(got, want), 1e-2);
+        }
+      }
+}
+
+TEST(MatmulQ8, BitIdenticalAcrossThreadCountsAndBatchSplits) {
+  const Weights w = make_weights(Scheme::asym, 131, 640);
+  const uint64_t n = 11;
+  const std::vector<float> x = activations(n, w.cols);
+  for (KernelIsa isa : isas()) {
+    const std::vector<float> one = run_q8(w, x, n, 1, isa);
+    for (unsigned threads : {2u, 3u, 4u}) EXPECT_EQ(run_q8(w, x, n, threads, isa), one);
+    for (uint64_t t = 0; t < n; ++t) {
+      const std::vector<float> xt(x.begin() + t * w.cols, x.begin() + (t + 1) * w.cols);
+      const std::vector<float> yt = run_q8(w, xt, 1, 3, isa);
+      for (uint64_t r = 0; r < w.rows; ++r) ASSERT_EQ(yt[r], one[t * w.rows + r]) << t << "," << r;
     }
   }
 }
