@@ -67,4 +67,9 @@ void CacheBackend::dequant_int4_bf16(const Int4View& src, uint16_t* dst) {
   do_dequant_int4_bf16(src, dst);
 }
 
+void CacheBackend::dequant_int8_bf16(const Int8View& src, uint16_t* dst) {
+  count_transfer(src.rows * src.cols * 2);
+  do_dequant_int8_bf16(src, dst);
+}
+
 }  // namespace ferry

@@ -19,6 +19,7 @@
 #include <string_view>
 
 #include "format/int4.hpp"
+#include "format/int8.hpp"
 
 namespace ferry {
 
@@ -57,6 +58,7 @@ class CacheBackend {
   // The copy side. `dst` is device (arena) memory, the sources host (store) memory.
   void copy(uint8_t* dst, const uint8_t* src, uint64_t bytes);
   void dequant_int4_bf16(const Int4View& src, uint16_t* dst);  // [rows, cols] bf16
+  void dequant_int8_bf16(const Int8View& src, uint16_t* dst);  // [rows, cols] bf16
   virtual void record_ready(uint32_t entry) = 0;
   virtual void wait_last_use(uint32_t entry) = 0;  // before reusing the entry's memory
   // The compute side.
@@ -82,6 +84,7 @@ class CacheBackend {
   virtual void do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) = 0;
   virtual void do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) = 0;
   virtual void do_dequant_int4_bf16(const Int4View& src, uint16_t* dst) = 0;
+  virtual void do_dequant_int8_bf16(const Int8View& src, uint16_t* dst) = 0;
 
  private:
   friend struct MemoryFree;

@@ -34,6 +34,10 @@ void CpuBackend::do_dequant_int4_bf16(const Int4View& s, uint16_t* dst) {
   dequant_int4_bf16_cpu(s, dst);
 }
 
+void CpuBackend::do_dequant_int8_bf16(const Int8View& s, uint16_t* dst) {
+  dequant_int8_bf16_cpu(s, dst);
+}
+
 void CpuBackend::create_signals(uint32_t entries) {
   entries_ = entries;
   ready_ = std::make_unique<std::atomic<bool>[]>(entries);

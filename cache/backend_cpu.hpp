@@ -30,6 +30,7 @@ class CpuBackend final : public CacheBackend {
   void do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) override;
   void do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) override;
   void do_dequant_int4_bf16(const Int4View& src, uint16_t* dst) override;
+  void do_dequant_int8_bf16(const Int8View& src, uint16_t* dst) override;
 
  private:
   void check(uint32_t entry) const;

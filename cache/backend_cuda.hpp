@@ -58,6 +58,7 @@ class CudaBackend final : public CacheBackend {
   void do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) override;
   void do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) override;
   void do_dequant_int4_bf16(const Int4View& src, uint16_t* dst) override;
+  void do_dequant_int8_bf16(const Int8View& src, uint16_t* dst) override;
 
  private:
   void destroy_events();
@@ -85,5 +86,6 @@ class CudaBackend final : public CacheBackend {
 
 // The staging bytes the bf16 format needs for one INT4 weight (laid out as its cache entry).
 uint64_t cuda_staging_bytes(const Int4View& w);
+uint64_t cuda_staging_bytes(const Int8View& w);  // the same for an INT8 weight
 
 }  // namespace ferry

@@ -15,6 +15,7 @@
 
 #include "base/threads.hpp"
 #include "format/model_config.hpp"
+#include "format/packed_file.hpp"
 #include "quantizer/int4_quantize.hpp"
 
 namespace ferry {
@@ -25,7 +26,7 @@ inline constexpr Scheme kDefaultScheme = Scheme::asym_clip;
 
 struct ConvertOptions {
   Scheme scheme = kDefaultScheme;
-  bool keep_lm_head = false;          // store lm_head in bf16 instead of INT4
+  std::vector<KeepRule> keep;         // --keep PATTERN=int4|int8|bf16, in order (later wins)
   unsigned threads = 0;               // 0: every core
   uint64_t chunk_bytes = 4ull << 20;  // source bytes per work unit
 };
@@ -34,6 +35,7 @@ struct WeightReport {
   std::string name;
   std::vector<uint64_t> shape;
   bool quantized = false;
+  WeightStorage storage = WeightStorage::bf16;
   QuantError error;  // zero for weights kept in bf16 (their rounding error is not reported)
 };
 
