@@ -26,7 +26,7 @@ inline constexpr Scheme kDefaultScheme = Scheme::asym_clip;
 
 struct ConvertOptions {
   Scheme scheme = kDefaultScheme;
-  std::vector<KeepRule> keep;         // --keep PATTERN=int4|int8|bf16, in order (later wins)
+  std::vector<KeepRule> keep = {};    // --keep PATTERN=int4|int8|bf16, in order (later wins)
   unsigned threads = 0;               // 0: every core
   uint64_t chunk_bytes = 4ull << 20;  // source bytes per work unit
 };
