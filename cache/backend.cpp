@@ -78,4 +78,10 @@ void CacheBackend::record_last_use(uint32_t entry) {
   do_record_last_use(entry);
 }
 
+void CacheBackend::dequant_int8_bf16(const Int8View& src, uint16_t* dst) {
+  count_transfer(src.rows * src.cols * 2);
+  if (stress_.race) do_delay(true, stress_.delay_us);
+  do_dequant_int8_bf16(src, dst);
+}
+
 }  // namespace ferry

@@ -20,6 +20,7 @@
 #include <string_view>
 
 #include "format/int4.hpp"
+#include "format/int8.hpp"
 
 namespace ferry {
 
@@ -75,6 +76,7 @@ class CacheBackend {
   // The copy side. `dst` is device (arena) memory, the sources host (store) memory.
   void copy(uint8_t* dst, const uint8_t* src, uint64_t bytes);
   void dequant_int4_bf16(const Int4View& src, uint16_t* dst);  // [rows, cols] bf16
+  void dequant_int8_bf16(const Int8View& src, uint16_t* dst);  // [rows, cols] bf16
   virtual void record_ready(uint32_t entry) = 0;
   virtual void wait_last_use(uint32_t entry) = 0;  // before reusing the entry's memory
   // After wait_last_use of an evicted entry, before its memory is reused: poisons it (stress).
@@ -110,6 +112,7 @@ class CacheBackend {
   // delay the copy side (copy_side) or the compute side by `us`.
   virtual void do_poison(uint8_t* memory, uint64_t bytes) = 0;
   virtual void do_delay(bool copy_side, uint32_t us) = 0;
+  virtual void do_dequant_int8_bf16(const Int8View& src, uint16_t* dst) = 0;
 
  private:
   friend struct MemoryFree;

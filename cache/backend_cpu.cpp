@@ -43,6 +43,10 @@ void CpuBackend::do_delay(bool, uint32_t us) {
   spin_cpu(us);
 }
 
+void CpuBackend::do_dequant_int8_bf16(const Int8View& s, uint16_t* dst) {
+  dequant_int8_bf16_cpu(s, dst);
+}
+
 void CpuBackend::create_signals(uint32_t entries) {
   entries_ = entries;
   ready_ = std::make_unique<std::atomic<bool>[]>(entries);

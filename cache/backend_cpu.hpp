@@ -32,6 +32,7 @@ class CpuBackend final : public CacheBackend {
   void do_record_last_use(uint32_t entry) override;
   void do_poison(uint8_t* memory, uint64_t bytes) override;
   void do_delay(bool copy_side, uint32_t us) override;
+  void do_dequant_int8_bf16(const Int8View& src, uint16_t* dst) override;
 
  private:
   void check(uint32_t entry) const;

@@ -209,6 +209,23 @@ void CudaBackend::do_dequant_int4_bf16(const Int4View& s, uint16_t* dst) {
   CUDA_CHECK(cudaGetLastError());
 }
 
+void CudaBackend::do_dequant_int8_bf16(const Int8View& s, uint16_t* dst) {
+  const Int4EntryLayout at = int8_entry_layout(s.rows, s.cols);
+  if (at.bytes() > staging_bytes_)
+    throw Error("internal error: a weight does not fit the dequantization staging buffer");
+  std::lock_guard lock(copy_mu_);
+  CUDA_CHECK(cudaSetDevice(device_));
+  CUDA_CHECK(cudaMemcpyAsync(staging_, s.q, at.code_bytes, cudaMemcpyHostToDevice, copy_));
+  CUDA_CHECK(cudaMemcpyAsync(staging_ + at.scales_at, s.scales, at.scale_bytes,
+                             cudaMemcpyHostToDevice, copy_));
+  dequant_int8_bf16_cuda(int8_entry_view(at, staging_, s.rows, s.cols), dst, copy_);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+uint64_t cuda_staging_bytes(const Int8View& w) {
+  return int8_entry_layout(w.rows, w.cols).bytes();
+}
+
 uint64_t cuda_staging_bytes(const Int4View& w) {
   return int4_entry_layout(w.rows, w.cols, w.has_mins()).bytes();
 }

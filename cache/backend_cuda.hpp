@@ -60,6 +60,7 @@ class CudaBackend final : public CacheBackend {
   void do_record_last_use(uint32_t entry) override;
   void do_poison(uint8_t* memory, uint64_t bytes) override;
   void do_delay(bool copy_side, uint32_t us) override;
+  void do_dequant_int8_bf16(const Int8View& src, uint16_t* dst) override;
 
  private:
   void destroy_events();
@@ -87,5 +88,6 @@ class CudaBackend final : public CacheBackend {
 
 // The staging bytes the bf16 format needs for one INT4 weight (laid out as its cache entry).
 uint64_t cuda_staging_bytes(const Int4View& w);
+uint64_t cuda_staging_bytes(const Int8View& w);  // the same for an INT8 weight
 
 }  // namespace ferry

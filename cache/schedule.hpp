@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "format/int4.hpp"
+#include "format/int8.hpp"
 
 namespace ferry {
 
@@ -45,6 +46,20 @@ inline Int4View int4_entry_view(const Int4EntryLayout& e, const uint8_t* p, uint
                                 uint64_t cols) {
   return {p, reinterpret_cast<const uint16_t*>(p + e.scales_at),
           e.has_mins ? reinterpret_cast<const uint16_t*>(p + e.mins_at) : nullptr, rows, cols};
+}
+
+// An INT8 weight (format/int8.hpp) lies in its entry as an INT4 one without mins: codes, then
+// scales at the next entry_aligned() offset.
+constexpr Int4EntryLayout int8_entry_layout(uint64_t rows, uint64_t cols) {
+  Int4EntryLayout e{int8_code_bytes(rows, cols), int8_scale_count(rows, cols) * 2};
+  e.scales_at = entry_aligned(e.code_bytes);
+  e.mins_at = e.scales_at + entry_aligned(e.scale_bytes);
+  return e;
+}
+inline Int8View int8_entry_view(const Int4EntryLayout& e, const uint8_t* p, uint64_t rows,
+                                uint64_t cols) {
+  return {reinterpret_cast<const int8_t*>(p), reinterpret_cast<const uint16_t*>(p + e.scales_at),
+          rows, cols};
 }
 
 struct ScheduledWeight {

@@ -1,5 +1,6 @@
 #include "format/packed_file.hpp"
 
+#include <fnmatch.h>
 #include <xxhash.h>
 
 #include <algorithm>
@@ -57,29 +58,99 @@ uint64_t parse_max_context(const std::map<std::string, std::string>& m, const st
 
 }  // namespace
 
-LmHeadStorage lm_head_storage(const ModelConfig& config, Scheme scheme, bool keep_lm_head) {
-  if (scheme_is_int4(scheme) && !keep_lm_head) return LmHeadStorage::int4;
-  return config.tied_embeddings ? LmHeadStorage::embedding : LmHeadStorage::bf16;
+KeepRule parse_keep_rule(std::string_view text) {
+  const size_t eq = text.rfind('=');
+  const std::string_view pattern = eq == text.npos ? "" : text.substr(0, eq);
+  const std::string_view what = eq == text.npos ? "" : text.substr(eq + 1);
+  const std::optional<WeightStorage> s = what == "int4"   ? std::optional(WeightStorage::int4)
+                                         : what == "int8" ? std::optional(WeightStorage::int8)
+                                         : what == "bf16" ? std::optional(WeightStorage::bf16)
+                                                          : std::nullopt;
+  if (pattern.empty() || !s)
+    throw Error(fmt::format(
+        "--keep {}: expected PATTERN=int4|int8|bf16 (PATTERN a glob or a substring of weight "
+        "names, e.g. lm_head=bf16)",
+        text));
+  return {std::string(pattern), *s};
 }
 
-PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, bool keep_lm_head) {
-  return plan_packed(config, scheme, lm_head_storage(config, scheme, keep_lm_head));
+bool keep_rule_matches(const KeepRule& rule, const std::string& weight_name) {
+  if (rule.pattern.find_first_of("*?[") != std::string::npos)
+    return fnmatch(rule.pattern.c_str(), weight_name.c_str(), 0) == 0;
+  return weight_name.find(rule.pattern) != std::string::npos;
 }
 
-PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, LmHeadStorage lm_head) {
+StoragePlan storage_plan(const ModelConfig& config, Scheme scheme,
+                         const std::vector<KeepRule>& rules) {
+  StoragePlan plan;
+  const bool int4 = scheme_is_int4(scheme);
+  for (const WeightSpec& spec : model_weights(config)) {
+    if (spec.role != WeightRole::linear && spec.role != WeightRole::lm_head) continue;
+    // lm_head in INT8 by default: in INT4 it cost SmolLM2 more perplexity than any other choice
+    // (docs/quantization.md), and at 8 bits it is within the bf16 figure.
+    WeightStorage s = !int4                              ? WeightStorage::bf16
+                      : spec.role == WeightRole::lm_head ? WeightStorage::int8
+                                                         : WeightStorage::int4;
+    for (const KeepRule& r : rules)
+      if (keep_rule_matches(r, spec.name)) s = r.storage;
+    if (s == WeightStorage::int4 && !int4)
+      throw Error(
+          fmt::format("--keep: {} cannot be stored in int4 under the bf16 scheme; pick "
+                      "an INT4 scheme with --scheme",
+                      spec.name));
+    if (spec.role == WeightRole::lm_head) {
+      plan.lm_head = s == WeightStorage::int4   ? LmHeadStorage::int4
+                     : s == WeightStorage::int8 ? LmHeadStorage::int8
+                     : config.tied_embeddings   ? LmHeadStorage::embedding
+                                                : LmHeadStorage::bf16;
+    } else if (s != (int4 ? WeightStorage::int4 : WeightStorage::bf16)) {
+      plan.linears[spec.name] = s;
+    }
+  }
+  return plan;
+}
+
+PackedPlan plan_packed(const ModelConfig& config, Scheme scheme,
+                       const std::vector<KeepRule>& rules) {
+  return plan_packed(config, scheme, storage_plan(config, scheme, rules));
+}
+
+namespace {
+
+WeightStorage storage_of(const WeightSpec& spec, Scheme scheme, const StoragePlan& storage) {
+  if (spec.role == WeightRole::lm_head) {
+    switch (storage.lm_head) {
+      case LmHeadStorage::int4:
+        return WeightStorage::int4;
+      case LmHeadStorage::int8:
+        return WeightStorage::int8;
+      default:
+        return WeightStorage::bf16;
+    }
+  }
+  if (spec.role != WeightRole::linear) return WeightStorage::bf16;
+  const auto it = storage.linears.find(spec.name);
+  if (it != storage.linears.end()) return it->second;
+  return scheme_is_int4(scheme) ? WeightStorage::int4 : WeightStorage::bf16;
+}
+
+}  // namespace
+
+PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, const StoragePlan& storage) {
   PackedPlan plan;
   for (const WeightSpec& spec : model_weights(config)) {
-    if (spec.role == WeightRole::lm_head && lm_head == LmHeadStorage::embedding) continue;
-    PackedWeight w{spec, false, {}};
-    const bool linear = spec.role == WeightRole::linear ||
-                        (spec.role == WeightRole::lm_head && lm_head == LmHeadStorage::int4);
-    w.quantized = linear && scheme_is_int4(scheme);
-    if (w.quantized) {
-      const uint64_t out = spec.shape[0], blocks = int4_blocks_per_row(spec.shape[1]);
+    if (spec.role == WeightRole::lm_head && storage.lm_head == LmHeadStorage::embedding) continue;
+    PackedWeight w{spec, storage_of(spec, scheme, storage), {}};
+    const uint64_t out = spec.shape[0];
+    const uint64_t blocks = spec.shape.size() == 2 ? int4_blocks_per_row(spec.shape[1]) : 0;
+    if (w.storage == WeightStorage::int4) {
       add_decl(plan, w, spec.name + ".q4", DType::U8, {out, blocks * kBlockBytes});
       add_decl(plan, w, spec.name + ".scales", DType::F16, {out, blocks});
       if (scheme_has_mins(scheme))
         add_decl(plan, w, spec.name + ".mins", DType::F16, {out, blocks});
+    } else if (w.storage == WeightStorage::int8) {
+      add_decl(plan, w, spec.name + ".q8", DType::I8, {out, blocks * kBlock});
+      add_decl(plan, w, spec.name + ".scales", DType::F16, {out, blocks});
     } else {
       add_decl(plan, w, spec.name, DType::BF16, spec.shape);
     }
@@ -131,10 +202,13 @@ PackedFile PackedFile::from_mapping(std::shared_ptr<MappedFile> mapping) {
     throw Error(fmt::format(
         "{}: not a ferry file (no {} in the metadata); convert it with 'ferry quantize'", what,
         meta::kVersion));
-  if (m.at(meta::kVersion) != std::to_string(kFormatVersion))
-    throw Error(
-        fmt::format("{}: format version {} is not supported by this build (it reads version {})",
-                    what, m.at(meta::kVersion), kFormatVersion));
+  int version = 0;
+  for (int v = kOldestFormatVersion; v <= kFormatVersion; ++v)
+    if (m.at(meta::kVersion) == std::to_string(v)) version = v;
+  if (version == 0)
+    throw Error(fmt::format(
+        "{}: format version {} is not supported by this build (it reads versions {} to {})", what,
+        m.at(meta::kVersion), kOldestFormatVersion, kFormatVersion));
   auto scheme_it = m.find(meta::kScheme);
   const auto scheme = scheme_it == m.end() ? std::nullopt : parse_scheme(scheme_it->second);
   if (!scheme)
@@ -144,13 +218,28 @@ PackedFile PackedFile::from_mapping(std::shared_ptr<MappedFile> mapping) {
                             m.at(meta::kBlockSize), kBlock));
   ModelConfig config = parse_model_config(parse_meta_json(m, meta::kConfig, what), what);
   config.context_limit = parse_max_context(m, what);
-  // lm_head as stored: a BF16 tensor (the bf16 scheme, --keep-lm-head, and tied ones written
-  // before ferry stored those once), none (tied: the embedding), or quantized.
-  const LmHeadStorage lm_head = f.find("lm_head.weight") ? LmHeadStorage::bf16
-                                : config.tied_embeddings && !f.find("lm_head.weight.q4")
-                                    ? LmHeadStorage::embedding
-                                    : LmHeadStorage::int4;
-  const PackedPlan plan = plan_packed(config, *scheme, lm_head);
+  // Each linear weight as stored: ".q8" INT8 (version 2 on), ".q4" INT4, else BF16. lm_head may
+  // also be absent when tied (the embedding serves; tied ones written before ferry stored those
+  // once have a BF16 copy).
+  StoragePlan storage;
+  const bool int4 = scheme_is_int4(*scheme);
+  for (const WeightSpec& spec : model_weights(config)) {
+    if (spec.role != WeightRole::linear && spec.role != WeightRole::lm_head) continue;
+    const WeightStorage s = f.find(spec.name + ".q8")   ? WeightStorage::int8
+                            : f.find(spec.name + ".q4") ? WeightStorage::int4
+                                                        : WeightStorage::bf16;
+    if (s == WeightStorage::int8 && version < 2)
+      throw Error(fmt::format("{}: tensor {}.q8 in a version {} file (INT8 came with version 2)",
+                              what, spec.name, version));
+    if (spec.role == WeightRole::lm_head)
+      storage.lm_head = s == WeightStorage::int8                       ? LmHeadStorage::int8
+                        : s == WeightStorage::int4                     ? LmHeadStorage::int4
+                        : f.find(spec.name) || !config.tied_embeddings ? LmHeadStorage::bf16
+                                                                       : LmHeadStorage::embedding;
+    else if (s != (int4 ? WeightStorage::int4 : WeightStorage::bf16))
+      storage.linears[spec.name] = s;
+  }
+  const PackedPlan plan = plan_packed(config, *scheme, storage);
   for (const TensorDecl& d : plan.tensors) f.require_tensor(d.name, d.dtype, d.shape);
   std::map<std::string, std::string> checksums;
   const nlohmann::json sums = parse_meta_json(m, meta::kChecksums, what);
@@ -164,8 +253,8 @@ PackedFile PackedFile::from_mapping(std::shared_ptr<MappedFile> mapping) {
       quant_error[k] = v.is_string() ? std::strtod(v.get<std::string>().c_str(), nullptr) : -1.0;
   }
   // `m` points into `f`: everything read from it is copied out before `f` moves.
-  PackedFile p{std::move(f), std::move(config), *scheme, std::move(checksums),
-               std::move(quant_error)};
+  PackedFile p{std::move(f),         std::move(config),     *scheme, version, std::move(storage),
+               std::move(checksums), std::move(quant_error)};
   for (const TensorView& t : p.file.tensors())
     if (!p.checksums.contains(t.name))
       throw Error(fmt::format("{}: tensor {} has no checksum", what, t.name));

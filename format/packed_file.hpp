@@ -1,15 +1,19 @@
 // The .ferry packed file: a safetensors container (any safetensors reader opens it) holding a
-// model's weights as INT4 blocks or bf16, plus everything needed to run it. Byte-level layout:
-// docs/format.md. Summary:
+// model's weights as INT4 blocks, INT8 blocks or bf16, plus everything needed to run it.
+// Byte-level layout: docs/format.md. Summary:
 //   - a linear weight "X.weight" [out, in] quantized to INT4 becomes the tensors
 //       "X.weight.q4"     U8  [out, ceil(in/128) * 64]
 //       "X.weight.scales" F16 [out, ceil(in/128)]
 //       "X.weight.mins"   F16 [out, ceil(in/128)]   (asym schemes only)
-//   - every other weight (and linear weights under the bf16 scheme) is "X" in BF16;
-//   - lm_head.weight is stored quantized (INT4 schemes), or in BF16 (the bf16 scheme,
-//     --keep-lm-head); a tied lm_head (tie_word_embeddings) that would be stored in BF16 is not
-//     stored at all: the embedding's matrix is read as lm_head (files written before this stored
-//     a BF16 copy, which still loads);
+//   - a linear weight stored in INT8 (format/int8.hpp; version 2 on) becomes
+//       "X.weight.q8"     I8  [out, ceil(in/128) * 128]
+//       "X.weight.scales" F16 [out, ceil(in/128)]
+//   - every other weight (and linear weights under the bf16 scheme or kept in bf16) is "X" in BF16;
+//   - lm_head.weight is stored in INT8 by default (INT4 schemes; version 1 files stored it in INT4,
+//     which still loads), or as --keep says; a tied lm_head (tie_word_embeddings) that would be
+//     stored in BF16 is not stored at all: the embedding's matrix is read as lm_head (files written
+//     before this stored a BF16 copy, which still loads); a quantized tied lm_head is its own
+//     INT4/INT8 copy of the embedding matrix, the embedding rows staying BF16;
 //   - tensors of one decoder layer are contiguous, in model_weights() order;
 //   - __metadata__ holds the keys of PackedMeta below, all strings.
 #pragma once
@@ -22,16 +26,20 @@
 
 #include "base/dtype.hpp"
 #include "format/int4.hpp"
+#include "format/int8.hpp"
 #include "format/model_config.hpp"
 #include "format/safetensors.hpp"
 
 namespace ferry {
 
-inline constexpr int kFormatVersion = 1;
+// Version 2 added INT8 weights (".q8"); a version 1 file is a version 2 file without them, so
+// both are read.
+inline constexpr int kFormatVersion = 2;
+inline constexpr int kOldestFormatVersion = 1;
 
 namespace meta {
 inline constexpr const char* kFormat = "format";                 // "ferry" (HF files say "pt")
-inline constexpr const char* kVersion = "ferry.format_version";  // "1"
+inline constexpr const char* kVersion = "ferry.format_version";  // "2" ("1" still read)
 inline constexpr const char* kScheme = "ferry.scheme";           // scheme_name(), e.g. "asym-clip"
 inline constexpr const char* kBlockSize = "ferry.block_size";    // "128"
 inline constexpr const char* kChecksums = "ferry.checksums";     // JSON {tensor: xxh3-64 hex}
@@ -61,17 +69,38 @@ struct TensorDecl {
 // How one source weight is stored in the packed file.
 struct PackedWeight {
   WeightSpec spec;
-  bool quantized = false;       // INT4 (q4/scales[/mins]) or BF16
-  std::vector<size_t> tensors;  // indices into the decl list: {q4, scales[, mins]} or {bf16}
+  WeightStorage storage = WeightStorage::bf16;
+  std::vector<size_t> tensors;  // indices into the decl list: {q4, scales[, mins]}, {q8, scales}
+                                // or {bf16}
+  bool quantized() const { return storage != WeightStorage::bf16; }
 };
 
-// How lm_head is stored: quantized (INT4 schemes), in BF16, or not at all because it is tied to
-// the embedding (its matrix is the embedding's, which the file holds once).
-enum class LmHeadStorage : uint8_t { int4, bf16, embedding };
+// How lm_head is stored: INT4, INT8, BF16, or not at all because it is tied to the embedding (its
+// matrix is the embedding's, which the file holds once).
+enum class LmHeadStorage : uint8_t { int4, int8, bf16, embedding };
 
-// The writer's choice: int4 under an INT4 scheme unless keep_lm_head; a tied lm_head that would be
-// stored in BF16 is the embedding (storing it would copy the embedding's bytes).
-LmHeadStorage lm_head_storage(const ModelConfig& config, Scheme scheme, bool keep_lm_head);
+// `ferry quantize --keep PATTERN=int4|int8|bf16`: weights whose name matches PATTERN (a glob when
+// it holds * ? or [, else a substring) are stored so. Later rules win over earlier ones.
+struct KeepRule {
+  std::string pattern;
+  WeightStorage storage;
+};
+// Parses "PATTERN=int4|int8|bf16"; throws ferry::Error with a one-line message otherwise.
+KeepRule parse_keep_rule(std::string_view text);
+bool keep_rule_matches(const KeepRule& rule, const std::string& weight_name);
+
+// How every linear weight (lm_head included) is stored. Weights absent from `linears` take the
+// scheme's default: INT4 under an INT4 scheme, else BF16.
+struct StoragePlan {
+  LmHeadStorage lm_head = LmHeadStorage::bf16;
+  std::map<std::string, WeightStorage> linears;  // weight name -> storage, overrides only
+};
+// The writer's choice: INT4 linears and an INT8 lm_head under an INT4 scheme, BF16 everything
+// under bf16, then the rules in order. A tied lm_head that ends in BF16 is the embedding (storing
+// it would copy the embedding's bytes). Throws ferry::Error for an int4 rule under the bf16 scheme
+// (it has no INT4 variant to use).
+StoragePlan storage_plan(const ModelConfig& config, Scheme scheme,
+                         const std::vector<KeepRule>& rules);
 
 // The storage plan of a whole model under a scheme. With LmHeadStorage::embedding the plan has no
 // lm_head weight at all (weights and tensors both lack it).
@@ -80,9 +109,10 @@ struct PackedPlan {
   std::vector<PackedWeight> weights;
   uint64_t data_bytes = 0;
 };
-PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, LmHeadStorage lm_head);
-// The writer's plan: plan_packed(config, scheme, lm_head_storage(config, scheme, keep_lm_head)).
-PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, bool keep_lm_head);
+PackedPlan plan_packed(const ModelConfig& config, Scheme scheme, const StoragePlan& storage);
+// The writer's plan: plan_packed(config, scheme, storage_plan(config, scheme, rules)).
+PackedPlan plan_packed(const ModelConfig& config, Scheme scheme,
+                       const std::vector<KeepRule>& rules);
 
 // The safetensors header for `tensors` (offsets already set) and `metadata`, padded with spaces
 // to a multiple of 8 bytes and to at least `min_size` bytes; returns the 8-byte length prefix
@@ -100,6 +130,8 @@ struct PackedFile {
   SafetensorsFile file;
   ModelConfig config;
   Scheme scheme;
+  int version = kFormatVersion;                  // ferry.format_version as stored
+  StoragePlan storage;                           // as found in the file's tensors
   std::map<std::string, std::string> checksums;  // tensor -> hex
   std::map<std::string, double> quant_error;     // weight -> relative RMS
 

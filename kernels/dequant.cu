@@ -14,6 +14,7 @@
 
 #include "base/error.hpp"
 #include "format/int4.hpp"
+#include "format/int8.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/cuda_common.cuh"
 #include "kernels/dequant.hpp"
@@ -76,7 +77,41 @@ __global__ void dequant_int4_bf16_kernel(const Int4View w, uint32_t blocks_per_r
   store8(v, out + row * cols + col, cols - col);
 }
 
+// Layout in format/int8.hpp. Each thread dequantizes 8 codes (one 8-byte load): 16 threads per
+// quantization block, as for INT4. The product is rounded once to fp32 (__fmul_rn), then to bf16,
+// as dequant_int8_bf16_cpu does.
+__global__ void dequant_int8_bf16_kernel(const Int8View w, uint32_t blocks_per_row,
+                                         uint32_t total_blocks, uint16_t* __restrict__ out) {
+  const uint64_t cols = w.cols;
+  const uint32_t qb = blockIdx.x * kQuantBlocksPerCta + threadIdx.x / kThreadsPerQuantBlock;
+  if (qb >= total_blocks) return;
+  const uint32_t t = threadIdx.x % kThreadsPerQuantBlock;
+  const uint64_t row = qb / blocks_per_row;
+  const uint64_t col = uint64_t(qb % blocks_per_row) * kBlock + 8 * t;
+  if (col >= cols) return;
+  const float scale = cuda::f16_to_f32(w.scales[qb]);
+  const int8_t* q = w.q + uint64_t(qb) * kBlock + 8 * t;
+  uint16_t v[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = cuda::f32_to_bf16(__fmul_rn(float(__ldg(q + i)), scale));
+  store8(v, out + row * cols + col, cols - col);
+}
+
 }  // namespace
+
+void dequant_int8_bf16_cuda(const Int8View& w, uint16_t* out, CUstream_st* stream) {
+  const uint64_t rows = w.rows, cols = w.cols;
+  if (rows == 0 || cols == 0) return;
+  const uint64_t blocks_per_row = int8_blocks_per_row(cols);
+  const uint64_t total = rows * blocks_per_row;
+  if (total > std::numeric_limits<uint32_t>::max() - kQuantBlocksPerCta)
+    throw Error("dequant_int8_bf16_cuda: " + std::to_string(rows) + " x " + std::to_string(cols) +
+                " weight has more than 2^32 quantization blocks");
+  const auto grid = uint32_t((total + kQuantBlocksPerCta - 1) / kQuantBlocksPerCta);
+  dequant_int8_bf16_kernel<<<grid, kThreads, 0, stream>>>(w, uint32_t(blocks_per_row),
+                                                          uint32_t(total), out);
+  CUDA_CHECK(cudaGetLastError());
+}
 
 void dequant_int4_bf16_cuda(const Int4View& w, uint16_t* out, CUstream_st* stream) {
   const uint64_t rows = w.rows, cols = w.cols;

@@ -96,4 +96,25 @@ void dequant_int4_bf16_cpu(const Int4View& w, uint16_t* out) {
   });
 }
 
+void dequant_int8_f32_cpu(const Int8View& w, float* out) {
+  const uint64_t blocks = w.blocks();
+  for (uint64_t r = 0; r < w.rows; ++r)
+    for (uint64_t c = 0; c < w.cols; ++c) {
+      const uint64_t b = r * blocks + c / kBlock;
+      out[r * w.cols + c] = float(w.q[b * kBlock + c % kBlock]) * f16_to_float(w.scales[b]);
+    }
+}
+
+void dequant_int8_bf16_cpu(const Int8View& w, uint16_t* out) {
+  const uint64_t blocks = w.blocks();
+  for (uint64_t r = 0; r < w.rows; ++r)
+    for (uint64_t b = 0; b < blocks; ++b) {
+      const int8_t* q = w.q + (r * blocks + b) * kBlock;
+      const float s = f16_to_float(w.scales[r * blocks + b]);
+      const uint64_t n = std::min(kBlock, w.cols - b * kBlock);
+      uint16_t* o = out + r * w.cols + b * kBlock;
+      for (uint64_t i = 0; i < n; ++i) o[i] = float_to_bf16(float(q[i]) * s);
+    }
+}
+
 }  // namespace ferry

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "format/int4.hpp"
+#include "format/int8.hpp"
 
 namespace ferry {
 
@@ -14,5 +15,7 @@ void matvec_bf16_cpu(const uint16_t* w, uint64_t rows, uint64_t cols, const floa
 // sum(c*x)*s + min*sum(x) (asym) or (sum(c*x) - 8*sum(x))*s (sym), so the inner loop is integer
 // codes times floats.
 void matvec_int4_cpu(const Int4View& w, const float* x, float* y);
+// INT8 weights (format/int8.hpp): per block dot = sum(code * x), acc += dot * scale.
+void matvec_int8_cpu(const Int8View& w, const float* x, float* y);
 
 }  // namespace ferry

@@ -38,4 +38,19 @@ void matvec_int4_cpu(const Int4View& w, const float* x, float* y) {
   }
 }
 
+void matvec_int8_cpu(const Int8View& w, const float* x, float* y) {
+  const uint64_t blocks = w.blocks(), cols = w.cols;
+  for (uint64_t r = 0; r < w.rows; ++r) {
+    float acc = 0;
+    for (uint64_t b = 0; b < blocks; ++b) {
+      const int8_t* qb = w.q + (r * blocks + b) * kBlock;
+      const uint64_t n = std::min(kBlock, cols - b * kBlock);  // padding elements are skipped
+      float dot = 0;
+      for (uint64_t i = 0; i < n; ++i) dot += float(qb[i]) * x[b * kBlock + i];
+      acc += dot * f16_to_float(w.scales[r * blocks + b]);
+    }
+    y[r] = acc;
+  }
+}
+
 }  // namespace ferry

@@ -23,6 +23,7 @@
 #include "base/threads.hpp"
 #include "format/packed_file.hpp"
 #include "quantizer/checkpoint.hpp"
+#include "quantizer/int8_quantize.hpp"
 
 namespace ferry {
 namespace {
@@ -97,6 +98,7 @@ struct Job {
 struct Buffers {
   std::vector<float> f32;      // [rows * cols]
   std::vector<uint8_t> q4;     // [rows * blocks * 64]
+  std::vector<int8_t> q8;      // [rows * blocks * 128]
   std::vector<uint16_t> s16;   // [rows * blocks] scales, or [rows * cols] bf16 values
   std::vector<uint16_t> mins;  // [rows * blocks]
 };
@@ -131,7 +133,14 @@ QuantError run_unit(Job& job, const Unit& u, Buffers& b) {
   const TensorFold* fold = job.fold.find(w.spec.name);
   if (fold) apply_fold(*fold, u.row0, u.rows, m.cols, b.f32.data());
   QuantError err;
-  if (w.quantized) {
+  if (w.storage == WeightStorage::int8) {
+    const uint64_t blocks = int8_blocks_per_row(m.cols);
+    b.q8.resize(std::max<size_t>(b.q8.size(), u.rows * blocks * kBlock));
+    b.s16.resize(std::max<size_t>(b.s16.size(), u.rows * blocks));
+    err = quantize_int8(b.f32.data(), u.rows, m.cols, b.q8.data(), b.s16.data());
+    write_tensor_rows(job, job.plan.tensors[w.tensors[0]], u.row0, u.rows, b.q8.data());
+    write_tensor_rows(job, job.plan.tensors[w.tensors[1]], u.row0, u.rows, b.s16.data());
+  } else if (w.storage == WeightStorage::int4) {
     const uint64_t blocks = int4_blocks_per_row(m.cols);
     b.q4.resize(std::max<size_t>(b.q4.size(), u.rows * blocks * kBlockBytes));
     b.s16.resize(std::max<size_t>(b.s16.size(), u.rows * blocks));
@@ -330,7 +339,7 @@ std::vector<std::string> checksum_output(const AtomicFile& out, const PackedPlan
 std::vector<WeightReport> empty_reports(const PackedPlan& plan) {
   std::vector<WeightReport> reports;
   for (const PackedWeight& w : plan.weights)
-    reports.push_back({w.spec.name, w.spec.shape, w.quantized, {}});
+    reports.push_back({w.spec.name, w.spec.shape, w.quantized(), w.storage, {}});
   return reports;
 }
 
@@ -368,7 +377,7 @@ ConvertReport convert_checkpoint(const std::filesystem::path& dir,
   check_context_limit(report.config, opt.max_context, (dir / "config.json").string());
   const Checkpoint ckpt = Checkpoint::open(dir);
   refuse_output_over_input(out_path, dir, ckpt);
-  const PackedPlan plan = plan_packed(report.config, opt.scheme, opt.keep_lm_head);
+  const PackedPlan plan = plan_packed(report.config, opt.scheme, opt.keep);
   const std::vector<const TensorView*> sources = resolve_sources(ckpt, report.config, plan, dir);
   const unsigned threads = thread_count(opt.threads);
 

@@ -15,6 +15,7 @@
 
 #include "base/threads.hpp"
 #include "format/model_config.hpp"
+#include "format/packed_file.hpp"
 #include "quantizer/activation_scaling.hpp"
 #include "quantizer/int4_quantize.hpp"
 
@@ -26,10 +27,10 @@ inline constexpr Scheme kDefaultScheme = Scheme::asym_clip;
 
 struct ConvertOptions {
   Scheme scheme = kDefaultScheme;
-  bool keep_lm_head = false;  // store lm_head in bf16 instead of INT4
   // --max-context: the longest context the packed model may run (meta::kMaxContext); 0: none.
   // Required for a model whose sliding window is shorter than its trained context.
   uint64_t max_context = 0;
+  std::vector<KeepRule> keep = {};    // --keep PATTERN=int4|int8|bf16, in order (later wins)
   unsigned threads = 0;               // 0: every core
   uint64_t chunk_bytes = 4ull << 20;  // source bytes per work unit
   CalibOptions calib = {};            // --calib: activation-aware INT4 (off without a file)
@@ -39,6 +40,7 @@ struct WeightReport {
   std::string name;
   std::vector<uint64_t> shape;
   bool quantized = false;
+  WeightStorage storage = WeightStorage::bf16;
   QuantError error;  // zero for weights kept in bf16 (their rounding error is not reported)
 };
 

@@ -1,7 +1,9 @@
 #include "quantizer/synth_packed.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <set>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -29,11 +31,14 @@ float unit(uint64_t r) {
 }
 
 // What each tensor holds, by its role in the packed layout.
-enum class Fill { codes, scales, mins, norm, small_bf16 };
+enum class Fill { codes, codes8, scales, scales8, mins, norm, small_bf16 };
 
-Fill fill_of(const TensorDecl& d) {
+// `int8`: the weight the tensor belongs to is INT8 (its scales follow another grid).
+Fill fill_of(const TensorDecl& d, bool int8) {
   const auto ends = [&](std::string_view s) { return d.name.ends_with(s); };
   if (ends(".q4")) return Fill::codes;
+  if (ends(".q8")) return Fill::codes8;
+  if (ends(".scales") && int8) return Fill::scales8;
   if (ends(".scales")) return Fill::scales;
   if (ends(".mins")) return Fill::mins;
   if (ends("norm.weight")) return Fill::norm;
@@ -42,17 +47,26 @@ Fill fill_of(const TensorDecl& d) {
 
 // Scale of a block of 128 weights of std 0.02: range / 15 (asym) or absmax / 7 (sym), about 6 and
 // 3 standard deviations; jittered by +-25% so that blocks differ.
-void fill_tensor(const TensorDecl& d, Scheme scheme, uint64_t seed, uint8_t* out) {
+// INT8 (format/int8.hpp): absmax / 127, 3 standard deviations, same jitter.
+void fill_tensor(const TensorDecl& d, bool int8, Scheme scheme, uint64_t seed, uint8_t* out) {
   uint64_t s = seed ^ (std::hash<std::string>{}(d.name) * 0x9e3779b97f4a7c15ull);
   const bool asym = scheme_has_mins(scheme);
   const float scale = asym ? 0.12f / 15 : 0.06f / 7;
   auto* u16 = reinterpret_cast<uint16_t*>(out);
-  switch (fill_of(d)) {
+  switch (fill_of(d, int8)) {
     case Fill::codes:
       for (uint64_t i = 0; i < d.nbytes(); i += 8) {
         const uint64_t r = splitmix64(s);
         std::memcpy(out + i, &r, std::min<uint64_t>(8, d.nbytes() - i));
       }
+      return;
+    case Fill::codes8:  // random bytes, -128 (never written by the quantizer) folded to -127
+      for (uint64_t i = 0; i < d.nbytes(); ++i)
+        out[i] = uint8_t(std::max<int>(-127, int8_t(splitmix64(s) & 0xff)));
+      return;
+    case Fill::scales8:
+      for (uint64_t i = 0; i < d.nbytes() / 2; ++i)
+        u16[i] = float_to_f16(0.06f / 127 * (1 + 0.25f * unit(splitmix64(s))));
       return;
     case Fill::scales:
       for (uint64_t i = 0; i < d.nbytes() / 2; ++i)
@@ -97,7 +111,7 @@ Image plan_image(const SynthOptions& o, Scheme scheme, const std::map<std::strin
                  const json& sums) {
   Image img;
   const ModelConfig mc = parse_model_config(json::parse(m.at(meta::kConfig)), o.preset);
-  img.plan = plan_packed(mc, scheme, false);
+  img.plan = plan_packed(mc, scheme, std::vector<KeepRule>{});
   auto meta = m;
   meta[meta::kChecksums] = sums.dump();
   img.header = safetensors_header(img.plan.tensors, meta);
@@ -115,7 +129,7 @@ json placeholder_sums(const PackedPlan& plan) {
 uint64_t synth_packed_bytes(const SynthOptions& o, Scheme scheme) {
   const auto m = base_metadata(o, scheme);
   const ModelConfig mc = parse_model_config(json::parse(m.at(meta::kConfig)), o.preset);
-  const PackedPlan plan = plan_packed(mc, scheme, false);
+  const PackedPlan plan = plan_packed(mc, scheme, std::vector<KeepRule>{});
   return plan_image(o, scheme, m, placeholder_sums(plan)).header.size() + plan.data_bytes;
 }
 
@@ -125,9 +139,13 @@ std::shared_ptr<MappedFile> synth_packed_image(const SynthOptions& o, Scheme sch
     throw Error("a synthesized packed model is INT4: choose an INT4 scheme, not bf16");
   const auto m = base_metadata(o, scheme);
   const ModelConfig mc = parse_model_config(json::parse(m.at(meta::kConfig)), o.preset);
-  const Image probe = plan_image(o, scheme, m, placeholder_sums(plan_packed(mc, scheme, false)));
+  const Image probe =
+      plan_image(o, scheme, m, placeholder_sums(plan_packed(mc, scheme, std::vector<KeepRule>{})));
   const std::vector<TensorDecl>& ts = probe.plan.tensors;
   const uint64_t data_start = probe.header.size(), total = data_start + probe.plan.data_bytes;
+  std::set<std::string> q8;  // the INT8 code tensors
+  for (const TensorDecl& d : ts)
+    if (d.name.ends_with(".q8")) q8.insert(d.name);
   return MappedFile::anonymous(total, "synthetic:" + o.preset, [&](uint8_t* base) {
     std::vector<std::string> sums(ts.size());
     std::atomic<size_t> next = 0;
@@ -137,7 +155,11 @@ std::shared_ptr<MappedFile> synth_packed_image(const SynthOptions& o, Scheme sch
         [&] {
           for (size_t i; (i = next.fetch_add(1)) < ts.size();) {
             uint8_t* p = base + data_start + ts[i].begin;
-            fill_tensor(ts[i], scheme, o.seed, p);
+            const std::string& n = ts[i].name;
+            const bool int8 =
+                n.ends_with(".q8") ||
+                (n.ends_with(".scales") && q8.contains(n.substr(0, n.size() - 7) + ".q8"));
+            fill_tensor(ts[i], int8, scheme, o.seed, p);
             sums[i] = checksum_hex(p, ts[i].nbytes());
             done += ts[i].nbytes();
           }

@@ -190,8 +190,7 @@ void Engine::replace_weight_source(std::unique_ptr<WeightSource> source) {
 
 double weight_bytes_per_token(const PackedFile& f) {
   // A tied lm_head stored once is the embedding: then every row of it is read (by lm_head).
-  const bool embed_is_lm_head = f.config.tied_embeddings && !f.file.find("lm_head.weight") &&
-                                !f.file.find("lm_head.weight.q4");
+  const bool embed_is_lm_head = f.storage.lm_head == LmHeadStorage::embedding;
   double b = 0;
   for (const TensorView& t : f.file.tensors())
     b += t.name == "model.embed_tokens.weight" && !embed_is_lm_head

@@ -18,6 +18,7 @@
 #include "kernels/cpu_pool.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
+#include "kernels/matmul_int8.hpp"
 #include "runtime/forward_pass.hpp"
 
 namespace ferry {
@@ -97,6 +98,8 @@ void CpuForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t
   if (observer_) observer_->observe(id, x, n, l.cols);
   if (l.is_int4())
     int8_ ? matmul_int4_q8_cpu(pool_, l.q4, x, n, y) : matmul_int4_cpu(pool_, l.q4, x, n, y);
+  else if (l.is_int8())
+    matmul_int8_cpu(pool_, l.q8, x, n, y);
   else
     matmul_bf16_cpu(pool_, l.bf16, l.rows, l.cols, x, n, y);
   if (const uint16_t* bias = w_.biases[id]) add_bias_cpu(y, bias, n, l.rows);

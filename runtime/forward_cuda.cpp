@@ -25,6 +25,7 @@
 #include "kernels/dequant.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
+#include "kernels/matmul_int8.hpp"
 #include "runtime/machine/cuda_device.hpp"
 
 namespace ferry {
@@ -45,7 +46,10 @@ constexpr uint64_t kGemvMaxBatch = 8;
 uint64_t staging_bytes(const ModelWeights& w) {
   uint64_t most = 0;
   for (const Linear& l : w.linears)
-    if (l.is_int4()) most = std::max(most, cuda_staging_bytes(l.q4));
+    if (l.is_int4())
+      most = std::max(most, cuda_staging_bytes(l.q4));
+    else if (l.is_int8())
+      most = std::max(most, cuda_staging_bytes(l.q8));
   return most;
 }
 
@@ -56,7 +60,8 @@ uint64_t prefill_scratch(const ModelWeights& w, uint64_t batch, bool bf16_cache)
   if (batch <= kGemvMaxBatch || bf16_cache) return 0;  // bf16 entries go to the GEMM as they are
   uint64_t most = 0;
   for (size_t id = 0; id + 1 < w.linears.size(); ++id)
-    if (w.linears[id].is_int4()) most = std::max(most, w.linears[id].rows * w.linears[id].cols);
+    if (w.linears[id].is_int4() || w.linears[id].is_int8())
+      most = std::max(most, w.linears[id].rows * w.linears[id].cols);
   return most;
 }
 
@@ -234,6 +239,11 @@ void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_
     blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, y, stream_.s);
   } else if (l.is_int4()) {
     matmul_int4_cuda(l.q4, x, n, y, stream_.s);
+  } else if (l.is_int8() && n > kGemvMaxBatch) {
+    dequant_int8_bf16_cuda(l.q8, prefill_w_.get(), stream_.s);
+    blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, y, stream_.s);
+  } else if (l.is_int8()) {
+    matmul_int8_cuda(l.q8, x, n, y, stream_.s);
   } else
     blas_.matmul_bf16(l.bf16, l.rows, l.cols, x, n, y, stream_.s);
   if (bias_[id]) add_bias_cuda(y, bias_[id], n, l.rows, stream_.s);

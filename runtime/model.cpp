@@ -26,7 +26,11 @@ const uint16_t* u16(const TensorView& t) {
 Linear bind_linear(const PackedFile& f, const std::string& name, uint64_t cols) {
   Linear l;
   l.cols = cols;
-  if (const TensorView* q = f.file.find(name + ".q4")) {
+  if (const TensorView* q = f.file.find(name + ".q8")) {
+    l.rows = q->shape[0];
+    l.q8 = {reinterpret_cast<const int8_t*>(q->data), u16(tensor(f, name + ".scales")), l.rows,
+            cols};
+  } else if (const TensorView* q = f.file.find(name + ".q4")) {
     l.rows = q->shape[0];
     l.q4 = {q->data, u16(tensor(f, name + ".scales")),
             scheme_has_mins(f.scheme) ? u16(tensor(f, name + ".mins")) : nullptr, l.rows, cols};
@@ -72,8 +76,7 @@ ModelWeights bind_weights(const PackedFile& f) {
   }
   w.final_norm = u16(tensor(f, "model.norm.weight"));
   // A tied lm_head stored once (docs/format.md): the embedding's matrix is lm_head.
-  const bool tied =
-      c.tied_embeddings && !f.file.find("lm_head.weight") && !f.file.find("lm_head.weight.q4");
+  const bool tied = c.tied_embeddings && f.storage.lm_head == LmHeadStorage::embedding;
   add_linear(f, w, tied ? "model.embed_tokens.weight" : "lm_head.weight", c.hidden);
   return w;
 }

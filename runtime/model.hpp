@@ -7,20 +7,23 @@
 #include <vector>
 
 #include "format/int4.hpp"
+#include "format/int8.hpp"
 #include "format/model_config.hpp"
 #include "format/packed_file.hpp"
 #include "kernels/attention.hpp"
 
 namespace ferry {
 
-// One linear weight W [rows = out, cols = in], INT4 or bf16: what the paging cache moves and a
-// matrix product reads. Its bias, if any, is not part of it (ModelWeights::biases): the cache
+// One linear weight W [rows = out, cols = in], INT4, INT8 or bf16: what the paging cache moves and
+// a matrix product reads. Its bias, if any, is not part of it (ModelWeights::biases): the cache
 // moves weights only, and both passes find a bias by the weight's id.
 struct Linear {
-  Int4View q4;                     // INT4 codes, scales, mins; q4.q == nullptr for a bf16 weight
+  Int4View q4;                     // INT4 codes, scales, mins; q4.q == nullptr unless INT4
+  Int8View q8;                     // INT8 codes, scales; q8.q == nullptr unless INT8
   const uint16_t* bf16 = nullptr;  // [rows, cols] bf16, when not quantized
-  uint64_t rows = 0, cols = 0;     // out, in (q4.rows and q4.cols too, when INT4)
+  uint64_t rows = 0, cols = 0;     // out, in (q4/q8.rows and .cols too, when quantized)
   bool is_int4() const { return q4.q != nullptr; }
+  bool is_int8() const { return q8.q != nullptr; }
 };
 
 // The linear weights of one forward pass in the order it uses them: per layer q k v o gate up

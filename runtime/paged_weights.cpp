@@ -14,14 +14,14 @@
 namespace ferry {
 namespace {
 
-// The file's tensors of one linear weight: {q4, scales[, mins]} or {bf16}.
+// The file's tensors of one linear weight: {q4, scales[, mins]}, {q8, scales} or {bf16}.
 struct LinearTensors {
   std::vector<const TensorView*> parts;
   std::string name;  // the weight, e.g. "model.layers.3.mlp.up_proj"
 };
 
 std::string weight_name(std::string tensor) {
-  for (const char* suffix : {".q4", ".weight"})
+  for (const char* suffix : {".q4", ".q8", ".weight"})
     if (tensor.ends_with(suffix)) tensor.resize(tensor.size() - std::strlen(suffix));
   return tensor;
 }
@@ -41,6 +41,8 @@ std::vector<LinearTensors> linear_tensors(const PackedFile& f, const ModelWeight
     if (l.is_int4()) {
       t.parts = {find(l.q4.q), find(l.q4.scales)};
       if (l.q4.mins) t.parts.push_back(find(l.q4.mins));
+    } else if (l.is_int8()) {
+      t.parts = {find(l.q8.q), find(l.q8.scales)};
     } else {
       t.parts = {find(l.bf16)};
     }
@@ -50,14 +52,28 @@ std::vector<LinearTensors> linear_tensors(const PackedFile& f, const ModelWeight
   return out;
 }
 
-// How the INT4 weight lies in its entry (cache/schedule.hpp).
+// How the INT4 or INT8 weight lies in its entry (cache/schedule.hpp).
 Int4EntryLayout entry_layout(const Linear& l) {
+  if (l.is_int8()) return int8_entry_layout(l.rows, l.cols);
   return int4_entry_layout(l.rows, l.cols, l.q4.has_mins());
 }
 
+// The int4 cache format keeps every quantized weight as stored (INT4 or INT8); bf16 dequantizes.
+bool quantized(const Linear& l) {
+  return l.is_int4() || l.is_int8();
+}
+
 uint64_t entry_bytes(const Linear& l, CacheFormat format) {
-  if (!l.is_int4() || format == CacheFormat::bf16) return l.rows * l.cols * 2;
+  if (!quantized(l) || format == CacheFormat::bf16) return l.rows * l.cols * 2;
   return entry_layout(l).bytes();
+}
+
+// The codes and the scales of a quantized weight, whichever its format.
+const uint8_t* codes(const Linear& l) {
+  return l.is_int8() ? reinterpret_cast<const uint8_t*>(l.q8.q) : l.q4.q;
+}
+const uint16_t* scales(const Linear& l) {
+  return l.is_int8() ? l.q8.scales : l.q4.scales;
 }
 
 }  // namespace
@@ -134,6 +150,9 @@ PagedWeights::PagedWeights(const PackedFile& f, const ModelWeights& w, const Cac
       l.q4.q = store_->piece(piece++);
       l.q4.scales = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
       if (l.q4.mins) l.q4.mins = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
+    } else if (l.is_int8()) {
+      l.q8.q = reinterpret_cast<const int8_t*>(store_->piece(piece++));
+      l.q8.scales = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
     } else {
       l.bf16 = reinterpret_cast<const uint16_t*>(store_->piece(piece++));
     }
@@ -155,8 +174,10 @@ PagedWeights::~PagedWeights() = default;
 // Runs on the prefetch thread (or the compute thread on a miss, or at load).
 void PagedWeights::fill(uint32_t id, uint8_t* dst) {
   const Linear& l = stored_[id];
-  if (!l.is_int4()) {
+  if (!quantized(l)) {
     backend_->copy(dst, reinterpret_cast<const uint8_t*>(l.bf16), l.rows * l.cols * 2);
+  } else if (format_ == CacheFormat::bf16 && l.is_int8()) {
+    backend_->dequant_int8_bf16(l.q8, reinterpret_cast<uint16_t*>(dst));
   } else if (format_ == CacheFormat::bf16) {
     backend_->dequant_int4_bf16(l.q4, reinterpret_cast<uint16_t*>(dst));
   } else if (const uint64_t whole = contiguous_bytes(id)) {
@@ -164,11 +185,11 @@ void PagedWeights::fill(uint32_t id, uint8_t* dst) {
     // order): one upload per weight instead of three. A 7B's k_proj is 0.9 MB of codes and 28 KB
     // of scales, and every cudaMemcpyAsync pays a fixed launch and DMA set-up cost on top of its
     // bytes; the 28 KB copies would run far below PCIe speed.
-    backend_->copy(dst, l.q4.q, whole);
+    backend_->copy(dst, codes(l), whole);
   } else {
     const Int4EntryLayout& m = layouts_[id];
-    backend_->copy(dst, l.q4.q, m.code_bytes);
-    backend_->copy(dst + m.scales_at, reinterpret_cast<const uint8_t*>(l.q4.scales), m.scale_bytes);
+    backend_->copy(dst, codes(l), m.code_bytes);
+    backend_->copy(dst + m.scales_at, reinterpret_cast<const uint8_t*>(scales(l)), m.scale_bytes);
     if (l.q4.mins)
       backend_->copy(dst + m.mins_at, reinterpret_cast<const uint8_t*>(l.q4.mins), m.scale_bytes);
   }
@@ -177,8 +198,8 @@ void PagedWeights::fill(uint32_t id, uint8_t* dst) {
 uint64_t PagedWeights::contiguous_bytes(uint32_t id) const {
   const Linear& l = stored_[id];
   const Int4EntryLayout& m = layouts_[id];
-  const uint8_t* q = l.q4.q;
-  if (reinterpret_cast<const uint8_t*>(l.q4.scales) != q + m.scales_at) return 0;
+  const uint8_t* q = codes(l);
+  if (reinterpret_cast<const uint8_t*>(scales(l)) != q + m.scales_at) return 0;
   if (l.q4.mins && reinterpret_cast<const uint8_t*>(l.q4.mins) != q + m.mins_at) return 0;
   return m.bytes();
 }
@@ -186,12 +207,16 @@ uint64_t PagedWeights::contiguous_bytes(uint32_t id) const {
 Linear PagedWeights::acquire(uint32_t id) {
   const uint8_t* p = cache_->acquire(id);
   Linear l = stored_[id];
-  if (!l.is_int4() || format_ == CacheFormat::bf16) {
+  if (!quantized(l) || format_ == CacheFormat::bf16) {
     l.q4 = {};
+    l.q8 = {};
     l.bf16 = reinterpret_cast<const uint16_t*>(p);
     return l;
   }
-  l.q4 = int4_entry_view(layouts_[id], p, l.rows, l.cols);
+  if (l.is_int8())
+    l.q8 = int8_entry_view(layouts_[id], p, l.rows, l.cols);
+  else
+    l.q4 = int4_entry_view(layouts_[id], p, l.rows, l.cols);
   return l;
 }
 

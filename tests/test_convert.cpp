@@ -44,12 +44,19 @@ std::vector<float> source_floats(const TensorView& t) {
 std::vector<float> dequant_packed(const PackedFile& p, const std::string& name, uint64_t rows,
                                   uint64_t cols) {
   const TensorView* q = p.file.find(name + ".q4");
+  const TensorView* q8 = p.file.find(name + ".q8");
   const TensorView* s = p.file.find(name + ".scales");
   const TensorView* m = p.file.find(name + ".mins");
-  EXPECT_NE(q, nullptr);
+  EXPECT_TRUE(q || q8);
   EXPECT_NE(s, nullptr);
   std::vector<uint16_t> scales(s->numel()), mins(m ? m->numel() : 0);
   std::memcpy(scales.data(), s->data, s->nbytes);
+  if (q8) {
+    std::vector<float> out(rows * cols);
+    dequant_int8_f32_cpu({reinterpret_cast<const int8_t*>(q8->data), scales.data(), rows, cols},
+                         out.data());
+    return out;
+  }
   if (m) std::memcpy(mins.data(), m->data, m->nbytes);
   std::vector<float> out(rows * cols);
   dequant_int4_f32_cpu({q->data, scales.data(), m ? mins.data() : nullptr, rows, cols}, out.data());
@@ -92,7 +99,8 @@ TEST(Convert, TinyStoriesAsymClipRoundTrips) {
     EXPECT_NEAR(err, p.quant_error.at(w.name), 1e-6 * err + 1e-7) << w.name;
     EXPECT_LT(err, 0.15) << w.name;
   }
-  EXPECT_TRUE(p.file.find("lm_head.weight.q4") != nullptr) << "a tied lm_head is stored quantized";
+  // A tied lm_head is stored quantized, in INT8 by default since format version 2 (INT4 before).
+  EXPECT_TRUE(p.file.find("lm_head.weight.q8") != nullptr) << "a tied lm_head is stored quantized";
 }
 
 TEST(Convert, Bf16SchemeKeepsEveryWeightExactly) {
@@ -461,7 +469,7 @@ TEST(ConvertCli, TiedBf16StoresTheSharedMatrixOnce) {
   EXPECT_EQ(greedy_text(tmp / "copy.ferry", {"--cache-budget", "50%"}), reference);
 
   // --keep-lm-head asks for a bf16 lm_head: tied, that is the embedding again, stored once; the
-  // INT4 schemes still quantize a tied lm_head.
+  // INT4 schemes still quantize a tied lm_head (to INT8 by default, format version 2 on).
   ASSERT_EQ(run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "keep.ferry").string(),
                        "--keep-lm-head", "-q"})
                 .exit_code,
@@ -469,10 +477,11 @@ TEST(ConvertCli, TiedBf16StoresTheSharedMatrixOnce) {
   const PackedFile keep = PackedFile::open(tmp / "keep.ferry");
   EXPECT_EQ(keep.file.find("lm_head.weight"), nullptr);
   EXPECT_EQ(keep.file.find("lm_head.weight.q4"), nullptr);
+  EXPECT_EQ(keep.file.find("lm_head.weight.q8"), nullptr);
   ASSERT_EQ(run_ferry({"quantize", (tmp / "hf").string(), "-o", (tmp / "q.ferry").string(), "-q"})
                 .exit_code,
             0);
-  EXPECT_NE(PackedFile::open(tmp / "q.ferry").file.find("lm_head.weight.q4"), nullptr);
+  EXPECT_NE(PackedFile::open(tmp / "q.ferry").file.find("lm_head.weight.q8"), nullptr);
   EXPECT_EQ(greedy_text(tmp / "keep.ferry", {"--cache-budget", "50%"}),
             greedy_text(tmp / "keep.ferry"));
 }
@@ -495,7 +504,7 @@ TEST(Convert, TiedCheckpointWithAnLmHeadCopyConverts) {
   convert_checkpoint(tmp / "hf", tmp / "b.ferry", opt, kNoProgress);
   EXPECT_EQ(PackedFile::open(tmp / "b.ferry").file.find("lm_head.weight"), nullptr);
   convert_checkpoint(tmp / "hf", tmp / "q.ferry", {}, kNoProgress);
-  EXPECT_NE(PackedFile::open(tmp / "q.ferry").file.find("lm_head.weight.q4"), nullptr);
+  EXPECT_NE(PackedFile::open(tmp / "q.ferry").file.find("lm_head.weight.q8"), nullptr);
 }
 
 TEST(ConvertCli, TinyStoriesReadsItsSafetensorsBytesOnce) {

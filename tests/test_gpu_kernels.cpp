@@ -11,10 +11,13 @@
 
 #include "base/dtype.hpp"
 #include "kernels/attention.hpp"
+#include "kernels/dequant.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
+#include "kernels/matmul_int8.hpp"
 #include "kernels/matvec.hpp"
 #include "quantizer/int4_quantize.hpp"
+#include "quantizer/int8_quantize.hpp"
 #include "tests/gpu_util.hpp"
 
 namespace ferry {
@@ -80,6 +83,49 @@ TEST(GpuKernels, GemvInt4MatchesCpuTwin) {
       gemv_case(s, 70, 321, n);      // cols not a multiple of 4: x staged element by element
       gemv_case(s, 70, 2048, n, 1);  // x off its 16-byte alignment
     }
+}
+
+// The INT8 GEMV (kernels/gemv_int8.cu) against matmul_int8_cpu, and the INT8 -> bf16 dequant
+// (kernels/dequant.cu) against dequant_int8_bf16_cpu bit for bit.
+void int8_case(uint64_t rows, uint64_t cols, uint64_t n) {
+  SCOPED_TRACE("int8 " + std::to_string(rows) + "x" + std::to_string(cols) +
+               " n=" + std::to_string(n));
+  std::mt19937 rng(uint32_t(rows * 37 + cols + n));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> w(rows * cols), x(n * cols);
+  for (float& v : w) v = 0.02f * normal(rng);
+  for (float& v : x) v = normal(rng);
+  std::vector<int8_t> q(int8_code_bytes(rows, cols));
+  std::vector<uint16_t> scales(int8_scale_count(rows, cols));
+  quantize_int8(w.data(), rows, cols, q.data(), scales.data());
+  std::vector<float> want(n * rows), got(n * rows, NAN);
+  CpuPool pool(1);
+  matmul_int8_cpu(pool, {q.data(), scales.data(), rows, cols}, x.data(), n, want.data());
+  DeviceArray<int8_t> d_q(q);
+  DeviceArray<uint16_t> d_s(scales);
+  DeviceArray<float> d_x(x), d_y(got);
+  matmul_int8_cuda({d_q.get(), d_s.get(), rows, cols}, d_x.get(), n, d_y.get(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  got = d_y.to_host();
+  const double e = nmse(got, want);
+  std::printf("  gemv int8 %5llux%-5llu n=%llu  NMSE vs CPU twin %.3g\n", (unsigned long long)rows,
+              (unsigned long long)cols, (unsigned long long)n, e);
+  EXPECT_LT(e, 1e-10);  // fp32 sums in two orders, as for INT4
+  std::vector<uint16_t> bf_want(rows * cols), bf_got(rows * cols, 0xffff);
+  dequant_int8_bf16_cpu({q.data(), scales.data(), rows, cols}, bf_want.data());
+  DeviceArray<uint16_t> d_b(bf_got);
+  dequant_int8_bf16_cuda({d_q.get(), d_s.get(), rows, cols}, d_b.get(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(d_b.to_host(), bf_want);
+}
+
+TEST(GpuKernels, GemvAndDequantInt8MatchCpuTwins) {
+  FERRY_REQUIRE_GPU();
+  for (uint64_t n : {1u, 3u, 8u, 11u}) {
+    int8_case(1000, 4096, n);
+    int8_case(37, 320, n);  // a partial last block, rows not a multiple of 8
+    int8_case(40, 2500, n);
+  }
 }
 
 std::vector<float> random_vector(uint64_t n, uint32_t seed) {

@@ -23,12 +23,14 @@ namespace {
 const ProgressFn kQuiet = [](std::string_view, uint64_t, uint64_t) {};
 
 // qwen2-tiny (4 layers, hidden 320, q/k/v biases) synthesized and converted with `scheme`.
-std::filesystem::path qwen2_tiny(const test::ScratchDir& tmp, Scheme scheme) {
-  const std::filesystem::path hf = tmp / "hf", out = tmp / fmt::format("q{}.ferry", int(scheme));
+std::filesystem::path qwen2_tiny(const test::ScratchDir& tmp, Scheme scheme,
+                                 std::vector<KeepRule> keep = {}) {
+  const std::filesystem::path hf = tmp / "hf",
+                              out = tmp / fmt::format("q{}-{}.ferry", int(scheme), keep.size());
   SynthOptions synth;
   synth.preset = "qwen2-tiny";
   if (!std::filesystem::exists(hf)) synth_checkpoint(hf, synth, kQuiet);
-  convert_checkpoint(hf, out, {.scheme = scheme}, kQuiet);
+  convert_checkpoint(hf, out, {.scheme = scheme, .keep = std::move(keep)}, kQuiet);
   return out;
 }
 
@@ -56,10 +58,13 @@ class DequantizedWeights final : public WeightSource {
  public:
   explicit DequantizedWeights(const ModelWeights& w) : linears_(w.linears) {
     for (Linear& l : linears_) {
-      if (!l.is_int4()) continue;
+      if (!l.is_int4() && !l.is_int8()) continue;
       bf16_.emplace_back(l.rows * l.cols);
-      dequant_int4_bf16_cpu(l.q4, bf16_.back().data());
-      l = {.q4 = {}, .bf16 = bf16_.back().data(), .rows = l.rows, .cols = l.cols};
+      if (l.is_int8())
+        dequant_int8_bf16_cpu(l.q8, bf16_.back().data());
+      else
+        dequant_int4_bf16_cpu(l.q4, bf16_.back().data());
+      l = {.q4 = {}, .q8 = {}, .bf16 = bf16_.back().data(), .rows = l.rows, .cols = l.cols};
     }
   }
   Linear acquire(uint32_t id) override { return linears_.at(id); }
@@ -139,6 +144,19 @@ TEST(PagingStress, RaceAndPoisonLeaveLogitsBitIdenticalAtTheMinimumBudget) {
   }
 }
 
+// INT8 entries (the default lm_head, and here every MLP weight too) stream through the cache like
+// INT4 ones: copied as stored in the int4 format, dequantized while filling in the bf16 one.
+TEST(PagingInvariance, Int8WeightsLogitsAreBitIdenticalForEveryBudget) {
+  test::ScratchDir tmp;
+  const PackedFile f =
+      PackedFile::open(qwen2_tiny(tmp, Scheme::asym, {{"mlp", WeightStorage::int8}}));
+  const ModelWeights w = bind_weights(f);
+  ASSERT_TRUE(w.linears.back().is_int8());              // lm_head
+  ASSERT_TRUE(w.linears[linear_id(0, kUp)].is_int8());  // an MLP weight
+  ASSERT_TRUE(w.linears[linear_id(0, kQ)].is_int4());   // attention stays INT4
+  expect_invariant(f, "qwen2-tiny int8 mlp", {0.0, 0.1, 0.25, 0.5, 0.75, 1.0});
+}
+
 // bf16-scheme files store the linear weights unquantized: both formats copy them as they are.
 TEST(PagingInvariance, Bf16SchemeFileLogitsAreBitIdenticalForEveryBudget) {
   test::ScratchDir tmp;
@@ -149,7 +167,10 @@ TEST(PagingInvariance, Bf16SchemeFileLogitsAreBitIdenticalForEveryBudget) {
 TEST(PagingInvariance, TinyStoriesLogitsAreBitIdenticalForEveryBudget) {
   FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
   test::ScratchDir tmp;
-  convert_checkpoint(dir, tmp / "t.ferry", {}, kQuiet);
+  // lm_head in INT4, as before INT8 became its default: TinyStories' INT8 lm_head (256 KB) would be
+  // more than half of its 465 KB of linear weights, and the small budgets would then not stream
+  // anything but it. INT8 entries are covered by Int8WeightsLogitsAreBitIdenticalForEveryBudget.
+  convert_checkpoint(dir, tmp / "t.ferry", {.keep = {{"lm_head", WeightStorage::int4}}}, kQuiet);
   expect_invariant(PackedFile::open(tmp / "t.ferry"), "tinystories",
                    {0.0, 0.1, 0.25, 0.5, 0.75, 1.0});
 }

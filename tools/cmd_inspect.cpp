@@ -89,6 +89,42 @@ std::vector<const TensorView*> views(const SafetensorsFile& f) {
   return v;
 }
 
+const char* lm_head_name(LmHeadStorage s) {
+  switch (s) {
+    case LmHeadStorage::int4:
+      return "INT4";
+    case LmHeadStorage::int8:
+      return "INT8";
+    case LmHeadStorage::bf16:
+      return "BF16";
+    case LmHeadStorage::embedding:
+      return "the embedding (tied, BF16, stored once)";
+  }
+  return "unknown";
+}
+
+// The linear weights by storage: how many, their bytes (codes and scales) and bits per weight.
+json storage_json(const PackedFile& p) {
+  const PackedPlan plan = plan_packed(p.config, p.scheme, p.storage);
+  json by = json::object();
+  for (const PackedWeight& w : plan.weights) {
+    if (w.spec.role != WeightRole::linear && w.spec.role != WeightRole::lm_head) continue;
+    const char* k = w.storage == WeightStorage::int4   ? "INT4"
+                    : w.storage == WeightStorage::int8 ? "INT8"
+                                                       : "BF16";
+    uint64_t bytes = 0;
+    for (size_t t : w.tensors) bytes += plan.tensors[t].nbytes();
+    json& e = by[k];
+    if (e.is_null()) e = {{"count", 0}, {"bytes", 0}, {"weights", 0}};
+    e["count"] = e["count"].get<uint64_t>() + 1;
+    e["bytes"] = e["bytes"].get<uint64_t>() + bytes;
+    e["weights"] = e["weights"].get<uint64_t>() + w.spec.shape[0] * w.spec.shape[1];
+  }
+  for (auto& [k, e] : by.items())
+    e["bits_per_weight"] = 8.0 * e["bytes"].get<double>() / e["weights"].get<double>();
+  return {{"by_storage", by}, {"lm_head", lm_head_name(p.storage.lm_head)}};
+}
+
 json inspect_packed(const std::filesystem::path& path, bool verify) {
   const PackedFile p = PackedFile::open(path);
   json j = {{"path", path.string()}, {"kind", "ferry"}};
@@ -106,6 +142,7 @@ json inspect_packed(const std::filesystem::path& path, bool verify) {
   if (m.contains(meta::kGenerationConfig))
     add_generation(j, m.at(meta::kGenerationConfig), "generation_config.json");
   j["quant_error"] = p.quant_error;
+  j["linear_storage"] = storage_json(p);
   if (verify) {
     const std::vector<std::string> bad = p.verify_checksums(thread_count(0));
     // "verified": the tensors whose checksum matches, so verified + mismatched = total.
@@ -199,6 +236,15 @@ void print_text(const json& j) {
     std::printf("format version %s, scheme %s, block size %llu\n",
                 j["format_version"].get<std::string>().c_str(),
                 j["scheme"].get<std::string>().c_str(), j["block_size"].get<unsigned long long>());
+  if (j.contains("linear_storage")) {
+    const json& ls = j["linear_storage"];
+    for (const auto& [k, e] : ls["by_storage"].items())
+      std::printf("linear weights %s: %llu, %s, %.3f bits/weight\n", k.c_str(),
+                  e["count"].get<unsigned long long>(),
+                  human_bytes(e["bytes"].get<double>()).c_str(),
+                  e["bits_per_weight"].get<double>());
+    std::printf("lm_head: %s\n", ls["lm_head"].get<std::string>().c_str());
+  }
   std::printf("\n%-56s %-6s %-18s %14s\n", "tensor", "dtype", "shape", "bytes");
   for (const json& t : j["tensors"])
     std::printf("%-56s %-6s %-18s %14llu\n", t["name"].get<std::string>().c_str(),

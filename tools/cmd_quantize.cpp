@@ -28,11 +28,13 @@ std::string shape_text(const std::vector<uint64_t>& s) {
 }
 
 void print_summary(const ConvertReport& r, const std::filesystem::path& out, Scheme scheme) {
-  std::printf("\n%-48s %-14s %12s %12s\n", "weight", "shape", "rel RMS err", "max abs err");
+  std::printf("\n%-48s %-14s %-5s %12s %12s\n", "weight", "shape", "store", "rel RMS err",
+              "max abs err");
   for (const WeightReport& w : r.weights)
     if (w.quantized)
-      std::printf("%-48s %-14s %12.4e %12.4e\n", w.name.c_str(), shape_text(w.shape).c_str(),
-                  w.error.relative_rms(), w.error.max_abs_err);
+      std::printf("%-48s %-14s %-5s %12.4e %12.4e\n", w.name.c_str(), shape_text(w.shape).c_str(),
+                  w.storage == WeightStorage::int8 ? "int8" : "int4", w.error.relative_rms(),
+                  w.error.max_abs_err);
   std::printf("\n%s: %s, %s, %llu layers, scheme %s\n", out.string().c_str(),
               r.config.architecture.c_str(), std::string(family_name(r.config.family)).c_str(),
               (unsigned long long)r.config.layers, std::string(scheme_name(scheme)).c_str());
@@ -118,8 +120,12 @@ int cmd_quantize(int argc, char** argv) {
       "o,output", "output .ferry file", cxxopts::value<std::string>())(
       "s,scheme", "asym-clip (the lowest error), asym, sym-clip, sym, or bf16 (no quantization)",
       cxxopts::value<std::string>()->default_value(std::string(scheme_name(kDefaultScheme))))(
+      "keep",
+      "PATTERN=int4|int8|bf16: store the weights whose name matches PATTERN (a glob, or a "
+      "substring) so; repeatable, later ones win. Default: lm_head int8, other linears INT4",
+      cxxopts::value<std::vector<std::string>>())(
       "keep-lm-head",
-      "store lm_head in bf16 instead of INT4 (a tied one is then the embedding, stored once)")(
+      "the same as --keep lm_head=bf16 (a tied one is then the embedding, stored once)")(
       "max-context",
       "the longest context the packed model may run (tokens); required for a model whose "
       "sliding_window is shorter than its trained context, and at most that window",
@@ -146,7 +152,10 @@ int cmd_quantize(int argc, char** argv) {
         "--scheme: unknown scheme '{}' (asym-clip, asym, asym-hqq, sym-clip, sym, bf16)",
         a["scheme"].as<std::string>()));
   opt.scheme = *scheme;
-  opt.keep_lm_head = a.count("keep-lm-head") > 0;
+  if (a.count("keep-lm-head")) opt.keep.push_back({"lm_head", WeightStorage::bf16});
+  if (a.count("keep"))
+    for (const std::string& k : a["keep"].as<std::vector<std::string>>())
+      opt.keep.push_back(parse_keep_rule(k));
   opt.threads = a["threads"].as<unsigned>();
   opt.max_context = a["max-context"].as<uint64_t>();
   opt.calib = calib_options(a);

@@ -1,0 +1,24 @@
+// Matrix products y[n, rows] = x[n, cols] · W[rows, cols]^T over INT8 weights (format/int8.hpp),
+// with the contract of kernels/matmul.hpp: the CPU one (kernels/matmul_int8_cpu.cpp) splits the
+// output rows over a CpuPool, each output element computed by one thread in a fixed order, so
+// results do not depend on the thread count; the CUDA one (kernels/gemv_int8.cu) takes device
+// pointers and enqueues on `stream`. Their reference is matvec_int8_cpu (kernels/matvec.hpp).
+#pragma once
+#include <cstdint>
+
+#include "base/cpu_isa.hpp"
+#include "format/int8.hpp"
+#include "kernels/cpu_pool.hpp"
+
+struct CUstream_st;
+
+namespace ferry {
+
+void matmul_int8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t n, float* y);
+void matmul_int8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t n, float* y,
+                     KernelIsa isa);
+// Any n: one pass over the weights per 8 tokens (the forward pass dequantizes to bf16 and runs
+// the GEMM instead above kGemvMaxBatch tokens, as for INT4).
+void matmul_int8_cuda(const Int8View& w, const float* x, uint64_t n, float* y, CUstream_st* stream);
+
+}  // namespace ferry
