@@ -14,8 +14,8 @@
 #include "base/dtype.hpp"
 #include "base/error.hpp"
 #include "base/threads.hpp"
-#include "format/packed_file.hpp"
 #include "format/calib_stats.hpp"
+#include "format/packed_file.hpp"
 #include "quantizer/checkpoint.hpp"
 #include "quantizer/convert.hpp"
 
