@@ -99,32 +99,29 @@ __global__ void dequant_int8_bf16_kernel(const Int8View w, uint32_t blocks_per_r
 
 }  // namespace
 
-void dequant_int8_bf16_cuda(const Int8View& w, uint16_t* out, CUstream_st* stream) {
+// One thread block per kQuantBlocksPerCta quantization blocks, for either view type.
+template <typename View, typename Kernel>
+void launch_dequant(const char* what, const View& w, uint64_t blocks_per_row, Kernel kernel,
+                    uint16_t* out, CUstream_st* stream) {
   const uint64_t rows = w.rows, cols = w.cols;
   if (rows == 0 || cols == 0) return;
-  const uint64_t blocks_per_row = int8_blocks_per_row(cols);
   const uint64_t total = rows * blocks_per_row;
   if (total > std::numeric_limits<uint32_t>::max() - kQuantBlocksPerCta)
-    throw Error("dequant_int8_bf16_cuda: " + std::to_string(rows) + " x " + std::to_string(cols) +
+    throw Error(std::string(what) + ": " + std::to_string(rows) + " x " + std::to_string(cols) +
                 " weight has more than 2^32 quantization blocks");
   const auto grid = uint32_t((total + kQuantBlocksPerCta - 1) / kQuantBlocksPerCta);
-  dequant_int8_bf16_kernel<<<grid, kThreads, 0, stream>>>(w, uint32_t(blocks_per_row),
-                                                          uint32_t(total), out);
+  kernel<<<grid, kThreads, 0, stream>>>(w, uint32_t(blocks_per_row), uint32_t(total), out);
   CUDA_CHECK(cudaGetLastError());
 }
 
+void dequant_int8_bf16_cuda(const Int8View& w, uint16_t* out, CUstream_st* stream) {
+  launch_dequant("dequant_int8_bf16_cuda", w, int8_blocks_per_row(w.cols), dequant_int8_bf16_kernel,
+                 out, stream);
+}
+
 void dequant_int4_bf16_cuda(const Int4View& w, uint16_t* out, CUstream_st* stream) {
-  const uint64_t rows = w.rows, cols = w.cols;
-  if (rows == 0 || cols == 0) return;
-  const uint64_t blocks_per_row = int4_blocks_per_row(cols);
-  const uint64_t total = rows * blocks_per_row;
-  if (total > std::numeric_limits<uint32_t>::max() - kQuantBlocksPerCta)
-    throw Error("dequant_int4_bf16_cuda: " + std::to_string(rows) + " x " + std::to_string(cols) +
-                " weight has more than 2^32 quantization blocks");
-  const auto grid = uint32_t((total + kQuantBlocksPerCta - 1) / kQuantBlocksPerCta);
-  dequant_int4_bf16_kernel<<<grid, kThreads, 0, stream>>>(w, uint32_t(blocks_per_row),
-                                                          uint32_t(total), out);
-  CUDA_CHECK(cudaGetLastError());
+  launch_dequant("dequant_int4_bf16_cuda", w, int4_blocks_per_row(w.cols), dequant_int4_bf16_kernel,
+                 out, stream);
 }
 
 }  // namespace ferry
