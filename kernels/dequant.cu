@@ -54,15 +54,30 @@ __device__ void store8(const uint16_t (&v)[8], uint16_t* out, uint64_t n) {
   for (uint64_t i = 0; i < 8 && i < n; ++i) out[i] = v[i];
 }
 
+// This thread's 8 elements: quantization block qb (of the rows x blocks, flattened), its 8-element
+// group t, and where they land in the [rows, cols] output. valid: false past the last block.
+struct QuantSlot {
+  uint32_t qb, t;
+  uint64_t row, col;
+  bool valid;
+};
+
+__device__ QuantSlot quant_slot(uint32_t blocks_per_row, uint32_t total_blocks) {
+  QuantSlot s;
+  s.qb = blockIdx.x * kQuantBlocksPerCta + threadIdx.x / kThreadsPerQuantBlock;
+  s.valid = s.qb < total_blocks;
+  s.t = threadIdx.x % kThreadsPerQuantBlock;
+  s.row = s.qb / blocks_per_row;
+  s.col = uint64_t(s.qb % blocks_per_row) * kBlock + 8 * s.t;
+  return s;
+}
+
 // Layout in format/int4.hpp. Grid: the rows x blocks quantization blocks, flattened.
 __global__ void dequant_int4_bf16_kernel(const Int4View w, uint32_t blocks_per_row,
                                          uint32_t total_blocks, uint16_t* __restrict__ out) {
   const uint64_t cols = w.cols;
-  const uint32_t qb = blockIdx.x * kQuantBlocksPerCta + threadIdx.x / kThreadsPerQuantBlock;
-  if (qb >= total_blocks) return;
-  const uint32_t t = threadIdx.x % kThreadsPerQuantBlock;
-  const uint64_t row = qb / blocks_per_row;
-  const uint64_t col = uint64_t(qb % blocks_per_row) * kBlock + 8 * t;
+  const auto [qb, t, row, col, valid] = quant_slot(blocks_per_row, total_blocks);
+  if (!valid) return;
   if (col >= cols) return;  // a thread whose 8 elements are all padding
   const float scale = cuda::f16_to_f32(w.scales[qb]);
   const float min = w.mins ? cuda::f16_to_f32(w.mins[qb]) : -0.0f;
@@ -83,11 +98,8 @@ __global__ void dequant_int4_bf16_kernel(const Int4View w, uint32_t blocks_per_r
 __global__ void dequant_int8_bf16_kernel(const Int8View w, uint32_t blocks_per_row,
                                          uint32_t total_blocks, uint16_t* __restrict__ out) {
   const uint64_t cols = w.cols;
-  const uint32_t qb = blockIdx.x * kQuantBlocksPerCta + threadIdx.x / kThreadsPerQuantBlock;
-  if (qb >= total_blocks) return;
-  const uint32_t t = threadIdx.x % kThreadsPerQuantBlock;
-  const uint64_t row = qb / blocks_per_row;
-  const uint64_t col = uint64_t(qb % blocks_per_row) * kBlock + 8 * t;
+  const auto [qb, t, row, col, valid] = quant_slot(blocks_per_row, total_blocks);
+  if (!valid) return;
   if (col >= cols) return;
   const float scale = cuda::f16_to_f32(w.scales[qb]);
   const int8_t* q = w.q + uint64_t(qb) * kBlock + 8 * t;
