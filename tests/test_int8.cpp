@@ -24,6 +24,8 @@
 namespace ferry {
 namespace {
 
+using test::activations;
+
 const ProgressFn kQuiet = [](std::string_view, uint64_t, uint64_t) {};
 
 struct Weights8 {
@@ -44,14 +46,6 @@ Weights8 make_weights(uint64_t rows, uint64_t cols) {
   w.scales.resize(int8_scale_count(rows, cols));
   w.err = quantize_int8(w.f.data(), rows, cols, w.q.data(), w.scales.data());
   return w;
-}
-
-std::vector<float> activations(uint64_t n, uint64_t cols) {
-  std::mt19937 rng(uint32_t(n * 7 + cols));
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(n * cols);
-  for (float& v : x) v = nd(rng);
-  return x;
 }
 
 TEST(Int8Quantize, EveryWeightIsWithinHalfAStepAndPaddingIsZero) {

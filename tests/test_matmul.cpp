@@ -17,9 +17,12 @@
 #include "kernels/matvec.hpp"
 #include "quantizer/int4_quantize.hpp"
 #include "tests/alloc_counter.hpp"
+#include "tests/test_util.hpp"
 
 namespace ferry {
 namespace {
+
+using test::activations;
 
 struct Weights {
   uint64_t rows, cols;
@@ -44,14 +47,6 @@ Weights make_weights(Scheme scheme, uint64_t rows, uint64_t cols) {
   if (scheme_has_mins(scheme)) w.mins_or_null = w.mins.data();
   for (float v : f) w.bf16.push_back(float_to_bf16(v));
   return w;
-}
-
-std::vector<float> activations(uint64_t n, uint64_t cols) {
-  std::mt19937 rng(uint32_t(n * 7 + cols));
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(n * cols);
-  for (float& v : x) v = nd(rng);
-  return x;
 }
 
 // Reference: the scalar matvec per token, transposed into [n, rows].

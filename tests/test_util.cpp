@@ -101,4 +101,12 @@ std::vector<std::vector<float>> logits_after_prompt(Engine& e, const std::vector
   return out;
 }
 
+std::vector<float> activations(uint64_t n, uint64_t cols) {
+  std::mt19937 rng(uint32_t(n * 7 + cols));
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(n * cols);
+  for (float& v : x) v = nd(rng);
+  return x;
+}
+
 }  // namespace ferry::test

@@ -39,6 +39,9 @@ void write_file(const std::filesystem::path& p, const std::vector<uint8_t>& byte
 // The names of every entry of `dir`, hidden ones included, sorted.
 std::vector<std::string> entries(const std::filesystem::path& dir);
 
+// n x cols activations drawn from N(0, 1), seeded by the shape (the kernel tests' inputs).
+std::vector<float> activations(uint64_t n, uint64_t cols);
+
 // n token ids spread over 0 .. below-1 in a fixed pattern (a prompt longer than any fixture).
 std::vector<int32_t> spread_prompt(size_t n, int32_t below);
 // The last token's logits after `prompt` (run from position 0) and after each of `steps` decode
