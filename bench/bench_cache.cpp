@@ -72,8 +72,9 @@ BENCHMARK(BM_StreamedFills)->RangeMultiplier(4)->Range(1, 64)->UseRealTime();
 
 #ifdef FERRY_HAVE_CUDA
 // The CUDA upload path as the prefetcher drives it: CudaBackend::copy (cudaMemcpyAsync on the
-// copy stream) from the pinned host store into the arena, one call per chunk of 1 to 64 MB,
-// 256 MB per iteration. Skipped without a GPU.
+// copy stream) from the host store into the arena, one call per chunk of 1 to 64 MB, 256 MB per
+// iteration; the store pinned (argument 1) or pageable, through the bounce ring (0). Skipped
+// without a GPU.
 void BM_CudaUploadByChunk(benchmark::State& state) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -84,7 +85,7 @@ void BM_CudaUploadByChunk(benchmark::State& state) {
   cudaStream_t compute = nullptr;
   CUDA_CHECK(cudaStreamCreate(&compute));
   {
-    CudaBackend b(0, compute, 0, total + (64ull << 20), 0);
+    CudaBackend b(0, compute, 0, total + (64ull << 20), 0, state.range(1) != 0);
     Memory host = b.allocate_host(total, "the benchmark's store");
     Memory device = b.allocate_device(total, "the benchmark's arena");
     for (auto _ : state) {
@@ -93,11 +94,14 @@ void BM_CudaUploadByChunk(benchmark::State& state) {
       CUDA_CHECK(cudaStreamSynchronize(b.copy_stream()));
     }
     state.SetBytesProcessed(int64_t(state.iterations() * total));
-    state.SetLabel(b.host_fallback_used() ? "pageable (pinning failed)" : "pinned");
+    state.SetLabel(b.host_fallback_used() ? "pageable, bounce ring" : "pinned");
   }
   cudaStreamDestroy(compute);
 }
-BENCHMARK(BM_CudaUploadByChunk)->RangeMultiplier(2)->Range(1, 64)->UseRealTime();
+BENCHMARK(BM_CudaUploadByChunk)
+    ->ArgsProduct({{1, 4, 16, 64}, {1, 0}})
+    ->ArgNames({"MB", "pinned"})
+    ->UseRealTime();
 #endif
 
 }  // namespace

@@ -17,12 +17,13 @@
 namespace ferry {
 
 CudaBackend::CudaBackend(int device, CUstream_st* compute, uint64_t staging_bytes,
-                         uint64_t available, uint64_t margin)
+                         uint64_t available, uint64_t margin, bool pin_host)
     : device_(device),
       compute_(compute),
       staging_bytes_(staging_bytes),
       available_(available),
-      margin_(margin) {
+      margin_(margin),
+      pin_host_(pin_host) {
   CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
   device_allocated_ = staging_bytes_;
   if (staging_bytes_ &&
@@ -126,8 +127,8 @@ void CudaBackend::do_record_last_use(uint32_t entry) {
 // Runs where wait_last_use ran (the prefetch thread or a miss on the compute thread), after the
 // copy stream's wait on the entry's last use: the memset is ordered after the last reader.
 void CudaBackend::do_poison(uint8_t* memory, uint64_t bytes) {
-  std::lock_guard lock(copy_mu_);
   CUDA_CHECK(cudaSetDevice(device_));
+  std::lock_guard lock(copy_mu_);
   CUDA_CHECK(cudaMemsetAsync(memory, 0xFF, bytes, copy_));
 }
 
@@ -149,21 +150,22 @@ uint8_t* CudaBackend::do_allocate(uint64_t bytes, MemoryKind kind) {
     device_allocated_ += bytes;
     return static_cast<uint8_t*>(p);
   }
-  if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) == cudaSuccess)
+  if (pin_host_ && cudaHostAlloc(&p, bytes, cudaHostAllocDefault) == cudaSuccess)
     return static_cast<uint8_t*>(p);
   cudaGetLastError();
-  // Pageable memory still works: the driver stages each upload through its own pinned buffer,
-  // which costs about half the bandwidth and makes every cudaMemcpyAsync block the prefetcher.
+  // Pageable memory still works: uploads go through the bounce ring (32 MB pinned), near the
+  // pinned rate but with a host memcpy per byte on the prefetch thread's core.
   p = std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
   if (!p) return nullptr;
-  std::fprintf(stderr,
-               "ferry: warning: cannot pin %s of host memory (cudaHostAlloc failed: the driver "
-               "could not lock that much, which RLIMIT_MEMLOCK does not govern; a container's "
-               "memory limit or other pinned memory may); using pageable memory: uploads run at "
-               "roughly half the PCIe bandwidth\n",
-               human_bytes(double(bytes)).c_str());
+  if (pin_host_)
+    std::fprintf(stderr,
+                 "ferry: warning: cannot pin %s of host memory (cudaHostAlloc failed: the driver "
+                 "could not lock that much, which RLIMIT_MEMLOCK does not govern; a container's "
+                 "memory limit or other pinned memory may); using pageable memory, uploaded "
+                 "through a pinned bounce ring at the cost of a host copy of every byte\n",
+                 human_bytes(double(bytes)).c_str());
   pageable_fallback_ = true;
-  pageable_.push_back(static_cast<uint8_t*>(p));
+  pageable_.push_back({static_cast<uint8_t*>(p), bytes});
   return static_cast<uint8_t*>(p);
 }
 
@@ -175,7 +177,7 @@ void CudaBackend::do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) {
     return;
   }
   for (size_t i = 0; i < pageable_.size(); ++i)
-    if (pageable_[i] == p) {
+    if (pageable_[i].p == p) {
       pageable_.erase(pageable_.begin() + long(i));
       std::free(p);
       return;
@@ -183,10 +185,23 @@ void CudaBackend::do_free(uint8_t* p, uint64_t bytes, MemoryKind kind) {
   cudaFreeHost(p);
 }
 
-void CudaBackend::do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
-  std::lock_guard lock(copy_mu_);
+bool CudaBackend::is_pageable(const uint8_t* p) const {
+  for (const HostBlock& b : pageable_)
+    if (p >= b.p && p < b.p + b.bytes) return true;
+  return false;
+}
+
+void CudaBackend::put(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
   CUDA_CHECK(cudaSetDevice(device_));
+  if (is_pageable(src) && bounce_.ready()) return bounce_.upload(dst, src, bytes, copy_, copy_mu_);
+  // Pinned source: asynchronous. Pageable without a ring (not even 32 MB could be pinned): the
+  // driver stages it and the call returns when the copy stream has drained up to it.
+  std::lock_guard lock(copy_mu_);
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy_));
+}
+
+void CudaBackend::do_copy(uint8_t* dst, const uint8_t* src, uint64_t bytes) {
+  put(dst, src, bytes);
 }
 
 // The packed weight goes to the staging buffer laid out as a cache entry, then the kernel
@@ -197,14 +212,11 @@ void CudaBackend::do_dequant_int4_bf16(const Int4View& s, uint16_t* dst) {
   const uint64_t scales_at = at.scales_at, mins_at = at.mins_at;
   if (at.bytes() > staging_bytes_)
     throw Error("internal error: a weight does not fit the dequantization staging buffer");
+  std::lock_guard staging(staging_mu_);
+  put(staging_, s.q, q_bytes);
+  put(staging_ + scales_at, reinterpret_cast<const uint8_t*>(s.scales), scale_bytes);
+  if (s.mins) put(staging_ + mins_at, reinterpret_cast<const uint8_t*>(s.mins), scale_bytes);
   std::lock_guard lock(copy_mu_);
-  CUDA_CHECK(cudaSetDevice(device_));
-  CUDA_CHECK(cudaMemcpyAsync(staging_, s.q, q_bytes, cudaMemcpyHostToDevice, copy_));
-  CUDA_CHECK(
-      cudaMemcpyAsync(staging_ + scales_at, s.scales, scale_bytes, cudaMemcpyHostToDevice, copy_));
-  if (s.mins)
-    CUDA_CHECK(
-        cudaMemcpyAsync(staging_ + mins_at, s.mins, scale_bytes, cudaMemcpyHostToDevice, copy_));
   dequant_int4_bf16_cuda(int4_entry_view(at, staging_, s.rows, s.cols), dst, copy_);
   CUDA_CHECK(cudaGetLastError());
 }
@@ -213,11 +225,10 @@ void CudaBackend::do_dequant_int8_bf16(const Int8View& s, uint16_t* dst) {
   const Int4EntryLayout at = int8_entry_layout(s.rows, s.cols);
   if (at.bytes() > staging_bytes_)
     throw Error("internal error: a weight does not fit the dequantization staging buffer");
+  std::lock_guard staging(staging_mu_);
+  put(staging_, reinterpret_cast<const uint8_t*>(s.q), at.code_bytes);
+  put(staging_ + at.scales_at, reinterpret_cast<const uint8_t*>(s.scales), at.scale_bytes);
   std::lock_guard lock(copy_mu_);
-  CUDA_CHECK(cudaSetDevice(device_));
-  CUDA_CHECK(cudaMemcpyAsync(staging_, s.q, at.code_bytes, cudaMemcpyHostToDevice, copy_));
-  CUDA_CHECK(cudaMemcpyAsync(staging_ + at.scales_at, s.scales, at.scale_bytes,
-                             cudaMemcpyHostToDevice, copy_));
   dequant_int8_bf16_cuda(int8_entry_view(at, staging_, s.rows, s.cols), dst, copy_);
   CUDA_CHECK(cudaGetLastError());
 }

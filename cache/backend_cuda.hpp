@@ -1,5 +1,6 @@
 // The CUDA backend of the paging cache (DESIGN.md, "The paging core"): the host weight store in
-// pinned memory (cudaHostAlloc; pageable with a warning when pinning fails), the arena one
+// pinned memory (cudaHostAlloc; when pinning fails, pageable memory with a warning, uploaded
+// through a ring of pinned bounce buffers: cache/bounce_ring_cuda.hpp), the arena one
 // cudaMalloc made at load, fills as cudaMemcpyAsync (and, in the bf16 format, an upload to a
 // staging buffer and the dequantization kernel) on a copy stream owned by this backend, and two
 // events per entry:
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "cache/backend.hpp"
+#include "cache/bounce_ring_cuda.hpp"
 
 struct CUstream_st;
 struct CUevent_st;
@@ -29,8 +31,10 @@ class CudaBackend final : public CacheBackend {
   // is the device memory this backend may allocate (what is free, or what `--vram-limit` leaves);
   // `margin` is what `--cache-budget auto` leaves of it unallocated.
   // `device` is the GPU's ordinal: the prefetch thread selects it before its CUDA calls.
+  // `pin_host` false puts the host store in pageable memory from the start, as a failed
+  // cudaHostAlloc would (tests and bench_cache measure that path with it).
   CudaBackend(int device, CUstream_st* compute, uint64_t staging_bytes, uint64_t available,
-              uint64_t margin);
+              uint64_t margin, bool pin_host = true);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
@@ -64,6 +68,10 @@ class CudaBackend final : public CacheBackend {
 
  private:
   void destroy_events();
+  // dst <- src on the copy stream: through the bounce ring when src is pageable, directly
+  // otherwise; takes copy_mu_ only around each enqueue.
+  void put(uint8_t* dst, const uint8_t* src, uint64_t bytes);
+  bool is_pageable(const uint8_t* p) const;
 
   int device_ = 0;
   CUstream_st* compute_ = nullptr;
@@ -72,9 +80,10 @@ class CudaBackend final : public CacheBackend {
   uint8_t* staging_ = nullptr;  // [staging_bytes_] device: packed blocks awaiting dequantization
   uint64_t available_ = 0, margin_ = 0;
   uint64_t device_allocated_ = 0;  // by this backend, staging included
-  // Fills come from the prefetch thread and, on a miss, the compute thread: one at a time on the
-  // copy stream, so that two never share the staging buffer.
-  std::mutex copy_mu_;
+  // Fills come from the prefetch thread and, on a miss, the compute thread. copy_mu_ is held
+  // around each enqueue on the copy stream (never while it drains); staging_mu_ for a whole
+  // bf16-format fill, so that two never share the staging buffer.
+  std::mutex copy_mu_, staging_mu_;
   std::vector<CUevent_st*> ready_, last_use_;  // [entries]
   // Timing events around the compute stream's waits on uploads still in flight when acquired:
   // [entries] pairs, enough for one forward call (each weight is acquired once per pass);
@@ -82,8 +91,14 @@ class CudaBackend final : public CacheBackend {
   std::vector<CUevent_st*> wait_begin_, wait_end_;
   uint32_t timed_ = 0;
   std::atomic<uint64_t> device_wait_ns_{0};
-  std::vector<uint8_t*> pageable_;  // host blocks that could not be pinned
+  struct HostBlock {
+    uint8_t* p;
+    uint64_t bytes;
+  };
+  bool pin_host_ = true;
+  std::vector<HostBlock> pageable_;  // host blocks not pinned; written at load only
   bool pageable_fallback_ = false;
+  BounceRing bounce_;  // pinned on the first upload from pageable memory
 };
 
 // The staging bytes the bf16 format needs for one INT4 weight (laid out as its cache entry).

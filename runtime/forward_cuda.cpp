@@ -228,7 +228,7 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
     available = std::min<uint64_t>(available, o.vram_limit - used);
   }
   backend_ = std::make_shared<CudaBackend>(o.device, stream_.s, o.bf16_cache ? staging_bytes(w) : 0,
-                                           available, o.auto_margin);
+                                           available, o.auto_margin, o.pin_host);
 }
 
 void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y) {

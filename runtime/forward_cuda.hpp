@@ -17,6 +17,9 @@ struct CudaForwardOptions {
   uint64_t vram_limit = 0;
   // Staging for the bf16 cache format (the largest packed weight); 0 when the format is int4.
   bool bf16_cache = false;
+  // false: the host weight store in pageable memory, uploaded through the pinned bounce ring, as
+  // when pinning fails (tests take this path on purpose).
+  bool pin_host = true;
 };
 
 // Probes the GPU (one clear line when there is none, or the build cannot run on it) and returns

@@ -335,6 +335,31 @@ TEST(GpuForward, RaceAndPoisonStressLeavesLogitsBitIdentical) {
   }
 }
 
+// A host store that could not be pinned (here: asked not to be) uploads through the pinned bounce
+// ring (cache/bounce_ring_cuda.hpp), 8 MB chunks through 4 slots, each enqueued under the copy
+// stream's lock: at the minimum budget, with the race stress delaying every upload, the logits
+// equal the pinned, all-resident run's bit for bit.
+TEST(GpuForward, PageableHostStoreUploadsThroughTheBounceRing) {
+  FERRY_REQUIRE_GPU();
+  test::ScratchDir tmp;
+  const PackedFile f = PackedFile::open(synthesized(tmp, "qwen2-small"));
+  const ModelWeights w = bind_weights(f);
+  for (const CacheFormat format : {CacheFormat::int4, CacheFormat::bf16}) {
+    const CacheOptions all{.enabled = true, .budget_fraction = 1.0, .format = format};
+    Engine resident(PackedFile::from_mapping(f.file.mapping()), options(all, true));
+    const auto reference = run_tokens(resident);
+    const CacheOptions c{.enabled = true,
+                         .budget_bytes = paging_schedule(f, w, format).minimum_budget(),
+                         .format = format,
+                         .stress = {.race = true}};
+    EngineOptions o = options(c, true);
+    o.device = cuda_forward_factory({.bf16_cache = format == CacheFormat::bf16, .pin_host = false});
+    Engine pageable(PackedFile::from_mapping(f.file.mapping()), o);
+    EXPECT_EQ(run_tokens(pageable), reference) << format_name(format);
+    EXPECT_GT(pageable.cache_stats()->evictions, 0u) << format_name(format);
+  }
+}
+
 // A budget above what --vram-limit leaves is a clear error, not an out-of-memory crash.
 TEST(GpuForward, VramLimitCapsTheBudget) {
   FERRY_REQUIRE_GPU();
