@@ -18,6 +18,7 @@
 #include "kernels/attention.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
+#include "kernels/matmul_int8.hpp"
 #include "runtime/machine/bandwidth.hpp"
 
 namespace {
@@ -141,6 +142,31 @@ void bf16(benchmark::State& state) {
   report(state, double(w.bytes), since(t0));
 }
 
+// args: rows, cols, n, q8: 1 for matmul_int8_q8_cpu (activations in INT8, integer SIMD), 0 for
+// matmul_int8_cpu (codes widened to fp32). INT8 block-128 weights: the lm_head's default format.
+void int8(benchmark::State& state) {
+  const uint64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
+  const bool q8 = state.range(3) != 0;
+  const uint64_t blocks = int4_blocks_per_row(cols), one = rows * blocks * kBlock;
+  const uint64_t copies = (kWorkingSet + one - 1) / one;
+  std::vector<int8_t> q(one);
+  std::mt19937 rng(7);
+  for (auto& b : q) b = int8_t(int(rng() % 255) - 127);
+  replicate(q, copies);
+  std::vector<uint16_t> scales(rows * blocks * copies, 0x2000);
+  std::vector<float> x(n * cols, 0.25f), y(n * rows);
+  host();
+  uint64_t c = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    const Int8View v{q.data() + c * one, scales.data() + c * rows * blocks, rows, cols};
+    q8 ? matmul_int8_q8_cpu(pool(), v, x.data(), n, y.data())
+       : matmul_int8_cpu(pool(), v, x.data(), n, y.data());
+    c = (c + 1) % copies;
+  }
+  report(state, double(one + 2 * rows * blocks), since(t0));
+}
+
 // args: context length, queries, f16 (1: the default f16 KV cache, 0: f32). Qwen2-32B's attention
 // (40 heads, 8 kv heads, head_dim 128) over one layer's KV cache: GB/s of the cache read, each
 // visible k and v row counted once per query (the 5 query heads of a kv head share its rows
@@ -200,6 +226,13 @@ BENCHMARK(int4)
     ->Args({4096, 11008, 1, 1, 1})
     // SmolLM2-135M's MLP up projection, decode and a 128-token prompt
     ->ArgsProduct({{1536}, {576}, {1, 128}, {1}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(int8)
+    ->ArgNames({"rows", "cols", "n", "q8"})
+    // SmolLM2's tied lm_head (49,152 x 576) and a slice of Qwen2-32B's (152,064 x 5,120)
+    ->ArgsProduct({{49152}, {576}, {1}, {0, 1}})
+    ->ArgsProduct({{16384}, {5120}, {1, 8}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(attention)

@@ -17,6 +17,11 @@ namespace ferry {
 void matmul_int8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t n, float* y);
 void matmul_int8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t n, float* y,
                      KernelIsa isa);
+// The same product on activations quantized to INT8 per block of 128 (integer SIMD; the error
+// bound in kernels/matmul_int8_cpu.cpp); rows over 32,768 columns take matmul_int8_cpu.
+void matmul_int8_q8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t n, float* y);
+void matmul_int8_q8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t n, float* y,
+                        KernelIsa isa);
 // Any n: one pass over the weights per 8 tokens (the forward pass dequantizes to bf16 and runs
 // the GEMM instead above kGemvMaxBatch tokens, as for INT4).
 void matmul_int8_cuda(const Int8View& w, const float* x, uint64_t n, float* y, CUstream_st* stream);

@@ -33,8 +33,8 @@ struct EngineOptions {
   // The device the forward pass runs on: empty for the CPU; a factory (runtime/forward_cuda.hpp)
   // for the GPU, where the weights always page through the cache (budget auto unless given).
   DeviceFactory device = {};
-  // CPU INT4 linears on INT8-quantized activations (runtime/forward_pass.hpp); false: fp32, for
-  // reference comparisons with the CUDA GEMV.
+  // CPU INT4 and INT8 linears on INT8-quantized activations (runtime/forward_pass.hpp); false:
+  // fp32, for reference comparisons with the CUDA GEMV.
   bool cpu_int8_activations = true;
 };
 

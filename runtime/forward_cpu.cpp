@@ -86,7 +86,7 @@ class CpuForward final : public ForwardPass {
   const ModelWeights& w_;
   PassShape shape_;
   CpuPool& pool_;
-  bool int8_;  // INT4 linears on INT8 activations (matmul_int4_q8_cpu)
+  bool int8_;  // INT4 and INT8 linears on INT8 activations (matmul_int{4,8}_q8_cpu)
   CpuState s_;
   LinearObserver* observer_;  // null but for `ferry calibrate`
 };
@@ -99,7 +99,7 @@ void CpuForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t
   if (l.is_int4())
     int8_ ? matmul_int4_q8_cpu(pool_, l.q4, x, n, y) : matmul_int4_cpu(pool_, l.q4, x, n, y);
   else if (l.is_int8())
-    matmul_int8_cpu(pool_, l.q8, x, n, y);
+    int8_ ? matmul_int8_q8_cpu(pool_, l.q8, x, n, y) : matmul_int8_cpu(pool_, l.q8, x, n, y);
   else
     matmul_bf16_cpu(pool_, l.bf16, l.rows, l.cols, x, n, y);
   if (const uint16_t* bias = w_.biases[id]) add_bias_cpu(y, bias, n, l.rows);

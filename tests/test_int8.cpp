@@ -110,6 +110,65 @@ TEST(Int8Matmul, EveryPathMatchesTheScalarReferenceAndIsThreadInvariant) {
     }
 }
 
+std::vector<float> run_q8(const Weights8& w, const std::vector<float>& x, uint64_t n,
+                          unsigned threads, KernelIsa isa) {
+  CpuPool pool(threads);
+  std::vector<float> y(n * w.rows, NAN);
+  matmul_int8_q8_cpu(pool, w.view(), x.data(), n, y.data(), isa);
+  return y;
+}
+
+// INT8 x INT8 against the fp32 product of the same weights, within the bound of
+// kernels/matmul_int8_cpu.cpp's header: sum over blocks of d_b / 2 * sum |w_i| (d_b = the block's
+// max|x| / 127), plus fp32 rounding; bit-identical across thread counts and batch splits.
+TEST(Int8MatmulQ8, EveryPathWithinTheInt8RoundingBoundAndThreadInvariant) {
+  for (auto [rows, cols] :
+       {std::pair<uint64_t, uint64_t>{67, 320}, {40, 200}, {33, 4096}, {5, 100}, {9, 20000}})
+    for (uint64_t n : {1u, 2u, 3u, 5u, 8u, 17u}) {
+      const Weights8 w = make_weights(rows, cols);
+      const std::vector<float> x = activations(n, cols);
+      std::vector<float> want(n * rows), wf(rows * cols);
+      for (uint64_t t = 0; t < n; ++t) matvec_int8_cpu(w.view(), &x[t * cols], &want[t * rows]);
+      dequant_int8_f32_cpu(w.view(), wf.data());
+      std::vector<float> bound(n * rows);
+      double mean_err = 0, mean_bound = 0;
+      for (uint64_t t = 0; t < n; ++t)
+        for (uint64_t r = 0; r < rows; ++r) {
+          double e = 0, mag = 0;
+          for (uint64_t c0 = 0; c0 < cols; c0 += kBlock) {
+            const uint64_t c1 = std::min(cols, c0 + kBlock);
+            double amax = 0, wsum = 0;
+            for (uint64_t c = c0; c < c1; ++c) {
+              amax = std::max(amax, double(std::fabs(x[t * cols + c])));
+              wsum += std::fabs(wf[r * cols + c]);
+              mag += std::fabs(wf[r * cols + c] * x[t * cols + c]);
+            }
+            e += amax / 127.0 / 2.0 * wsum;
+          }
+          bound[t * rows + r] = float(e + 1e-5 * mag);
+        }
+      for (KernelIsa isa : isas()) {
+        SCOPED_TRACE(fmt::format("{}x{} n={} isa={}", rows, cols, n, int(isa)));
+        const std::vector<float> one = run_q8(w, x, n, 1, isa);
+        for (size_t i = 0; i < want.size(); ++i) {
+          ASSERT_LE(std::fabs(one[i] - want[i]), bound[i]) << i;
+          mean_err += std::fabs(one[i] - want[i]);
+          mean_bound += bound[i];
+        }
+        EXPECT_EQ(run_q8(w, x, n, 3, isa), one);
+        if (n > 1) {
+          const std::vector<float> x1(x.end() - int64_t(cols), x.end());
+          const std::vector<float> y1 = run_q8(w, x1, 1, 2, isa);
+          for (uint64_t r = 0; r < rows; ++r) ASSERT_EQ(y1[r], one[(n - 1) * rows + r]);
+        }
+      }
+      // The bound is not vacuous (the typical error sits well inside it), and the products are
+      // not all zero.
+      EXPECT_LT(mean_err, 0.5 * mean_bound);
+      EXPECT_GT(mean_err, 0.0);
+    }
+}
+
 TEST(Int8Plan, KeepRulesParseAndBadOnesAreOneLineErrors) {
   EXPECT_EQ(parse_keep_rule("lm_head=bf16").storage, WeightStorage::bf16);
   EXPECT_EQ(parse_keep_rule("*.mlp.*=int8").pattern, "*.mlp.*");
