@@ -75,6 +75,7 @@ void CacheBackend::evicted(uint8_t* memory, uint64_t bytes) {
 
 void CacheBackend::record_last_use(uint32_t entry) {
   if (stress_.race) do_delay(false, stress_.delay_us);
+  last_use_records_.fetch_add(1, std::memory_order_relaxed);
   do_record_last_use(entry);
 }
 

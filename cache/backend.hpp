@@ -84,6 +84,7 @@ class CacheBackend {
   // The compute side.
   virtual void wait_ready(uint32_t entry) = 0;
   void record_last_use(uint32_t entry);  // after the stress delay, do_record_last_use
+  uint64_t last_use_records() const { return last_use_records_.load(); }  // tests
   // Called once by the cache before any signal is used, with the number of entries.
   virtual void create_signals(uint32_t entries) = 0;
   // Seconds the compute side has waited on ready signals where acquire does not see it (a GPU
@@ -122,6 +123,7 @@ class CacheBackend {
 
   std::atomic<uint64_t> allocations_{0}, fail_allocation_{0};
   std::atomic<uint64_t> transfers_{0}, fail_transfer_{0};
+  std::atomic<uint64_t> last_use_records_{0};
   CacheStress stress_;
 };
 

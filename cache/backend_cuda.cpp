@@ -87,19 +87,19 @@ void CudaBackend::wait_last_use(uint32_t entry) {
   CUDA_CHECK(cudaStreamWaitEvent(copy_, last_use_.at(entry), 0));
 }
 
-// An upload already complete when the host enqueues the wait cannot stall the stream: only
-// pending ones are timed, so a resident weight costs one query and adds no phantom microseconds
-// (two events around a wait that is already satisfied still read ~1-2 us apart).
+// An upload already complete when the host asks needs no wait at all: everything before its
+// ready event has run, so a resident weight costs one query and no stream operation (the
+// cache only asks after record_ready, so a query never sees an event not yet recorded). Only
+// pending uploads are waited on, and timed, so no phantom microseconds are added (two events
+// around a wait that is already satisfied still read ~1-2 us apart).
 void CudaBackend::wait_ready(uint32_t entry) {
   CUevent_st* ready = ready_.at(entry);
   const cudaError_t done = cudaEventQuery(ready);
-  if (done == cudaErrorNotReady) {
-    // Not a failure: clear it, or the next launch check would report it (and nothing else).
-    if (cudaPeekAtLastError() == cudaErrorNotReady) cudaGetLastError();
-  } else {
-    CUDA_CHECK(done);
-  }
-  const bool timed = done == cudaErrorNotReady && timed_ < wait_begin_.size();
+  if (done == cudaSuccess) return;
+  if (done != cudaErrorNotReady) CUDA_CHECK(done);
+  // Not a failure: clear it, or the next launch check would report it (and nothing else).
+  if (cudaPeekAtLastError() == cudaErrorNotReady) cudaGetLastError();
+  const bool timed = timed_ < wait_begin_.size();
   if (timed) CUDA_CHECK(cudaEventRecord(wait_begin_[timed_], compute_));
   CUDA_CHECK(cudaStreamWaitEvent(compute_, ready, 0));
   if (timed) CUDA_CHECK(cudaEventRecord(wait_end_[timed_++], compute_));

@@ -42,6 +42,8 @@ DeviceCache::DeviceCache(CacheBackend& backend, Schedule schedule, const CacheCo
       config_(config),
       fill_(std::move(fill)),
       arena_bytes_(arena_bytes_for(schedule_, config.budget)),
+      // pin streams its unpinned weights through the ring even then (and pins all when they fit)
+      holds_all_(config.policy == CachePolicy::lru && arena_bytes_ >= schedule_.whole_bytes()),
       arena_(backend.allocate_device(arena_bytes_, "the cache arena")),
       allocator_(arena_bytes_, schedule_.size()),
       entries_(schedule_.size()),
@@ -120,6 +122,9 @@ int64_t DeviceCache::victim(bool take_fresh) const {
 
 void DeviceCache::evict(uint32_t id) {
   Entry& e = entries_[id];
+  if (holds_all_ || e.pinned)  // they signalled no last use: reuse could overwrite a reader
+    throw Error(
+        fmt::format("internal error: cache entry {} evicted, which it never should be", id));
   backend_.wait_last_use(id);  // the copy side waits for the last reader before reusing
   backend_.evicted(arena_.get() + e.offset, schedule_.arena_bytes(id));
   allocator_.free(e.offset, schedule_.arena_bytes(id));
@@ -305,7 +310,7 @@ const uint8_t* DeviceCache::acquire(uint32_t id) {
 
 void DeviceCache::release(uint32_t id) {
   if (id >= entries_.size()) throw Error(fmt::format("release of unknown weight id {}", id));
-  backend_.record_last_use(id);
+  if (!holds_all_ && !entries_[id].pinned) backend_.record_last_use(id);  // pinned: set at load
   Lock lock(mu_);
   Entry& e = entries_[id];
   if (e.readers == 0)

@@ -9,7 +9,11 @@
 // waits only on an entry being filled: one it finds absent or still queued it fetches itself (a
 // miss), so the compute never waits on the prefetcher's queue and the prefetcher, which waits for
 // room only while holding nothing, can never block it. An entry is evicted only when ready with
-// no reader; its memory is reused only after the backend's last-use signal.
+// no reader; its memory is reused only after the backend's last-use signal. An entry that will
+// never be evicted (pinned, or any entry when the arena holds the whole model) signals no last
+// use: on a GPU that is one event record fewer per linear per token, and a resident entry's
+// acquire enqueues no wait once its upload is done (cache/backend_cuda.cpp), so a fully resident
+// decode step makes no event calls at all.
 //
 // Policies. lru: when a placement needs room, evict the least recently used entry that was
 // released and already used since it was filled (the prefetcher never evicts an entry it fetched
@@ -101,7 +105,10 @@ class DeviceCache {
   const CacheConfig config_;
   const FillFn fill_;
   const uint64_t arena_bytes_;  // the budget, or the whole model when that is less
-  Memory arena_;                // [arena_bytes_] the stand-in for, or the real, device memory
+  // lru and the arena holds every weight: nothing is ever evicted (entries are never freed, so they
+  // lie end to end and each placement fits), and releases signal no last use.
+  const bool holds_all_;
+  Memory arena_;  // [arena_bytes_] the stand-in for, or the real, device memory
   PinPlan plan_;
   ArenaAllocator allocator_;
 

@@ -388,6 +388,31 @@ TEST(CacheErrors, AWeightThatCannotFitBesideTheHeldOnesIsAnErrorNotAHang) {
   EXPECT_NO_THROW(c.release((c.acquire(2), 2)));
 }
 
+// Only an entry that may be evicted signals its last use: none when lru's arena holds the whole
+// model, only the streamed ones under pin, every release when lru streams.
+TEST(CacheBackendSignals, LastUseIsSignalledOnlyForEntriesThatCanBeEvicted) {
+  const Schedule s = make_schedule(std::vector<uint64_t>(6, 256), {0, 0, 0, 1, 1, 1});
+  struct Case {
+    uint64_t budget;
+    CachePolicy policy;
+    uint64_t records;  // of 3 passes x 6 acquires
+  };
+  // pin at 4 entries, lookahead 1: 2 pinned, 4 streamed per pass (CacheEviction above).
+  for (const Case& k : {Case{6 * 256, CachePolicy::lru, 0}, Case{8 * 256, CachePolicy::lru, 0},
+                        Case{6 * 256, CachePolicy::pin, 0}, Case{1024, CachePolicy::pin, 3 * 4},
+                        Case{512, CachePolicy::lru, 3 * 6}}) {
+    CpuBackend b;
+    std::vector<uint32_t> evicted;
+    {
+      DeviceCache c(b, s, config(k.budget, k.policy, 1, &evicted), pattern_fill(s));
+      run_passes(c, 3);
+    }
+    EXPECT_EQ(b.last_use_records(), k.records)
+        << "budget " << k.budget << " " << policy_name(k.policy);
+    if (k.records == 0) EXPECT_TRUE(evicted.empty());
+  }
+}
+
 TEST(CacheBackendSignals, CpuBackendChecksTheProtocol) {
   CpuBackend b;
   b.create_signals(2);
