@@ -75,11 +75,13 @@ std::vector<KernelIsa> isas() {
   return v;
 }
 
+// q8: matmul_int8_q8_cpu (activations quantized to INT8), else matmul_int8_cpu.
 std::vector<float> run(const Weights8& w, const std::vector<float>& x, uint64_t n, unsigned threads,
-                       KernelIsa isa) {
+                       KernelIsa isa, bool q8 = false) {
   CpuPool pool(threads);
   std::vector<float> y(n * w.rows, NAN);
-  matmul_int8_cpu(pool, w.view(), x.data(), n, y.data(), isa);
+  q8 ? matmul_int8_q8_cpu(pool, w.view(), x.data(), n, y.data(), isa)
+     : matmul_int8_cpu(pool, w.view(), x.data(), n, y.data(), isa);
   return y;
 }
 
@@ -108,14 +110,6 @@ TEST(Int8Matmul, EveryPathMatchesTheScalarReferenceAndIsThreadInvariant) {
         }
       }
     }
-}
-
-std::vector<float> run_q8(const Weights8& w, const std::vector<float>& x, uint64_t n,
-                          unsigned threads, KernelIsa isa) {
-  CpuPool pool(threads);
-  std::vector<float> y(n * w.rows, NAN);
-  matmul_int8_q8_cpu(pool, w.view(), x.data(), n, y.data(), isa);
-  return y;
 }
 
 // INT8 x INT8 against the fp32 product of the same weights, within the bound of
@@ -149,16 +143,16 @@ TEST(Int8MatmulQ8, EveryPathWithinTheInt8RoundingBoundAndThreadInvariant) {
         }
       for (KernelIsa isa : isas()) {
         SCOPED_TRACE(fmt::format("{}x{} n={} isa={}", rows, cols, n, int(isa)));
-        const std::vector<float> one = run_q8(w, x, n, 1, isa);
+        const std::vector<float> one = run(w, x, n, 1, isa, true);
         for (size_t i = 0; i < want.size(); ++i) {
           ASSERT_LE(std::fabs(one[i] - want[i]), bound[i]) << i;
           mean_err += std::fabs(one[i] - want[i]);
           mean_bound += bound[i];
         }
-        EXPECT_EQ(run_q8(w, x, n, 3, isa), one);
+        EXPECT_EQ(run(w, x, n, 3, isa, true), one);
         if (n > 1) {
           const std::vector<float> x1(x.end() - int64_t(cols), x.end());
-          const std::vector<float> y1 = run_q8(w, x1, 1, 2, isa);
+          const std::vector<float> y1 = run(w, x1, 1, 2, isa, true);
           for (uint64_t r = 0; r < rows; ++r) ASSERT_EQ(y1[r], one[(n - 1) * rows + r]);
         }
       }
