@@ -409,7 +409,9 @@ TEST(CacheBackendSignals, LastUseIsSignalledOnlyForEntriesThatCanBeEvicted) {
     }
     EXPECT_EQ(b.last_use_records(), k.records)
         << "budget " << k.budget << " " << policy_name(k.policy);
-    if (k.records == 0) EXPECT_TRUE(evicted.empty());
+    if (k.records == 0) {
+      EXPECT_TRUE(evicted.empty());
+    }
   }
 }
 
