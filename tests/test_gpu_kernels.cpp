@@ -301,11 +301,12 @@ TEST(GpuKernels, TiledAttentionMatchesCpuTwin) {
       const uint64_t kv = group % 2 ? 2 : 1, bq = attention_tile_queries(hd, group);
       const uint64_t bk = attention_tile_keys(hd);
       for (const Case& c : {Case{kv * group, kv, hd, 1, 0}, Case{kv * group, kv, hd, bq, bk - 1},
-                            Case{kv * group, kv, hd, bq + 1, 3 * bk + 5},
-                            Case{kv * group, kv, hd, 300, group % 3 == 0 ? 0 : 77}})
+                            Case{kv * group, kv, hd, bq + 1, 3 * bk + 5}})
         cases.push_back(c);
+      if (group == 1 || group == 5 || group == 8)  // 300 queries: the twin's time bounds these
+        cases.push_back(Case{kv * group, kv, hd, 300, uint64_t(group == 5 ? 0 : 77)});
     }
-  CpuPool pool(2);
+  CpuPool pool(4);
   for (const Case& k : cases) {
     SCOPED_TRACE("heads " + std::to_string(k.heads) + "/" + std::to_string(k.kv_heads) + " hd " +
                  std::to_string(k.hd) + " n " + std::to_string(k.n) + " pos " +
