@@ -124,7 +124,9 @@ __global__ void __launch_bounds__(kThreads) attention_tiled_kernel(TiledArgs a) 
   __shared__ __align__(16) uint16_t kv[2][2][BK * HD];      // [buffer][K, V][BK][HD]
   __shared__ __align__(16) float sc[kRows * kScoreStride];  // scores, then p, [row][BK]
 
-  const uint32_t kvh = blockIdx.x, q0 = blockIdx.y * BQ;
+  // Blocks in reverse: the last queries walk the longest prefix, so the GPU starts them first
+  // and the short early blocks fill the tail instead of the long ones.
+  const uint32_t kvh = blockIdx.x, q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
   const uint32_t nq = a.n - q0 < BQ ? a.n - q0 : BQ;
   const uint32_t kv_end = a.pos + q0 + nq;  // the block's last query sees positions < kv_end
   const uint32_t sub = threadIdx.x % L, slot = threadIdx.x / L;
