@@ -11,9 +11,10 @@
 // ONCE in shared memory with 16-byte copies, double-buffered (cp.async from sm_80: the next
 // tile's copy runs under this tile's math; plain 16-byte loads and stores on sm_75), and every
 // row of the CTA reads it from there. Per tile:
-//   scores  each lane dots its 8 dimensions of k_j (one 16-byte shared load, broadcast to the
-//           warp's rows) with its rows' q, a butterfly over the row's L lanes sums them, and one
-//           lane writes s[r][j] (-inf past the row's own position: causal);
+//   scores  each lane dots its 8 dimensions of 2 keys (16-byte shared loads, broadcast to the
+//           warp's rows) with its 4 rows' q; a transposed butterfly over the row's L lanes sums
+//           the 8 partial dots in 8 shuffles and leaves one per lane, which it writes as
+//           s[r][j] (-inf past the row's own position: causal);
 //   softmax the row's lanes split the tile's scores: new max m', alpha = e^(m - m'),
 //           p = e^(s - m') written back, l = l alpha + sum p, o *= alpha;
 //   p v     each lane adds p[r][j] v_j for its 8 dimensions (16-byte loads of v_j and of 4 p's).
@@ -115,6 +116,31 @@ __device__ __forceinline__ float row_max(float x) {
   return x;
 }
 
+// Sums each of V values over a row's L lanes and leaves one sum per lane (a transposed
+// butterfly): at each step a lane keeps half of its values and sends the other half to its
+// partner, which keeps the opposite half, so V values cost V - 1 shuffles (plus one per step
+// left once a single value remains) instead of V log2(L). The lane's x[0] ends as the sum of
+// value number sum over halving steps of (sub & OFF ? H : 0); with V = 8:
+// 4 [sub & L/2] + 2 [sub & L/4] + [sub & L/8], held by the L / 8 lanes that differ below L / 8.
+template <uint32_t OFF, uint32_t COUNT, uint32_t V>
+__device__ __forceinline__ void transpose_sum(float (&x)[V], uint32_t sub) {
+  if constexpr (OFF > 0) {
+    if constexpr (COUNT > 1) {
+      constexpr uint32_t H = COUNT / 2;
+      const bool hi = (sub & OFF) != 0;
+#pragma unroll
+      for (uint32_t u = 0; u < H; ++u) {
+        const float send = hi ? x[u] : x[u + H], keep = hi ? x[u + H] : x[u];
+        x[u] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+      }
+      transpose_sum<OFF / 2, H>(x, sub);
+    } else {
+      x[0] += __shfl_xor_sync(0xffffffffu, x[0], OFF);
+      transpose_sum<OFF / 2, 1>(x, sub);
+    }
+  }
+}
+
 template <int G, int HD>
 __global__ void __launch_bounds__(kThreads) attention_tiled_kernel(TiledArgs a) {
   constexpr uint32_t L = HD / 8, kSlots = kThreads / L, R = kRowsPerThread;
@@ -136,13 +162,11 @@ __global__ void __launch_bounds__(kThreads) attention_tiled_kernel(TiledArgs a) 
 
   // This thread's rows slot + i * kSlots: their query positions, queries and state. Rows past
   // the block's queries dot zeros and are never written.
-  uint32_t qpos[R];
   float q[R][8], o[R][8], m[R], l[R];
 #pragma unroll
   for (uint32_t i = 0; i < R; ++i) {
     const uint32_t r = slot + i * kSlots, t = r / G;
     const bool valid = r < BQ * G && t < nq;
-    qpos[i] = a.pos + q0 + (valid ? t : 0);
     const float* src = a.q + (size_t(q0 + t) * a.heads + kvh * G + r % G) * HD + sub * 8;
     const float4 lo = valid ? *reinterpret_cast<const float4*>(src) : make_float4(0, 0, 0, 0);
     const float4 hi = valid ? *reinterpret_cast<const float4*>(src + 4) : make_float4(0, 0, 0, 0);
@@ -155,6 +179,16 @@ __global__ void __launch_bounds__(kThreads) attention_tiled_kernel(TiledArgs a) 
     m[i] = -INFINITY;
     l[i] = 0.0f;
   }
+
+  // The score this lane writes: the scores of 2 keys x R rows reduce to one per lane
+  // (transpose_sum), value v = 2 i + key; L / 8 lanes hold each and the first of them writes.
+  static_assert(2 * R == 8 && L >= 8 && BK % 2 == 0);
+  const uint32_t my_v =
+      4 * ((sub & (L / 2)) != 0) + 2 * ((sub & (L / 4)) != 0) + ((sub & (L / 8)) != 0);
+  const uint32_t my_r = slot + my_v / 2 * kSlots, my_key = my_v % 2, my_t = my_r / G;
+  const uint32_t my_qpos = a.pos + q0 + (my_r < BQ * G && my_t < nq ? my_t : 0);
+  const bool writer = (sub & (L / 8 - 1)) == 0;
+  float* my_sc = sc + my_r * kScoreStride + my_key;
 
   const uint32_t tiles = (kv_end + BK - 1) / BK;
   stage_tile<HD, BK>(a, k, v, 0, kv_end, kv[0][0], kv[0][1]);
@@ -171,20 +205,26 @@ __global__ void __launch_bounds__(kThreads) attention_tiled_kernel(TiledArgs a) 
     __syncthreads();
     const uint16_t *kt = kv[buf][0], *vt = kv[buf][1];
 
-    // Scores: all lanes walk the same keys (the shuffles need every lane).
+    // Scores, 2 keys at a time: all lanes walk the same keys (the shuffles need every lane).
+    // Rows past the block and positions past a row's own (causal) score -inf.
 #pragma unroll 2
-    for (uint32_t j = 0; j < BK; ++j) {
-      float kr[8];
-      halves8_shared(kt + j * HD + sub * 8, kr);
+    for (uint32_t j = 0; j < BK; j += 2) {
+      float k0[8], k1[8], x[2 * R];
+      halves8_shared(kt + j * HD + sub * 8, k0);
+      halves8_shared(kt + (j + 1) * HD + sub * 8, k1);
 #pragma unroll
       for (uint32_t i = 0; i < R; ++i) {
-        float d = 0;
+        float d0 = 0, d1 = 0;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) d = fmaf(q[i][e], kr[e], d);
-        d = row_sum<L>(d);
-        if (sub == j % L)
-          sc[(slot + i * kSlots) * kScoreStride + j] = begin + j <= qpos[i] ? d * scale : -INFINITY;
+        for (int e = 0; e < 8; ++e) {
+          d0 = fmaf(q[i][e], k0[e], d0);
+          d1 = fmaf(q[i][e], k1[e], d1);
+        }
+        x[2 * i] = d0;
+        x[2 * i + 1] = d1;
       }
+      transpose_sum<L / 2, 2 * R>(x, sub);
+      if (writer) my_sc[j] = begin + j + my_key <= my_qpos ? x[0] * scale : -INFINITY;
     }
     __syncwarp();
 
