@@ -13,7 +13,7 @@
 // row of the CTA reads it from there. Per tile:
 //   scores  each lane dots its 8 dimensions of 2 keys (16-byte shared loads, broadcast to the
 //           warp's rows) with its 4 rows' q; a transposed butterfly over the row's L lanes sums
-//           the 8 partial dots in 8 shuffles and leaves one per lane, which it writes as
+//           the 8 partial dots in 7 to 9 shuffles, leaving one per lane, which it writes as
 //           s[r][j] (-inf past the row's own position: causal);
 //   softmax the row's lanes split the tile's scores: new max m', alpha = e^(m - m'),
 //           p = e^(s - m') written back, l = l alpha + sum p, o *= alpha;
