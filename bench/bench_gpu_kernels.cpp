@@ -135,6 +135,42 @@ void attention_decode(benchmark::State& state) {
   cudaStreamDestroy(stream);
 }
 
+// args: prompt length n, tiled (1: attention_tiled_cuda, 0: the chunked GQA group kernel that
+// attention_cuda ran before it). Prefill of a whole n-token prompt through one layer of
+// Qwen2-32B's attention (40 heads over 8 kv heads of 128, f16 cache), from position 0.
+// TFLOP/s counts the causal half of QK^T and PV (2 x 2 x n^2 / 2 x heads x head_dim); GB/s the
+// KV bytes read from L2 or HBM as the kernel's design reads them: each K/V tile once per block of
+// Bq queries (tiled), each chunk once per query (chunked).
+void attention_prefill(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  const uint64_t n = state.range(0), heads = 40, kv_heads = 8, hd = 128;
+  const bool tiled = state.range(1) != 0;
+  const uint64_t kv_bytes = n * kv_heads * hd * 2;
+  DeviceBytes k(kv_bytes, 0), v(kv_bytes, 0), q(n * heads * hd * sizeof(float), 0);
+  DeviceBytes partials(attention_scratch_floats(n, n, heads, hd) * sizeof(float), 0);
+  DeviceBytes out(n * heads * hd * sizeof(float));
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  const double seconds = timed(state, stream, [&] {
+    if (tiled)
+      attention_tiled_cuda(q.as<float>(), k.as<uint16_t>(), v.as<uint16_t>(), n, 0, heads, kv_heads,
+                           hd, out.as<float>(), stream);
+    else  // the rounds of 64 queries attention_cuda runs below its tiling threshold
+      for (uint64_t t0 = 0; t0 < n; t0 += 64)
+        attention_cuda(q.as<float>(t0 * heads * hd * 4), k.as<uint16_t>(), v.as<uint16_t>(), 64, t0,
+                       heads, kv_heads, hd, partials.as<float>(),
+                       out.as<float>(t0 * heads * hd * 4), stream);
+  });
+  const double flops = 2.0 * 2.0 * double(n) * double(n) / 2 * double(heads * hd);
+  const double reads =
+      tiled ? double(n) / double(attention_tile_queries(hd, heads / kv_heads)) : double(n);
+  const double it = double(state.iterations());
+  state.counters["TFLOP/s"] = seconds > 0 ? flops * it / seconds / 1e12 : 0;
+  // Each pass reads half the K and V rows on average (causal): kv_bytes.
+  state.counters["kv_GB/s"] = seconds > 0 ? reads * double(kv_bytes) * it / seconds / 1e9 : 0;
+  cudaStreamDestroy(stream);
+}
+
 // args: rows, cols, n. Prefill's product of a batch with an INT4 weight: dequantization to a
 // bf16 scratch, then the cuBLASLt GEMM, as runtime/forward_cuda.cpp runs it above 8 tokens.
 void prefill_int4(benchmark::State& state) {
@@ -175,6 +211,14 @@ BENCHMARK(attention_decode)
     ->Args({4096, 0})
     ->Args({4096, 1})
     ->Args({32768, 1})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(attention_prefill)
+    ->ArgNames({"n", "tiled"})
+    ->Args({512, 0})
+    ->Args({512, 1})
+    ->Args({4096, 0})
+    ->Args({4096, 1})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(prefill_int4)

@@ -19,12 +19,17 @@
 // query head (5x fewer KV bytes for Qwen2-32B), with 16-byte loads (8 halves per lane,
 // head_dim / 8 lanes per row) and two rows in flight per lane group. It writes the same partials,
 // which the same merge reduces.
+//
+// Prefill over the f16 cache with enough queries to fill the GPU (attention_tiled_applies,
+// kernels/attention.hpp) runs the tiled FlashAttention-2 kernel of kernels/attention_tiled.cu
+// instead: one CTA per (kv head, block of queries), no partials. Decode keeps the kernels above.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cfloat>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "base/error.hpp"
 #include "kernels/attention.hpp"
@@ -337,6 +342,12 @@ void attention_rounds(const float* q, const T* k_cache, const T* v_cache, uint64
   if (attention_chunks(pos + n) > 65535)
     throw Error(Setting::ctx, "attention_cuda: a context of " + std::to_string(pos + n) +
                                   " positions exceeds the grid; lower it");
+  // Prefill of enough queries over the f16 cache: the tiled kernel (kernels/attention_tiled.cu),
+  // which reads each K/V tile once per block of queries instead of once per query.
+  if constexpr (std::is_same_v<T, uint16_t>)
+    if (attention_tiled_applies(n, heads, kv_heads, head_dim))
+      return attention_tiled_cuda(q, k_cache, v_cache, n, pos, heads, kv_heads, head_dim, out,
+                                  stream);
   for (uint64_t t0 = 0; t0 < n; t0 += kAttentionQueries) {  // rounds, as attention_cpu
     const uint64_t m = n - t0 < kAttentionQueries ? n - t0 : kAttentionQueries;
     const uint64_t q_dim = heads * head_dim;

@@ -71,6 +71,49 @@ void attention_cpu(CpuPool& pool, const float* q, const uint16_t* k_cache, const
                    uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                    float* partials, float* out, KernelIsa isa = best_kernel_isa());
 
+// Tiled prefill (FlashAttention-2; kernels/attention_tiled.cu, its CPU twin
+// kernels/attention_tiled_cpu.cpp): one CTA per (kv head, block of Bq queries) walks the causal
+// prefix in tiles of Bk positions, stages each K/V tile once in shared memory and serves every
+// query of its block and every query head of the group from it, keeping a running max, sum and
+// rescaled accumulator per (query, head) row instead of partials. Each thread owns 4 rows x 8
+// dimensions (head_dim / 8 lanes per row), so a CTA of 256 threads holds 8192 / head_dim rows:
+// 128, 64, 32 at head_dim 64, 128, 256, of which Bq = rows / group queries (Qwen2-32B, 40/8 heads
+// of 128: 12 queries x 5 heads). Bk = 32 positions (16 at head_dim 256) keeps the two K/V
+// buffers at 16-32 KB and the scores at 2-16 KB: at most 40 KB of static shared memory, under
+// the 48 KB every architecture from sm_75 gives without opting in.
+FERRY_HOST_DEVICE constexpr uint64_t attention_tile_rows(uint64_t head_dim) {
+  return 8192 / head_dim;
+}
+FERRY_HOST_DEVICE constexpr uint64_t attention_tile_keys(uint64_t head_dim) {
+  return head_dim <= 128 ? 32 : 4096 / head_dim;
+}
+FERRY_HOST_DEVICE constexpr uint64_t attention_tile_queries(uint64_t head_dim, uint64_t group) {
+  return attention_tile_rows(head_dim) / group;
+}
+// The shapes the tiled kernel is compiled for: head_dim 64, 128 or 256 and 1 to 8 query heads
+// per kv head (every current GQA model).
+bool attention_tiled_supports(uint64_t heads, uint64_t kv_heads, uint64_t head_dim);
+// Whether attention_cuda runs n queries of the f16 cache tiled: a supported shape with at least
+// kAttentionTiledMinCtas CTAs. The tiled kernel does not split the context, so each CTA walks
+// the whole prefix alone: with fewer CTAs than the GPU has SMs (132 on an H100/H200) it leaves
+// SMs idle for the whole call, where the group kernel still spreads 256-position chunks over all
+// of them. From 128 CTAs on (Qwen2-32B: n >= 181, 16 blocks of 12 queries x 8 kv heads;
+// Llama 3 70B: n >= 121) the tiled kernel fills the GPU and reads each K/V tile once per Bq
+// queries instead of once per query.
+inline constexpr uint64_t kAttentionTiledMinCtas = 128;
+bool attention_tiled_applies(uint64_t n, uint64_t heads, uint64_t kv_heads, uint64_t head_dim);
+
+// The tiled prefill on the pool, the same tiles and online-softmax order as the kernel (for
+// tests: the CPU forward keeps attention_cpu): q [n, heads, hd]; k, v caches [ctx, kv_heads, hd]
+// holding positions 0 .. pos+n-1; out [n, heads, hd]. Throws ferry::Error on a shape
+// attention_tiled_supports refuses.
+void attention_tiled_cpu(CpuPool& pool, const float* q, const float* k_cache, const float* v_cache,
+                         uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads,
+                         uint64_t head_dim, float* out);
+void attention_tiled_cpu(CpuPool& pool, const float* q, const uint16_t* k_cache,
+                         const uint16_t* v_cache, uint64_t n, uint64_t pos, uint64_t heads,
+                         uint64_t kv_heads, uint64_t head_dim, float* out);
+
 // The CUDA twins (kernels/attention.cu). Throws ferry::Error past 65,535 chunks of context.
 void attention_cuda(const float* q, const float* k_cache, const float* v_cache, uint64_t n,
                     uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
@@ -78,5 +121,11 @@ void attention_cuda(const float* q, const float* k_cache, const float* v_cache, 
 void attention_cuda(const float* q, const uint16_t* k_cache, const uint16_t* v_cache, uint64_t n,
                     uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                     float* partials, float* out, CUstream_st* stream);
+// The tiled kernel alone over an f16 cache (kernels/attention_tiled.cu; attention_cuda calls it
+// where attention_tiled_applies). Throws ferry::Error on a shape attention_tiled_supports refuses
+// or past 65,535 query blocks.
+void attention_tiled_cuda(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                          uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads,
+                          uint64_t head_dim, float* out, CUstream_st* stream);
 
 }  // namespace ferry

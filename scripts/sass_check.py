@@ -9,6 +9,10 @@ below is checked on the sm_90 code (the H100/H200 the roofline figures are for):
     128-bit global loads (LDG.E.128) and x with 128-bit shared loads (LDS.128);
   - the GQA attention kernel (attention_group_kernel) reads K and V rows with 128-bit loads
     only, in both its K loop and its V loop;
+  - the tiled prefill attention kernel (attention_tiled_kernel) stages its K/V tiles with 128-bit
+    copies only (LDGSTS.128, cp.async, on sm_90; no narrower global load anywhere in it), waits
+    for them (LDGDEPBAR/DEPBAR: the double buffer), and reads the staged tiles in its score and
+    p.v loops with 128-bit shared loads (LDS.128);
   - the GEMV's instruction budget. Derived in kernels/gemv_int4.cu's header: an H200 streams 18 bytes,
     34 weights, per SM per clock, and an SM issues 4 warp-instructions per clock, so keeping up
     with HBM leaves ~120 warp-instructions per 1024 weights. Staging x costs each warp the same
@@ -132,6 +136,29 @@ def check_attention(name, code, fail):
     return len(wide)
 
 
+def check_tiled(name, code, fail):
+    """The tiled prefill kernel: every global load 128 bits wide, the K/V tiles copied with
+    cp.async (LDGSTS.128) into the double buffer, and at least two loops (scores, p.v) reading
+    the staged tiles with LDS.128."""
+    ops = [c[1] for c in real(code)]
+    copies = [op for op in ops if op.startswith("LDGSTS")]
+    wide_copies = sum(".128" in op for op in copies)
+    narrow = [op for op in ops
+              if op.startswith("LDG") and not op.startswith("LDGDEPBAR") and ".128" not in op]
+    if wide_copies < 2:
+        fail(f"{name}: {wide_copies} 128-bit cp.async copies (LDGSTS.128), expected K and V")
+    if narrow:
+        fail(f"{name}: {len(narrow)} global loads narrower than 128 bits ({narrow[0]})")
+    if not any(op.startswith("LDGDEPBAR") for op in ops):
+        fail(f"{name}: no LDGDEPBAR: the K/V copies are not committed as groups (double buffer)")
+    tile_loops = sum(any(c[1].startswith("LDS") and ".128" in c[1] for c in real(body))
+                     for body in loops(code))
+    if tile_loops < 2:
+        fail(f"{name}: {tile_loops} loops read the staged tiles with LDS.128, expected the "
+             "score loop and the p.v loop")
+    print(f"  {name[-60:]}: {wide_copies} LDGSTS.128, {tile_loops} LDS.128 tile loops")
+
+
 def demangled_gemv(name):
     """(N, R, aligned x) of gemv_int4_kernel<N, R, VEC>; R None for the old one-parameter kernel."""
     m = re.search(r"gemv_int4_kernelILi(\d+)E(?:Li(\d+)E)?(?:Lb(\d)E)?", name)
@@ -156,7 +183,7 @@ def main():
         print("FAIL " + msg)
         failures.append(msg)
 
-    kernels, per_r, groups = 0, {}, 0
+    kernels, per_r, groups, tiled = 0, {}, 0, 0
     for obj in a.objects:
         for name, code in sm90_functions(cuobjdump, obj).items():
             kernels += 1
@@ -167,6 +194,9 @@ def main():
             if "attention_group_kernel" in name:
                 groups += 1
                 check_attention(name, code, fail)
+            if "attention_tiled_kernel" in name:
+                tiled += 1
+                check_tiled(name, code, fail)
             g = demangled_gemv(name)
             if g and g[0] == 1 and g[2]:  # the aligned-x variant: every real model's
                 r = g[1] or 1  # the old one-parameter kernel: 1024 weights per iteration
@@ -182,8 +212,10 @@ def main():
               f"Qwen2-32B layer's bytes (budget {GEMV_BUDGET})")
         if mean > GEMV_BUDGET:
             fail(f"decode GEMV: {mean:.0f} warp-instructions per 1024 weights, over {GEMV_BUDGET}")
+    if kernels and not tiled:
+        fail("no attention_tiled_kernel found")
     print(f"sass_check: {kernels} sm_90 kernels, {len(per_r)} decode GEMV variants, {groups} "
-          f"GQA attention variants: {len(failures)} failure(s)")
+          f"GQA attention variants, {tiled} tiled prefill variants: {len(failures)} failure(s)")
     return 1 if failures else 0
 
 

@@ -199,6 +199,96 @@ TEST(StoreF16, RoundsToNearestEvenAndSaturates) {
   EXPECT_EQ(out[2], float_to_f16(1.0f));  // 1 + 2^-12 is a tie: even mantissa, 1.0
 }
 
+// The tiled prefill's CPU twin (kernels/attention_tiled_cpu.cpp: the blocks, tiles and online
+// softmax of kernels/attention_tiled.cu) against the chunked attention_cpu over the same cache:
+// head_dim 64, 128 and 256, 1 to 8 query heads per kv head, and per shape a single query, one
+// block of queries exactly and one past it (Bq, Bq + 1), blocks crossing tile edges (pos one
+// short of, at and past a multiple of Bk), a context that is no multiple of the tile, and 300
+// queries from position 0 and from further on. Both sum in fp32, in different orders: ~1e-7
+// relative per term, so 1e-10 NMSE holds with orders to spare, where a tile dropped, a rescale
+// missed or a mask off by one position gives ~1e-3 or more.
+std::vector<Shape> tiled_shapes() {
+  std::vector<Shape> out;
+  for (uint64_t hd : {64u, 128u, 256u})
+    for (uint64_t group = 1; group <= 8; ++group) {
+      const uint64_t kv = group % 2 ? 2 : 1, heads = kv * group;
+      const uint64_t bq = attention_tile_queries(hd, group), bk = attention_tile_keys(hd);
+      for (Shape s : {Shape{heads, kv, hd, 1, 0}, Shape{heads, kv, hd, 1, 3 * bk + 5},
+                      Shape{heads, kv, hd, bq, bk}, Shape{heads, kv, hd, bq + 1, bk - 1},
+                      Shape{heads, kv, hd, 2 * bq + 3, 0}, Shape{heads, kv, hd, 5, 2 * bk + 1}})
+        out.push_back(s);
+    }
+  for (Shape s : {Shape{8, 1, 64, 300, 0}, Shape{5, 1, 128, 300, 0}, Shape{10, 2, 128, 300, 77},
+                  Shape{3, 3, 256, 300, 40}, Shape{8, 1, 256, 130, 1000}})
+    out.push_back(s);
+  return out;
+}
+
+std::vector<float> run_tiled(const Shape& s, const Inputs& in, unsigned threads) {
+  CpuPool pool(threads);
+  std::vector<float> out(s.n * s.heads * s.hd, NAN);  // a row no block writes stays NaN
+  attention_tiled_cpu(pool, in.q.data(), in.k.data(), in.v.data(), s.n, s.pos, s.heads, s.kv_heads,
+                      s.hd, out.data());
+  return out;
+}
+
+double nmse(const std::vector<float>& got, const std::vector<float>& want, double& worst) {
+  return nmse(got, std::vector<double>(want.begin(), want.end()), worst);
+}
+
+TEST(AttentionTiled, MatchesTheChunkedAttention) {
+  for (const Shape& s : tiled_shapes()) {
+    SCOPED_TRACE(describe(s));
+    const Inputs in = random_inputs(s, uint32_t(s.pos * 3 + s.n + s.heads));
+    double worst = 0;
+    EXPECT_LT(nmse(run_tiled(s, in, 2), run_cpu(s, in, 2), worst), 1e-10)
+        << "worst element off by " << worst;
+  }
+}
+
+// The f16 cache, as the kernel reads it: the twin's f16 form against attention_cpu's.
+TEST(AttentionTiled, F16MatchesTheChunkedAttention) {
+  for (const Shape& s : {Shape{40, 8, 128, 100, 37}, Shape{16, 2, 64, 150, 31},
+                         Shape{14, 2, 256, 33, 15}, Shape{6, 6, 128, 64, 500}}) {
+    SCOPED_TRACE(describe(s));
+    const F16Inputs f = f16_inputs(s, uint32_t(s.pos + s.n));
+    CpuPool pool(2);
+    std::vector<float> got(s.n * s.heads * s.hd, NAN);
+    attention_tiled_cpu(pool, f.in.q.data(), f.k.data(), f.v.data(), s.n, s.pos, s.heads,
+                        s.kv_heads, s.hd, got.data());
+    double worst = 0;
+    EXPECT_LT(nmse(got, run_f16(s, f, 2, best_kernel_isa()), worst), 1e-10)
+        << "worst element off by " << worst;
+  }
+}
+
+TEST(AttentionTiled, ResultsDoNotDependOnTheThreadCount) {
+  const Shape s{10, 2, 128, 40, 90};
+  const Inputs in = random_inputs(s, 4);
+  const std::vector<float> one = run_tiled(s, in, 1);
+  for (unsigned threads : {2u, 3u}) EXPECT_EQ(run_tiled(s, in, threads), one) << threads;
+}
+
+// The kernel's shapes, and attention_cuda's choice: prefill from 128 CTAs (kv heads x query
+// blocks), decode never.
+TEST(AttentionTiled, ShapesAndTheSelectionRule) {
+  EXPECT_TRUE(attention_tiled_supports(40, 8, 128));
+  EXPECT_TRUE(attention_tiled_supports(64, 8, 256));
+  EXPECT_FALSE(attention_tiled_supports(4, 4, 80));    // head_dim
+  EXPECT_FALSE(attention_tiled_supports(16, 1, 128));  // 16 heads per kv head
+  EXPECT_EQ(attention_tile_queries(128, 5), 12u);
+  EXPECT_EQ(attention_tile_keys(256), 16u);
+  EXPECT_FALSE(attention_tiled_applies(1, 40, 8, 128));    // decode
+  EXPECT_FALSE(attention_tiled_applies(180, 40, 8, 128));  // 15 blocks x 8 kv heads = 120 CTAs
+  EXPECT_TRUE(attention_tiled_applies(181, 40, 8, 128));   // 16 x 8 = 128
+  EXPECT_FALSE(attention_tiled_applies(4096, 8, 8, 80));
+  CpuPool pool(1);
+  std::vector<float> q(16 * 80), kv(80), out(16 * 80);
+  EXPECT_THROW(
+      attention_tiled_cpu(pool, q.data(), kv.data(), kv.data(), 1, 0, 16, 1, 80, out.data()),
+      Error);
+}
+
 TEST(Attention, ANonGroupedShapeIsAnError) {
   CpuPool pool(1);
   std::vector<float> q(6 * 8), kv(4 * 8), partials(64), out(6 * 8);

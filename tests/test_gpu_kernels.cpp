@@ -282,6 +282,71 @@ TEST(GpuKernels, AttentionMatchesCpuTwin) {
   }
 }
 
+// The tiled prefill kernel (kernels/attention_tiled.cu) against its CPU twin over the same f16
+// cache: head_dim 64, 128 and 256, groups of 1 to 8 query heads, one query, a block exactly and
+// one past it, tile edges (pos one short of a multiple of Bk), a context no multiple of the tile
+// and 300 queries from 0 and from further on. The output starts NaN, so a row no CTA writes
+// fails; the caches hold NaN past pos + n, so a read of a position the causal mask should
+// exclude (or one past the staged tile's end not zero-filled) fails too. Then attention_cuda's
+// own choice: Qwen2-32B's 40/8 heads at n = 200 (tiled, attention_tiled_applies) against the
+// chunked CPU attention.
+TEST(GpuKernels, TiledAttentionMatchesCpuTwin) {
+  FERRY_REQUIRE_GPU();
+  struct Case {
+    uint64_t heads, kv_heads, hd, n, pos;
+  };
+  std::vector<Case> cases;
+  for (uint64_t hd : {64u, 128u, 256u})
+    for (uint64_t group = 1; group <= 8; ++group) {
+      const uint64_t kv = group % 2 ? 2 : 1, bq = attention_tile_queries(hd, group);
+      const uint64_t bk = attention_tile_keys(hd);
+      for (const Case& c : {Case{kv * group, kv, hd, 1, 0}, Case{kv * group, kv, hd, bq, bk - 1},
+                            Case{kv * group, kv, hd, bq + 1, 3 * bk + 5}})
+        cases.push_back(c);
+      if (group == 1 || group == 5 || group == 8)  // 300 queries: the twin's time bounds these
+        cases.push_back(Case{kv * group, kv, hd, 300, uint64_t(group == 5 ? 0 : 77)});
+    }
+  CpuPool pool(4);
+  for (const Case& k : cases) {
+    SCOPED_TRACE("heads " + std::to_string(k.heads) + "/" + std::to_string(k.kv_heads) + " hd " +
+                 std::to_string(k.hd) + " n " + std::to_string(k.n) + " pos " +
+                 std::to_string(k.pos));
+    const uint64_t ctx = k.pos + k.n, q_dim = k.heads * k.hd, kv_dim = k.kv_heads * k.hd;
+    const std::vector<float> q = random_vector(k.n * q_dim, 6);
+    const std::vector<float> kc = random_vector(ctx * kv_dim, 7),
+                             vc = random_vector(ctx * kv_dim, 8);
+    std::vector<uint16_t> k16((ctx + 64) * kv_dim, 0x7e00), v16((ctx + 64) * kv_dim, 0x7e00);
+    store_f16_cpu(kc.data(), kc.size(), k16.data());  // past ctx: f16 NaN
+    store_f16_cpu(vc.data(), vc.size(), v16.data());
+    std::vector<float> want(k.n * q_dim);
+    attention_tiled_cpu(pool, q.data(), k16.data(), v16.data(), k.n, k.pos, k.heads, k.kv_heads,
+                        k.hd, want.data());
+    DeviceArray<float> d_q(q), d_out(nans(want.size()));
+    DeviceArray<uint16_t> d_k(k16), d_v(v16);
+    attention_tiled_cuda(d_q.get(), d_k.get(), d_v.get(), k.n, k.pos, k.heads, k.kv_heads, k.hd,
+                         d_out.get(), nullptr);
+    expect_close("tiled", d_out.to_host(), want, 1e-10);
+  }
+
+  const Case k{40, 8, 128, 200, 37};
+  ASSERT_TRUE(attention_tiled_applies(k.n, k.heads, k.kv_heads, k.hd));
+  const uint64_t ctx = k.pos + k.n, q_dim = k.heads * k.hd, kv_dim = k.kv_heads * k.hd;
+  const std::vector<float> q = random_vector(k.n * q_dim, 9);
+  const std::vector<float> kc = random_vector(ctx * kv_dim, 10),
+                           vc = random_vector(ctx * kv_dim, 11);
+  std::vector<uint16_t> k16(kc.size()), v16(vc.size());
+  store_f16_cpu(kc.data(), kc.size(), k16.data());
+  store_f16_cpu(vc.data(), vc.size(), v16.data());
+  std::vector<float> partials(attention_scratch_floats(k.n, ctx, k.heads, k.hd)), want(k.n * q_dim);
+  attention_cpu(pool, q.data(), k16.data(), v16.data(), k.n, k.pos, k.heads, k.kv_heads, k.hd,
+                partials.data(), want.data());
+  DeviceArray<float> d_q(q), d_out(nans(want.size())), d_partials(nans(partials.size()));
+  DeviceArray<uint16_t> d_k(k16), d_v(v16);
+  attention_cuda(d_q.get(), d_k.get(), d_v.get(), k.n, k.pos, k.heads, k.kv_heads, k.hd,
+                 d_partials.get(), d_out.get(), nullptr);
+  expect_close("prefill", d_out.to_host(), want, 1e-10);
+}
+
 // store_f16_cuda against store_f16_cpu at the edges: ties, the largest f16, values that round
 // past it (saturated), infinities, NaN, subnormals and values that flush to zero.
 TEST(GpuKernels, StoreF16MatchesCpuTwin) {
