@@ -21,6 +21,10 @@
 //    end are skipped whole, so no per-element bounds check remains.
 //  - A warp owns R rows (4 for large matrices, fewer for small ones so their CTAs still cover
 //    the SMs), reading each staged x element once per R rows.
+//  - The same kernel runs the fused launches of kernels/gemv_fused.hpp: up to three weights in
+//    one grid (each CTA serves one, chosen by gemv_slot_of), or gate and up paired in each warp;
+//    the epilogue (bias, residual add, or silu(gate) * up) is applied in the store, after the
+//    loop, so the main loop is the same for all (sass_check.py weighs the variants decode runs).
 // Each block's codes are dotted with x first and scaled once: s * sum(c x) + m * sum(x), with
 // m = min (asym) or -8 s (sym), as the scalar twin does; partial sums are reduced over the warp
 // with shuffles in a fixed order, so results do not depend on scheduling.

@@ -7,6 +7,20 @@
 // paging cache, whose acquire makes the stream wait on the entry's ready event and whose release
 // records its last use. The host runs ahead of the GPU and blocks once per call, on the logits'
 // copy back.
+//
+// Launches per layer at decode (n <= 8 tokens; INT4 weights, f16 KV cache, Qwen2 with q/k/v
+// biases; Qwen3's per-head norms add 2 to each count; attention is 2 kernels, group and merge):
+//  - before: 21. rmsnorm, q, k, v, add_bias x 3, rope q, rope k, store_f16 k, v, attention (2),
+//    o, add, rmsnorm, gate, up, silu_mul, down, add.
+//  - now, every weight resident (--cache-budget all): 9. rmsnorm, q+k+v as one GEMV with the
+//    biases in its store, rope_kv (q and k rotated, k and v stored as f16), attention (2), o with
+//    the residual add in its store, rmsnorm, gate+up paired storing silu(gate)*up, down with the
+//    residual add. The fused kernels give the unfused steps' results (kernels/gemv_fused.hpp).
+//  - now, streaming below the model (the cache guarantees room for one weight at a time, so no
+//    two are held together): 13. q, k, v, gate, up and silu_mul separate; bias and residual
+//    still in the INT4 GEMV's store. INT8 weights, the bf16 cache format and prefill (n > 8:
+//    dequant + GEMM) keep add_bias and add launches; RoPE and the KV store are one launch there
+//    too.
 #include "runtime/forward_cuda.hpp"
 
 #include <cuda_runtime.h>
@@ -295,10 +309,16 @@ void CudaForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
     return;
   }
   HeldWeight q(src, iq), k(src, ik), v(src, iv);
-  const GemvOut outs[3] = {{q.linear.q4, q_.get(), bias_[iq]},
-                           {k.linear.q4, k_.get(), bias_[ik]},
-                           {v.linear.q4, v_.get(), bias_[iv]}};
-  gemv_int4_fused_cuda(outs, 3, xb_.get(), n, GemvStore::set, stream_.s);
+  if (q.linear.is_int4() && k.linear.is_int4() && v.linear.is_int4()) {
+    const GemvOut outs[3] = {{q.linear.q4, q_.get(), bias_[iq]},
+                             {k.linear.q4, k_.get(), bias_[ik]},
+                             {v.linear.q4, v_.get(), bias_[iv]}};
+    gemv_int4_fused_cuda(outs, 3, xb_.get(), n, GemvStore::set, stream_.s);
+  } else {  // a source that changed a weight's format: the held weights one product each
+    product(q.linear, iq, xb_.get(), n, q_.get(), GemvStore::set);
+    product(k.linear, ik, xb_.get(), n, k_.get(), GemvStore::set);
+    product(v.linear, iv, xb_.get(), n, v_.get(), GemvStore::set);
+  }
   q.release();
   k.release();
   v.release();
@@ -315,7 +335,13 @@ void CudaForward::gate_up(WeightSource& src, uint64_t layer, uint64_t n) {
     return;
   }
   HeldWeight gate(src, ig), up(src, iu);
-  gemv_int4_silu_mul_cuda(gate.linear.q4, up.linear.q4, xb_.get(), n, gate_.get(), stream_.s);
+  if (gate.linear.is_int4() && up.linear.is_int4()) {
+    gemv_int4_silu_mul_cuda(gate.linear.q4, up.linear.q4, xb_.get(), n, gate_.get(), stream_.s);
+  } else {  // as in qkv
+    product(gate.linear, ig, xb_.get(), n, gate_.get(), GemvStore::set);
+    product(up.linear, iu, xb_.get(), n, up_.get(), GemvStore::set);
+    silu_mul_cuda(gate_.get(), up_.get(), n * c_.intermediate, gate_.get(), stream_.s);
+  }
   gate.release();
   up.release();
 }
