@@ -34,21 +34,53 @@ __global__ void rmsnorm_kernel(const float* x, const uint16_t* w, float eps, uin
     out[blockIdx.x * dim + i] = xr[i] * inv * bf16_to_f32(w[i]);
 }
 
-// One thread per (token, head, pair); rotate_half pairing (i, i + hd/2) as rope_cpu.
+// Rotates the pair (x[i], x[i + half]) of one head row to position p; rotate_half pairing as
+// rope_cpu.
+__device__ __forceinline__ void rotate_pair(float* x, uint64_t i, uint64_t half, uint64_t p,
+                                            const float* inv_freq, float scale) {
+  float s, c;
+  sincosf(float(p) * inv_freq[i], &s, &c);
+  s *= scale;
+  c *= scale;
+  const float a = x[i], b = x[i + half];
+  x[i] = a * c - b * s;
+  x[i + half] = b * c + a * s;
+}
+
+// f16 bits of x, round to nearest even, saturated at +-65504 (NaN stays NaN), as store_f16_cpu.
+__device__ __forceinline__ uint16_t to_f16_saturated(float x) {
+  const float most = 65504.0f;
+  return __half_as_ushort(__float2half_rn(x > most ? most : x < -most ? -most : x));
+}
+
+// One thread per (token, head, pair).
 __global__ void rope_kernel(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t pos,
                             const float* inv_freq, float scale) {
   const uint64_t half = head_dim / 2;
   const uint64_t id = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (id >= n * heads * half) return;
   const uint64_t i = id % half, head_row = id / half, t = head_row / heads;
-  float* x = v + head_row * head_dim;
-  float s, c;
-  sincosf(float(pos + t) * inv_freq[i], &s, &c);
-  s *= scale;
-  c *= scale;
-  const float a = x[i], b = x[i + half];
-  x[i] = a * c - b * s;
-  x[i + half] = b * c + a * s;
+  rotate_pair(v + head_row * head_dim, i, half, pos + t, inv_freq, scale);
+}
+
+// One thread per (token, head of q's heads then k's, pair): q's pairs rotated in place; k's
+// rotated, then (k16 given) the pair of k and the same two elements of v stored as f16.
+__global__ void rope_kv_kernel(float* q, float* k, const float* v, uint64_t n, uint64_t heads,
+                               uint64_t kv_heads, uint64_t head_dim, uint64_t pos,
+                               const float* inv_freq, float scale, uint16_t* k16, uint16_t* v16) {
+  const uint64_t half = head_dim / 2, all = heads + kv_heads;
+  const uint64_t id = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (id >= n * all * half) return;
+  const uint64_t i = id % half, t = id / half / all, h = id / half % all;
+  if (h < heads)
+    return rotate_pair(q + (t * heads + h) * head_dim, i, half, pos + t, inv_freq, scale);
+  const uint64_t at = (t * kv_heads + h - heads) * head_dim;
+  rotate_pair(k + at, i, half, pos + t, inv_freq, scale);
+  if (!k16) return;
+  k16[at + i] = to_f16_saturated(k[at + i]);
+  k16[at + i + half] = to_f16_saturated(k[at + i + half]);
+  v16[at + i] = to_f16_saturated(v[at + i]);
+  v16[at + i + half] = to_f16_saturated(v[at + i + half]);
 }
 
 __global__ void silu_mul_kernel(const float* gate, const float* up, uint64_t count, float* out) {
@@ -72,8 +104,7 @@ __global__ void add_bias_kernel(float* y, const uint16_t* bias, uint64_t rows, u
 __global__ void store_f16_kernel(const float* src, uint64_t count, uint16_t* dst) {
   const uint64_t i = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= count) return;
-  const float x = src[i], most = 65504.0f;
-  dst[i] = __half_as_ushort(__float2half_rn(x > most ? most : x < -most ? -most : x));
+  dst[i] = to_f16_saturated(src[i]);
 }
 
 // One block: each thread scans a strided share, then a shared-memory tree keeps the larger value
@@ -118,6 +149,16 @@ void rope_cuda(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t
   if (count == 0) return;
   rope_kernel<<<grid_for(count), kThreads, 0, stream>>>(v, n, heads, head_dim, pos, inv_freq,
                                                         scale);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void rope_kv_cuda(float* q, float* k, const float* v, uint64_t n, uint64_t heads, uint64_t kv_heads,
+                  uint64_t head_dim, uint64_t pos, const float* inv_freq, float scale,
+                  uint16_t* k16, uint16_t* v16, CUstream_st* stream) {
+  const uint64_t count = n * (heads + kv_heads) * (head_dim / 2);
+  if (count == 0) return;
+  rope_kv_kernel<<<grid_for(count), kThreads, 0, stream>>>(q, k, v, n, heads, kv_heads, head_dim,
+                                                           pos, inv_freq, scale, k16, v16);
   CUDA_CHECK(cudaGetLastError());
 }
 

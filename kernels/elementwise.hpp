@@ -29,6 +29,18 @@ void rope_cpu(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t 
 void rope_cuda(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t pos,
                const float* inv_freq, float scale, CUstream_st* stream);
 
+// One sequence's attention inputs in one step (one launch at decode instead of four): q [n,
+// heads, head_dim] and k [n, kv_heads, head_dim] rotated in place as rope_cpu does, token t at
+// position pos + t; then, when k16 is not null, the rotated k and v [n, kv_heads, head_dim]
+// stored as f16 (store_f16_cpu) to k16 and v16, the sequence's rows of an f16 KV cache.
+// Equals rope_cpu(q), rope_cpu(k), store_f16_cpu(k), store_f16_cpu(v) bit for bit.
+void rope_kv_cpu(float* q, float* k, const float* v, uint64_t n, uint64_t heads, uint64_t kv_heads,
+                 uint64_t head_dim, uint64_t pos, const float* inv_freq, float scale, uint16_t* k16,
+                 uint16_t* v16);
+void rope_kv_cuda(float* q, float* k, const float* v, uint64_t n, uint64_t heads, uint64_t kv_heads,
+                  uint64_t head_dim, uint64_t pos, const float* inv_freq, float scale,
+                  uint16_t* k16, uint16_t* v16, CUstream_st* stream);
+
 // out[i] = silu(gate[i]) * up[i], i < count
 void silu_mul_cpu(const float* gate, const float* up, uint64_t count, float* out);
 void silu_mul_cuda(const float* gate, const float* up, uint64_t count, float* out,

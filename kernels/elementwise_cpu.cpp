@@ -44,6 +44,16 @@ void rope_cpu(float* v, uint64_t n, uint64_t heads, uint64_t head_dim, uint64_t 
     rope_row(v + t * heads * head_dim, heads, head_dim, pos + t, inv_freq, scale);
 }
 
+void rope_kv_cpu(float* q, float* k, const float* v, uint64_t n, uint64_t heads, uint64_t kv_heads,
+                 uint64_t head_dim, uint64_t pos, const float* inv_freq, float scale, uint16_t* k16,
+                 uint16_t* v16) {
+  rope_cpu(q, n, heads, head_dim, pos, inv_freq, scale);
+  rope_cpu(k, n, kv_heads, head_dim, pos, inv_freq, scale);
+  if (!k16) return;
+  store_f16_cpu(k, n * kv_heads * head_dim, k16);
+  store_f16_cpu(v, n * kv_heads * head_dim, v16);
+}
+
 void silu_mul_cpu(const float* gate, const float* up, uint64_t count, float* out) {
   for (uint64_t i = 0; i < count; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }

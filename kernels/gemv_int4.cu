@@ -21,6 +21,10 @@
 //    end are skipped whole, so no per-element bounds check remains.
 //  - A warp owns R rows (4 for large matrices, fewer for small ones so their CTAs still cover
 //    the SMs), reading each staged x element once per R rows.
+//  - The same kernel runs the fused launches of kernels/gemv_fused.hpp: up to three weights in
+//    one grid (each CTA serves one, chosen by gemv_slot_of), or gate and up paired in each warp;
+//    the epilogue (bias, residual add, or silu(gate) * up) is applied in the store, after the
+//    loop, so the main loop is the same for all (sass_check.py weighs the variants decode runs).
 // Each block's codes are dotted with x first and scaled once: s * sum(c x) + m * sum(x), with
 // m = min (asym) or -8 s (sym), as the scalar twin does; partial sums are reduced over the warp
 // with shuffles in a fixed order, so results do not depend on scheduling.
@@ -34,12 +38,13 @@
 #include "format/int4.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/cuda_common.cuh"
+#include "kernels/gemv_fused.hpp"
 #include "kernels/matmul.hpp"
 
 namespace ferry {
 namespace {
 
-constexpr uint32_t kWarpsPerCta = 8;
+constexpr uint32_t kWarpsPerCta = kGemvWarps;
 constexpr uint32_t kThreads = kWarpsPerCta * 32;
 constexpr uint32_t kChunk = 1024;            // columns per stage: 8 blocks
 constexpr uint32_t kLaneCols = kChunk / 32;  // 32 columns per lane, a quarter block
@@ -137,15 +142,16 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, uint32_t co
 template <int N, int R, bool VEC, bool GUARD>
 __device__ __forceinline__ void gemv_chunk(const float* __restrict__ x, uint32_t cols,
                                            uint32_t blocks, uint32_t c, const LaneRow (&at)[R],
-                                           float m_factor, LaneCodes (&cur)[R], float (&acc)[R][N],
-                                           float4 (*xs)[kChunk / 4], float (*sums)[kChunk / 32]) {
+                                           const float (&m_factor)[R], LaneCodes (&cur)[R],
+                                           float (&acc)[R][N], float4 (*xs)[kChunk / 4],
+                                           float (*sums)[kChunk / 32]) {
   const uint32_t lane = threadIdx.x % 32;
   stage_x<N, VEC>(x, cols, c * kChunk, xs, sums);
   __syncthreads();
   LaneCodes next[R];
   const bool in_row = (c + 1) * 8 + lane / 4 < blocks;
 #pragma unroll
-  for (int r = 0; r < R; ++r) next[r] = load_codes<GUARD>(at[r], c + 1, in_row, m_factor);
+  for (int r = 0; r < R; ++r) next[r] = load_codes<GUARD>(at[r], c + 1, in_row, m_factor[r]);
   const uint32_t xi = lane * (kLaneCols / 4);  // this lane's first float4 in the chunk
 #pragma unroll
   for (int t = 0; t < N; ++t) {
@@ -167,25 +173,45 @@ __device__ __forceinline__ void gemv_chunk(const float* __restrict__ x, uint32_t
   for (int r = 0; r < R; ++r) cur[r] = next[r];
 }
 
-template <int N, int R, bool VEC>
+// A launch's arguments: the fused outputs (kernels/gemv_fused.hpp) and its grid.
+struct GemvLaunch {
+  Int4View w[kGemvMaxParts];
+  float* y[kGemvMaxParts];
+  const uint16_t* bias[kGemvMaxParts];
+  GemvGrid grid;
+  bool add;  // GemvStore::add
+};
+
+// a[p] by selects, not an indexed read of the kernel's parameters (which could copy them to
+// local memory); p < kGemvMaxParts.
+template <typename T>
+__device__ __forceinline__ const T& pick(const T (&a)[kGemvMaxParts], uint32_t p) {
+  return p == 0 ? a[0] : p == 1 ? a[1] : a[2];
+}
+
+// PAIRED: gate (part 0) and up (part 1), each warp R/2 rows of both; silu(gate) * up stored.
+template <int N, int R, bool VEC, bool PAIRED>
 __global__ void __launch_bounds__(kThreads, 1)
-    gemv_int4_kernel(const Int4View w, const float* __restrict__ x, float* __restrict__ y) {
+    gemv_int4_kernel(const GemvLaunch a, const float* __restrict__ x) {
   __shared__ float4 xs[N][kChunk / 4];    // the chunk of x, [N][1024] floats
   __shared__ float sums[N][kChunk / 32];  // sums of each 32 of them, [N][32]
-  const uint32_t rows = uint32_t(w.rows), cols = uint32_t(w.cols), blocks = uint32_t(w.blocks());
+  const uint32_t cols = uint32_t(a.w[0].cols), blocks = uint32_t(a.w[0].blocks());
   const uint32_t lane = threadIdx.x % 32;
-  const uint32_t row0 = (blockIdx.x * kWarpsPerCta + threadIdx.x / 32) * R;
   const uint32_t chunks = (cols + kChunk - 1) / kChunk;
-  const float m_factor = w.mins ? 1.0f : -8.0f;
   float acc[R][N];
+  float m_factor[R];
+  GemvSlot slot[R];
   LaneRow at[R];
   LaneCodes cur[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
 #pragma unroll
     for (int t = 0; t < N; ++t) acc[r][t] = 0.0f;
-    at[r] = lane_row(w, row0 + r, rows, blocks, lane);
-    cur[r] = load_codes<true>(at[r], 0, lane / 4 < blocks, m_factor);
+    slot[r] = gemv_slot_of<PAIRED>(a.grid, R, blockIdx.x, threadIdx.x / 32, r);
+    const Int4View& w = pick(a.w, slot[r].part);
+    m_factor[r] = w.mins ? 1.0f : -8.0f;
+    at[r] = lane_row(w, slot[r].row, uint32_t(w.rows), blocks, lane);
+    cur[r] = load_codes<true>(at[r], 0, lane / 4 < blocks, m_factor[r]);
   }
   // The main loop: chunk c + 1 is whole (its 8 blocks exist), so its loads need no guard.
   uint32_t c = 0;
@@ -196,88 +222,147 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int t = 0; t < N; ++t) {
-      const float v = cuda::warp_sum(acc[r][t]);
-      if (lane == 0 && row0 + r < rows) y[size_t(t) * rows + row0 + r] = v;
+    for (int t = 0; t < N; ++t) acc[r][t] = cuda::warp_sum(acc[r][t]);
+  if (lane != 0) return;
+  if constexpr (PAIRED) {  // the epilogue of gemv_int4_silu_mul_cpu
+    const uint32_t rows = uint32_t(a.w[0].rows);
+#pragma unroll
+    for (int r = 0; r < R / 2; ++r)
+      if (slot[r].row < rows)
+#pragma unroll
+        for (int t = 0; t < N; ++t) {
+          const float g = acc[r][t], u = acc[r + R / 2][t];
+          a.y[0][size_t(t) * rows + slot[r].row] = silu_times(g, u, expf(-g));
+        }
+  } else {  // the epilogue of gemv_int4_fused_cpu
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint32_t p = slot[r].part, row = slot[r].row, rows = uint32_t(pick(a.w, p).rows);
+      if (row >= rows) continue;
+      float* y = pick(a.y, p);
+      const uint16_t* bias = pick(a.bias, p);
+#pragma unroll
+      for (int t = 0; t < N; ++t) {
+        float v = acc[r][t];
+        if (bias) v += cuda::bf16_to_f32(bias[row]);
+        float& out = y[size_t(t) * rows + row];
+        out = a.add ? out + v : v;
+      }
     }
+  }
 }
 
-// Rows per warp: 4 where the matrix gives two CTAs of 32 rows to each of an H100/H200's 132 SMs
-// (Qwen2-32B's gate/up, 27648 rows: 864 CTAs), else 2 (q/o, 5120 rows: 320 CTAs of 16), else 1
-// (k/v, 1024 rows: 128 CTAs of 8). Fixed thresholds, not a device query per call: a GPU with
-// fewer SMs only gets more CTAs per SM.
-uint32_t rows_per_warp(uint64_t rows) {
-  constexpr uint64_t kSms = 132;
-  for (uint32_t r : {4u, 2u})
-    if (rows >= kSms * 2 * kWarpsPerCta * r) return r;
-  return 1;
-}
-
-template <int N, int R>
-void launch_rows(const Int4View& w, const float* x, float* y, cudaStream_t stream) {
-  const uint32_t grid = cuda::grid_for(w.rows, kWarpsPerCta * R);
-  if (w.cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
-    gemv_int4_kernel<N, R, true><<<grid, kThreads, 0, stream>>>(w, x, y);
+template <int N, int R, bool PAIRED>
+void launch_rows(const GemvLaunch& a, const float* x, cudaStream_t stream) {
+  const uint32_t grid = a.grid.ctas();
+  if (a.w[0].cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
+    gemv_int4_kernel<N, R, true, PAIRED><<<grid, kThreads, 0, stream>>>(a, x);
   else
-    gemv_int4_kernel<N, R, false><<<grid, kThreads, 0, stream>>>(w, x, y);
+    gemv_int4_kernel<N, R, false, PAIRED><<<grid, kThreads, 0, stream>>>(a, x);
 }
 
-template <int N>
-void launch(const Int4View& w, const float* x, float* y, uint32_t r, cudaStream_t stream) {
+template <int N, bool PAIRED>
+void launch(const GemvLaunch& a, const float* x, cudaStream_t stream) {
+  const uint32_t r = a.grid.rows_per_warp;
   if (r == 4)
-    launch_rows<N, 4>(w, x, y, stream);
-  else if (r == 2)
-    launch_rows<N, 2>(w, x, y, stream);
-  else
-    launch_rows<N, 1>(w, x, y, stream);
+    launch_rows<N, 4, PAIRED>(a, x, stream);
+  else if (r == 2 || PAIRED)  // paired grids have R >= 2 (gemv_grid)
+    launch_rows<N, 2, PAIRED>(a, x, stream);
+  else if constexpr (!PAIRED)
+    launch_rows<N, 1, false>(a, x, stream);
+}
+
+template <bool PAIRED>
+void launch_tokens(const GemvLaunch& a, const float* x, uint64_t k, cudaStream_t stream) {
+  switch (k) {
+    case 1:
+      return launch<1, PAIRED>(a, x, stream);
+    case 2:
+      return launch<2, PAIRED>(a, x, stream);
+    case 3:
+      return launch<3, PAIRED>(a, x, stream);
+    case 4:
+      return launch<4, PAIRED>(a, x, stream);
+    case 5:
+      return launch<5, PAIRED>(a, x, stream);
+    case 6:
+      return launch<6, PAIRED>(a, x, stream);
+    case 7:
+      return launch<7, PAIRED>(a, x, stream);
+    default:
+      return launch<8, PAIRED>(a, x, stream);
+  }
+}
+
+// 32-bit offsets: codes (and the scale index times 64) below 2^31 bytes, a 4B-parameter
+// matrix; the largest weight of a 32B model is a 152064 x 5120 lm_head, 0.4 GB of codes.
+void check_offsets(const Int4View& w, const char* what) {
+  if (int4_code_bytes(w.rows, w.cols) >= (1ull << 31) || w.cols >= (1ull << 31))
+    throw Error(std::string(what) + ": a " + std::to_string(w.rows) + " x " +
+                std::to_string(w.cols) +
+                " weight exceeds the kernel's 32-bit offsets (2 GB of codes)");
+}
+
+// Batches above 8 go through dequantization and the bf16 GEMM in the forward pass (prefill),
+// where reading W once per 8 tokens would waste the tensor cores; here they are split into
+// launches of 8 tokens.
+template <bool PAIRED>
+void launch_groups(GemvLaunch a, const float* x, uint64_t n, cudaStream_t stream) {
+  const uint64_t cols = a.w[0].cols;
+  float* y0[kGemvMaxParts] = {a.y[0], a.y[1], a.y[2]};
+  for (uint64_t t0 = 0; t0 < n; t0 += 8) {
+    for (uint32_t p = 0; p < (PAIRED ? 1 : a.grid.parts); ++p) a.y[p] = y0[p] + t0 * a.w[p].rows;
+    launch_tokens<PAIRED>(a, x + t0 * cols, n - t0 < 8 ? n - t0 : 8, stream);
+    CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 }  // namespace
 
+void gemv_int4_fused_cuda(const GemvOut* outs, size_t parts, const float* x, uint64_t n,
+                          GemvStore store, CUstream_st* stream) {
+  if (parts == 0 || parts > kGemvMaxParts)
+    throw Error("gemv_int4_fused_cuda: " + std::to_string(parts) + " outputs, expected 1 to " +
+                std::to_string(kGemvMaxParts));
+  GemvLaunch a{};
+  uint64_t rows[kGemvMaxParts] = {};
+  for (size_t p = 0; p < parts; ++p) {
+    if (outs[p].w.cols != outs[0].w.cols)
+      throw Error("gemv_int4_fused_cuda: weights of " + std::to_string(outs[p].w.cols) + " and " +
+                  std::to_string(outs[0].w.cols) + " columns cannot share one x");
+    check_offsets(outs[p].w, "gemv_int4_fused_cuda");
+    a.w[p] = outs[p].w;
+    a.y[p] = outs[p].y;
+    a.bias[p] = outs[p].bias;
+    rows[p] = outs[p].w.rows;
+  }
+  if (n == 0 || outs[0].w.cols == 0) return;
+  for (size_t p = 1; p < kGemvMaxParts; ++p)  // unused slots repeat part 0 (never selected)
+    if (p >= parts) a.w[p] = a.w[0];
+  a.grid = gemv_grid(rows, uint32_t(parts), false);
+  a.add = store == GemvStore::add;
+  if (a.grid.ctas() > 0) launch_groups<false>(a, x, n, stream);
+}
+
+void gemv_int4_silu_mul_cuda(const Int4View& gate, const Int4View& up, const float* x, uint64_t n,
+                             float* out, CUstream_st* stream) {
+  if (gate.rows != up.rows || gate.cols != up.cols)
+    throw Error("gemv_int4_silu_mul_cuda: gate and up differ in shape");
+  check_offsets(gate, "gemv_int4_silu_mul_cuda");
+  if (n == 0 || gate.rows == 0 || gate.cols == 0) return;
+  GemvLaunch a{};
+  a.w[0] = gate;
+  a.w[1] = a.w[2] = up;
+  a.y[0] = out;
+  const uint64_t rows[2] = {gate.rows, up.rows};
+  a.grid = gemv_grid(rows, 2, true);
+  launch_groups<true>(a, x, n, stream);
+}
+
 void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y,
                       CUstream_st* stream) {
-  const uint64_t rows = w.rows, cols = w.cols;
-  if (rows == 0 || n == 0) return;
-  // 32-bit offsets: codes (and the scale index times 64) below 2^31 bytes, a 4B-parameter
-  // matrix; the largest weight of a 32B model is a 152064 x 5120 lm_head, 0.4 GB of codes.
-  if (int4_code_bytes(rows, cols) >= (1ull << 31) || cols >= (1ull << 31))
-    throw Error("matmul_int4_cuda: a " + std::to_string(rows) + " x " + std::to_string(cols) +
-                " weight exceeds the kernel's 32-bit offsets (2 GB of codes)");
-  const uint32_t r = rows_per_warp(rows);
-  // Batches above 8 go through dequantization and the bf16 GEMM (prefill), where reading W once
-  // per 8 tokens would waste the tensor cores; here they are split into groups of 8.
-  for (uint64_t t0 = 0; t0 < n; t0 += 8) {
-    const uint64_t k = n - t0 < 8 ? n - t0 : 8;
-    const float* xk = x + t0 * cols;
-    float* yk = y + t0 * rows;
-    switch (k) {
-      case 1:
-        launch<1>(w, xk, yk, r, stream);
-        break;
-      case 2:
-        launch<2>(w, xk, yk, r, stream);
-        break;
-      case 3:
-        launch<3>(w, xk, yk, r, stream);
-        break;
-      case 4:
-        launch<4>(w, xk, yk, r, stream);
-        break;
-      case 5:
-        launch<5>(w, xk, yk, r, stream);
-        break;
-      case 6:
-        launch<6>(w, xk, yk, r, stream);
-        break;
-      case 7:
-        launch<7>(w, xk, yk, r, stream);
-        break;
-      default:
-        launch<8>(w, xk, yk, r, stream);
-        break;
-    }
-    CUDA_CHECK(cudaGetLastError());
-  }
+  const GemvOut out{w, y, nullptr};
+  gemv_int4_fused_cuda(&out, 1, x, n, GemvStore::set, stream);
 }
 
 }  // namespace ferry

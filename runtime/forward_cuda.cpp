@@ -7,11 +7,26 @@
 // paging cache, whose acquire makes the stream wait on the entry's ready event and whose release
 // records its last use. The host runs ahead of the GPU and blocks once per call, on the logits'
 // copy back.
+//
+// Launches per layer at decode (n <= 8 tokens; INT4 weights, f16 KV cache, Qwen2 with q/k/v
+// biases; Qwen3's per-head norms add 2 to each count; attention is 2 kernels, group and merge):
+//  - before: 21. rmsnorm, q, k, v, add_bias x 3, rope q, rope k, store_f16 k, v, attention (2),
+//    o, add, rmsnorm, gate, up, silu_mul, down, add.
+//  - now, every weight resident (--cache-budget all): 9. rmsnorm, q+k+v as one GEMV with the
+//    biases in its store, rope_kv (q and k rotated, k and v stored as f16), attention (2), o with
+//    the residual add in its store, rmsnorm, gate+up paired storing silu(gate)*up, down with the
+//    residual add. The fused kernels give the unfused steps' results (kernels/gemv_fused.hpp).
+//  - now, streaming below the model (the cache guarantees room for one weight at a time, so no
+//    two are held together): 13. q, k, v, gate, up and silu_mul separate; bias and residual
+//    still in the INT4 GEMV's store. INT8 weights, the bf16 cache format and prefill (n > 8:
+//    dequant + GEMM) keep add_bias and add launches; RoPE and the KV store are one launch there
+//    too.
 #include "runtime/forward_cuda.hpp"
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <vector>
 
 #include <fmt/format.h>
@@ -24,6 +39,7 @@
 #include "kernels/cuda_memory.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/elementwise.hpp"
+#include "kernels/gemv_fused.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/matmul_int8.hpp"
 #include "runtime/machine/cuda_device.hpp"
@@ -107,7 +123,12 @@ class CudaForward final : public ForwardPass {
   void run_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
                 std::span<float> logits, int32_t* argmax, LogitRows rows);
   void output_logits(WeightSource& src, uint64_t rows, std::span<float> logits, int32_t* argmax);
-  void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y);
+  void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y,
+              GemvStore store);
+  void product(const Linear& l, uint32_t id, const float* x, uint64_t n, float* y, GemvStore store);
+  bool fusable(const WeightSource& src, uint64_t n, std::initializer_list<uint32_t> ids) const;
+  void qkv(WeightSource& src, uint64_t layer, uint64_t n);
+  void gate_up(WeightSource& src, uint64_t layer, uint64_t n);
   void attention_block(WeightSource& src, uint64_t layer, std::span<const SeqChunk> seqs,
                        uint64_t n);
   void attend(uint64_t layer, const SeqChunk& seq, uint64_t row);
@@ -127,8 +148,9 @@ class CudaForward final : public ForwardPass {
   const ModelWeights& w_;
   uint64_t ctx_, batch_, slots_, q_dim_, kv_dim_;
   KvType kv_;
-  CudaStream stream_;          // the compute stream; the cache's copy stream belongs to its backend
-  DeviceArray<float> x_, xb_;  // [batch, hidden] residual stream, normed block input
+  bool bf16_cache_;    // entries dequantized to bf16 at upload (--cache-format bf16): no INT4 GEMV
+  CudaStream stream_;  // the compute stream; the cache's copy stream belongs to its backend
+  DeviceArray<float> x_, xb_;       // [batch, hidden] residual stream, normed block input
   DeviceArray<float> q_, att_out_;  // [batch, heads * head_dim]
   DeviceArray<float> k_, v_;        // [batch, kv_heads * head_dim] before they enter the cache
   DeviceArray<float> proj_;         // [batch, hidden]
@@ -164,6 +186,7 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       q_dim_(c.heads * c.head_dim),
       kv_dim_(c.kv_heads * c.head_dim),
       kv_(shape.kv),
+      bf16_cache_(o.bf16_cache),
       x_(batch_ * c.hidden, "activations"),
       xb_(batch_ * c.hidden, "activations"),
       q_(batch_ * q_dim_, "activations"),
@@ -231,23 +254,96 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
                                            available, o.auto_margin, o.pin_host);
 }
 
-void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y) {
-  HeldWeight held(src, id);  // the stream now waits for the entry's upload
-  const Linear& l = held.linear;
-  if (l.is_int4() && n > kGemvMaxBatch) {
+// y = W x (+ b), or y += W x (+ b) with GemvStore::add (the residual adds of o and down), for a
+// held weight. At decode an INT4 weight runs the fused GEMV with bias and residual in its store
+// (one launch); the other paths run the product into y, or into proj_ first for add, then
+// add_bias and add.
+void CudaForward::product(const Linear& l, uint32_t id, const float* x, uint64_t n, float* y,
+                          GemvStore store) {
+  if (l.is_int4() && n <= kGemvMaxBatch) {
+    const GemvOut out{l.q4, y, bias_[id]};
+    return gemv_int4_fused_cuda(&out, 1, x, n, store, stream_.s);
+  }
+  float* to = store == GemvStore::add ? proj_.get() : y;
+  if (l.is_int4()) {
     dequant_int4_bf16_cuda(l.q4, prefill_w_.get(), stream_.s);
-    blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, y, stream_.s);
-  } else if (l.is_int4()) {
-    matmul_int4_cuda(l.q4, x, n, y, stream_.s);
+    blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, to, stream_.s);
   } else if (l.is_int8() && n > kGemvMaxBatch) {
     dequant_int8_bf16_cuda(l.q8, prefill_w_.get(), stream_.s);
-    blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, y, stream_.s);
+    blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, to, stream_.s);
   } else if (l.is_int8()) {
-    matmul_int8_cuda(l.q8, x, n, y, stream_.s);
+    matmul_int8_cuda(l.q8, x, n, to, stream_.s);
   } else
-    blas_.matmul_bf16(l.bf16, l.rows, l.cols, x, n, y, stream_.s);
-  if (bias_[id]) add_bias_cuda(y, bias_[id], n, l.rows, stream_.s);
+    blas_.matmul_bf16(l.bf16, l.rows, l.cols, x, n, to, stream_.s);
+  if (bias_[id]) add_bias_cuda(to, bias_[id], n, l.rows, stream_.s);
+  if (store == GemvStore::add) add_cuda(y, to, n * l.rows, stream_.s);
+}
+
+void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y,
+                         GemvStore store) {
+  HeldWeight held(src, id);  // the stream now waits for the entry's upload
+  product(held.linear, id, x, n, y, store);
   held.release();  // records the entry's last use after the product
+}
+
+// Whether weights `ids` can share one fused launch: decode (n <= 8), INT4 entries (the file's
+// INT4 weights in the cache's INT4 format; INT8 and bf16 entries take their own products), and a
+// source that lets the caller hold them together (every weight resident; a streaming cache
+// guarantees room for one at a time, and there the upload, not the launches, bounds the step).
+bool CudaForward::fusable(const WeightSource& src, uint64_t n,
+                          std::initializer_list<uint32_t> ids) const {
+  if (n > kGemvMaxBatch || bf16_cache_ || !src.holds_every_weight()) return false;
+  for (uint32_t id : ids)
+    if (!w_.linears[id].is_int4()) return false;
+  return true;
+}
+
+// q, k and v of xb_: one launch over their rows, biases in its store, when fusable; otherwise
+// three products. All three are acquired before the launch and released after it.
+void CudaForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
+  const uint32_t iq = linear_id(layer, kQ), ik = linear_id(layer, kK), iv = linear_id(layer, kV);
+  if (!fusable(src, n, {iq, ik, iv})) {
+    linear(src, iq, xb_.get(), n, q_.get(), GemvStore::set);
+    linear(src, ik, xb_.get(), n, k_.get(), GemvStore::set);
+    linear(src, iv, xb_.get(), n, v_.get(), GemvStore::set);
+    return;
+  }
+  HeldWeight q(src, iq), k(src, ik), v(src, iv);
+  if (q.linear.is_int4() && k.linear.is_int4() && v.linear.is_int4()) {
+    const GemvOut outs[3] = {{q.linear.q4, q_.get(), bias_[iq]},
+                             {k.linear.q4, k_.get(), bias_[ik]},
+                             {v.linear.q4, v_.get(), bias_[iv]}};
+    gemv_int4_fused_cuda(outs, 3, xb_.get(), n, GemvStore::set, stream_.s);
+  } else {  // a source that changed a weight's format: the held weights one product each
+    product(q.linear, iq, xb_.get(), n, q_.get(), GemvStore::set);
+    product(k.linear, ik, xb_.get(), n, k_.get(), GemvStore::set);
+    product(v.linear, iv, xb_.get(), n, v_.get(), GemvStore::set);
+  }
+  q.release();
+  k.release();
+  v.release();
+}
+
+// silu(gate xb_) * (up xb_) into gate_, the down projection's input: one launch over both
+// weights' rows when fusable (no silu_mul launch); otherwise two products and silu_mul.
+void CudaForward::gate_up(WeightSource& src, uint64_t layer, uint64_t n) {
+  const uint32_t ig = linear_id(layer, kGate), iu = linear_id(layer, kUp);
+  if (!fusable(src, n, {ig, iu}) || bias_[ig] || bias_[iu]) {
+    linear(src, ig, xb_.get(), n, gate_.get(), GemvStore::set);
+    linear(src, iu, xb_.get(), n, up_.get(), GemvStore::set);
+    silu_mul_cuda(gate_.get(), up_.get(), n * c_.intermediate, gate_.get(), stream_.s);
+    return;
+  }
+  HeldWeight gate(src, ig), up(src, iu);
+  if (gate.linear.is_int4() && up.linear.is_int4()) {
+    gemv_int4_silu_mul_cuda(gate.linear.q4, up.linear.q4, xb_.get(), n, gate_.get(), stream_.s);
+  } else {  // as in qkv
+    product(gate.linear, ig, xb_.get(), n, gate_.get(), GemvStore::set);
+    product(up.linear, iu, xb_.get(), n, up_.get(), GemvStore::set);
+    silu_mul_cuda(gate_.get(), up_.get(), n * c_.intermediate, gate_.get(), stream_.s);
+  }
+  gate.release();
+  up.release();
 }
 
 // As attend() of runtime/forward_cpu.cpp: one sequence's rows (from `row`) rotated to its
@@ -259,17 +355,17 @@ void CudaForward::attend(uint64_t layer, const SeqChunk& seq, uint64_t row) {
   const float* v = v_.get() + row * kv_dim_;
   float* out = att_out_.get() + row * q_dim_;
   const float scale = rope_attention_factor(c_);
-  rope_cuda(q, n, c_.heads, c_.head_dim, pos, inv_freq_.get(), scale, stream_.s);
-  rope_cuda(k, n, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), scale, stream_.s);
   const uint64_t count = n * kv_dim_, base = (seq.slot * c_.layers + layer) * ctx_ * kv_dim_,
                  at = base + pos * kv_dim_;
-  if (kv_ == KvType::f16) {
-    store_f16_cuda(k, count, k16_.get() + at, stream_.s);
-    store_f16_cuda(v, count, v16_.get() + at, stream_.s);
+  if (kv_ == KvType::f16) {  // q and k rotated, k and v stored to the cache: one launch
+    rope_kv_cuda(q, k, v, n, c_.heads, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), scale,
+                 k16_.get() + at, v16_.get() + at, stream_.s);
     attention_cuda(q, k16_.get() + base, v16_.get() + base, n, pos, c_.heads, c_.kv_heads,
                    c_.head_dim, partials_.get(), out, stream_.s);
     return;
   }
+  rope_kv_cuda(q, k, v, n, c_.heads, c_.kv_heads, c_.head_dim, pos, inv_freq_.get(), scale, nullptr,
+               nullptr, stream_.s);
   const uint64_t bytes = count * sizeof(float);
   CUDA_CHECK(cudaMemcpyAsync(k32_.get() + at, k, bytes, cudaMemcpyDeviceToDevice, stream_.s));
   CUDA_CHECK(cudaMemcpyAsync(v32_.get() + at, v, bytes, cudaMemcpyDeviceToDevice, stream_.s));
@@ -280,9 +376,7 @@ void CudaForward::attend(uint64_t layer, const SeqChunk& seq, uint64_t row) {
 void CudaForward::attention_block(WeightSource& src, uint64_t layer, std::span<const SeqChunk> seqs,
                                   uint64_t n) {
   rmsnorm_cuda(x_.get(), norm(layer, 0), float(c_.rms_eps), n, c_.hidden, xb_.get(), stream_.s);
-  linear(src, linear_id(layer, kQ), xb_.get(), n, q_.get());
-  linear(src, linear_id(layer, kK), xb_.get(), n, k_.get());
-  linear(src, linear_id(layer, kV), xb_.get(), n, v_.get());
+  qkv(src, layer, n);
   if (c_.qk_norm) {  // Qwen3: each head of q and k normed on its own, before RoPE
     const float eps = float(c_.rms_eps);
     rmsnorm_cuda(q_.get(), qk_norm(layer, 0), eps, n * c_.heads, c_.head_dim, q_.get(), stream_.s);
@@ -291,17 +385,13 @@ void CudaForward::attention_block(WeightSource& src, uint64_t layer, std::span<c
   }
   for (uint64_t i = 0, row = 0; i < seqs.size(); row += seqs[i++].tokens.size())
     attend(layer, seqs[i], row);
-  linear(src, linear_id(layer, kO), att_out_.get(), n, proj_.get());
-  add_cuda(x_.get(), proj_.get(), n * c_.hidden, stream_.s);
+  linear(src, linear_id(layer, kO), att_out_.get(), n, x_.get(), GemvStore::add);
 }
 
 void CudaForward::mlp_block(WeightSource& src, uint64_t layer, uint64_t n) {
   rmsnorm_cuda(x_.get(), norm(layer, 1), float(c_.rms_eps), n, c_.hidden, xb_.get(), stream_.s);
-  linear(src, linear_id(layer, kGate), xb_.get(), n, gate_.get());
-  linear(src, linear_id(layer, kUp), xb_.get(), n, up_.get());
-  silu_mul_cuda(gate_.get(), up_.get(), n * c_.intermediate, gate_.get(), stream_.s);
-  linear(src, linear_id(layer, kDown), gate_.get(), n, proj_.get());
-  add_cuda(x_.get(), proj_.get(), n * c_.hidden, stream_.s);
+  gate_up(src, layer, n);
+  linear(src, linear_id(layer, kDown), gate_.get(), n, x_.get(), GemvStore::add);
 }
 
 void CudaForward::forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs,
@@ -359,7 +449,7 @@ void CudaForward::output_logits(WeightSource& src, uint64_t rows, std::span<floa
                                 int32_t* argmax) {
   for (uint64_t r = 0; r < rows; r += kGemvMaxBatch) {
     const uint64_t g = std::min<uint64_t>(kGemvMaxBatch, rows - r);
-    linear(src, lm_head_id(c_.layers), xb_.get() + r * c_.hidden, g, logits_.get());
+    linear(src, lm_head_id(c_.layers), xb_.get() + r * c_.hidden, g, logits_.get(), GemvStore::set);
     if (argmax) {
       for (uint64_t i = 0; i < g; ++i)
         argmax_cuda(logits_.get() + i * c_.vocab, c_.vocab, token_.get() + r + i, stream_.s);

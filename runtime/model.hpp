@@ -63,6 +63,11 @@ class WeightSource {
   virtual ~WeightSource() = default;
   virtual Linear acquire(uint32_t id) = 0;
   virtual void release(uint32_t id) = 0;
+  // Whether a caller may hold several weights at once (acquire q, k and v, then release them):
+  // true only where every weight stays resident, so that no acquire waits for room the caller
+  // itself holds. A paging cache below the model guarantees room for one weight at a time
+  // (Schedule::minimum_budget), so the default is false.
+  virtual bool holds_every_weight() const { return false; }
 };
 
 // One weight acquired for one product. release() after the product; if the product throws
@@ -100,6 +105,7 @@ class DirectWeights final : public WeightSource {
   explicit DirectWeights(const ModelWeights& w) : w_(w) {}
   Linear acquire(uint32_t id) override { return w_.linears.at(id); }
   void release(uint32_t) override {}
+  bool holds_every_weight() const override { return true; }
 
  private:
   const ModelWeights& w_;

@@ -17,9 +17,11 @@ below is checked on the sm_90 code (the H100/H200 the roofline figures are for):
     34 weights, per SM per clock, and an SM issues 4 warp-instructions per clock, so keeping up
     with HBM leaves ~120 warp-instructions per 1024 weights. Staging x costs each warp the same
     per chunk whatever its rows per warp R, so the variants differ: the bound is on their mean
-    weighted by the bytes each one reads in a Qwen2-32B layer (R = 4: gate, up, 58%; R = 2:
-    down, q, o, 40%; R = 1: k, v, 2%, by the kernel's rows_per_warp), and no variant may exceed
-    it by more than a quarter. gemv_int4_kernel<1, R> covers R * 1024 weights per iteration.
+    weighted by the bytes each one reads in a Qwen2-32B decode layer with every weight resident
+    (kernels/gemv_fused.hpp: gate and up paired, R = 4: 58%; q+k+v as one launch, 7168 rows,
+    o and down, R = 2: 42%), and no variant may exceed it by more than a quarter (the unpaired
+    R = 4 and R = 1 ones run lm_head and the streaming path's separate launches).
+    gemv_int4_kernel<1, R, VEC, PAIRED> covers R * 1024 weights per iteration.
 
 Usage: sass_check.py [--cuobjdump PATH] OBJECT...
 Exit 0: every rule holds; 1: a rule fails (each failure printed); 77: no cuobjdump (skipped,
@@ -34,14 +36,16 @@ import sys
 
 SKIP = 77
 GEMV_BUDGET = 120  # warp-instructions per 1024 weights in the main loop (see above)
-# gemv_int4_kernel<N = 1, R>: the share of a Qwen2-32B layer's INT4 bytes each R reads.
-GEMV_SHARE = {4: 2 * 27648 * 5120, 2: 27648 * 5120 + 2 * 5120 * 5120, 1: 2 * 1024 * 5120}
+# gemv_int4_kernel<N = 1, R, aligned, PAIRED>: the share of a Qwen2-32B decode layer's INT4 bytes
+# each (R, PAIRED) reads, every weight resident (runtime/forward_cuda.cpp's fused launches).
+GEMV_SHARE = {(4, True): 2 * 27648 * 5120, (2, False): (7168 + 5120 + 27648) * 5120}
 
 # Kernels allowed local memory, and why: none may spill.
 LOCAL_ALLOWED = {
     # sincosf's slow path: Payne-Hanek argument reduction keeps a small scratch array, used
     # only for |angle| > 105615 rad (positions past ~105k at rope frequency 1).
     "rope_kernel": "sincosf's argument reduction for huge angles",
+    "rope_kv_kernel": "the same sincosf slow path, in RoPE fused with the f16 KV store",
 }
 
 LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -160,11 +164,13 @@ def check_tiled(name, code, fail):
 
 
 def demangled_gemv(name):
-    """(N, R, aligned x) of gemv_int4_kernel<N, R, VEC>; R None for the old one-parameter kernel."""
-    m = re.search(r"gemv_int4_kernelILi(\d+)E(?:Li(\d+)E)?(?:Lb(\d)E)?", name)
+    """(N, R, aligned x, paired) of gemv_int4_kernel<N, R, VEC, PAIRED>; R None for the old
+    one-parameter kernel."""
+    m = re.search(r"gemv_int4_kernelILi(\d+)E(?:Li(\d+)E)?(?:Lb(\d)E)?(?:Lb(\d)E)?", name)
     if not m:
         return None
-    return int(m.group(1)), int(m.group(2)) if m.group(2) else None, m.group(3) != "0"
+    return (int(m.group(1)), int(m.group(2)) if m.group(2) else None, m.group(3) != "0",
+            m.group(4) == "1")
 
 
 def main():
@@ -200,14 +206,17 @@ def main():
             g = demangled_gemv(name)
             if g and g[0] == 1 and g[2]:  # the aligned-x variant: every real model's
                 r = g[1] or 1  # the old one-parameter kernel: 1024 weights per iteration
-                per_r[r] = check_gemv(name, code, r, fail)
+                per_r[(r, g[3])] = check_gemv(name, code, r, fail)
     if kernels == 0:
         fail("no sm_90 kernel found in the objects given (was sm_90 compiled in?)")
     if not per_r:
         fail("no gemv_int4_kernel<1, R> found")
+    elif not all(k in per_r for k in GEMV_SHARE):
+        fail("the fused decode GEMV variants are missing: expected gemv_int4_kernel<1, R, true, "
+             f"PAIRED> for (R, PAIRED) in {sorted(GEMV_SHARE)}, found {sorted(per_r)}")
     elif all(v is not None for v in per_r.values()):
-        total = sum(GEMV_SHARE[r] for r in per_r)
-        mean = sum(per_r[r] * GEMV_SHARE[r] for r in per_r) / total
+        total = sum(GEMV_SHARE.values())
+        mean = sum(per_r[k] * GEMV_SHARE[k] for k in GEMV_SHARE) / total
         print(f"  decode GEMV: {mean:.0f} warp-instructions per 1024 weights, weighted by a "
               f"Qwen2-32B layer's bytes (budget {GEMV_BUDGET})")
         if mean > GEMV_BUDGET:

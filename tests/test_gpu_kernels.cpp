@@ -13,6 +13,7 @@
 #include "kernels/attention.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/elementwise.hpp"
+#include "kernels/gemv_fused.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/matmul_int8.hpp"
 #include "kernels/matvec.hpp"
@@ -148,6 +149,79 @@ void expect_close(const char* what, const std::vector<float>& got, const std::ve
   EXPECT_LT(e, bound) << what;
 }
 
+// A quantized weight on both sides, with a bf16 bias.
+struct TwinWeight {
+  std::vector<uint8_t> q;
+  std::vector<uint16_t> scales, mins, bias;
+  DeviceArray<uint8_t> d_q;
+  DeviceArray<uint16_t> d_s, d_m, d_b;
+  Int4View host, device;
+  TwinWeight(uint64_t rows, uint64_t cols, Scheme scheme, uint32_t seed)
+      : q(rows * int4_blocks_per_row(cols) * kBlockBytes),
+        scales(rows * int4_blocks_per_row(cols)),
+        mins(scales.size()) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> w(rows * cols);
+    for (float& v : w) v = 0.02f * normal(rng);
+    quantize_int4(w.data(), rows, cols, scheme, q.data(), scales.data(), mins.data());
+    for (uint64_t i = 0; i < rows; ++i) bias.push_back(float_to_bf16(0.1f * normal(rng)));
+    d_q = DeviceArray<uint8_t>(q);
+    d_s = DeviceArray<uint16_t>(scales);
+    d_m = DeviceArray<uint16_t>(mins);
+    d_b = DeviceArray<uint16_t>(bias);
+    const bool m = scheme_has_mins(scheme);
+    host = {q.data(), scales.data(), m ? mins.data() : nullptr, rows, cols};
+    device = {d_q.get(), d_s.get(), m ? d_m.get() : nullptr, rows, cols};
+  }
+};
+
+// The fused launches (kernels/gemv_fused.hpp) against their CPU twins: q/k/v in one grid with
+// biases (Qwen2-32B's 5120/1024/1024 rows: 2 a warp, and a small model's: 1 a warp), the
+// residual store, and gate/up paired (2 and 4 rows a warp), for 1, 3, 8 and 11 tokens.
+TEST(GpuKernels, FusedGemvMatchesCpuTwins) {
+  FERRY_REQUIRE_GPU();
+  for (Scheme s : {Scheme::sym, Scheme::asym_clip})
+    for (uint64_t n : {1u, 3u, 8u, 11u})
+      for (uint64_t cols : {2176u, 320u}) {
+        SCOPED_TRACE(std::string(scheme_name(s)) + " n=" + std::to_string(n) +
+                     " cols=" + std::to_string(cols));
+        const std::vector<float> x = random_vector(n * cols, 3);
+        DeviceArray<float> d_x(x);
+        for (uint64_t big : {0u, 1u}) {
+          const uint64_t rq = big ? 5120 : 96, rk = big ? 1024 : 40;
+          TwinWeight q(rq, cols, s, 1), k(rk, cols, s, 2), v(rk, cols, s, 3);
+          std::vector<float> yq(n * rq), yk(n * rk), yv(n * rk);
+          const GemvOut host[3] = {{q.host, yq.data(), q.bias.data()},
+                                   {k.host, yk.data(), k.bias.data()},
+                                   {v.host, yv.data(), nullptr}};
+          gemv_int4_fused_cpu(host, 3, x.data(), n, GemvStore::set);
+          DeviceArray<float> d_q(nans(n * rq)), d_k(nans(n * rk)), d_v(nans(n * rk));
+          const GemvOut dev[3] = {{q.device, d_q.get(), q.d_b.get()},
+                                  {k.device, d_k.get(), k.d_b.get()},
+                                  {v.device, d_v.get(), nullptr}};
+          gemv_int4_fused_cuda(dev, 3, d_x.get(), n, GemvStore::set, nullptr);
+          expect_close("fused q", d_q.to_host(), yq, 1e-10);
+          expect_close("fused k", d_k.to_host(), yk, 1e-10);
+          expect_close("fused v", d_v.to_host(), yv, 1e-10);
+          // The residual store: y += W x.
+          std::vector<float> res = random_vector(n * rq, 4);
+          DeviceArray<float> d_res(res);
+          const GemvOut h1{q.host, res.data(), nullptr}, g1{q.device, d_res.get(), nullptr};
+          gemv_int4_fused_cpu(&h1, 1, x.data(), n, GemvStore::add);
+          gemv_int4_fused_cuda(&g1, 1, d_x.get(), n, GemvStore::add, nullptr);
+          expect_close("residual store", d_res.to_host(), res, 1e-10);
+          // gate/up paired: 5120 rows a weight gives 4 rows a warp, 96 gives 2.
+          TwinWeight up(rq, cols, s, 5);
+          DeviceArray<float> d_out(nans(n * rq));
+          gemv_int4_silu_mul_cuda(q.device, up.device, d_x.get(), n, d_out.get(), nullptr);
+          std::vector<float> want(n * rq);
+          gemv_int4_silu_mul_cpu(q.host, up.host, x.data(), n, want.data());
+          expect_close("gate/up silu", d_out.to_host(), want, 1e-10);
+        }
+      }
+}
+
 TEST(GpuKernels, CublasLtBf16GemmMatchesCpuTwin) {
   FERRY_REQUIRE_GPU();
   for (uint64_t n : {1u, 7u, 64u}) {
@@ -199,6 +273,24 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
   DeviceArray<float> d_r(x);
   rope_cuda(d_r.get(), n, heads, hd, pos, d_f.get(), 1.14f, nullptr);
   expect_close("rope", d_r.to_host(), want, 1e-10);
+
+  // rope_kv: q (5 heads) and k (1 kv head) rotated, k and v stored as f16, in one launch.
+  {
+    std::vector<float> q = x, k(y.begin(), y.begin() + n * hd), v(x.begin(), x.begin() + n * hd);
+    std::vector<uint16_t> k16(n * hd), v16(n * hd);
+    DeviceArray<float> d_q(q), d_k(k), d_v(v);
+    DeviceArray<uint16_t> d_k16(std::vector<uint16_t>(n * hd, 0)), d_v16(d_k16.to_host());
+    rope_kv_cpu(q.data(), k.data(), v.data(), n, heads, 1, hd, pos, inv_freq.data(), 1.14f,
+                k16.data(), v16.data());
+    rope_kv_cuda(d_q.get(), d_k.get(), d_v.get(), n, heads, 1, hd, pos, d_f.get(), 1.14f,
+                 d_k16.get(), d_v16.get(), nullptr);
+    expect_close("rope_kv q", d_q.to_host(), q, 1e-10);
+    expect_close("rope_kv k", d_k.to_host(), k, 1e-10);
+    EXPECT_EQ(d_v16.to_host(), v16);  // v is not rotated: the same rounding exactly
+    const std::vector<uint16_t> got_k16 = d_k16.to_host();
+    for (size_t i = 0; i < k16.size(); ++i)  // rotated k differs in the last bits of sin/cos
+      EXPECT_NEAR(f16_to_float(got_k16[i]), f16_to_float(k16[i]), 1e-3 * std::abs(k[i]) + 1e-6);
+  }
 
   silu_mul_cpu(x.data(), y.data(), n * dim, want.data());
   CUDA_CHECK(cudaMemset(d_out.get(), 0xff, n * dim * sizeof(float)));  // NaN again

@@ -15,6 +15,7 @@
 #include "quantizer/convert.hpp"
 #include "quantizer/synth.hpp"
 #include "runtime/engine.hpp"
+#include "runtime/paged_weights.hpp"
 #include "tests/test_util.hpp"
 
 namespace ferry {
@@ -210,6 +211,28 @@ TEST(PagingInvariance, EachInt4UploadIsOneTransfer) {
     const CacheStats st = *e.cache_stats();
     EXPECT_GT(st.uploads, 0u) << policy_name(policy);
     EXPECT_EQ(backend->transfers() - at_load, st.uploads) << policy_name(policy);
+  }
+}
+
+// runtime/forward_cuda.cpp runs q/k/v and gate/up as one launch each only where the source lets
+// it hold them together: a budget of the whole model, where holding every weight at once works.
+// Below it the cache guarantees room for one weight at a time, and the source says so.
+TEST(PagingHold, OnlyAWholeModelBudgetHoldsWeightsTogether) {
+  test::ScratchDir tmp;
+  const PackedFile f = PackedFile::open(qwen2_tiny(tmp, Scheme::asym_clip));
+  const ModelWeights w = bind_weights(f);
+  EXPECT_TRUE(DirectWeights(w).holds_every_weight());
+  const Schedule s = paging_schedule(f, w, CacheFormat::int4);
+  for (const CachePolicy policy : {CachePolicy::lru, CachePolicy::pin}) {
+    for (const uint64_t budget : {s.minimum_budget(), s.whole_bytes() - 1}) {
+      const CacheOptions c{.enabled = true, .budget_bytes = budget, .policy = policy};
+      EXPECT_FALSE(PagedWeights(f, w, c, 2).holds_every_weight()) << budget;
+    }
+    const CacheOptions c{.enabled = true, .budget_bytes = s.whole_bytes(), .policy = policy};
+    PagedWeights all(f, w, c, 2);
+    ASSERT_TRUE(all.holds_every_weight()) << policy_name(policy);
+    for (uint32_t id = 0; id < s.size(); ++id) all.acquire(id);  // every weight held at once
+    for (uint32_t id = 0; id < s.size(); ++id) all.release(id);
   }
 }
 

@@ -1,0 +1,172 @@
+// The fused decode GEMV's grid (kernels/gemv_fused.hpp) and its CPU twins, without a GPU: every
+// row of every weight is computed by exactly one slot of the kernel's grid, and the twins, which
+// walk that grid, equal the unfused steps of runtime/forward_cpu.cpp (product, add_bias, add,
+// silu_mul) bit for bit. tests/test_gpu_kernels.cpp holds the CUDA launchers to these twins.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/dtype.hpp"
+#include "base/error.hpp"
+#include "kernels/elementwise.hpp"
+#include "kernels/gemv_fused.hpp"
+#include "kernels/matvec.hpp"
+#include "quantizer/int4_quantize.hpp"
+#include "tests/test_util.hpp"
+
+namespace ferry {
+namespace {
+
+// Counts how often each (part, row) is a slot of the grid; rows past a part's end are skipped
+// as the kernel skips them.
+std::vector<std::vector<int>> coverage(const std::vector<uint64_t>& rows, bool paired) {
+  const GemvGrid g = gemv_grid(rows.data(), uint32_t(rows.size()), paired);
+  std::vector<std::vector<int>> seen;
+  for (uint64_t r : rows) seen.emplace_back(r, 0);
+  for (uint32_t cta = 0; cta < g.ctas(); ++cta) {
+    uint32_t first_part = ~0u;
+    for (uint32_t warp = 0; warp < kGemvWarps; ++warp)
+      for (uint32_t r = 0; r < g.rows_per_warp; ++r) {
+        const GemvSlot s = gemv_slot(g, cta, warp, r);
+        EXPECT_LT(s.part, rows.size());
+        if (!paired) {  // every CTA serves one weight: its loads and epilogue are uniform
+          if (first_part == ~0u) first_part = s.part;
+          EXPECT_EQ(s.part, first_part) << "CTA " << cta;
+        } else {  // r and r + R/2 are the same row of gate and up
+          const uint32_t half = g.rows_per_warp / 2;
+          EXPECT_EQ(s.part, r / half);
+          EXPECT_EQ(s.row, gemv_slot(g, cta, warp, r % half).row);
+        }
+        if (s.row < rows[s.part]) ++seen[s.part][s.row];
+      }
+  }
+  return seen;
+}
+
+TEST(GemvFused, GridComputesEveryRowOnce) {
+  const std::vector<std::vector<uint64_t>> shapes = {
+      {5120, 1024, 1024},  // Qwen2-32B q, k, v: 7168 rows, 2 a warp
+      {896, 128, 128},     // Qwen2-0.5B: 1 a warp
+      {37, 5, 70},         // parts smaller than a CTA, not multiples of 8
+      {27648},             // gate alone: 4 a warp
+      {1},
+  };
+  for (const auto& rows : shapes) {
+    const auto seen = coverage(rows, false);
+    for (size_t p = 0; p < rows.size(); ++p)
+      for (uint64_t i = 0; i < rows[p]; ++i)
+        ASSERT_EQ(seen[p][i], 1) << "part " << p << " row " << i << " of " << rows[p];
+  }
+  for (uint64_t r : {27648u, 4864u, 100u, 1u}) {  // gate/up pairs, R = 4, 2, 2, 2
+    const auto seen = coverage({r, r}, true);
+    for (size_t p = 0; p < 2; ++p)
+      for (uint64_t i = 0; i < r; ++i)
+        ASSERT_EQ(seen[p][i], 1) << "pair part " << p << " row " << i;
+  }
+  const uint64_t qkv[3] = {5120, 1024, 1024}, gate_up[2] = {27648, 27648}, small[2] = {64, 64};
+  EXPECT_EQ(gemv_grid(qkv, 3, false).rows_per_warp, 2u);
+  EXPECT_EQ(gemv_grid(gate_up, 2, true).rows_per_warp, 4u);
+  EXPECT_EQ(gemv_grid(small, 2, true).rows_per_warp, 2u);  // a pair needs two rows a warp
+}
+
+struct Weight {
+  std::vector<uint8_t> q;
+  std::vector<uint16_t> scales, mins, bias;
+  Int4View view;
+};
+
+Weight make_weight(uint64_t rows, uint64_t cols, Scheme scheme, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const uint64_t blocks = int4_blocks_per_row(cols);
+  std::vector<float> w(rows * cols);
+  for (float& v : w) v = 0.05f * normal(rng);
+  Weight out;
+  out.q.resize(rows * blocks * kBlockBytes);
+  out.scales.resize(rows * blocks);
+  out.mins.resize(rows * blocks);
+  quantize_int4(w.data(), rows, cols, scheme, out.q.data(), out.scales.data(), out.mins.data());
+  for (uint64_t i = 0; i < rows; ++i) out.bias.push_back(float_to_bf16(0.1f * normal(rng)));
+  out.view = {out.q.data(), out.scales.data(), scheme_has_mins(scheme) ? out.mins.data() : nullptr,
+              rows, cols};
+  return out;
+}
+
+// The unfused product: y[n, rows] = x W^T, token by token with the scalar reference.
+std::vector<float> product(const Weight& w, const std::vector<float>& x, uint64_t n) {
+  std::vector<float> y(n * w.view.rows);
+  for (uint64_t t = 0; t < n; ++t)
+    matvec_int4_cpu(w.view, x.data() + t * w.view.cols, y.data() + t * w.view.rows);
+  return y;
+}
+
+TEST(GemvFused, QkvWithBiasesEqualsThreeProductsAndAddBias) {
+  const uint64_t cols = 384;  // three blocks, a partial chunk
+  for (Scheme s : {Scheme::sym, Scheme::asym})
+    for (uint64_t n : {1u, 3u, 8u}) {
+      SCOPED_TRACE(std::string(scheme_name(s)) + " n=" + std::to_string(n));
+      const Weight q = make_weight(96, cols, s, 1), k = make_weight(40, cols, s, 2),
+                   v = make_weight(40, cols, s, 3);
+      const std::vector<float> x = test::activations(n, cols);
+      std::vector<float> yq(n * 96, NAN), yk(n * 40, NAN), yv(n * 40, NAN);
+      const GemvOut outs[3] = {{q.view, yq.data(), q.bias.data()},
+                               {k.view, yk.data(), k.bias.data()},
+                               {v.view, yv.data(), nullptr}};  // v without a bias
+      gemv_int4_fused_cpu(outs, 3, x.data(), n, GemvStore::set);
+      std::vector<float> wq = product(q, x, n), wk = product(k, x, n), wv = product(v, x, n);
+      add_bias_cpu(wq.data(), q.bias.data(), n, 96);
+      add_bias_cpu(wk.data(), k.bias.data(), n, 40);
+      EXPECT_EQ(yq, wq);
+      EXPECT_EQ(yk, wk);
+      EXPECT_EQ(yv, wv);
+    }
+}
+
+TEST(GemvFused, ResidualStoreEqualsProductThenAdd) {
+  const uint64_t rows = 130, cols = 1100, n = 2;  // a whole chunk and a partial one
+  for (Scheme s : {Scheme::sym_clip, Scheme::asym_hqq}) {
+    const Weight o = make_weight(rows, cols, s, 7);
+    const std::vector<float> x = test::activations(n, cols);
+    std::vector<float> residual = test::activations(n, rows);
+    std::vector<float> want = residual;
+    const std::vector<float> proj = product(o, x, n);
+    add_cpu(want.data(), proj.data(), n * rows);
+    const GemvOut out{o.view, residual.data(), nullptr};
+    gemv_int4_fused_cpu(&out, 1, x.data(), n, GemvStore::add);
+    EXPECT_EQ(residual, want) << scheme_name(s);
+  }
+}
+
+TEST(GemvFused, GateUpEqualsTwoProductsAndSiluMul) {
+  const uint64_t cols = 256;
+  for (uint64_t rows : {200u, 4300u})  // 2 rows a warp (1 pair); 8600 rows in all: 4 (2 pairs)
+    for (uint64_t n : {1u, 5u}) {
+      SCOPED_TRACE(std::to_string(rows) + " rows n=" + std::to_string(n));
+      const Weight gate = make_weight(rows, cols, Scheme::asym, 11),
+                   up = make_weight(rows, cols, Scheme::sym, 12);  // schemes may differ
+      const std::vector<float> x = test::activations(n, cols);
+      std::vector<float> got(n * rows, NAN);
+      gemv_int4_silu_mul_cpu(gate.view, up.view, x.data(), n, got.data());
+      std::vector<float> g = product(gate, x, n);
+      const std::vector<float> u = product(up, x, n);
+      silu_mul_cpu(g.data(), u.data(), n * rows, g.data());
+      EXPECT_EQ(got, g);
+    }
+}
+
+TEST(GemvFused, RefusesWhatOneLaunchCannotServe) {
+  const Weight a = make_weight(8, 256, Scheme::sym, 1), b = make_weight(8, 128, Scheme::sym, 2);
+  const std::vector<float> x = test::activations(1, 256);
+  std::vector<float> y(8);
+  const GemvOut mixed[2] = {{a.view, y.data(), nullptr}, {b.view, y.data(), nullptr}};
+  EXPECT_THROW(gemv_int4_fused_cpu(mixed, 2, x.data(), 1, GemvStore::set), Error);
+  const GemvOut four[4] = {mixed[0], mixed[0], mixed[0], mixed[0]};
+  EXPECT_THROW(gemv_int4_fused_cpu(four, 4, x.data(), 1, GemvStore::set), Error);
+  EXPECT_THROW(gemv_int4_silu_mul_cpu(a.view, b.view, x.data(), 1, y.data()), Error);
+}
+
+}  // namespace
+}  // namespace ferry
