@@ -63,6 +63,12 @@ class WeightSource {
   virtual ~WeightSource() = default;
   virtual Linear acquire(uint32_t id) = 0;
   virtual void release(uint32_t id) = 0;
+  // Whether these weights (consecutive ids) can be held at once: the CPU pass then acquires
+  // q/k/v (gate/up) together for one fused product. A source that reads in place always can.
+  virtual bool can_hold(std::span<const uint32_t> ids) const {
+    (void)ids;
+    return true;
+  }
 };
 
 // One weight acquired for one product. release() after the product; if the product throws

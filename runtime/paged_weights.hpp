@@ -59,6 +59,7 @@ class PagedWeights final : public WeightSource {
   ~PagedWeights() override;
   Linear acquire(uint32_t id) override;
   void release(uint32_t id) override;
+  bool can_hold(std::span<const uint32_t> ids) const override { return cache_->can_hold(ids); }
 
   CacheStats stats() const { return cache_->stats(); }
   uint64_t weight_bytes() const { return cache_->schedule().whole_bytes(); }
