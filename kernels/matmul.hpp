@@ -29,6 +29,11 @@ void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y, C
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y);
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
                         KernelIsa isa);
+// One block of len <= 128 activations as matmul_int4_q8_cpu quantizes it: q [128] (zeros past
+// len) = round(x * 127 / max|x|) clamped to [-127, 127]; returns max|x|. The paths give the same
+// bits (tests compare them).
+float quantize_q8_block_cpu(const float* x, uint64_t len, int32_t* q, KernelIsa isa);
+
 // Fused INT4 x INT8 products over one input x [n, cols], each in ONE parallel region instead of
 // one per weight (decode of a small model is bound by the regions: SmolLM2 makes 7 per layer).
 // Every output element is bit-identical to matmul_int4_q8_cpu's on its weight alone (the same

@@ -208,22 +208,44 @@ constexpr uint64_t q8_pos(uint64_t e) {
   return e / 64 * 64 + e % 2 * 32 + e % 64 / 2;
 }
 
-// Quantizes tn tokens of x [.., cols] into t. Scalar and shared by both paths, so they see the
-// same q: nearbyint rounds half to even, as the AVX2 conversion would.
-void quantize_q8(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t) {
+// One block of len <= 128 elements of x into qi [128] (zeros past len); returns max |x|. NaNs
+// are passed over by the max and become 0 in qi (int32_t(float) of a NaN: cvttss2si's
+// 0x80000000, whose low byte quantize_q8 keeps).
+float q8_block_portable(const float* x, uint64_t len, int32_t* qi) {
+  float amax = 0.0f;
+  for (uint64_t e = 0; e < len; ++e) amax = std::max(amax, std::fabs(x[e]));
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  for (uint64_t e = 0; e < kBlock; ++e)
+    qi[e] = e < len ? int32_t(std::clamp(std::nearbyint(x[e] * inv), -127.0f, 127.0f)) : 0;
+  return amax;
+}
+
+#if FERRY_X86
+__attribute__((target("avx2,fma,f16c"))) float q8_block_avx2(const float* x, uint64_t len,
+                                                             int32_t* qi);
+#endif
+
+// Quantizes tn tokens of x [.., cols] into t; both paths give the same q, d and sums (the AVX2
+// block step is bit-identical to the portable one), so the kernels' results do not depend on it.
+void quantize_q8(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t, bool avx2) {
   const uint64_t blocks = int4_blocks_per_row(cols);
   for (uint64_t j = 0; j < tn; ++j) {
     const float* xt = x + j * cols;
     for (uint64_t b = 0; b < blocks; ++b) {
-      const uint64_t c0 = b * kBlock, c1 = std::min(cols, c0 + kBlock);
-      float amax = 0.0f;
-      for (uint64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(xt[c]));
-      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f, d = amax / 127.0f;
+      const uint64_t c0 = b * kBlock, len = std::min(cols, c0 + kBlock) - c0;
+      alignas(32) int32_t qi[kBlock];
+#if FERRY_X86
+      const float amax =
+          avx2 ? q8_block_avx2(xt + c0, len, qi) : q8_block_portable(xt + c0, len, qi);
+#else
+      (void)avx2;
+      const float amax = q8_block_portable(xt + c0, len, qi);
+#endif
+      const float d = amax / 127.0f;
       int8_t* qb = t.q + j * blocks * kBlock + c0;
       int32_t qsum = 0;
       for (uint64_t e = 0; e < kBlock; ++e) {
-        const float v = c0 + e < c1 ? xt[c0 + e] * inv : 0.0f;
-        const int8_t q = int8_t(std::clamp(std::nearbyint(v), -127.0f, 127.0f));
+        const int8_t q = int8_t(qi[e]);
         qb[q8_pos(e)] = q;
         qsum += q;
       }
@@ -607,6 +629,35 @@ FERRY_AVX2 void q8_tile(const Int4View& a, uint64_t r, const Q8Tile& t, uint64_t
     for (int j = 0; j < T; ++j) y[(t0 + j0 + j) * a.rows + r + i] = hsum(acc[i][j]);
 }
 
+// q8_block_portable in 8 lanes, bit for bit: the max of |x| is order-free (max_ps(|x|, m) keeps
+// m when |x| is a NaN, as std::max(amax, NaN) does); x * inv rounds to nearest even as nearbyint
+// does in the default mode, but inline: nearbyintf is a libm call per element, which made the
+// quantization of a 576-column row cost as much as its products with the 192 rows of k or v;
+// min_ps(hi, max_ps(lo, v)) keeps a NaN as std::clamp does, and cvttps gives it 0x80000000.
+FERRY_AVX2 float q8_block_avx2(const float* x, uint64_t len, int32_t* qi) {
+  const uint64_t full = len / 8 * 8;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  for (uint64_t e = 0; e < full; e += 8)
+    m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + e)), m);
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float amax = _mm_cvtss_f32(h);
+  for (uint64_t e = full; e < len; ++e) amax = std::max(amax, std::fabs(x[e]));
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  const __m256 iv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  for (uint64_t e = 0; e < full; e += 8) {
+    const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + e), iv),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qi + e),
+                        _mm256_cvttps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, v))));
+  }
+  for (uint64_t e = full; e < kBlock; ++e)
+    qi[e] = e < len ? int32_t(std::clamp(std::nearbyint(x[e] * inv), -127.0f, 127.0f)) : 0;
+  return amax;
+}
+
 // Rows per INT4 x INT8 tile: R * T accumulators, 4 unpacked code vectors and a few temporaries
 // within 16 ymm registers.
 template <int T>
@@ -732,7 +783,7 @@ void matmul_int4_q8_fused_cpu(CpuPool& pool, std::span<const Int4Output> parts, 
     Q8Tile t;  // 328 KB of the task's stack (pool threads have 8 MB)
     for (uint64_t t0 = 0; t0 < c->n; t0 += kMaxTile) {
       const uint64_t tn = std::min(kMaxTile, c->n - t0);
-      quantize_q8(c->x + t0 * c->parts[0].w.cols, c->parts[0].w.cols, tn, t);
+      quantize_q8(c->x + t0 * c->parts[0].w.cols, c->parts[0].w.cols, tn, t, c->avx2);
       uint64_t base = 0;  // the part's first row in the joint range
       for (const Int4Output& p : c->parts) {
         const uint64_t b0 = std::max(r0, base), b1 = std::min(r1, base + p.w.rows);
@@ -764,7 +815,7 @@ void matmul_int4_q8_gate_up_cpu(CpuPool& pool, const Int4View& gate, const Int4V
     const uint64_t rows = c->parts[0].w.rows, cols = c->parts[0].w.cols;
     for (uint64_t t0 = 0; t0 < c->n; t0 += kMaxTile) {
       const uint64_t tn = std::min(kMaxTile, c->n - t0);
-      quantize_q8(c->x + t0 * cols, cols, tn, t);
+      quantize_q8(c->x + t0 * cols, cols, tn, t, c->avx2);
       for (const Int4Output& p : c->parts) q8_tile_rows(*c, p, r0, r1, t, tn, t0);
     }
     // The epilogue on this task's rows of every token: the same function, element by element,
@@ -774,6 +825,16 @@ void matmul_int4_q8_gate_up_cpu(CpuPool& pool, const Int4View& gate, const Int4V
       silu_mul_cpu(c->parts[0].y + at, c->parts[1].y + at, r1 - r0, c->h + at);
     }
   });
+}
+
+float quantize_q8_block_cpu(const float* x, uint64_t len, int32_t* q, KernelIsa isa) {
+  if (len > kBlock)
+    throw Error(fmt::format("quantize_q8_block_cpu: {} > {} elements", len, kBlock));
+#if FERRY_X86
+  if (usable_isa(isa) == KernelIsa::avx2) return q8_block_avx2(x, len, q);
+#endif
+  (void)isa;
+  return q8_block_portable(x, len, q);
 }
 
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -187,6 +188,31 @@ TEST(MatmulQ8, BitIdenticalAcrossThreadCountsAndBatchSplits) {
       const std::vector<float> yt = run_q8(w, xt, 1, 3, isa);
       for (uint64_t r = 0; r < w.rows; ++r) ASSERT_EQ(yt[r], one[t * w.rows + r]) << t << "," << r;
     }
+  }
+}
+
+// The activation quantizer's AVX2 path against the portable one, bit for bit: random blocks of
+// every length, exact ties (x.5 steps round to even), zeros, denormals, infinities and NaNs.
+TEST(MatmulQ8, QuantizerPathsAreBitIdentical) {
+  if (!kernel_isa_available(KernelIsa::avx2)) GTEST_SKIP() << "no AVX2 on this CPU";
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const float specials[] = {0.0f, -0.0f, 1e-40f, -1e-45f, INFINITY, -INFINITY, NAN, 3.5f, -2.5f};
+  for (int round = 0; round < 2000; ++round) {
+    const uint64_t len = 1 + rng() % 128;
+    std::vector<float> x(len);
+    const int kind = round % 4;
+    for (float& v : x) {
+      v = nd(rng) * (kind == 1 ? 1e-39f : 1.0f);
+      if (kind == 2) v = float(int(rng() % 255) - 127) * 0.5f;  // ties once scaled by 127/127
+      if (kind == 3 && rng() % 8 == 0) v = specials[rng() % std::size(specials)];
+    }
+    if (kind == 2) x[rng() % len] = 127.0f;  // inv = 1: the halves stay exact ties
+    std::vector<int32_t> a(128, 7), b(128, 9);
+    const float ma = quantize_q8_block_cpu(x.data(), len, a.data(), KernelIsa::portable);
+    const float mb = quantize_q8_block_cpu(x.data(), len, b.data(), KernelIsa::avx2);
+    ASSERT_EQ(std::bit_cast<uint32_t>(ma), std::bit_cast<uint32_t>(mb)) << "round " << round;
+    ASSERT_EQ(a, b) << "round " << round << " kind " << kind;
   }
 }
 
