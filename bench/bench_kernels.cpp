@@ -8,6 +8,7 @@
 //   bench_kernels                    every core; FERRY_THREADS=1 for one
 #include <benchmark/benchmark.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -216,6 +217,70 @@ void pool_dispatch(benchmark::State& state) {
   state.counters["threads"] = pool().size();
 }
 
+// args: n tokens, fused 0/1. The seven INT4 x INT8 products of SmolLM2-135M's 30 layers (hidden
+// 576, q 576, k and v 192, MLP 1536), a layer per iteration over the 30 layers' weights (70 MB,
+// past the L3 as in decode): unfused as 7 parallel regions per layer (q, k, v, o, gate, up, down
+// and a serial SiLU * up), fused as 4 (q/k/v, o, gate/up with the epilogue, down), what the CPU
+// forward pass runs. Reports regions per layer and us per layer; the difference over 3 regions
+// is the per-region cost at this size.
+void smollm2_layer(benchmark::State& state) {
+  const uint64_t n = state.range(0), hidden = 576, kv = 192, inter = 1536, layers = 30;
+  const bool fused = state.range(1) != 0;
+  struct Mat {
+    uint64_t rows, cols;
+    std::vector<uint8_t> q;
+    std::vector<uint16_t> scales, mins;
+    Int4View view() const { return {q.data(), scales.data(), mins.data(), rows, cols}; }
+  };
+  std::mt19937 rng(7);
+  auto mat = [&](uint64_t rows, uint64_t cols) {
+    const uint64_t blocks = int4_blocks_per_row(cols);
+    Mat m{rows, cols, std::vector<uint8_t>(rows * blocks * kBlockBytes), {}, {}};
+    for (auto& b : m.q) b = uint8_t(rng());
+    m.scales.assign(rows * blocks, 0x2000);  // f16 0.0078
+    m.mins.assign(rows * blocks, 0xa000);    // f16 -0.0078
+    return m;
+  };
+  std::vector<std::array<Mat, 7>> w;  // [layers] q k v o gate up down
+  for (uint64_t l = 0; l < layers; ++l)
+    w.push_back({mat(hidden, hidden), mat(kv, hidden), mat(kv, hidden), mat(hidden, hidden),
+                 mat(inter, hidden), mat(inter, hidden), mat(hidden, inter)});
+  std::vector<float> x(n * hidden, 0.25f), q(n * hidden), k(n * kv), v(n * kv), o(n * hidden);
+  std::vector<float> g(n * inter), u(n * inter);
+  const KernelIsa isa = best_kernel_isa();
+  host();
+  uint64_t l = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    const std::array<Mat, 7>& m = w[l];
+    if (fused) {
+      const Int4Output qkv[3] = {
+          {m[0].view(), q.data()}, {m[1].view(), k.data()}, {m[2].view(), v.data()}};
+      matmul_int4_q8_fused_cpu(pool(), qkv, x.data(), n, isa);
+    } else {
+      matmul_int4_q8_cpu(pool(), m[0].view(), x.data(), n, q.data(), isa);
+      matmul_int4_q8_cpu(pool(), m[1].view(), x.data(), n, k.data(), isa);
+      matmul_int4_q8_cpu(pool(), m[2].view(), x.data(), n, v.data(), isa);
+    }
+    matmul_int4_q8_cpu(pool(), m[3].view(), q.data(), n, o.data(), isa);
+    if (fused) {
+      matmul_int4_q8_gate_up_cpu(pool(), m[4].view(), m[5].view(), x.data(), n, g.data(), u.data(),
+                                 g.data(), isa);
+    } else {
+      matmul_int4_q8_cpu(pool(), m[4].view(), x.data(), n, g.data(), isa);
+      matmul_int4_q8_cpu(pool(), m[5].view(), x.data(), n, u.data(), isa);
+      silu_mul_cpu(g.data(), u.data(), n * inter, g.data());
+    }
+    matmul_int4_q8_cpu(pool(), m[6].view(), g.data(), n, o.data(), isa);
+    l = (l + 1) % layers;
+  }
+  const double seconds = since(t0), per_layer = seconds / double(state.iterations());
+  state.counters["regions"] = fused ? 4 : 7;
+  state.counters["us_per_layer"] = per_layer * 1e6;
+  state.counters["tokens/s_30_layers"] = double(n) / (per_layer * double(layers));
+  state.counters["threads"] = pool().size();
+}
+
 BENCHMARK(host_bandwidth)->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(pool_dispatch)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(int4)
@@ -234,6 +299,11 @@ BENCHMARK(int8)
     ->ArgsProduct({{49152}, {576}, {1}, {0, 1}})
     ->ArgsProduct({{16384}, {5120}, {1, 8}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(smollm2_layer)
+    ->ArgNames({"n", "fused"})
+    ->ArgsProduct({{1, 128}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK(attention)
     ->ArgNames({"ctx", "n", "f16"})

@@ -261,6 +261,21 @@ void DeviceCache::fetch_now(uint32_t id, Lock& lock) {
   if (!fill(id, lock, false)) throw Error(error_);
 }
 
+bool DeviceCache::can_hold(std::span<const uint32_t> ids) const {
+  if (arena_bytes_ >= schedule_.whole_bytes()) return true;
+  // Under lru nothing is pinned (plan_ is empty); the pinned flags are set at load only.
+  const uint64_t pinned = plan_.pinned_bytes;
+  uint64_t largest = 0, count = 0;
+  for (uint32_t id : ids) {
+    if (id >= entries_.size()) return false;
+    if (entries_[id].pinned) continue;
+    largest = std::max(largest, schedule_.arena_bytes(id));
+    ++count;
+  }
+  return count == 0 ||
+         (pinned <= arena_bytes_ && arena_bytes_ - pinned >= (2 * count - 1) * largest);
+}
+
 const uint8_t* DeviceCache::acquire(uint32_t id) {
   if (id >= entries_.size())
     throw Error(fmt::format("weight id {} is not in the cache's schedule of {} weights", id,

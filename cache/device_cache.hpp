@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -71,6 +72,12 @@ class DeviceCache {
   // Weight `id`'s entry, ready to read until release(id). Requests the next `lookahead` weights.
   const uint8_t* acquire(uint32_t id);
   void release(uint32_t id);
+  // Whether the caller can hold these weights at once whatever else the arena holds: all of the
+  // model fits, or the room past the pinned entries (placed first, a prefix of the arena) leaves,
+  // beside g - 1 held entries of at most M bytes each, g * M free in at most g gaps, so one gap
+  // takes the next entry (first fit): (2g - 1) * M. Below that the caller acquires one at a time
+  // (schedule.minimum_budget() counts one weight held).
+  bool can_hold(std::span<const uint32_t> ids) const;
 
   CacheStats stats() const;
   const Schedule& schedule() const { return schedule_; }

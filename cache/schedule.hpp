@@ -76,8 +76,9 @@ struct Schedule {
   // Every entry resident at once (the budget `all` stands for).
   uint64_t whole_bytes() const;
   // The smallest budget the cache runs with: the compute holds one weight at a time
-  // (runtime/forward_cpu.cpp acquires, runs and releases each Linear), so one entry of the largest
-  // weight must fit; everything else can be streamed through that space.
+  // (runtime/forward_cpu.cpp acquires, runs and releases each Linear; it holds q/k/v or gate/up
+  // together only where DeviceCache::can_hold says they fit), so one entry of the largest weight
+  // must fit; everything else can be streamed through that space.
   uint64_t minimum_budget() const;
   uint32_t largest() const;  // id of the largest weight (the first of equals)
 };

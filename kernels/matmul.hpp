@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 
 #include "base/cpu_isa.hpp"
 #include "format/int4.hpp"
@@ -28,6 +29,30 @@ void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y, C
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y);
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
                         KernelIsa isa);
+// One block of len <= 128 activations as matmul_int4_q8_cpu quantizes it: q [128] (zeros past
+// len) = round(x * 127 / max|x|) clamped to [-127, 127]; returns max|x|. The paths give the same
+// bits (tests compare them).
+float quantize_q8_block_cpu(const float* x, uint64_t len, int32_t* q, KernelIsa isa);
+
+// Fused INT4 x INT8 products over one input x [n, cols], each in ONE parallel region instead of
+// one per weight (decode of a small model is bound by the regions: SmolLM2 makes 7 per layer).
+// Every output element is bit-identical to matmul_int4_q8_cpu's on its weight alone (the same
+// per-row code on the same quantized x; each task quantizes its token tile once for all parts),
+// for every thread count; weights over its 32,768 columns run the fp32 path, as there.
+struct Int4Output {
+  Int4View w;  // [rows, cols]: every part of a call has the same cols
+  float* y;    // [n, w.rows]
+};
+// The rows of all parts are one range split over the pool (q/k/v of a layer).
+void matmul_int4_q8_fused_cpu(CpuPool& pool, std::span<const Int4Output> parts, const float* x,
+                              uint64_t n, KernelIsa isa);
+// gate and up (the same shape) and the SwiGLU epilogue: gate_y = x gate^T, up_y = x up^T and
+// h = silu(gate_y) * up_y (silu_mul_cpu), each task on the same rows of both weights; all
+// [n, rows], h may be gate_y.
+void matmul_int4_q8_gate_up_cpu(CpuPool& pool, const Int4View& gate, const Int4View& up,
+                                const float* x, uint64_t n, float* gate_y, float* up_y, float* h,
+                                KernelIsa isa);
+
 // bf16 weights: w [rows, cols] bf16 bits. The CUDA twin is CublasLt::matmul_bf16 below.
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                      uint64_t n, float* y);

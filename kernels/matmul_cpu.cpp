@@ -29,7 +29,9 @@
 // thread, CPU time per call (bench_kernels), fp32 path -> INT8 path:
 //   4096 x 4096 decode 1.30 -> 0.89 ms, n = 64 52.9 -> 22.7 ms (7.8 -> 19.4 GMAC/s wall);
 //   SmolLM2 1536 x 576 decode 0.138 -> 0.049 ms, n = 128 8.03 -> 3.84 ms (6.68 before the offset
-//   term moved into the block loop).
+//   term moved into the block loop); n = 128 3.37 -> 2.45 ms with the AVX2 quantizer (load ~9).
+// The fused variants (q/k/v, gate/up + SiLU * up) run the same per-row code for several weights in
+// one parallel region, each task quantizing its token tile once for all of them.
 // ferry bench --prompt 128 --gen 64 on SmolLM2-135M asym-clip, 2 threads, same load: prefill
 // 19-55 -> 31-74 tokens/s, decode 4-6.5 either way (noise of the load dominates; see the commits).
 //
@@ -46,6 +48,7 @@
 #include "base/dtype.hpp"
 #include "base/error.hpp"
 #include "format/int4.hpp"
+#include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
 
 #if FERRY_X86
@@ -207,22 +210,44 @@ constexpr uint64_t q8_pos(uint64_t e) {
   return e / 64 * 64 + e % 2 * 32 + e % 64 / 2;
 }
 
-// Quantizes tn tokens of x [.., cols] into t. Scalar and shared by both paths, so they see the
-// same q: nearbyint rounds half to even, as the AVX2 conversion would.
-void quantize_q8(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t) {
+// One block of len <= 128 elements of x into qi [128] (zeros past len); returns max |x|. NaNs
+// are passed over by the max and become 0 in qi (int32_t(float) of a NaN: cvttss2si's
+// 0x80000000, whose low byte quantize_q8 keeps).
+float q8_block_portable(const float* x, uint64_t len, int32_t* qi) {
+  float amax = 0.0f;
+  for (uint64_t e = 0; e < len; ++e) amax = std::max(amax, std::fabs(x[e]));
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  for (uint64_t e = 0; e < kBlock; ++e)
+    qi[e] = e < len ? int32_t(std::clamp(std::nearbyint(x[e] * inv), -127.0f, 127.0f)) : 0;
+  return amax;
+}
+
+#if FERRY_X86
+__attribute__((target("avx2,fma,f16c"))) float q8_block_avx2(const float* x, uint64_t len,
+                                                             int32_t* qi);
+#endif
+
+// Quantizes tn tokens of x [.., cols] into t; both paths give the same q, d and sums (the AVX2
+// block step is bit-identical to the portable one), so the kernels' results do not depend on it.
+void quantize_q8(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t, bool avx2) {
   const uint64_t blocks = int4_blocks_per_row(cols);
   for (uint64_t j = 0; j < tn; ++j) {
     const float* xt = x + j * cols;
     for (uint64_t b = 0; b < blocks; ++b) {
-      const uint64_t c0 = b * kBlock, c1 = std::min(cols, c0 + kBlock);
-      float amax = 0.0f;
-      for (uint64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(xt[c]));
-      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f, d = amax / 127.0f;
+      const uint64_t c0 = b * kBlock, len = std::min(cols, c0 + kBlock) - c0;
+      alignas(32) int32_t qi[kBlock];
+#if FERRY_X86
+      const float amax =
+          avx2 ? q8_block_avx2(xt + c0, len, qi) : q8_block_portable(xt + c0, len, qi);
+#else
+      (void)avx2;
+      const float amax = q8_block_portable(xt + c0, len, qi);
+#endif
+      const float d = amax / 127.0f;
       int8_t* qb = t.q + j * blocks * kBlock + c0;
       int32_t qsum = 0;
       for (uint64_t e = 0; e < kBlock; ++e) {
-        const float v = c0 + e < c1 ? xt[c0 + e] * inv : 0.0f;
-        const int8_t q = int8_t(std::clamp(std::nearbyint(v), -127.0f, 127.0f));
+        const int8_t q = int8_t(qi[e]);
         qb[q8_pos(e)] = q;
         qsum += q;
       }
@@ -237,28 +262,25 @@ void quantize_q8(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t) {
   }
 }
 
-void q8_rows_portable(const Int4View& a, uint64_t r0, uint64_t r1, const float* x, uint64_t n,
-                      float* y, Q8Tile& t) {
+// Rows [r0, r1) of y for the tn tokens from t0 whose quantized activations t holds.
+void q8_tile_rows_portable(const Int4View& a, uint64_t r0, uint64_t r1, const Q8Tile& t,
+                           uint64_t tn, float* y, uint64_t t0) {
   const uint64_t blocks = a.blocks();
-  for (uint64_t t0 = 0; t0 < n; t0 += kMaxTile) {
-    const uint64_t tn = std::min(kMaxTile, n - t0);
-    quantize_q8(x + t0 * a.cols, a.cols, tn, t);
-    for (uint64_t r = r0; r < r1; ++r)
-      for (uint64_t j = 0; j < tn; ++j) {
-        const int8_t* qt = t.q + j * blocks * kBlock;
-        float acc = 0.0f, off = 0.0f;
-        for (uint64_t b = 0; b < blocks; ++b) {
-          const uint8_t* cb = a.q + (r * blocks + b) * kBlockBytes;
-          int32_t isum = 0;
-          for (uint64_t e = 0; e < kBlock; ++e)
-            isum += int32_t((cb[e / 2] >> (e % 2 * 4)) & 15) * qt[b * kBlock + q8_pos(e)];
-          const float s = f16_to_float(a.scales[r * blocks + b]);
-          acc += float(isum) * (s * t.d[j * kQ8MaxBlocks + b]);
-          off += (a.mins ? f16_to_float(a.mins[r * blocks + b]) : s) * t.sums[j * kQ8MaxBlocks + b];
-        }
-        y[(t0 + j) * a.rows + r] = acc + (a.mins ? off : -8.0f * off);
+  for (uint64_t r = r0; r < r1; ++r)
+    for (uint64_t j = 0; j < tn; ++j) {
+      const int8_t* qt = t.q + j * blocks * kBlock;
+      float acc = 0.0f, off = 0.0f;
+      for (uint64_t b = 0; b < blocks; ++b) {
+        const uint8_t* cb = a.q + (r * blocks + b) * kBlockBytes;
+        int32_t isum = 0;
+        for (uint64_t e = 0; e < kBlock; ++e)
+          isum += int32_t((cb[e / 2] >> (e % 2 * 4)) & 15) * qt[b * kBlock + q8_pos(e)];
+        const float s = f16_to_float(a.scales[r * blocks + b]);
+        acc += float(isum) * (s * t.d[j * kQ8MaxBlocks + b]);
+        off += (a.mins ? f16_to_float(a.mins[r * blocks + b]) : s) * t.sums[j * kQ8MaxBlocks + b];
       }
-  }
+      y[(t0 + j) * a.rows + r] = acc + (a.mins ? off : -8.0f * off);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -609,6 +631,35 @@ FERRY_AVX2 void q8_tile(const Int4View& a, uint64_t r, const Q8Tile& t, uint64_t
     for (int j = 0; j < T; ++j) y[(t0 + j0 + j) * a.rows + r + i] = hsum(acc[i][j]);
 }
 
+// q8_block_portable in 8 lanes, bit for bit: the max of |x| is order-free (max_ps(|x|, m) keeps
+// m when |x| is a NaN, as std::max(amax, NaN) does); x * inv rounds to nearest even as nearbyint
+// does in the default mode, but inline: nearbyintf is a libm call per element, which made the
+// quantization of a 576-column row cost as much as its products with the 192 rows of k or v;
+// min_ps(hi, max_ps(lo, v)) keeps a NaN as std::clamp does, and cvttps gives it 0x80000000.
+FERRY_AVX2 float q8_block_avx2(const float* x, uint64_t len, int32_t* qi) {
+  const uint64_t full = len / 8 * 8;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  for (uint64_t e = 0; e < full; e += 8)
+    m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + e)), m);
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float amax = _mm_cvtss_f32(h);
+  for (uint64_t e = full; e < len; ++e) amax = std::max(amax, std::fabs(x[e]));
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  const __m256 iv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  for (uint64_t e = 0; e < full; e += 8) {
+    const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + e), iv),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qi + e),
+                        _mm256_cvttps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, v))));
+  }
+  for (uint64_t e = full; e < kBlock; ++e)
+    qi[e] = e < len ? int32_t(std::clamp(std::nearbyint(x[e] * inv), -127.0f, 127.0f)) : 0;
+  return amax;
+}
+
 // Rows per INT4 x INT8 tile: R * T accumulators, 4 unpacked code vectors and a few temporaries
 // within 16 ymm registers.
 template <int T>
@@ -616,24 +667,21 @@ constexpr int q8_rows_per_tile() {
   return T == 1 ? 4 : T == 2 ? 3 : T <= 4 ? 2 : 1;
 }
 
-FERRY_AVX2 void q8_rows_avx2(const Int4View& a, uint64_t r0, uint64_t r1, const float* x,
-                             uint64_t n, float* y, Q8Tile& t) {
-  for (uint64_t t0 = 0; t0 < n; t0 += kMaxTile) {
-    const uint64_t tn = std::min(kMaxTile, n - t0);
-    quantize_q8(x + t0 * a.cols, a.cols, tn, t);
-    // Tokens in tiles of up to 4 (the register tile), rows in panels that stay in L1/L2 while
-    // the token sub-tiles pass over them.
-    for (uint64_t p0 = r0; p0 < r1; p0 += kPanel) {
-      const uint64_t p1 = std::min(r1, p0 + kPanel);
-      for (uint64_t j0 = 0; j0 < tn; j0 += 4)
-        with_tile(std::min<uint64_t>(4, tn - j0), [&](auto tile) {
-          constexpr int T = decltype(tile)::value;
-          constexpr int R = q8_rows_per_tile<T>();
-          uint64_t r = p0;
-          for (; r + R <= p1; r += R) q8_tile<R, T>(a, r, t, j0, y, t0);
-          for (; r < p1; ++r) q8_tile<1, T>(a, r, t, j0, y, t0);
-        });
-    }
+// Rows [r0, r1) of y for the tn tokens from t0 whose quantized activations t holds: tokens in
+// tiles of up to 4 (the register tile), rows in panels that stay in L1/L2 while the token
+// sub-tiles pass over them.
+FERRY_AVX2 void q8_tile_rows_avx2(const Int4View& a, uint64_t r0, uint64_t r1, const Q8Tile& t,
+                                  uint64_t tn, float* y, uint64_t t0) {
+  for (uint64_t p0 = r0; p0 < r1; p0 += kPanel) {
+    const uint64_t p1 = std::min(r1, p0 + kPanel);
+    for (uint64_t j0 = 0; j0 < tn; j0 += 4)
+      with_tile(std::min<uint64_t>(4, tn - j0), [&](auto tile) {
+        constexpr int T = decltype(tile)::value;
+        constexpr int R = q8_rows_per_tile<T>();
+        uint64_t r = p0;
+        for (; r + R <= p1; r += R) q8_tile<R, T>(a, r, t, j0, y, t0);
+        for (; r < p1; ++r) q8_tile<1, T>(a, r, t, j0, y, t0);
+      });
   }
 }
 
@@ -651,6 +699,24 @@ struct Call {
   float* y;
   bool avx2;
 };
+
+// A fused INT4 x INT8 call: its parts share x; h (the gate/up epilogue's output) or null.
+struct FusedCall {
+  std::span<const Int4Output> parts;
+  const float* x;
+  uint64_t n;
+  bool avx2;
+  float* h;
+};
+
+// Rows [r0, r1) of one part for the tn quantized tokens from t0 in t.
+void q8_tile_rows(const FusedCall& c, const Int4Output& p, uint64_t r0, uint64_t r1,
+                  const Q8Tile& t, uint64_t tn, uint64_t t0) {
+#if FERRY_X86
+  if (c.avx2) return q8_tile_rows_avx2(p.w, r0, r1, t, tn, p.y, t0);
+#endif
+  q8_tile_rows_portable(p.w, r0, r1, t, tn, p.y, t0);
+}
 
 }  // namespace
 
@@ -694,16 +760,83 @@ void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t 
 
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
                         KernelIsa isa) {
-  if (w.rows == 0 || n == 0) return;
-  if (w.blocks() > kQ8MaxBlocks) return matmul_int4_cpu(pool, w, x, n, y, isa);
-  const Call<Int4View> call{w, x, n, y, usable_isa(isa) == KernelIsa::avx2};
-  pool.parallel_for(w.rows, row_grain(w.cols, n), [c = &call](uint64_t r0, uint64_t r1) {
+  const Int4Output part{w, y};
+  matmul_int4_q8_fused_cpu(pool, {&part, 1}, x, n, isa);
+}
+
+void matmul_int4_q8_fused_cpu(CpuPool& pool, std::span<const Int4Output> parts, const float* x,
+                              uint64_t n, KernelIsa isa) {
+  if (parts.empty() || n == 0) return;
+  const uint64_t cols = parts[0].w.cols;
+  uint64_t rows = 0;
+  bool fits = true;
+  for (const Int4Output& p : parts) {
+    if (p.w.cols != cols)
+      throw Error(fmt::format("matmul_int4_q8_fused_cpu: {} columns beside {}", p.w.cols, cols));
+    rows += p.w.rows;
+    fits = fits && p.w.blocks() <= kQ8MaxBlocks;
+  }
+  if (!fits) {  // the fp32 path, one product after another: what separate calls would run
+    for (const Int4Output& p : parts) matmul_int4_cpu(pool, p.w, x, n, p.y, isa);
+    return;
+  }
+  const FusedCall call{parts, x, n, usable_isa(isa) == KernelIsa::avx2, nullptr};
+  pool.parallel_for(rows, row_grain(cols, n), [c = &call](uint64_t r0, uint64_t r1) {
     Q8Tile t;  // 328 KB of the task's stack (pool threads have 8 MB)
-#if FERRY_X86
-    if (c->avx2) return q8_rows_avx2(c->a, r0, r1, c->x, c->n, c->y, t);
-#endif
-    q8_rows_portable(c->a, r0, r1, c->x, c->n, c->y, t);
+    for (uint64_t t0 = 0; t0 < c->n; t0 += kMaxTile) {
+      const uint64_t tn = std::min(kMaxTile, c->n - t0);
+      quantize_q8(c->x + t0 * c->parts[0].w.cols, c->parts[0].w.cols, tn, t, c->avx2);
+      uint64_t base = 0;  // the part's first row in the joint range
+      for (const Int4Output& p : c->parts) {
+        const uint64_t b0 = std::max(r0, base), b1 = std::min(r1, base + p.w.rows);
+        if (b0 < b1) q8_tile_rows(*c, p, b0 - base, b1 - base, t, tn, t0);
+        base += p.w.rows;
+      }
+    }
   });
+}
+
+void matmul_int4_q8_gate_up_cpu(CpuPool& pool, const Int4View& gate, const Int4View& up,
+                                const float* x, uint64_t n, float* gate_y, float* up_y, float* h,
+                                KernelIsa isa) {
+  if (gate.rows != up.rows || gate.cols != up.cols)
+    throw Error(fmt::format("matmul_int4_q8_gate_up_cpu: gate [{}, {}] and up [{}, {}] differ",
+                            gate.rows, gate.cols, up.rows, up.cols));
+  if (gate.rows == 0 || n == 0) return;
+  const Int4Output parts[2] = {{gate, gate_y}, {up, up_y}};
+  if (gate.blocks() > kQ8MaxBlocks) {  // as separate calls would run
+    matmul_int4_q8_fused_cpu(pool, parts, x, n, isa);
+    silu_mul_cpu(gate_y, up_y, n * gate.rows, h);
+    return;
+  }
+  const FusedCall call{parts, x, n, usable_isa(isa) == KernelIsa::avx2, h};
+  // Each index of the range is a row of both weights: half the rows per task for the same work.
+  const uint64_t grain = std::max<uint64_t>(1, row_grain(gate.cols, n) / 2);
+  pool.parallel_for(gate.rows, grain, [c = &call](uint64_t r0, uint64_t r1) {
+    Q8Tile t;  // 328 KB of the task's stack (pool threads have 8 MB)
+    const uint64_t rows = c->parts[0].w.rows, cols = c->parts[0].w.cols;
+    for (uint64_t t0 = 0; t0 < c->n; t0 += kMaxTile) {
+      const uint64_t tn = std::min(kMaxTile, c->n - t0);
+      quantize_q8(c->x + t0 * cols, cols, tn, t, c->avx2);
+      for (const Int4Output& p : c->parts) q8_tile_rows(*c, p, r0, r1, t, tn, t0);
+    }
+    // The epilogue on this task's rows of every token: the same function, element by element,
+    // as silu_mul_cpu over the whole [n, rows] after separate calls.
+    for (uint64_t j = 0; j < c->n; ++j) {
+      const uint64_t at = j * rows + r0;
+      silu_mul_cpu(c->parts[0].y + at, c->parts[1].y + at, r1 - r0, c->h + at);
+    }
+  });
+}
+
+float quantize_q8_block_cpu(const float* x, uint64_t len, int32_t* q, KernelIsa isa) {
+  if (len > kBlock)
+    throw Error(fmt::format("quantize_q8_block_cpu: {} > {} elements", len, kBlock));
+#if FERRY_X86
+  if (usable_isa(isa) == KernelIsa::avx2) return q8_block_avx2(x, len, q);
+#endif
+  (void)isa;
+  return q8_block_portable(x, len, q);
 }
 
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y) {

@@ -288,11 +288,13 @@ void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_
 
 // Whether weights `ids` can share one fused launch: decode (n <= 8), INT4 entries (the file's
 // INT4 weights in the cache's INT4 format; INT8 and bf16 entries take their own products), and a
-// source that lets the caller hold them together (every weight resident; a streaming cache
-// guarantees room for one at a time, and there the upload, not the launches, bounds the step).
+// source that lets the caller hold them together (WeightSource::can_hold: always when reading in
+// place or every weight is resident; a streaming cache only when its free arena guarantees it).
 bool CudaForward::fusable(const WeightSource& src, uint64_t n,
                           std::initializer_list<uint32_t> ids) const {
-  if (n > kGemvMaxBatch || bf16_cache_ || !src.holds_every_weight()) return false;
+  if (n > kGemvMaxBatch || bf16_cache_ ||
+      !src.can_hold(std::span<const uint32_t>(ids.begin(), ids.size())))
+    return false;
   for (uint32_t id : ids)
     if (!w_.linears[id].is_int4()) return false;
   return true;

@@ -63,11 +63,13 @@ class WeightSource {
   virtual ~WeightSource() = default;
   virtual Linear acquire(uint32_t id) = 0;
   virtual void release(uint32_t id) = 0;
-  // Whether a caller may hold several weights at once (acquire q, k and v, then release them):
-  // true only where every weight stays resident, so that no acquire waits for room the caller
-  // itself holds. A paging cache below the model guarantees room for one weight at a time
-  // (Schedule::minimum_budget), so the default is false.
-  virtual bool holds_every_weight() const { return false; }
+  // Whether these weights (consecutive ids) can be held at once: the CPU and CUDA passes then
+  // acquire q/k/v (gate/up) together for one fused product or launch. A source that reads in
+  // place always can; a paging cache where its free arena guarantees the placement.
+  virtual bool can_hold(std::span<const uint32_t> ids) const {
+    (void)ids;
+    return true;
+  }
 };
 
 // One weight acquired for one product. release() after the product; if the product throws
@@ -105,7 +107,6 @@ class DirectWeights final : public WeightSource {
   explicit DirectWeights(const ModelWeights& w) : w_(w) {}
   Linear acquire(uint32_t id) override { return w_.linears.at(id); }
   void release(uint32_t) override {}
-  bool holds_every_weight() const override { return true; }
 
  private:
   const ModelWeights& w_;

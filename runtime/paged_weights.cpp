@@ -162,7 +162,6 @@ PagedWeights::PagedWeights(const PackedFile& f, const ModelWeights& w, const Cac
   Schedule schedule = paging_schedule(f, w, o.format);
   const uint64_t whole = schedule.whole_bytes();
   const uint64_t budget = resolved_budget(o, *backend_, whole);
-  holds_all_ = budget >= whole;
   cache_ = std::make_unique<DeviceCache>(
       *backend_, std::move(schedule),
       CacheConfig{

@@ -59,8 +59,7 @@ class PagedWeights final : public WeightSource {
   ~PagedWeights() override;
   Linear acquire(uint32_t id) override;
   void release(uint32_t id) override;
-  // The budget holds the whole model: nothing is ever evicted, every acquire finds room.
-  bool holds_every_weight() const override { return holds_all_; }
+  bool can_hold(std::span<const uint32_t> ids) const override { return cache_->can_hold(ids); }
 
   CacheStats stats() const { return cache_->stats(); }
   uint64_t weight_bytes() const { return cache_->schedule().whole_bytes(); }
@@ -74,7 +73,6 @@ class PagedWeights final : public WeightSource {
   uint64_t contiguous_bytes(uint32_t id) const;
 
   CacheFormat format_;
-  bool holds_all_ = false;
   std::shared_ptr<CacheBackend> backend_;
   std::vector<Linear> stored_;            // [ids] pointers into the host store
   std::vector<Int4EntryLayout> layouts_;  // [ids] where an INT4 weight's parts lie in its entry

@@ -262,6 +262,55 @@ TEST(CacheProperty, RandomSchedulesAndBudgetsNeverExceedTheBudget) {
   }
 }
 
+// can_hold is the CPU pass's licence to hold q/k/v (or gate/up) at once: whenever it says yes,
+// acquiring the group in order must succeed, whatever the arena held before, under both policies;
+// it says yes when the model fits and no where the arena takes one weight only.
+TEST(CacheProperty, GroupsThatCanHoldAreAcquiredTogether) {
+  std::mt19937 rng(7);
+  int held_groups = 0, streamed = 0;  // streamed: groups held below the whole model's budget
+  for (int round = 0; round < 200; ++round) {
+    const size_t n = 3 + rng() % 30;
+    std::vector<uint64_t> sizes(n);
+    std::vector<uint32_t> layers(n);
+    for (size_t i = 0; i < n; ++i) sizes[i] = 1 + rng() % 5000, layers[i] = uint32_t(i / 7);
+    const Schedule s = make_schedule(sizes, layers);
+    const uint64_t budget = s.minimum_budget() + rng() % (s.whole_bytes() + 256 * n);
+    const auto policy = rng() % 2 ? CachePolicy::pin : CachePolicy::lru;
+    CpuBackend b;
+    DeviceCache c(b, s, config(budget, policy, uint32_t(rng() % 3)), pattern_fill(s));
+    if (budget >= s.whole_bytes()) {
+      const std::vector<uint32_t> all = {0, 1, 2};
+      EXPECT_TRUE(c.can_hold(all)) << "round " << round;
+    }
+    for (uint32_t id = 0; id < 3 * n;) {  // passes in schedule order, in groups of 1 to 3
+      const uint32_t first = id % uint32_t(n), g = std::min<uint32_t>(1 + rng() % 3, n - first);
+      std::vector<uint32_t> ids(g);
+      for (uint32_t i = 0; i < g; ++i) ids[i] = first + i;
+      const bool together = c.can_hold(ids);
+      held_groups += together && g > 1;
+      streamed += together && g > 1 && budget < s.whole_bytes();
+      for (uint32_t i = 0; i < g; ++i) {
+        const uint32_t w = ids[i];
+        const uint8_t* p = nullptr;
+        ASSERT_NO_THROW(p = c.acquire(w)) << "round " << round << " weight " << w;
+        ASSERT_TRUE(holds_pattern(p, w, sizes[w])) << "round " << round;
+        if (!together) c.release(w);
+      }
+      if (together)
+        for (uint32_t w : ids) c.release(w);
+      id += g;
+    }
+  }
+  EXPECT_GT(held_groups, 100);  // the property was exercised,
+  EXPECT_GT(streamed, 20);      // also where entries are evicted
+  const Schedule s = make_schedule(std::vector<uint64_t>(4, 1024), {});
+  CpuBackend b;
+  DeviceCache one(b, s, config(s.minimum_budget(), CachePolicy::lru, 1), pattern_fill(s));
+  const std::vector<uint32_t> pair = {0, 1}, single = {2};
+  EXPECT_FALSE(one.can_hold(pair));
+  EXPECT_TRUE(one.can_hold(single));
+}
+
 // --- errors, faults, shutdown ---------------------------------------------------------------
 
 TEST(CacheErrors, AFillErrorOnThePrefetchThreadReachesTheCaller) {

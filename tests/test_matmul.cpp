@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -13,6 +14,8 @@
 #include <thread>
 
 #include "base/dtype.hpp"
+#include "base/error.hpp"
+#include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/matvec.hpp"
 #include "quantizer/int4_quantize.hpp"
@@ -186,6 +189,105 @@ TEST(MatmulQ8, BitIdenticalAcrossThreadCountsAndBatchSplits) {
       for (uint64_t r = 0; r < w.rows; ++r) ASSERT_EQ(yt[r], one[t * w.rows + r]) << t << "," << r;
     }
   }
+}
+
+// The activation quantizer's AVX2 path against the portable one, bit for bit: random blocks of
+// every length, exact ties (x.5 steps round to even), zeros, denormals, infinities and NaNs.
+TEST(MatmulQ8, QuantizerPathsAreBitIdentical) {
+  if (!kernel_isa_available(KernelIsa::avx2)) GTEST_SKIP() << "no AVX2 on this CPU";
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const float specials[] = {0.0f, -0.0f, 1e-40f, -1e-45f, INFINITY, -INFINITY, NAN, 3.5f, -2.5f};
+  for (int round = 0; round < 2000; ++round) {
+    const uint64_t len = 1 + rng() % 128;
+    std::vector<float> x(len);
+    const int kind = round % 4;
+    for (float& v : x) {
+      v = nd(rng) * (kind == 1 ? 1e-39f : 1.0f);
+      if (kind == 2) v = float(int(rng() % 255) - 127) * 0.5f;  // ties once scaled by 127/127
+      if (kind == 3 && rng() % 8 == 0) v = specials[rng() % std::size(specials)];
+    }
+    if (kind == 2) x[rng() % len] = 127.0f;  // inv = 1: the halves stay exact ties
+    std::vector<int32_t> a(128, 7), b(128, 9);
+    const float ma = quantize_q8_block_cpu(x.data(), len, a.data(), KernelIsa::portable);
+    const float mb = quantize_q8_block_cpu(x.data(), len, b.data(), KernelIsa::avx2);
+    ASSERT_EQ(std::bit_cast<uint32_t>(ma), std::bit_cast<uint32_t>(mb)) << "round " << round;
+    ASSERT_EQ(a, b) << "round " << round << " kind " << kind;
+  }
+}
+
+// The fused products (one parallel region for q/k/v, one for gate/up with SiLU * up) against
+// separate matmul_int4_q8_cpu calls, bit for bit: odd row counts (so tasks straddle the parts),
+// partial blocks, 1..17 tokens, 1..4 threads, both paths; and rows past the INT8 kernel's
+// 32,768 columns, which both run on the fp32 path.
+TEST(MatmulQ8Fused, QkvBitIdenticalToSeparateCalls) {
+  struct Case {
+    uint64_t q, k, v, cols;
+  };
+  for (Scheme scheme : {Scheme::sym, Scheme::asym})
+    for (Case c :
+         {Case{67, 13, 13, 320}, Case{64, 32, 32, 576}, Case{5, 3, 1, 100}, Case{3, 1, 2, 32832}})
+      for (uint64_t n : {1u, 3u, 8u, 17u}) {
+        if (c.cols > 32768 && n > 3) continue;  // the slow fp32 path: two sizes suffice
+        const Weights wq = make_weights(scheme, c.q, c.cols),
+                      wk = make_weights(scheme, c.k, c.cols),
+                      wv = make_weights(scheme, c.v, c.cols);
+        const std::vector<float> x = activations(n, c.cols);
+        for (KernelIsa isa : isas()) {
+          const std::vector<float> q = run_q8(wq, x, n, 1, isa), k = run_q8(wk, x, n, 1, isa),
+                                   v = run_q8(wv, x, n, 1, isa);
+          for (unsigned threads : {1u, 2u, 3u, 4u}) {
+            SCOPED_TRACE(testing::Message()
+                         << scheme_name(scheme) << " q" << c.q << " cols " << c.cols << " n=" << n
+                         << " isa=" << int(isa) << " threads=" << threads);
+            CpuPool pool(threads);
+            std::vector<float> fq(q.size(), NAN), fk(k.size(), NAN), fv(v.size(), NAN);
+            const Int4Output parts[3] = {
+                {wq.int4(), fq.data()}, {wk.int4(), fk.data()}, {wv.int4(), fv.data()}};
+            matmul_int4_q8_fused_cpu(pool, parts, x.data(), n, isa);
+            EXPECT_EQ(fq, q);
+            EXPECT_EQ(fk, k);
+            EXPECT_EQ(fv, v);
+          }
+        }
+      }
+}
+
+TEST(MatmulQ8Fused, GateUpBitIdenticalToSeparateCallsAndSiluMul) {
+  for (Shape s : {Shape{67, 320}, Shape{1536, 576}, Shape{7, 100}, Shape{3, 32832}})
+    for (uint64_t n : {1u, 2u, 9u}) {
+      const Weights wg = make_weights(Scheme::asym_clip, s.rows, s.cols);
+      const Weights wu = make_weights(Scheme::sym, s.rows, s.cols);
+      const std::vector<float> x = activations(n, s.cols);
+      for (KernelIsa isa : isas()) {
+        const std::vector<float> g = run_q8(wg, x, n, 1, isa), u = run_q8(wu, x, n, 1, isa);
+        std::vector<float> h(g.size());
+        silu_mul_cpu(g.data(), u.data(), g.size(), h.data());
+        for (unsigned threads : {1u, 2u, 3u}) {
+          SCOPED_TRACE(testing::Message() << s.rows << "x" << s.cols << " n=" << n
+                                          << " isa=" << int(isa) << " threads=" << threads);
+          CpuPool pool(threads);
+          std::vector<float> fg(g.size(), NAN), fu(u.size(), NAN);
+          // h written over gate's output, as the forward pass does.
+          matmul_int4_q8_gate_up_cpu(pool, wg.int4(), wu.int4(), x.data(), n, fg.data(), fu.data(),
+                                     fg.data(), isa);
+          EXPECT_EQ(fu, u);
+          EXPECT_EQ(fg, h);
+        }
+      }
+    }
+}
+
+TEST(MatmulQ8Fused, MismatchedShapesAreAnError) {
+  CpuPool pool(2);
+  const Weights a = make_weights(Scheme::sym, 4, 128), b = make_weights(Scheme::sym, 4, 256);
+  const std::vector<float> x = activations(1, 256);
+  std::vector<float> ya(4), yb(4), h(4);
+  const Int4Output parts[2] = {{a.int4(), ya.data()}, {b.int4(), yb.data()}};
+  EXPECT_THROW(matmul_int4_q8_fused_cpu(pool, parts, x.data(), 1, best_kernel_isa()), Error);
+  EXPECT_THROW(matmul_int4_q8_gate_up_cpu(pool, a.int4(), b.int4(), x.data(), 1, ya.data(),
+                                          yb.data(), h.data(), best_kernel_isa()),
+               Error);
 }
 
 // Paging and batching tests compare logits bit for bit: the result may not depend on the

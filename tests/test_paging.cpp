@@ -214,23 +214,25 @@ TEST(PagingInvariance, EachInt4UploadIsOneTransfer) {
   }
 }
 
-// runtime/forward_cuda.cpp runs q/k/v and gate/up as one launch each only where the source lets
-// it hold them together: a budget of the whole model, where holding every weight at once works.
-// Below it the cache guarantees room for one weight at a time, and the source says so.
-TEST(PagingHold, OnlyAWholeModelBudgetHoldsWeightsTogether) {
+// The CPU and CUDA passes run q/k/v and gate/up as one product (launch) only where the source
+// lets them hold the group together: always when reading in place and at a whole-model budget
+// (where holding every weight at once works), never at the minimum budget, which guarantees room
+// for one weight at a time.
+TEST(PagingHold, GroupsAreHeldTogetherOnlyWhereTheyFit) {
   test::ScratchDir tmp;
   const PackedFile f = PackedFile::open(qwen2_tiny(tmp, Scheme::asym_clip));
   const ModelWeights w = bind_weights(f);
-  EXPECT_TRUE(DirectWeights(w).holds_every_weight());
+  const std::vector<uint32_t> qkv = {linear_id(0, kQ), linear_id(0, kK), linear_id(0, kV)};
+  EXPECT_TRUE(DirectWeights(w).can_hold(qkv));
   const Schedule s = paging_schedule(f, w, CacheFormat::int4);
+  std::vector<uint32_t> every(s.size());
+  for (uint32_t id = 0; id < s.size(); ++id) every[id] = id;
   for (const CachePolicy policy : {CachePolicy::lru, CachePolicy::pin}) {
-    for (const uint64_t budget : {s.minimum_budget(), s.whole_bytes() - 1}) {
-      const CacheOptions c{.enabled = true, .budget_bytes = budget, .policy = policy};
-      EXPECT_FALSE(PagedWeights(f, w, c, 2).holds_every_weight()) << budget;
-    }
+    const CacheOptions least{.enabled = true, .budget_bytes = s.minimum_budget(), .policy = policy};
+    EXPECT_FALSE(PagedWeights(f, w, least, 2).can_hold(qkv)) << policy_name(policy);
     const CacheOptions c{.enabled = true, .budget_bytes = s.whole_bytes(), .policy = policy};
     PagedWeights all(f, w, c, 2);
-    ASSERT_TRUE(all.holds_every_weight()) << policy_name(policy);
+    ASSERT_TRUE(all.can_hold(every)) << policy_name(policy);
     for (uint32_t id = 0; id < s.size(); ++id) all.acquire(id);  // every weight held at once
     for (uint32_t id = 0; id < s.size(); ++id) all.release(id);
   }
