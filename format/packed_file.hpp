@@ -88,6 +88,9 @@ struct KeepRule {
 // Parses "PATTERN=int4|int8|bf16"; throws ferry::Error with a one-line message otherwise.
 KeepRule parse_keep_rule(std::string_view text);
 bool keep_rule_matches(const KeepRule& rule, const std::string& weight_name);
+// What a linear (or the lm_head) is stored as under an INT4 scheme when no rule names it: INT8
+// for the lm_head and the attention's value projections, INT4 for the rest.
+WeightStorage default_int4_plan_storage(const WeightSpec& spec);
 
 // How every linear weight (lm_head included) is stored. Weights absent from `linears` take the
 // scheme's default: INT4 under an INT4 scheme, else BF16.

@@ -252,6 +252,10 @@ Grid hqq_grid(const Block& b, Grid g, const SchemeShape& sh) {
   Grid best = g;
   double best_l1 = std::numeric_limits<double>::infinity();
   for (int round = 0; round < 20; ++round, beta *= 1.01) {
+    // The shrink a - a^-0.3 / beta is <= 0, so e = 0, wherever a^1.3 <= 1 / beta: below this
+    // threshold (with a margin that leaves the boundary to pow) the pow, ~80% of the time of a
+    // round, is skipped; e is then exactly what the pow would give.
+    const double zero_below = std::pow(beta, -1.0 / 1.3) * (1.0 - 1e-9);
     double l1 = 0, sum = 0;
     for (uint64_t i = 0; i < kBlock; ++i) {
       const float x = std::min(std::max((b.w[i] - g.min) * inv, sh.q_lo), sh.q_hi);
@@ -260,7 +264,8 @@ Grid hqq_grid(const Block& b, Grid g, const SchemeShape& sh) {
       const double m2 = double(b.wmask[i]) * b.wmask[i];  // the importance (1 or 0 without)
       l1 += std::fabs(r) * m2;
       const double a = std::fabs(r);
-      const double e = a > 0 ? std::copysign(std::max(0.0, a - std::pow(a, -0.3) / beta), r) : 0;
+      const double e =
+          a > zero_below ? std::copysign(std::max(0.0, a - std::pow(a, -0.3) / beta), r) : 0;
       sum += (double(b.w[i]) - e - double(q) * g.scale) * m2;
     }
     if (l1 < best_l1) {

@@ -115,8 +115,8 @@ void CpuForward::product(uint32_t id, const Linear& l, const float* x, uint64_t 
   if (const uint16_t* bias = w_.biases[id]) add_bias_cpu(y, bias, n, l.rows);
 }
 
-// q, k, v of xb (+ bias). INT4 on INT8 activations with all three held at once: one parallel
-// region instead of three (bit-identical); otherwise (another format, the fp32 path, or a cache
+// q, k, v of xb (+ bias). INT4 on INT8 activations with all three held at once: the INT4 ones in
+// one parallel region (bit-identical to separate products); otherwise (the fp32 path, or a cache
 // budget that holds one weight at a time) one product after another.
 void CpuForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
   const uint32_t ids[3] = {linear_id(layer, kQ), linear_id(layer, kK), linear_id(layer, kV)};
@@ -128,15 +128,22 @@ void CpuForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
   }
   HeldWeight q(src, ids[0]), k(src, ids[1]), v(src, ids[2]);  // in schedule order
   const Linear* ls[3] = {&q.linear, &k.linear, &v.linear};
-  if (q.linear.is_int4() && k.linear.is_int4() && v.linear.is_int4()) {
-    for (int i = 0; i < 3; ++i)
-      if (observer_) observer_->observe(ids[i], x, n, ls[i]->cols);
-    const Int4Output parts[3] = {{q.linear.q4, ys[0]}, {k.linear.q4, ys[1]}, {v.linear.q4, ys[2]}};
-    matmul_int4_q8_fused_cpu(pool_, parts, x, n, best_kernel_isa());
-    for (int i = 0; i < 3; ++i)
-      if (const uint16_t* bias = w_.biases[ids[i]]) add_bias_cpu(ys[i], bias, n, ls[i]->rows);
-  } else {
-    for (int i = 0; i < 3; ++i) product(ids[i], *ls[i], x, n, ys[i]);
+  // The INT4 ones share one region (all three, or q and k beside the default INT8 v_proj); the
+  // others are products of their own.
+  Int4Output parts[3];
+  size_t fused = 0;
+  for (int i = 0; i < 3; ++i)
+    if (ls[i]->is_int4()) parts[fused++] = {ls[i]->q4, ys[i]};
+  if (fused < 2) fused = 0;
+  for (int i = 0; i < 3; ++i)
+    if (fused && ls[i]->is_int4() && observer_) observer_->observe(ids[i], x, n, ls[i]->cols);
+  if (fused) matmul_int4_q8_fused_cpu(pool_, std::span(parts, fused), x, n, best_kernel_isa());
+  for (int i = 0; i < 3; ++i) {
+    if (!fused || !ls[i]->is_int4()) {
+      product(ids[i], *ls[i], x, n, ys[i]);  // its bias too
+    } else if (const uint16_t* bias = w_.biases[ids[i]]) {
+      add_bias_cpu(ys[i], bias, n, ls[i]->rows);
+    }
   }
   q.release();
   k.release();

@@ -126,7 +126,8 @@ class CudaForward final : public ForwardPass {
   void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y,
               GemvStore store);
   void product(const Linear& l, uint32_t id, const float* x, uint64_t n, float* y, GemvStore store);
-  bool fusable(const WeightSource& src, uint64_t n, std::initializer_list<uint32_t> ids) const;
+  bool fusable(const WeightSource& src, uint64_t n, std::initializer_list<uint32_t> ids,
+               size_t int4) const;
   void qkv(WeightSource& src, uint64_t layer, uint64_t n);
   void gate_up(WeightSource& src, uint64_t layer, uint64_t n);
   void attention_block(WeightSource& src, uint64_t layer, std::span<const SeqChunk> seqs,
@@ -286,41 +287,42 @@ void CudaForward::linear(WeightSource& src, uint32_t id, const float* x, uint64_
   held.release();  // records the entry's last use after the product
 }
 
-// Whether weights `ids` can share one fused launch: decode (n <= 8), INT4 entries (the file's
-// INT4 weights in the cache's INT4 format; INT8 and bf16 entries take their own products), and a
+// Whether weights `ids` can share one fused launch: decode (n <= 8), at least `int4` of them INT4
+// entries (the file's INT4 weights in the cache's INT4 format; INT8 and bf16 entries take their
+// own products beside the launch), and a
 // source that lets the caller hold them together (WeightSource::can_hold: always when reading in
 // place or every weight is resident; a streaming cache only when its free arena guarantees it).
-bool CudaForward::fusable(const WeightSource& src, uint64_t n,
-                          std::initializer_list<uint32_t> ids) const {
+bool CudaForward::fusable(const WeightSource& src, uint64_t n, std::initializer_list<uint32_t> ids,
+                          size_t int4) const {
   if (n > kGemvMaxBatch || bf16_cache_ ||
       !src.can_hold(std::span<const uint32_t>(ids.begin(), ids.size())))
     return false;
-  for (uint32_t id : ids)
-    if (!w_.linears[id].is_int4()) return false;
-  return true;
+  size_t count = 0;
+  for (uint32_t id : ids) count += w_.linears[id].is_int4();
+  return count >= int4;
 }
 
-// q, k and v of xb_: one launch over their rows, biases in its store, when fusable; otherwise
-// three products. All three are acquired before the launch and released after it.
+// q, k and v of xb_: one launch over the rows of the INT4 ones (all three, or q and k beside the
+// default INT8 v_proj), biases in its store, when fusable; the others a product each. All three
+// are acquired before the launch and released after it.
 void CudaForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
-  const uint32_t iq = linear_id(layer, kQ), ik = linear_id(layer, kK), iv = linear_id(layer, kV);
-  if (!fusable(src, n, {iq, ik, iv})) {
-    linear(src, iq, xb_.get(), n, q_.get(), GemvStore::set);
-    linear(src, ik, xb_.get(), n, k_.get(), GemvStore::set);
-    linear(src, iv, xb_.get(), n, v_.get(), GemvStore::set);
+  const uint32_t ids[3] = {linear_id(layer, kQ), linear_id(layer, kK), linear_id(layer, kV)};
+  float* ys[3] = {q_.get(), k_.get(), v_.get()};
+  if (!fusable(src, n, {ids[0], ids[1], ids[2]}, 2)) {
+    for (int i = 0; i < 3; ++i) linear(src, ids[i], xb_.get(), n, ys[i], GemvStore::set);
     return;
   }
-  HeldWeight q(src, iq), k(src, ik), v(src, iv);
-  if (q.linear.is_int4() && k.linear.is_int4() && v.linear.is_int4()) {
-    const GemvOut outs[3] = {{q.linear.q4, q_.get(), bias_[iq]},
-                             {k.linear.q4, k_.get(), bias_[ik]},
-                             {v.linear.q4, v_.get(), bias_[iv]}};
-    gemv_int4_fused_cuda(outs, 3, xb_.get(), n, GemvStore::set, stream_.s);
-  } else {  // a source that changed a weight's format: the held weights one product each
-    product(q.linear, iq, xb_.get(), n, q_.get(), GemvStore::set);
-    product(k.linear, ik, xb_.get(), n, k_.get(), GemvStore::set);
-    product(v.linear, iv, xb_.get(), n, v_.get(), GemvStore::set);
-  }
+  HeldWeight q(src, ids[0]), k(src, ids[1]), v(src, ids[2]);
+  const Linear* ls[3] = {&q.linear, &k.linear, &v.linear};
+  GemvOut outs[3];
+  size_t fused = 0;
+  for (int i = 0; i < 3; ++i)
+    if (ls[i]->is_int4()) outs[fused++] = {ls[i]->q4, ys[i], bias_[ids[i]]};
+  // A source that changed a weight's format may leave fewer than two: one product each then.
+  if (fused < 2) fused = 0;
+  if (fused) gemv_int4_fused_cuda(outs, fused, xb_.get(), n, GemvStore::set, stream_.s);
+  for (int i = 0; i < 3; ++i)
+    if (!fused || !ls[i]->is_int4()) product(*ls[i], ids[i], xb_.get(), n, ys[i], GemvStore::set);
   q.release();
   k.release();
   v.release();
@@ -330,7 +332,7 @@ void CudaForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
 // weights' rows when fusable (no silu_mul launch); otherwise two products and silu_mul.
 void CudaForward::gate_up(WeightSource& src, uint64_t layer, uint64_t n) {
   const uint32_t ig = linear_id(layer, kGate), iu = linear_id(layer, kUp);
-  if (!fusable(src, n, {ig, iu}) || bias_[ig] || bias_[iu]) {
+  if (!fusable(src, n, {ig, iu}, 2) || bias_[ig] || bias_[iu]) {
     linear(src, ig, xb_.get(), n, gate_.get(), GemvStore::set);
     linear(src, iu, xb_.get(), n, up_.get(), GemvStore::set);
     silu_mul_cuda(gate_.get(), up_.get(), n * c_.intermediate, gate_.get(), stream_.s);

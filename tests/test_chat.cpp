@@ -506,10 +506,15 @@ TEST(RunCommand, StopStringEndsTheTextBeforeIt) {
   Child plain({"run", model, "-p", prompt, "-n", "48", "--threads", "1"});
   ASSERT_EQ(plain.finish(60), 0) << plain.err;
   ASSERT_EQ(plain.out.substr(0, prompt.size()), prompt);
-  // Stop at the first run of three ASCII letters the model generates (greedy: the same text).
+  // Stop at a run of three ASCII letters the model generates (greedy: the same text) past its
+  // first 12 characters, so that decode steps are timed before it, and not seen earlier.
   const std::string generated = plain.out.substr(prompt.size());
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(generated, m, std::regex("[A-Za-z]{3}"))) << generated;
+  const std::regex letters("[A-Za-z]{3}");
+  auto it = std::sregex_iterator(generated.begin(), generated.end(), letters);
+  for (; it != std::sregex_iterator(); ++it)
+    if (it->position() >= 12 && generated.find(it->str()) == size_t(it->position())) break;
+  ASSERT_NE(it, std::sregex_iterator()) << generated;
+  const std::smatch m = *it;
   const std::string stop = m.str();
   Child cut(
       {"run", model, "-p", prompt, "-n", "48", "--threads", "1", "--stop", "zq,x", "--stop", stop});

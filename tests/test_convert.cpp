@@ -73,7 +73,8 @@ double relative_rms(const std::vector<float>& ref, const std::vector<float>& got
 TEST(Convert, TinyStoriesAsymClipRoundTrips) {
   FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
   ScratchDir tmp;
-  const ConvertReport r = convert_checkpoint(dir, tmp / "t.ferry", {}, kNoProgress);
+  const ConvertReport r =
+      convert_checkpoint(dir, tmp / "t.ferry", {.scheme = Scheme::asym_clip}, kNoProgress);
   EXPECT_EQ(r.config.layers, 2u);
   EXPECT_TRUE(r.config.tied_embeddings);
   const PackedFile p = PackedFile::open(tmp / "t.ferry");
@@ -528,7 +529,7 @@ TEST(ConvertCli, QuantizeThenInspectJson) {
   ASSERT_EQ(i.exit_code, 0) << i.output;
   const nlohmann::json j = nlohmann::json::parse(i.output);
   EXPECT_EQ(j["kind"], "ferry");
-  EXPECT_EQ(j["scheme"], "asym-clip");
+  EXPECT_EQ(j["scheme"], "asym-hqq");  // the default
   EXPECT_EQ(j["model"]["rope_scaling"], "llama3");
   EXPECT_EQ(j["checksums"]["mismatched"].size(), 0u);
   EXPECT_GT(j["checksums"]["verified"].get<int>(), 40);

@@ -177,8 +177,9 @@ std::pair<double, double> kl_to_hf(const std::vector<float>& ferry, const std::v
 // after each prompt; 0 asks for HF's top-1 token itself. The real model gets 0 (its top two logits
 // after the prompts lie 6.3 and 1.0 apart). A random model's next-token distribution is nearly
 // flat: its top two logits lie 0.015 to 0.14 apart, closer than INT4 noise moves them, so there
-// ferry's pick has to be one HF ranks nearly as high instead: within 0.25 (measured up to 0.13;
-// e^-0.25 = 0.78, so HF gives it at least 78% of the probability of its own top-1).
+// ferry's pick has to be one HF ranks nearly as high instead: within 0.35 (measured up to 0.275:
+// qwen2-tiny sym-clip, whose mean KL fell from 0.0053 to 0.0032 when v_proj became INT8 while
+// one near-tie flipped; e^-0.35 = 0.70, so HF gives it at least 70% of its top-1's probability).
 void check_int4(const test::ScratchDir& tmp, const fs::path& hf, const Golden& g,
                 const std::string& name, double mean_bound, float gap_bound) {
   for (Scheme s : {Scheme::sym, Scheme::sym_clip, Scheme::asym, Scheme::asym_clip}) {
@@ -223,7 +224,7 @@ TEST(Golden, SynthesizedQwen2MatchesTransformers) {
   const fs::path hf = synthesize(tmp, "qwen2-tiny", g);
   ASSERT_FALSE(HasFailure()) << "golden data unreadable or made from another checkpoint";
   check_bf16(convert(tmp, hf, Scheme::bf16), g, "qwen2-tiny");
-  check_int4(tmp, hf, g, "qwen2-tiny", 0.011, 0.25f);  // measured 0.0052 .. 0.0067
+  check_int4(tmp, hf, g, "qwen2-tiny", 0.011, 0.35f);  // measured 0.0032 .. 0.0067
 }
 
 TEST(Golden, SynthesizedLlama3MatchesTransformers) {

@@ -194,7 +194,7 @@ std::filesystem::path convert(const test::ScratchDir& tmp, const std::string& na
   return out;
 }
 
-TEST(Int8Plan, LmHeadIsInt8ByDefaultAndRulesOverrideIt) {
+TEST(Int8Plan, LmHeadAndValueProjectionsAreInt8ByDefaultAndRulesOverrideThem) {
   test::ScratchDir tmp;
   const PackedFile def = PackedFile::open(convert(tmp, "d.ferry", {}));
   EXPECT_EQ(def.version, kFormatVersion);
@@ -203,6 +203,11 @@ TEST(Int8Plan, LmHeadIsInt8ByDefaultAndRulesOverrideIt) {
   EXPECT_EQ(def.file.find("lm_head.weight.q8")->dtype, DType::I8);
   EXPECT_NE(def.file.find("model.embed_tokens.weight"), nullptr);  // rows stay bf16
   EXPECT_NE(def.file.find("model.layers.0.mlp.up_proj.weight.q4"), nullptr);
+  // The value projections are INT8 by default too (docs/quantization.md), the other linears INT4.
+  for (const char* name : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.o_proj",
+                           "mlp.gate_proj", "mlp.down_proj"})
+    EXPECT_NE(def.file.find(fmt::format("model.layers.1.{}.weight.q4", name)), nullptr) << name;
+  EXPECT_NE(def.file.find("model.layers.1.self_attn.v_proj.weight.q8"), nullptr);
   EXPECT_TRUE(def.verify_checksums(2).empty());
 
   const PackedFile mixed = PackedFile::open(convert(tmp, "m.ferry",
@@ -239,7 +244,9 @@ void set_version(const std::filesystem::path& p, char v) {
 TEST(Int8Plan, Version1FilesStillOpenAndRunButMayNotHoldInt8) {
   test::ScratchDir tmp;
   // What a version 1 writer produced: INT4 everywhere, lm_head included.
-  const auto v1 = convert(tmp, "v1.ferry", {.keep = {{"lm_head", WeightStorage::int4}}});
+  const auto v1 =
+      convert(tmp, "v1.ferry",
+              {.keep = {{"lm_head", WeightStorage::int4}, {"v_proj", WeightStorage::int4}}});
   set_version(v1, '1');
   const PackedFile f = PackedFile::open(v1);
   EXPECT_EQ(f.version, 1);
@@ -247,7 +254,7 @@ TEST(Int8Plan, Version1FilesStillOpenAndRunButMayNotHoldInt8) {
   const ModelWeights w = bind_weights(f);
   EXPECT_TRUE(w.linears.back().is_int4());
 
-  const auto bad = convert(tmp, "v1bad.ferry", {});  // INT8 lm_head
+  const auto bad = convert(tmp, "v1bad.ferry", {});  // INT8 lm_head and v_proj
   set_version(bad, '1');
   EXPECT_THROW(PackedFile::open(bad), Error);
   set_version(bad, '3');

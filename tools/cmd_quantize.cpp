@@ -118,11 +118,14 @@ int cmd_quantize(int argc, char** argv) {
   o.positional_help("HF_DIR -o OUT.ferry");
   o.add_options()("input", "checkpoint directory", cxxopts::value<std::string>())(
       "o,output", "output .ferry file", cxxopts::value<std::string>())(
-      "s,scheme", "asym-clip (the lowest weight error), asym, asym-hqq (half-quadratic offsets: the best perplexity on SmolLM2, docs/quantization.md), sym-clip, sym, or bf16 (no quantization)",
+      "s,scheme",
+      "asym-hqq (half-quadratic offsets: the lowest perplexity, docs/quantization.md), asym-clip "
+      "(the lowest weight error), asym, sym-clip, sym, or bf16 (no quantization)",
       cxxopts::value<std::string>()->default_value(std::string(scheme_name(kDefaultScheme))))(
       "keep",
       "PATTERN=int4|int8|bf16: store the weights whose name matches PATTERN (a glob, or a "
-      "substring) so; repeatable, later ones win. Default: lm_head int8, other linears INT4",
+      "substring) so; repeatable, later ones win. Default: lm_head and v_proj int8, other linears "
+      "INT4",
       cxxopts::value<std::vector<std::string>>())(
       "keep-lm-head",
       "the same as --keep lm_head=bf16 (a tied one is then the embedding, stored once)")(
