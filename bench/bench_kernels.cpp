@@ -256,7 +256,7 @@ void smollm2_layer(benchmark::State& state) {
     if (fused) {
       const Int4Output qkv[3] = {
           {m[0].view(), q.data()}, {m[1].view(), k.data()}, {m[2].view(), v.data()}};
-      matmul_int4_q8_fused_cpu(pool(), qkv, x.data(), n, isa);
+      matmul_int4_q8_fused_cpu(pool(), qkv, 3, x.data(), n, isa);
     } else {
       matmul_int4_q8_cpu(pool(), m[0].view(), x.data(), n, q.data(), isa);
       matmul_int4_q8_cpu(pool(), m[1].view(), x.data(), n, k.data(), isa);

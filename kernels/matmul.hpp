@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <span>
 
 #include "base/cpu_isa.hpp"
 #include "format/int4.hpp"
@@ -43,8 +42,9 @@ struct Int4Output {
   Int4View w;  // [rows, cols]: every part of a call has the same cols
   float* y;    // [n, w.rows]
 };
-// The rows of all parts are one range split over the pool (q/k/v of a layer).
-void matmul_int4_q8_fused_cpu(CpuPool& pool, std::span<const Int4Output> parts, const float* x,
+// The rows of all `count` parts are one range split over the pool (q/k/v of a layer). (A pointer
+// and a count, not a std::span: nvcc compiles this header as C++17.)
+void matmul_int4_q8_fused_cpu(CpuPool& pool, const Int4Output* parts, size_t count, const float* x,
                               uint64_t n, KernelIsa isa);
 // gate and up (the same shape) and the SwiGLU epilogue: gate_y = x gate^T, up_y = x up^T and
 // h = silu(gate_y) * up_y (silu_mul_cpu), each task on the same rows of both weights; all

@@ -40,6 +40,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <span>
 #include <type_traits>
 
 #include <fmt/format.h>
@@ -761,11 +762,12 @@ void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t 
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
                         KernelIsa isa) {
   const Int4Output part{w, y};
-  matmul_int4_q8_fused_cpu(pool, {&part, 1}, x, n, isa);
+  matmul_int4_q8_fused_cpu(pool, &part, 1, x, n, isa);
 }
 
-void matmul_int4_q8_fused_cpu(CpuPool& pool, std::span<const Int4Output> parts, const float* x,
-                              uint64_t n, KernelIsa isa) {
+void matmul_int4_q8_fused_cpu(CpuPool& pool, const Int4Output* part_list, size_t count,
+                              const float* x, uint64_t n, KernelIsa isa) {
+  const std::span<const Int4Output> parts(part_list, count);
   if (parts.empty() || n == 0) return;
   const uint64_t cols = parts[0].w.cols;
   uint64_t rows = 0;
@@ -805,7 +807,7 @@ void matmul_int4_q8_gate_up_cpu(CpuPool& pool, const Int4View& gate, const Int4V
   if (gate.rows == 0 || n == 0) return;
   const Int4Output parts[2] = {{gate, gate_y}, {up, up_y}};
   if (gate.blocks() > kQ8MaxBlocks) {  // as separate calls would run
-    matmul_int4_q8_fused_cpu(pool, parts, x, n, isa);
+    matmul_int4_q8_fused_cpu(pool, parts, 2, x, n, isa);
     silu_mul_cpu(gate_y, up_y, n * gate.rows, h);
     return;
   }

@@ -9,8 +9,9 @@
 // so results do not depend on the thread count.
 //
 // matmul_int8_q8_cpu: the same product on activations quantized to INT8 per block of 128
-// (kernels/q8_block.hpp), once per token tile of a task. Per block the codes dot q in exact int32
-// and y = sum_b scale_b * d_b * isum_b: the product of the dequantized weights w with xq, so
+// (quantize_q8_block_cpu, the INT4 product's quantizer), once per token tile of a task. Per block
+// the codes dot q in exact int32 and y = sum_b scale_b * d_b * isum_b: the product of the
+// dequantized weights w with xq, so
 //   |y - y_fp32| <= sum_b d_b / 2 * sum_{i in b} |w_i|  (+ fp32 rounding),
 // the bound tests/test_int8.cpp checks. AVX2 has no signed x signed byte product: maddubs takes
 // |w| (unsigned) against q with w's sign moved onto it (sign_epi8), each pair at most
@@ -24,8 +25,8 @@
 #include "base/dtype.hpp"
 #include "base/error.hpp"
 #include "base/simd.hpp"
+#include "kernels/matmul.hpp"
 #include "kernels/matmul_int8.hpp"
-#include "kernels/q8_block.hpp"
 
 #if FERRY_X86
 #include <immintrin.h>
@@ -120,14 +121,19 @@ struct Q8Tile {
   float d[kTile * kQ8MaxBlocks];
 };
 
-void quantize_tile(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t) {
+// With the INT4 product's quantizer (quantize_q8_block_cpu: the same q for the same x on every
+// path), narrowed to bytes.
+void quantize_tile(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t, KernelIsa isa) {
   const uint64_t blocks = int8_blocks_per_row(cols);
+  int32_t q[kBlock];
   for (uint64_t j = 0; j < tn; ++j)
     for (uint64_t b = 0; b < blocks; ++b) {
       const uint64_t c0 = b * kBlock;
-      t.d[j * kQ8MaxBlocks + b] = quantize_block_q8(x + j * cols + c0, std::min(kBlock, cols - c0),
-                                                    t.q + (j * kQ8MaxBlocks + b) * kBlock, nullptr,
-                                                    [](uint64_t e) { return e; });
+      const float amax =
+          quantize_q8_block_cpu(x + j * cols + c0, std::min(kBlock, cols - c0), q, isa);
+      t.d[j * kQ8MaxBlocks + b] = amax / 127.0f;
+      int8_t* out = t.q + (j * kQ8MaxBlocks + b) * kBlock;
+      for (uint64_t e = 0; e < kBlock; ++e) out[e] = int8_t(q[e]);
     }
 }
 
@@ -135,7 +141,7 @@ void q8_rows_portable(const Call& c, uint64_t r0, uint64_t r1, Q8Tile& t) {
   const uint64_t blocks = c.w.blocks();
   for (uint64_t t0 = 0; t0 < c.n; t0 += kTile) {
     const uint64_t tn = std::min(kTile, c.n - t0);
-    quantize_tile(c.x + t0 * c.w.cols, c.w.cols, tn, t);
+    quantize_tile(c.x + t0 * c.w.cols, c.w.cols, tn, t, KernelIsa::portable);
     for (uint64_t r = r0; r < r1; ++r)
       for (uint64_t j = 0; j < tn; ++j) {
         float acc = 0.0f;
@@ -217,7 +223,7 @@ void q8_rows_tiled(const Call& c, uint64_t r0, uint64_t r1, const Q8Tile& t, uin
 void q8_rows_avx2(const Call& c, uint64_t r0, uint64_t r1, Q8Tile& t) {
   for (uint64_t t0 = 0; t0 < c.n; t0 += kTile) {
     const uint64_t tn = std::min(kTile, c.n - t0);
-    quantize_tile(c.x + t0 * c.w.cols, c.w.cols, tn, t);
+    quantize_tile(c.x + t0 * c.w.cols, c.w.cols, tn, t, KernelIsa::avx2);
     for (uint64_t j0 = 0; j0 < tn; j0 += 4) {  // token groups of up to 4: the register tile
       switch (std::min<uint64_t>(4, tn - j0)) {
         case 1:

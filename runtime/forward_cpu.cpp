@@ -137,7 +137,7 @@ void CpuForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
   if (fused < 2) fused = 0;
   for (int i = 0; i < 3; ++i)
     if (fused && ls[i]->is_int4() && observer_) observer_->observe(ids[i], x, n, ls[i]->cols);
-  if (fused) matmul_int4_q8_fused_cpu(pool_, std::span(parts, fused), x, n, best_kernel_isa());
+  if (fused) matmul_int4_q8_fused_cpu(pool_, parts, fused, x, n, best_kernel_isa());
   for (int i = 0; i < 3; ++i) {
     if (!fused || !ls[i]->is_int4()) {
       product(ids[i], *ls[i], x, n, ys[i]);  // its bias too

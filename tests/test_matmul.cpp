@@ -244,7 +244,7 @@ TEST(MatmulQ8Fused, QkvBitIdenticalToSeparateCalls) {
             std::vector<float> fq(q.size(), NAN), fk(k.size(), NAN), fv(v.size(), NAN);
             const Int4Output parts[3] = {
                 {wq.int4(), fq.data()}, {wk.int4(), fk.data()}, {wv.int4(), fv.data()}};
-            matmul_int4_q8_fused_cpu(pool, parts, x.data(), n, isa);
+            matmul_int4_q8_fused_cpu(pool, parts, 3, x.data(), n, isa);
             EXPECT_EQ(fq, q);
             EXPECT_EQ(fk, k);
             EXPECT_EQ(fv, v);
@@ -284,7 +284,7 @@ TEST(MatmulQ8Fused, MismatchedShapesAreAnError) {
   const std::vector<float> x = activations(1, 256);
   std::vector<float> ya(4), yb(4), h(4);
   const Int4Output parts[2] = {{a.int4(), ya.data()}, {b.int4(), yb.data()}};
-  EXPECT_THROW(matmul_int4_q8_fused_cpu(pool, parts, x.data(), 1, best_kernel_isa()), Error);
+  EXPECT_THROW(matmul_int4_q8_fused_cpu(pool, parts, 2, x.data(), 1, best_kernel_isa()), Error);
   EXPECT_THROW(matmul_int4_q8_gate_up_cpu(pool, a.int4(), b.int4(), x.data(), 1, ya.data(),
                                           yb.data(), h.data(), best_kernel_isa()),
                Error);
