@@ -233,16 +233,31 @@ TEST(CacheEviction, BudgetBelowTheLargestWeightStatesTheMinimum) {
 
 // --- the budget holds under random schedules ---------------------------------------------------
 
+// A random schedule of at least `min_weights` weights of 1 to 5000 bytes, 7 to a layer, and a
+// budget from its minimum to past the whole model, under a random policy.
+struct RandomCase {
+  std::vector<uint64_t> sizes;
+  Schedule s;
+  uint64_t budget;
+  CachePolicy policy;
+};
+
+RandomCase random_case(std::mt19937& rng, size_t min_weights) {
+  const size_t n = min_weights + rng() % 30;
+  std::vector<uint64_t> sizes(n);
+  std::vector<uint32_t> layers(n);
+  for (size_t i = 0; i < n; ++i) sizes[i] = 1 + rng() % 5000, layers[i] = uint32_t(i / 7);
+  Schedule s = make_schedule(sizes, layers);
+  const uint64_t budget = s.minimum_budget() + rng() % (s.whole_bytes() + 256 * n);
+  const auto policy = rng() % 2 ? CachePolicy::pin : CachePolicy::lru;
+  return {std::move(sizes), std::move(s), budget, policy};
+}
+
 TEST(CacheProperty, RandomSchedulesAndBudgetsNeverExceedTheBudget) {
   std::mt19937 rng(42);
   for (int round = 0; round < 300; ++round) {
-    const size_t n = 2 + rng() % 30;
-    std::vector<uint64_t> sizes(n);
-    std::vector<uint32_t> layers(n);
-    for (size_t i = 0; i < n; ++i) sizes[i] = 1 + rng() % 5000, layers[i] = uint32_t(i / 7);
-    const Schedule s = make_schedule(sizes, layers);
-    const uint64_t budget = s.minimum_budget() + rng() % (s.whole_bytes() + 256 * n);
-    const auto policy = rng() % 2 ? CachePolicy::pin : CachePolicy::lru;
+    const auto [sizes, s, budget, policy] = random_case(rng, 2);
+    const size_t n = sizes.size();
     CpuBackend b;
     DeviceCache c(b, s, config(budget, policy, uint32_t(rng() % 5)), pattern_fill(s));
     // Mostly the schedule's order, with jumps: a jump is a use nobody fetched ahead.
@@ -269,13 +284,8 @@ TEST(CacheProperty, GroupsThatCanHoldAreAcquiredTogether) {
   std::mt19937 rng(7);
   int held_groups = 0, streamed = 0;  // streamed: groups held below the whole model's budget
   for (int round = 0; round < 200; ++round) {
-    const size_t n = 3 + rng() % 30;
-    std::vector<uint64_t> sizes(n);
-    std::vector<uint32_t> layers(n);
-    for (size_t i = 0; i < n; ++i) sizes[i] = 1 + rng() % 5000, layers[i] = uint32_t(i / 7);
-    const Schedule s = make_schedule(sizes, layers);
-    const uint64_t budget = s.minimum_budget() + rng() % (s.whole_bytes() + 256 * n);
-    const auto policy = rng() % 2 ? CachePolicy::pin : CachePolicy::lru;
+    const auto [sizes, s, budget, policy] = random_case(rng, 3);
+    const size_t n = sizes.size();
     CpuBackend b;
     DeviceCache c(b, s, config(budget, policy, uint32_t(rng() % 3)), pattern_fill(s));
     if (budget >= s.whole_bytes()) {
