@@ -82,7 +82,7 @@ __attribute__((target("avx2,fma,f16c"))) void row_tile_avx2(const Call& c, uint6
   for (uint64_t b = 0; b < blocks; ++b) {
     const int8_t* q = c.w.q + (r * blocks + b) * kBlock;
     const uint64_t len = std::min(kBlock, cols - b * kBlock), full = len / 8 * 8;
-    const float s = f16_to_float(c.w.scales[r * blocks + b]);
+    const float s = _cvtsh_ss(c.w.scales[r * blocks + b]);
     const __m256 sv = _mm256_set1_ps(s);
     __m256 dot[kTile];
     for (uint64_t t = 0; t < tn; ++t) dot[t] = _mm256_setzero_ps();
@@ -161,7 +161,9 @@ void q8_rows_portable(const Call& c, uint64_t r0, uint64_t r1, Q8Tile& t) {
 #if FERRY_X86
 // R rows x T tokens (tile rows j0 .. j0+T, outputs t0 + j0 ..) over all blocks; per block, each
 // row's four 32-byte pieces are loaded once and serve the T tokens, and the int32 sums of a block
-// become one FMA per (row, token).
+// become one FMA per (row, token). Scales convert with F16C in registers: a call to
+// f16_to_float here (out of line) made the compiler spill every accumulator around it, once per
+// row and block, which on SmolLM2's 4.5-block lm_head rows cost more than the products.
 template <int R, int T>
 __attribute__((target("avx2,fma,f16c"))) void q8_tile(const Call& c, uint64_t r, const Q8Tile& t,
                                                       uint64_t j0, uint64_t t0) {
@@ -195,7 +197,7 @@ __attribute__((target("avx2,fma,f16c"))) void q8_tile(const Call& c, uint64_t r,
       }
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
-      const float s = f16_to_float(c.w.scales[(r + i) * blocks + b]);
+      const float s = _cvtsh_ss(c.w.scales[(r + i) * blocks + b]);
 #pragma GCC unroll 8
       for (int j = 0; j < T; ++j)
         acc[i][j] =
