@@ -16,11 +16,12 @@
 //    biases in its store, rope_kv (q and k rotated, k and v stored as f16), attention (2), o with
 //    the residual add in its store, rmsnorm, gate+up paired storing silu(gate)*up, down with the
 //    residual add. The fused kernels give the unfused steps' results (kernels/gemv_fused.hpp).
-//  - now, streaming below the model (the cache guarantees room for one weight at a time, so no
-//    two are held together): 13. q, k, v, gate, up and silu_mul separate; bias and residual
-//    still in the INT4 GEMV's store. INT8 weights, the bf16 cache format and prefill (n > 8:
-//    dequant + GEMM) keep add_bias and add launches; RoPE and the KV store are one launch there
-//    too.
+//    With the default INT8 v_proj: 11 (q+k one launch; v's INT8 GEMV and its add_bias).
+//  - now, streaming below the model (the cache holds a group only where its free arena
+//    guarantees the placement, WeightSource::can_hold; at the minimum budget never): 13. q, k, v,
+//    gate, up and silu_mul separate; bias and residual still in the INT4 GEMV's store. INT8
+//    weights, the bf16 cache format and prefill (n > 8: dequant + GEMM) keep add_bias and add
+//    launches; RoPE and the KV store are one launch there too.
 #include "runtime/forward_cuda.hpp"
 
 #include <cuda_runtime.h>
