@@ -42,8 +42,9 @@ DeviceCache::DeviceCache(CacheBackend& backend, Schedule schedule, const CacheCo
       config_(config),
       fill_(std::move(fill)),
       arena_bytes_(arena_bytes_for(schedule_, config.budget)),
+      whole_fits_(arena_bytes_ >= schedule_.whole_bytes()),
       // pin streams its unpinned weights through the ring even then (and pins all when they fit)
-      holds_all_(config.policy == CachePolicy::lru && arena_bytes_ >= schedule_.whole_bytes()),
+      holds_all_(config.policy == CachePolicy::lru && whole_fits_),
       arena_(backend.allocate_device(arena_bytes_, "the cache arena")),
       allocator_(arena_bytes_, schedule_.size()),
       entries_(schedule_.size()),
@@ -262,7 +263,7 @@ void DeviceCache::fetch_now(uint32_t id, Lock& lock) {
 }
 
 bool DeviceCache::can_hold(std::span<const uint32_t> ids) const {
-  if (arena_bytes_ >= schedule_.whole_bytes()) return true;
+  if (whole_fits_) return true;
   // Under lru nothing is pinned (plan_ is empty); the pinned flags are set at load only.
   const uint64_t pinned = plan_.pinned_bytes;
   uint64_t largest = 0, count = 0;

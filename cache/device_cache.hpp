@@ -112,8 +112,10 @@ class DeviceCache {
   const CacheConfig config_;
   const FillFn fill_;
   const uint64_t arena_bytes_;  // the budget, or the whole model when that is less
-  // lru and the arena holds every weight: nothing is ever evicted (entries are never freed, so they
-  // lie end to end and each placement fits), and releases signal no last use.
+  const bool
+      whole_fits_;  // arena_bytes_ >= the whole model: computed once, asked per acquire group
+  // lru and whole_fits_: nothing is ever evicted (entries are never freed, so they lie end to end
+  // and each placement fits), and releases signal no last use.
   const bool holds_all_;
   Memory arena_;  // [arena_bytes_] the stand-in for, or the real, device memory
   PinPlan plan_;
