@@ -19,8 +19,14 @@
 //  - Offsets are 32-bit (the launcher refuses weights past 2^31 bytes); only whole blocks exist
 //    in a chunk's loop: the padding of the last block meets zeros of x, and blocks past the row's
 //    end are skipped whole, so no per-element bounds check remains.
-//  - A warp owns R rows (4 for large matrices, fewer for small ones so their CTAs still cover
-//    the SMs), reading each staged x element once per R rows.
+//  - A warp owns R rows (4 for a large gate/up pair, else 2, or 1 for small matrices so their
+//    CTAs still cover the SMs), reading each staged x element once per R rows.
+//  - One token (decode), the deep path: the whole of x is staged once per CTA (up to 113 KB of
+//    shared memory, Qwen2-32B's down projection included) and each warp keeps DEPTH chunks of
+//    codes in flight (2-4, 2-4 KB a warp), with no barrier in the loop; 128 registers, two CTAs
+//    an SM. The first H200 run of the chunked path alone (one chunk in flight, a barrier pair
+//    and an exposed load of x per chunk, 248 registers: one CTA an SM) read 0.5-1.1 TB/s, 12-26%
+//    of the 4.2 TB/s copy bandwidth.
 //  - The same kernel runs the fused launches of kernels/gemv_fused.hpp: up to three weights in
 //    one grid (each CTA serves one, chosen by gemv_slot_of), or gate and up paired in each warp;
 //    the epilogue (bias, residual add, or silu(gate) * up) is applied in the store, after the
@@ -173,6 +179,99 @@ __device__ __forceinline__ void gemv_chunk(const float* __restrict__ x, uint32_t
   for (int r = 0; r < R; ++r) cur[r] = next[r];
 }
 
+// The deep path (DEPTH > 1): x of every chunk staged once per CTA, [N][chunks * 256] float4
+// (zeros past `cols`), and the sums of each 32 columns, [N][chunks * 32], in dynamic shared
+// memory; x 16-byte aligned with cols a multiple of 4 (VEC). The loop over threadIdx.x covers
+// whole multiples of kThreads, so every warp takes part in each round's shuffles.
+template <int N>
+__device__ __forceinline__ void stage_whole_x(const float* __restrict__ x, uint32_t cols,
+                                              uint32_t chunks, float4* xs, float* sums) {
+  const uint32_t per_token = chunks * (kChunk / 4);
+#pragma unroll
+  for (int t = 0; t < N; ++t)
+    for (uint32_t i = threadIdx.x; i < per_token; i += kThreads) {
+      float4 v = make_float4(0, 0, 0, 0);
+      if (4 * i < cols) v = __ldg(reinterpret_cast<const float4*>(x + size_t(t) * cols) + i);
+      xs[t * per_token + i] = v;
+      float s = (v.x + v.y) + (v.z + v.w);  // the same order as stage_x
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      s += __shfl_xor_sync(0xffffffffu, s, 4);
+      if (threadIdx.x % 8 == 0) sums[t * chunks * 32 + i / 8] = s;
+    }
+}
+
+// Chunk c's products from the staged x: the arithmetic of gemv_chunk, so both paths give the
+// same bits.
+template <int N, int R>
+__device__ __forceinline__ void dot_staged(const float4* xs, const float* sums, uint32_t chunks,
+                                           uint32_t c, const LaneCodes (&cur)[R],
+                                           float (&acc)[R][N]) {
+  const uint32_t lane = threadIdx.x % 32, per_token = chunks * (kChunk / 4);
+  const uint32_t xi = c * (kChunk / 4) + lane * (kLaneCols / 4);
+#pragma unroll
+  for (int t = 0; t < N; ++t) {
+    float4 v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = xs[t * per_token + xi + j];
+    const float sum = sums[t * chunks * 32 + c * 32 + lane];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float f = dot8(cur[r].q.y, v[2], v[3], dot8(cur[r].q.x, v[0], v[1], 0.0f)) +
+                      dot8(cur[r].q.w, v[6], v[7], dot8(cur[r].q.z, v[4], v[5], 0.0f));
+      const float d = 256.0f * (f - 0.5f * sum);
+      acc[r][t] += cur[r].s * d + cur[r].m * sum;
+    }
+  }
+}
+
+// DEPTH chunks [c0, c0 + DEPTH): each consumes its ring slot and refills it with the chunk
+// DEPTH ahead. GUARD: the refills may pass the row's last block and c0 + d the last chunk.
+template <int N, int R, int DEPTH, bool GUARD>
+__device__ __forceinline__ void deep_round(const float4* xs, const float* sums, uint32_t chunks,
+                                           uint32_t blocks, uint32_t c0, const LaneRow (&at)[R],
+                                           const float (&m_factor)[R], LaneCodes (&ring)[DEPTH][R],
+                                           float (&acc)[R][N]) {
+  const uint32_t lane = threadIdx.x % 32;
+#pragma unroll
+  for (int d = 0; d < DEPTH; ++d) {
+    const uint32_t c = c0 + d;
+    if (GUARD && c >= chunks) return;
+    dot_staged<N, R>(xs, sums, chunks, c, ring[d], acc);
+    const uint32_t k = c + DEPTH;
+    const bool in_row = k * 8 + lane / 4 < blocks;
+#pragma unroll
+    for (int r = 0; r < R; ++r) ring[d][r] = load_codes<GUARD>(at[r], k, in_row, m_factor[r]);
+  }
+}
+
+// The deep path's loop: DEPTH chunks of codes in flight per row (DEPTH x R x 512 bytes a warp),
+// x read from shared memory, no barrier. The first DEPTH chunks' loads are issued before x is
+// staged, so the staging hides behind them.
+template <int N, int R, int DEPTH>
+__device__ __forceinline__ void gemv_deep(const float* __restrict__ x, uint32_t cols,
+                                          uint32_t blocks, const LaneRow (&at)[R],
+                                          const float (&m_factor)[R], float (&acc)[R][N]) {
+  extern __shared__ float4 staged[];  // [N][chunks * 256] x, then [N][chunks * 32] sums
+  const uint32_t lane = threadIdx.x % 32;
+  const uint32_t chunks = (cols + kChunk - 1) / kChunk, full = blocks / 8;
+  LaneCodes ring[DEPTH][R];
+#pragma unroll
+  for (int d = 0; d < DEPTH; ++d)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      ring[d][r] = load_codes<true>(at[r], d, d * 8 + lane / 4 < blocks, m_factor[r]);
+  float* sums = reinterpret_cast<float*>(staged + N * chunks * (kChunk / 4));
+  stage_whole_x<N>(x, cols, chunks, staged, sums);
+  __syncthreads();
+  // Unguarded while every refill of the round (chunks up to c0 + 2 DEPTH - 1) is whole.
+  uint32_t c0 = 0;
+  for (; c0 + 2 * DEPTH <= full; c0 += DEPTH)
+    deep_round<N, R, DEPTH, false>(staged, sums, chunks, blocks, c0, at, m_factor, ring, acc);
+  for (; c0 < chunks; c0 += DEPTH)
+    deep_round<N, R, DEPTH, true>(staged, sums, chunks, blocks, c0, at, m_factor, ring, acc);
+}
+
 // A launch's arguments: the fused outputs (kernels/gemv_fused.hpp) and its grid.
 struct GemvLaunch {
   Int4View w[kGemvMaxParts];
@@ -190,19 +289,17 @@ __device__ __forceinline__ const T& pick(const T (&a)[kGemvMaxParts], uint32_t p
 }
 
 // PAIRED: gate (part 0) and up (part 1), each warp R/2 rows of both; silu(gate) * up stored.
-template <int N, int R, bool VEC, bool PAIRED>
-__global__ void __launch_bounds__(kThreads, 1)
+// DEPTH 1: x staged chunk by chunk, one chunk of codes in flight (gemv_chunk; any x). DEPTH > 1:
+// the deep path (gemv_deep; aligned x that fits in shared memory), two CTAs an SM.
+template <int N, int R, int DEPTH, bool VEC, bool PAIRED>
+__global__ void __launch_bounds__(kThreads, DEPTH > 1 ? 2 : 1)
     gemv_int4_kernel(const GemvLaunch a, const float* __restrict__ x) {
-  __shared__ float4 xs[N][kChunk / 4];    // the chunk of x, [N][1024] floats
-  __shared__ float sums[N][kChunk / 32];  // sums of each 32 of them, [N][32]
   const uint32_t cols = uint32_t(a.w[0].cols), blocks = uint32_t(a.w[0].blocks());
   const uint32_t lane = threadIdx.x % 32;
-  const uint32_t chunks = (cols + kChunk - 1) / kChunk;
   float acc[R][N];
   float m_factor[R];
   GemvSlot slot[R];
   LaneRow at[R];
-  LaneCodes cur[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
 #pragma unroll
@@ -211,14 +308,23 @@ __global__ void __launch_bounds__(kThreads, 1)
     const Int4View& w = pick(a.w, slot[r].part);
     m_factor[r] = w.mins ? 1.0f : -8.0f;
     at[r] = lane_row(w, slot[r].row, uint32_t(w.rows), blocks, lane);
-    cur[r] = load_codes<true>(at[r], 0, lane / 4 < blocks, m_factor[r]);
   }
-  // The main loop: chunk c + 1 is whole (its 8 blocks exist), so its loads need no guard.
-  uint32_t c = 0;
-  for (; (c + 2) * 8 <= blocks; ++c)
-    gemv_chunk<N, R, VEC, false>(x, cols, blocks, c, at, m_factor, cur, acc, xs, sums);
-  for (; c < chunks; ++c)
-    gemv_chunk<N, R, VEC, true>(x, cols, blocks, c, at, m_factor, cur, acc, xs, sums);
+  if constexpr (DEPTH > 1) {
+    gemv_deep<N, R, DEPTH>(x, cols, blocks, at, m_factor, acc);
+  } else {
+    __shared__ float4 xs[N][kChunk / 4];    // the chunk of x, [N][1024] floats
+    __shared__ float sums[N][kChunk / 32];  // sums of each 32 of them, [N][32]
+    LaneCodes cur[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) cur[r] = load_codes<true>(at[r], 0, lane / 4 < blocks, m_factor[r]);
+    // The main loop: chunk c + 1 is whole (its 8 blocks exist), so its loads need no guard.
+    const uint32_t chunks = (cols + kChunk - 1) / kChunk;
+    uint32_t c = 0;
+    for (; (c + 2) * 8 <= blocks; ++c)
+      gemv_chunk<N, R, VEC, false>(x, cols, blocks, c, at, m_factor, cur, acc, xs, sums);
+    for (; c < chunks; ++c)
+      gemv_chunk<N, R, VEC, true>(x, cols, blocks, c, at, m_factor, cur, acc, xs, sums);
+  }
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -252,24 +358,66 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+// The deep path's ring: chunks in flight per row, so that a warp keeps 2-4 KB of codes in flight
+// whatever its R (an H200 needs ~25 KB in flight per SM to cover ~700 ns of latency at 4.8 TB/s:
+// two CTAs of 8 warps hold 32-64 KB; the old one-chunk loop held 16 KB at R = 4).
+constexpr int deep_depth(int r) {
+  return r >= 4 ? 2 : r == 2 ? 3 : 4;
+}
+// Shared memory per CTA for x and its sums, and the most two CTAs of an SM can have (sm_90: 228
+// KB an SM, 1 KB of it reserved per CTA). Qwen2-32B's down projection (27648 columns) at one
+// token takes 111 KB; wider x or more tokens take the chunked path.
+constexpr uint64_t kDeepSharedMax = 113 * 1024;
+uint64_t deep_shared_bytes(int n, uint64_t cols) {
+  const uint64_t chunks = (cols + kChunk - 1) / kChunk;
+  return uint64_t(n) * chunks * (kChunk + kChunk / 32) * sizeof(float);
+}
+
 template <int N, int R, bool PAIRED>
 void launch_rows(const GemvLaunch& a, const float* x, cudaStream_t stream) {
   const uint32_t grid = a.grid.ctas();
-  if (a.w[0].cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
-    gemv_int4_kernel<N, R, true, PAIRED><<<grid, kThreads, 0, stream>>>(a, x);
-  else
-    gemv_int4_kernel<N, R, false, PAIRED><<<grid, kThreads, 0, stream>>>(a, x);
+  const bool vec = a.w[0].cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const uint64_t shared = deep_shared_bytes(N, a.w[0].cols);
+  // One token only: above it the deep ring and the accumulators pass the 128 registers that two
+  // CTAs an SM leave (the compiler spills), and batched decode reads each weight once per N.
+  if constexpr (N == 1) {
+    if (vec && shared <= kDeepSharedMax) {
+      constexpr int D = deep_depth(R);
+      // Above 48 KB of dynamic shared memory a kernel must opt in, once per device function; a
+      // magic static (set before the first launch, never changed) does it once per process,
+      // as ferry's CUDA pass runs on one device.
+      static const bool opted_in = [] {
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_int4_kernel<N, R, D, true, PAIRED>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(kDeepSharedMax)));
+        return true;
+      }();
+      (void)opted_in;
+      gemv_int4_kernel<N, R, D, true, PAIRED><<<grid, kThreads, shared, stream>>>(a, x);
+      return;
+    }
+  }
+  if (vec) {
+    gemv_int4_kernel<N, R, 1, true, PAIRED><<<grid, kThreads, 0, stream>>>(a, x);
+  } else {
+    gemv_int4_kernel<N, R, 1, false, PAIRED><<<grid, kThreads, 0, stream>>>(a, x);
+  }
 }
 
+// R as gemv_grid chose it: 2 or 4 paired, 1 or 2 unpaired.
 template <int N, bool PAIRED>
 void launch(const GemvLaunch& a, const float* x, cudaStream_t stream) {
   const uint32_t r = a.grid.rows_per_warp;
-  if (r == 4)
-    launch_rows<N, 4, PAIRED>(a, x, stream);
-  else if (r == 2 || PAIRED)  // paired grids have R >= 2 (gemv_grid)
-    launch_rows<N, 2, PAIRED>(a, x, stream);
-  else if constexpr (!PAIRED)
+  if constexpr (PAIRED) {
+    if (r == 4)
+      launch_rows<N, 4, true>(a, x, stream);
+    else
+      launch_rows<N, 2, true>(a, x, stream);
+  } else if (r == 2) {
+    launch_rows<N, 2, false>(a, x, stream);
+  } else {
     launch_rows<N, 1, false>(a, x, stream);
+  }
 }
 
 template <bool PAIRED>

@@ -5,7 +5,8 @@ No GPU is needed: `cuobjdump -sass` disassembles the object files the build made
 below is checked on the sm_90 code (the H100/H200 the roofline figures are for):
   - no kernel touches local memory (LDL/STL: register spills or stack arrays, each a round trip
     to DRAM-backed memory inside a loop);
-  - the INT4 GEMV's main loop (the loop with the most instructions) reads the weights with
+  - the INT4 GEMV's main loop (the innermost loop with the most FFMAs; the leaner of two such,
+    where the compiler made a guarded copy for the last rounds) reads the weights with
     128-bit global loads (LDG.E.128) and x with 128-bit shared loads (LDS.128);
   - the GQA attention kernel (attention_group_kernel) reads K and V rows with 128-bit loads
     only, in both its K loop and its V loop;
@@ -15,13 +16,16 @@ below is checked on the sm_90 code (the H100/H200 the roofline figures are for):
     p.v loops with 128-bit shared loads (LDS.128);
   - the GEMV's instruction budget. Derived in kernels/gemv_int4.cu's header: an H200 streams 18 bytes,
     34 weights, per SM per clock, and an SM issues 4 warp-instructions per clock, so keeping up
-    with HBM leaves ~120 warp-instructions per 1024 weights. Staging x costs each warp the same
-    per chunk whatever its rows per warp R, so the variants differ: the bound is on their mean
-    weighted by the bytes each one reads in a Qwen2-32B decode layer with every weight resident
-    (kernels/gemv_fused.hpp: gate and up paired, R = 4: 58%; q+k+v as one launch, 7168 rows,
-    o and down, R = 2: 42%), and no variant may exceed it by more than a quarter (the unpaired
-    R = 4 and R = 1 ones run lm_head and the streaming path's separate launches).
-    gemv_int4_kernel<1, R, VEC, PAIRED> covers R * 1024 weights per iteration.
+    with HBM leaves ~120 warp-instructions per 1024 weights. Reading x costs each warp the same
+    per chunk whatever its rows per warp R, so the variants differ: the bound is on the mean of
+    the deep one-token variants (DEPTH > 1, which decode runs) weighted by the bytes each one
+    reads in a Qwen2-32B decode layer with every weight resident (kernels/gemv_fused.hpp: gate
+    and up paired, R = 4: 58%; q+k+v as one launch, 7168 rows, o and down, R = 2: 42%), and no
+    variant may exceed it by more than a quarter (R = 1 runs small models' and the streaming
+    path's separate launches; DEPTH 1, the chunked path, x too wide for shared memory).
+    gemv_int4_kernel<1, R, DEPTH, VEC, PAIRED> covers R * DEPTH * 1024 weights per iteration
+    (measured with sm_90 code of nvcc 13: 98-101 deep, 104-137 chunked; the old kernel of issue
+    17's desk review spent ~385).
 
 Usage: sass_check.py [--cuobjdump PATH] OBJECT...
 Exit 0: every rule holds; 1: a rule fails (each failure printed); 77: no cuobjdump (skipped,
@@ -100,12 +104,30 @@ def real(body):
     return [c for c in body if c[1] != "NOP"]
 
 
+def innermost(bodies):
+    """The loops whose address range holds no other loop (an outer loop's range, as loops()
+    reads it, can also take in code the compiler placed between its blocks)."""
+    spans = [(b[0][0], b[-1][0]) for b in bodies]
+    return [b for b, (lo, hi) in zip(bodies, spans)
+            if not any((l2, h2) != (lo, hi) and lo <= l2 and h2 <= hi for l2, h2 in spans)]
+
+
+def count_ffma(body):
+    return sum(c[1].startswith("FFMA") for c in body)
+
+
 def check_gemv(name, code, r, fail):
-    """Checks one gemv_int4_kernel<1, R>; returns its instructions per 1024 weights."""
-    bodies = loops(code)
+    """Checks one gemv_int4_kernel<1, R, DEPTH>, whose main loop covers r = R x DEPTH chunks of
+    1024 weights (DEPTH 1: the chunked path; above: the deep path's unrolled ring); returns its
+    instructions per 1024 weights."""
+    bodies = innermost(loops(code))
     if not bodies:
         return fail(f"{name}: no loop found")
-    main = max(bodies, key=lambda b: len(real(b)))
+    # The main loop: the innermost loop with the most FFMAs; where the compiler also made a
+    # guarded copy of it (the last rounds, whose loads may pass the row's end), the leaner one,
+    # which runs every round but those.
+    ffma = max(count_ffma(b) for b in bodies)
+    main = min((b for b in bodies if count_ffma(b) == ffma), key=lambda b: len(real(b)))
     ops = [c[1] for c in real(main)]
     per_1024 = len(ops) / r
     wide_global = sum(op.startswith("LDG") and ".128" in op for op in ops)
@@ -164,13 +186,12 @@ def check_tiled(name, code, fail):
 
 
 def demangled_gemv(name):
-    """(N, R, aligned x, paired) of gemv_int4_kernel<N, R, VEC, PAIRED>; R None for the old
-    one-parameter kernel."""
-    m = re.search(r"gemv_int4_kernelILi(\d+)E(?:Li(\d+)E)?(?:Lb(\d)E)?(?:Lb(\d)E)?", name)
+    """(N, R, DEPTH, aligned x, paired) of gemv_int4_kernel<N, R, DEPTH, VEC, PAIRED>."""
+    m = re.search(r"gemv_int4_kernelILi(\d+)ELi(\d+)ELi(\d+)ELb(\d)ELb(\d)E", name)
     if not m:
         return None
-    return (int(m.group(1)), int(m.group(2)) if m.group(2) else None, m.group(3) != "0",
-            m.group(4) == "1")
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4) == "1",
+            m.group(5) == "1")
 
 
 def main():
@@ -204,16 +225,18 @@ def main():
                 tiled += 1
                 check_tiled(name, code, fail)
             g = demangled_gemv(name)
-            if g and g[0] == 1 and g[2]:  # the aligned-x variant: every real model's
-                r = g[1] or 1  # the old one-parameter kernel: 1024 weights per iteration
-                per_r[(r, g[3])] = check_gemv(name, code, r, fail)
+            if g and g[0] == 1 and g[3]:  # the aligned-x variants: every real model's
+                n, r, depth, _, paired = g
+                per = check_gemv(name, code, r * depth, fail)
+                if depth > 1:  # the deep path, which decode runs (the chunked one: its fallback)
+                    per_r[(r, paired)] = per
     if kernels == 0:
         fail("no sm_90 kernel found in the objects given (was sm_90 compiled in?)")
     if not per_r:
         fail("no gemv_int4_kernel<1, R> found")
     elif not all(k in per_r for k in GEMV_SHARE):
-        fail("the fused decode GEMV variants are missing: expected gemv_int4_kernel<1, R, true, "
-             f"PAIRED> for (R, PAIRED) in {sorted(GEMV_SHARE)}, found {sorted(per_r)}")
+        fail("the fused decode GEMV variants are missing: expected gemv_int4_kernel<1, R, DEPTH > 1, "
+             f"true, PAIRED> for (R, PAIRED) in {sorted(GEMV_SHARE)}, found {sorted(per_r)}")
     elif all(v is not None for v in per_r.values()):
         total = sum(GEMV_SHARE.values())
         mean = sum(per_r[k] * GEMV_SHARE[k] for k in GEMV_SHARE) / total

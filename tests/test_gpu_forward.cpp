@@ -131,9 +131,13 @@ std::vector<std::vector<float>> run_slots(Engine& e, const std::vector<uint64_t>
   std::vector<float> logits(slots.size() * vocab);
   std::vector<int32_t> argmax(slots.size());
   std::vector<std::vector<float>> out;  // [step][seq * vocab]
+  // Prompts in pieces of at most 8 tokens, the engines' batch (slot 1's has 11).
   for (size_t i = 0; i < slots.size(); ++i) {
-    const SeqChunk c{slots[i], 0, prompts[slots[i]]};
-    e.eval_seqs(std::span(&c, 1), std::span(logits).first(vocab), std::span(argmax).first(1));
+    const std::span<const int32_t> p = prompts[slots[i]];
+    for (size_t at = 0; at < p.size(); at += 8) {
+      const SeqChunk c{slots[i], at, p.subspan(at, std::min<size_t>(8, p.size() - at))};
+      e.eval_seqs(std::span(&c, 1), std::span(logits).first(vocab), std::span(argmax).first(1));
+    }
   }
   for (uint64_t step = 0; step < 4; ++step) {
     std::vector<int32_t> tokens(slots.size());

@@ -83,6 +83,13 @@ TEST(GpuKernels, GemvInt4MatchesCpuTwin) {
       gemv_case(s, 9000, 2176, n);   // 4 rows a warp, 2 chunks + 1 block, 9000 % 32 left over
       gemv_case(s, 70, 321, n);      // cols not a multiple of 4: x staged element by element
       gemv_case(s, 70, 2048, n, 1);  // x off its 16-byte alignment
+      // One token: the deep path (x staged whole, DEPTH chunks in flight) with its unguarded
+      // rounds, at 1 and 2 rows a warp; and x too wide for its shared memory (chunked path).
+      if (n == 1) {
+        gemv_case(s, 200, 16384, n);  // R = 1, DEPTH 4: 16 chunks
+        gemv_case(s, 4300, 5200, n);  // R = 2, DEPTH 3: 40.6 blocks, a partial last chunk
+        gemv_case(s, 100, 28800, n);  // 29 chunks: 122 KB of x and sums, over the deep limit
+      }
     }
 }
 
@@ -183,7 +190,8 @@ TEST(GpuKernels, FusedGemvMatchesCpuTwins) {
   FERRY_REQUIRE_GPU();
   for (Scheme s : {Scheme::sym, Scheme::asym_clip})
     for (uint64_t n : {1u, 3u, 8u, 11u})
-      for (uint64_t cols : {2176u, 320u}) {
+      for (uint64_t cols : {2176u, 320u, 8320u}) {
+        if (cols == 8320 && n != 1) continue;  // the deep path's unguarded rounds: one token
         SCOPED_TRACE(std::string(scheme_name(s)) + " n=" + std::to_string(n) +
                      " cols=" + std::to_string(cols));
         const std::vector<float> x = random_vector(n * cols, 3);
