@@ -56,7 +56,7 @@ void gemv_int4_silu_mul_cpu(const Int4View& gate, const Int4View& up, const floa
 // kGemvWarps * R rows a CTA, so every CTA serves one weight. Paired (gate/up): every CTA serves
 // both weights, each warp R/2 output rows of part 0 and the same R/2 rows of part 1.
 struct GemvGrid {
-  uint32_t rows_per_warp = 1;  // R: 1 or 2 (2 or 4 paired)
+  uint32_t rows_per_warp = 1;  // R: 1, 2 or 4 (2 or 4 paired)
   uint32_t parts = 1;          // 1..3 (2 paired)
   bool paired = false;
   uint32_t cta_end[kGemvMaxParts] = {};  // cumulative CTA counts by part
@@ -82,9 +82,6 @@ FERRY_HOST_DEVICE inline GemvGrid gemv_grid(const uint64_t* rows, uint32_t parts
   uint64_t total = 0;
   for (uint32_t p = 0; p < parts; ++p) total += rows[p];
   g.rows_per_warp = gemv_rows_per_warp(total);
-  // Unpaired warps take at most 2 rows: the deep one-token GEMV (kernels/gemv_int4.cu) keeps
-  // 3 chunks of each in flight, and 4 rows of 2 would pass the 128 registers it is allowed.
-  if (!paired && g.rows_per_warp > 2) g.rows_per_warp = 2;
   if (paired) {
     if (g.rows_per_warp < 2) g.rows_per_warp = 2;
     const uint64_t per_cta = kGemvWarps * (g.rows_per_warp / 2);
