@@ -21,6 +21,7 @@
 #include "kernels/dequant.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
+#include "kernels/spin.hpp"
 #include "runtime/machine/cuda_device.hpp"
 
 namespace {
@@ -194,6 +195,24 @@ void prefill_int4(benchmark::State& state) {
   cudaStreamDestroy(stream);
 }
 
+// The floor under every small kernel: back-to-back launches of a one-thread kernel that returns
+// at once (spin_cuda(0)), timed with events as decode issues its kernels. On the first H200 runs
+// (a Firecracker VM) a 2.8 MB GEMV took 10.5 us a launch and decode attention over 512 positions
+// 21 us, far above their bytes' worth; this says how much of that the launch itself costs.
+void launch_floor(benchmark::State& state) {
+  if (!have_gpu(state)) return;
+  constexpr int kLaunches = 256;
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  const double seconds = timed(state, stream, [&] {
+    for (int i = 0; i < kLaunches; ++i) spin_cuda(0, stream);
+  });
+  const double launches = double(state.iterations()) * kLaunches;
+  state.counters["us_per_launch"] = seconds > 0 ? seconds / launches * 1e6 : 0;
+  cudaStreamDestroy(stream);
+}
+
+BENCHMARK(launch_floor)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(gemv_int4)
     ->ArgNames({"rows", "cols", "n", "asym"})
     ->Args({5120, 5120, 1, 1})    // q, o

@@ -254,9 +254,10 @@ void smollm2_layer(benchmark::State& state) {
   for (auto _ : state) {
     const std::array<Mat, 7>& m = w[l];
     if (fused) {
-      const Int4Output qkv[3] = {
-          {m[0].view(), q.data()}, {m[1].view(), k.data()}, {m[2].view(), v.data()}};
-      matmul_int4_q8_fused_cpu(pool(), qkv, 3, x.data(), n, isa);
+      const FusedPart qkv[3] = {{.q4 = m[0].view(), .q8 = {}, .y = q.data()},
+                                {.q4 = m[1].view(), .q8 = {}, .y = k.data()},
+                                {.q4 = m[2].view(), .q8 = {}, .y = v.data()}};
+      matmul_q8_fused_cpu(pool(), qkv, 3, x.data(), n, isa);
     } else {
       matmul_int4_q8_cpu(pool(), m[0].view(), x.data(), n, q.data(), isa);
       matmul_int4_q8_cpu(pool(), m[1].view(), x.data(), n, k.data(), isa);

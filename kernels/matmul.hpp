@@ -13,6 +13,7 @@
 
 #include "base/cpu_isa.hpp"
 #include "format/int4.hpp"
+#include "format/int8.hpp"
 #include "kernels/cpu_pool.hpp"
 
 struct CUstream_st;
@@ -33,19 +34,24 @@ void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64
 // bits (tests compare them).
 float quantize_q8_block_cpu(const float* x, uint64_t len, int32_t* q, KernelIsa isa);
 
-// Fused INT4 x INT8 products over one input x [n, cols], each in ONE parallel region instead of
-// one per weight (decode of a small model is bound by the regions: SmolLM2 makes 7 per layer).
-// Every output element is bit-identical to matmul_int4_q8_cpu's on its weight alone (the same
-// per-row code on the same quantized x; each task quantizes its token tile once for all parts),
-// for every thread count; weights over its 32,768 columns run the fp32 path, as there.
-struct Int4Output {
-  Int4View w;  // [rows, cols]: every part of a call has the same cols
-  float* y;    // [n, w.rows]
+// Fused products on INT8 activations over one input x [n, cols], each in ONE parallel region
+// instead of one per weight (decode of a small model is bound by the regions: SmolLM2 makes 7 per
+// layer). Every output element is bit-identical to matmul_int4_q8_cpu's (or, for an INT8 part,
+// matmul_int8_q8_cpu's) on its weight alone (the same per-row code on the same quantized x; each
+// task quantizes its token tile once for all INT4 parts), for every thread count; weights over
+// their 32,768 columns run the fp32 path, as there.
+struct FusedPart {
+  Int4View q4;  // [rows, cols] unless int8; every part of a call has the same cols
+  Int8View q8;  // [rows, cols] when int8 (the default v_proj beside INT4 q and k)
+  float* y;     // [n, rows]
+  bool int8 = false;
+  uint64_t rows() const { return int8 ? q8.rows : q4.rows; }
+  uint64_t cols() const { return int8 ? q8.cols : q4.cols; }
 };
 // The rows of all `count` parts are one range split over the pool (q/k/v of a layer). (A pointer
 // and a count, not a std::span: nvcc compiles this header as C++17.)
-void matmul_int4_q8_fused_cpu(CpuPool& pool, const Int4Output* parts, size_t count, const float* x,
-                              uint64_t n, KernelIsa isa);
+void matmul_q8_fused_cpu(CpuPool& pool, const FusedPart* parts, size_t count, const float* x,
+                         uint64_t n, KernelIsa isa);
 // gate and up (the same shape) and the SwiGLU epilogue: gate_y = x gate^T, up_y = x up^T and
 // h = silu(gate_y) * up_y (silu_mul_cpu), each task on the same rows of both weights; all
 // [n, rows], h may be gate_y.

@@ -51,6 +51,7 @@
 #include "format/int4.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
+#include "kernels/matmul_int8.hpp"
 
 #if FERRY_X86
 #include <immintrin.h>
@@ -701,22 +702,55 @@ struct Call {
   bool avx2;
 };
 
-// A fused INT4 x INT8 call: its parts share x; h (the gate/up epilogue's output) or null.
+// A fused call on INT8 activations: its parts share x; h (the gate/up epilogue's output) or null.
 struct FusedCall {
-  std::span<const Int4Output> parts;
+  std::span<const FusedPart> parts;
   const float* x;
   uint64_t n;
+  KernelIsa isa;
   bool avx2;
   float* h;
 };
 
-// Rows [r0, r1) of one part for the tn quantized tokens from t0 in t.
-void q8_tile_rows(const FusedCall& c, const Int4Output& p, uint64_t r0, uint64_t r1,
-                  const Q8Tile& t, uint64_t tn, uint64_t t0) {
+// Rows [r0, r1) of one INT4 part for the tn quantized tokens from t0 in t.
+void q8_tile_rows(const FusedCall& c, const FusedPart& p, uint64_t r0, uint64_t r1, const Q8Tile& t,
+                  uint64_t tn, uint64_t t0) {
 #if FERRY_X86
-  if (c.avx2) return q8_tile_rows_avx2(p.w, r0, r1, t, tn, p.y, t0);
+  if (c.avx2) return q8_tile_rows_avx2(p.q4, r0, r1, t, tn, p.y, t0);
 #endif
-  q8_tile_rows_portable(p.w, r0, r1, t, tn, p.y, t0);
+  q8_tile_rows_portable(p.q4, r0, r1, t, tn, p.y, t0);
+}
+
+bool q8_fits(const FusedPart& p) {
+  return p.int8 ? matmul_int8_q8_fits(p.q8) : p.q4.blocks() <= kQ8MaxBlocks;
+}
+
+// One task of a fused call: rows [r0, r1) of the parts' joint range. The INT4 parts go token
+// tile by token tile on x quantized once per tile; an INT8 part's rows run as
+// matmul_int8_q8_cpu runs them (its own quantized layout).
+void fused_rows(const FusedCall& c, uint64_t r0, uint64_t r1) {
+  Q8Tile t;  // 328 KB of the task's stack (pool threads have 8 MB)
+  const uint64_t cols = c.parts[0].cols();
+  bool int4_here = false;
+  uint64_t base = 0;  // the part's first row in the joint range
+  for (const FusedPart& p : c.parts) {
+    const uint64_t b0 = std::max(r0, base), b1 = std::min(r1, base + p.rows());
+    if (b0 < b1 && p.int8)
+      matmul_int8_q8_rows_cpu(p.q8, c.x, c.n, p.y, b0 - base, b1 - base, c.isa);
+    int4_here = int4_here || (b0 < b1 && !p.int8);
+    base += p.rows();
+  }
+  if (!int4_here) return;
+  for (uint64_t t0 = 0; t0 < c.n; t0 += kMaxTile) {
+    const uint64_t tn = std::min(kMaxTile, c.n - t0);
+    quantize_q8(c.x + t0 * cols, cols, tn, t, c.avx2);
+    base = 0;
+    for (const FusedPart& p : c.parts) {
+      const uint64_t b0 = std::max(r0, base), b1 = std::min(r1, base + p.rows());
+      if (b0 < b1 && !p.int8) q8_tile_rows(c, p, b0 - base, b1 - base, t, tn, t0);
+      base += p.rows();
+    }
+  }
 }
 
 }  // namespace
@@ -761,41 +795,36 @@ void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t 
 
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
                         KernelIsa isa) {
-  const Int4Output part{w, y};
-  matmul_int4_q8_fused_cpu(pool, &part, 1, x, n, isa);
+  const FusedPart part{.q4 = w, .q8 = {}, .y = y};
+  matmul_q8_fused_cpu(pool, &part, 1, x, n, isa);
 }
 
-void matmul_int4_q8_fused_cpu(CpuPool& pool, const Int4Output* part_list, size_t count,
-                              const float* x, uint64_t n, KernelIsa isa) {
-  const std::span<const Int4Output> parts(part_list, count);
+void matmul_q8_fused_cpu(CpuPool& pool, const FusedPart* part_list, size_t count, const float* x,
+                         uint64_t n, KernelIsa isa) {
+  const std::span<const FusedPart> parts(part_list, count);
   if (parts.empty() || n == 0) return;
-  const uint64_t cols = parts[0].w.cols;
+  const uint64_t cols = parts[0].cols();
   uint64_t rows = 0;
   bool fits = true;
-  for (const Int4Output& p : parts) {
-    if (p.w.cols != cols)
-      throw Error(fmt::format("matmul_int4_q8_fused_cpu: {} columns beside {}", p.w.cols, cols));
-    rows += p.w.rows;
-    fits = fits && p.w.blocks() <= kQ8MaxBlocks;
+  for (const FusedPart& p : parts) {
+    if (p.cols() != cols)
+      throw Error(fmt::format("matmul_q8_fused_cpu: {} columns beside {}", p.cols(), cols));
+    rows += p.rows();
+    fits = fits && q8_fits(p);
   }
-  if (!fits) {  // the fp32 path, one product after another: what separate calls would run
-    for (const Int4Output& p : parts) matmul_int4_cpu(pool, p.w, x, n, p.y, isa);
+  if (!fits) {  // one product after another: what separate calls would run
+    for (const FusedPart& p : parts)
+      if (p.int8)
+        matmul_int8_q8_cpu(pool, p.q8, x, n, p.y, isa);
+      else if (p.q4.blocks() > kQ8MaxBlocks)
+        matmul_int4_cpu(pool, p.q4, x, n, p.y, isa);  // the fp32 path
+      else
+        matmul_q8_fused_cpu(pool, &p, 1, x, n, isa);
     return;
   }
-  const FusedCall call{parts, x, n, usable_isa(isa) == KernelIsa::avx2, nullptr};
-  pool.parallel_for(rows, row_grain(cols, n), [c = &call](uint64_t r0, uint64_t r1) {
-    Q8Tile t;  // 328 KB of the task's stack (pool threads have 8 MB)
-    for (uint64_t t0 = 0; t0 < c->n; t0 += kMaxTile) {
-      const uint64_t tn = std::min(kMaxTile, c->n - t0);
-      quantize_q8(c->x + t0 * c->parts[0].w.cols, c->parts[0].w.cols, tn, t, c->avx2);
-      uint64_t base = 0;  // the part's first row in the joint range
-      for (const Int4Output& p : c->parts) {
-        const uint64_t b0 = std::max(r0, base), b1 = std::min(r1, base + p.w.rows);
-        if (b0 < b1) q8_tile_rows(*c, p, b0 - base, b1 - base, t, tn, t0);
-        base += p.w.rows;
-      }
-    }
-  });
+  const FusedCall call{parts, x, n, usable_isa(isa), usable_isa(isa) == KernelIsa::avx2, nullptr};
+  pool.parallel_for(rows, row_grain(cols, n),
+                    [c = &call](uint64_t r0, uint64_t r1) { fused_rows(*c, r0, r1); });
 }
 
 void matmul_int4_q8_gate_up_cpu(CpuPool& pool, const Int4View& gate, const Int4View& up,
@@ -805,22 +834,22 @@ void matmul_int4_q8_gate_up_cpu(CpuPool& pool, const Int4View& gate, const Int4V
     throw Error(fmt::format("matmul_int4_q8_gate_up_cpu: gate [{}, {}] and up [{}, {}] differ",
                             gate.rows, gate.cols, up.rows, up.cols));
   if (gate.rows == 0 || n == 0) return;
-  const Int4Output parts[2] = {{gate, gate_y}, {up, up_y}};
+  const FusedPart parts[2] = {{.q4 = gate, .q8 = {}, .y = gate_y}, {.q4 = up, .q8 = {}, .y = up_y}};
   if (gate.blocks() > kQ8MaxBlocks) {  // as separate calls would run
-    matmul_int4_q8_fused_cpu(pool, parts, 2, x, n, isa);
+    matmul_q8_fused_cpu(pool, parts, 2, x, n, isa);
     silu_mul_cpu(gate_y, up_y, n * gate.rows, h);
     return;
   }
-  const FusedCall call{parts, x, n, usable_isa(isa) == KernelIsa::avx2, h};
+  const FusedCall call{parts, x, n, usable_isa(isa), usable_isa(isa) == KernelIsa::avx2, h};
   // Each index of the range is a row of both weights: half the rows per task for the same work.
   const uint64_t grain = std::max<uint64_t>(1, row_grain(gate.cols, n) / 2);
   pool.parallel_for(gate.rows, grain, [c = &call](uint64_t r0, uint64_t r1) {
     Q8Tile t;  // 328 KB of the task's stack (pool threads have 8 MB)
-    const uint64_t rows = c->parts[0].w.rows, cols = c->parts[0].w.cols;
+    const uint64_t rows = c->parts[0].rows(), cols = c->parts[0].cols();
     for (uint64_t t0 = 0; t0 < c->n; t0 += kMaxTile) {
       const uint64_t tn = std::min(kMaxTile, c->n - t0);
       quantize_q8(c->x + t0 * cols, cols, tn, t, c->avx2);
-      for (const Int4Output& p : c->parts) q8_tile_rows(*c, p, r0, r1, t, tn, t0);
+      for (const FusedPart& p : c->parts) q8_tile_rows(*c, p, r0, r1, t, tn, t0);
     }
     // The epilogue on this task's rows of every token: the same function, element by element,
     // as silu_mul_cpu over the whole [n, rows] after separate calls.

@@ -22,6 +22,13 @@ void matmul_int8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t 
 void matmul_int8_q8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t n, float* y);
 void matmul_int8_q8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t n, float* y,
                         KernelIsa isa);
+// Rows [r0, r1) of matmul_int8_q8_cpu's y on the calling thread, the same bits (each row is
+// computed alone, in a fixed order): the fused regions of kernels/matmul.hpp run the default
+// INT8 v_proj beside INT4 q and k this way. Only where matmul_int8_q8_fits(w).
+void matmul_int8_q8_rows_cpu(const Int8View& w, const float* x, uint64_t n, float* y, uint64_t r0,
+                             uint64_t r1, KernelIsa isa);
+// Whether w's rows take the INT8-activation path (up to 32,768 columns) rather than the fp32 one.
+bool matmul_int8_q8_fits(const Int8View& w);
 // Any n: one pass over the weights per 8 tokens (the forward pass dequantizes to bf16 and runs
 // the GEMM instead above kGemvMaxBatch tokens, as for INT4).
 void matmul_int8_cuda(const Int8View& w, const float* x, uint64_t n, float* y, CUstream_st* stream);

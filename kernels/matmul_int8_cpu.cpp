@@ -266,20 +266,33 @@ void matmul_int8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t 
   matmul_int8_cpu(pool, w, x, n, y, best_kernel_isa());
 }
 
+bool matmul_int8_q8_fits(const Int8View& w) {
+  return w.blocks() <= kQ8MaxBlocks;
+}
+
+void matmul_int8_q8_rows_cpu(const Int8View& w, const float* x, uint64_t n, float* y, uint64_t r0,
+                             uint64_t r1, KernelIsa isa) {
+  if (!matmul_int8_q8_fits(w))
+    throw Error(fmt::format("matmul_int8_q8_rows_cpu: {} columns exceed the INT8 path's {}", w.cols,
+                            kQ8MaxBlocks * kBlock));
+  if (r0 >= r1 || n == 0) return;
+  const Call c{w, x, n, y};
+  Q8Tile t;  // 264 KB of the task's stack (pool threads have 8 MB)
+#if FERRY_X86
+  if (usable_isa(isa) == KernelIsa::avx2) return q8_rows_avx2(c, r0, r1, t);
+#endif
+  (void)isa;
+  q8_rows_portable(c, r0, r1, t);
+}
+
 void matmul_int8_q8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t n, float* y,
                         KernelIsa isa) {
   if (w.rows == 0 || n == 0) return;
-  if (w.blocks() > kQ8MaxBlocks) return matmul_int8_cpu(pool, w, x, n, y, isa);
+  if (!matmul_int8_q8_fits(w)) return matmul_int8_cpu(pool, w, x, n, y, isa);
   const Call call{w, x, n, y};
-  const bool avx2 = usable_isa(isa) == KernelIsa::avx2;
   const uint64_t grain = std::max<uint64_t>(1, kMinWorkPerTask / std::max<uint64_t>(1, w.cols * n));
-  pool.parallel_for(w.rows, grain, [c = &call, avx2](uint64_t r0, uint64_t r1) {
-    Q8Tile t;  // 264 KB of the task's stack (pool threads have 8 MB)
-#if FERRY_X86
-    if (avx2) return q8_rows_avx2(*c, r0, r1, t);
-#endif
-    (void)avx2;
-    q8_rows_portable(*c, r0, r1, t);
+  pool.parallel_for(w.rows, grain, [c = &call, isa](uint64_t r0, uint64_t r1) {
+    matmul_int8_q8_rows_cpu(c->w, c->x, c->n, c->y, r0, r1, isa);
   });
 }
 

@@ -115,9 +115,10 @@ void CpuForward::product(uint32_t id, const Linear& l, const float* x, uint64_t 
   if (const uint16_t* bias = w_.biases[id]) add_bias_cpu(y, bias, n, l.rows);
 }
 
-// q, k, v of xb (+ bias). INT4 on INT8 activations with all three held at once: the INT4 ones in
-// one parallel region (bit-identical to separate products); otherwise (the fp32 path, or a cache
-// budget that holds one weight at a time) one product after another.
+// q, k, v of xb (+ bias). On INT8 activations with all three held at once: the INT4 and INT8
+// ones (the default's v_proj) in one parallel region (bit-identical to separate products);
+// otherwise (the fp32 path, bf16 weights, or a cache budget that holds one weight at a time) one
+// product after another.
 void CpuForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
   const uint32_t ids[3] = {linear_id(layer, kQ), linear_id(layer, kK), linear_id(layer, kV)};
   float* ys[3] = {s_.q.data(), s_.k.data(), s_.v.data()};
@@ -128,18 +129,19 @@ void CpuForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
   }
   HeldWeight q(src, ids[0]), k(src, ids[1]), v(src, ids[2]);  // in schedule order
   const Linear* ls[3] = {&q.linear, &k.linear, &v.linear};
-  // The INT4 ones share one region (all three, or q and k beside the default INT8 v_proj); the
-  // others are products of their own.
-  Int4Output parts[3];
+  // The INT4 and INT8 ones share one region; bf16 ones are products of their own.
+  const auto fusable = [](const Linear& l) { return l.is_int4() || l.is_int8(); };
+  FusedPart parts[3];
   size_t fused = 0;
   for (int i = 0; i < 3; ++i)
-    if (ls[i]->is_int4()) parts[fused++] = {ls[i]->q4, ys[i]};
+    if (fusable(*ls[i]))
+      parts[fused++] = {.q4 = ls[i]->q4, .q8 = ls[i]->q8, .y = ys[i], .int8 = ls[i]->is_int8()};
   if (fused < 2) fused = 0;
   for (int i = 0; i < 3; ++i)
-    if (fused && ls[i]->is_int4() && observer_) observer_->observe(ids[i], x, n, ls[i]->cols);
-  if (fused) matmul_int4_q8_fused_cpu(pool_, parts, fused, x, n, best_kernel_isa());
+    if (fused && fusable(*ls[i]) && observer_) observer_->observe(ids[i], x, n, ls[i]->cols);
+  if (fused) matmul_q8_fused_cpu(pool_, parts, fused, x, n, best_kernel_isa());
   for (int i = 0; i < 3; ++i) {
-    if (!fused || !ls[i]->is_int4()) {
+    if (!fused || !fusable(*ls[i])) {
       product(ids[i], *ls[i], x, n, ys[i]);  // its bias too
     } else if (const uint16_t* bias = w_.biases[ids[i]]) {
       add_bias_cpu(ys[i], bias, n, ls[i]->rows);

@@ -17,8 +17,10 @@
 #include "base/error.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
+#include "kernels/matmul_int8.hpp"
 #include "kernels/matvec.hpp"
 #include "quantizer/int4_quantize.hpp"
+#include "quantizer/int8_quantize.hpp"
 #include "tests/alloc_counter.hpp"
 #include "tests/test_util.hpp"
 
@@ -149,6 +151,27 @@ std::vector<float> q8_bound(const Weights& w, const std::vector<float>& x, uint6
   return bound;
 }
 
+// An INT8 weight (block-128, format/int8.hpp) of the same random values as make_weights would
+// draw for another seed: the default's v_proj.
+struct Int8Weights {
+  std::vector<int8_t> q;         // [rows, blocks * 128]
+  std::vector<uint16_t> scales;  // [rows, blocks]
+  Int8View view;
+};
+
+Int8Weights make_int8_weights(uint64_t rows, uint64_t cols) {
+  std::mt19937 rng(uint32_t(rows * 977 + cols));
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::vector<float> f(rows * cols);
+  for (float& v : f) v = nd(rng);
+  Int8Weights w{std::vector<int8_t>(int8_code_bytes(rows, cols)),
+                std::vector<uint16_t>(int8_scale_count(rows, cols)),
+                {}};
+  quantize_int8(f.data(), rows, cols, w.q.data(), w.scales.data());
+  w.view = {w.q.data(), w.scales.data(), rows, cols};
+  return w;
+}
+
 std::vector<float> run_q8(const Weights& w, const std::vector<float>& x, uint64_t n,
                           unsigned threads, KernelIsa isa) {
   CpuPool pool(threads);
@@ -242,15 +265,63 @@ TEST(MatmulQ8Fused, QkvBitIdenticalToSeparateCalls) {
                          << " isa=" << int(isa) << " threads=" << threads);
             CpuPool pool(threads);
             std::vector<float> fq(q.size(), NAN), fk(k.size(), NAN), fv(v.size(), NAN);
-            const Int4Output parts[3] = {
-                {wq.int4(), fq.data()}, {wk.int4(), fk.data()}, {wv.int4(), fv.data()}};
-            matmul_int4_q8_fused_cpu(pool, parts, 3, x.data(), n, isa);
+            const FusedPart parts[3] = {{.q4 = wq.int4(), .q8 = {}, .y = fq.data()},
+                                        {.q4 = wk.int4(), .q8 = {}, .y = fk.data()},
+                                        {.q4 = wv.int4(), .q8 = {}, .y = fv.data()}};
+            matmul_q8_fused_cpu(pool, parts, 3, x.data(), n, isa);
             EXPECT_EQ(fq, q);
             EXPECT_EQ(fk, k);
             EXPECT_EQ(fv, v);
           }
         }
       }
+}
+
+// The default file's q/k/v: INT4 q and k beside an INT8 v in one region (also k INT8 between
+// two INT4 parts, so INT8 rows sit inside the joint range), each against its own separate call
+// (matmul_int4_q8_cpu, matmul_int8_q8_cpu), bit for bit, for 1..4 threads and both paths.
+TEST(MatmulQ8Fused, Int8PartsBesideInt4BitIdenticalToSeparateCalls) {
+  struct Case {
+    uint64_t q, k, v, cols;
+  };
+  for (Case c :
+       {Case{67, 13, 13, 320}, Case{64, 32, 32, 576}, Case{5, 3, 1, 100}, Case{3, 1, 2, 32832}})
+    for (uint64_t n : {1u, 3u, 9u}) {
+      if (c.cols > 32768 && n > 1) continue;  // the slow fp32 path: one size suffices
+      const Weights wq = make_weights(Scheme::asym, c.q, c.cols);
+      const Int8Weights k8 = make_int8_weights(c.k, c.cols), v8 = make_int8_weights(c.v, c.cols);
+      const std::vector<float> x = activations(n, c.cols);
+      for (KernelIsa isa : isas()) {
+        CpuPool one(1);
+        std::vector<float> q = run_q8(wq, x, n, 1, isa), k(n * c.k), v(n * c.v);
+        matmul_int8_q8_cpu(one, k8.view, x.data(), n, k.data(), isa);
+        matmul_int8_q8_cpu(one, v8.view, x.data(), n, v.data(), isa);
+        for (unsigned threads : {1u, 2u, 3u, 4u}) {
+          SCOPED_TRACE(testing::Message() << "q" << c.q << " cols " << c.cols << " n=" << n
+                                          << " isa=" << int(isa) << " threads=" << threads);
+          CpuPool pool(threads);
+          std::vector<float> fq(q.size(), NAN), fk(k.size(), NAN), fv(v.size(), NAN);
+          const FusedPart qkv[3] = {{.q4 = wq.int4(), .q8 = {}, .y = fq.data()},
+                                    {.q4 = {}, .q8 = k8.view, .y = fk.data(), .int8 = true},
+                                    {.q4 = {}, .q8 = v8.view, .y = fv.data(), .int8 = true}};
+          matmul_q8_fused_cpu(pool, qkv, 3, x.data(), n, isa);
+          EXPECT_EQ(fq, q);
+          EXPECT_EQ(fk, k);
+          EXPECT_EQ(fv, v);
+          // k INT8 between INT4 q and INT4 "v" (q again): INT8 rows in the middle of the range.
+          std::fill(fq.begin(), fq.end(), NAN);
+          std::fill(fk.begin(), fk.end(), NAN);
+          std::vector<float> fq2(q.size(), NAN);
+          const FusedPart mid[3] = {{.q4 = wq.int4(), .q8 = {}, .y = fq.data()},
+                                    {.q4 = {}, .q8 = k8.view, .y = fk.data(), .int8 = true},
+                                    {.q4 = wq.int4(), .q8 = {}, .y = fq2.data()}};
+          matmul_q8_fused_cpu(pool, mid, 3, x.data(), n, isa);
+          EXPECT_EQ(fq, q);
+          EXPECT_EQ(fk, k);
+          EXPECT_EQ(fq2, q);
+        }
+      }
+    }
 }
 
 TEST(MatmulQ8Fused, GateUpBitIdenticalToSeparateCallsAndSiluMul) {
@@ -283,8 +354,13 @@ TEST(MatmulQ8Fused, MismatchedShapesAreAnError) {
   const Weights a = make_weights(Scheme::sym, 4, 128), b = make_weights(Scheme::sym, 4, 256);
   const std::vector<float> x = activations(1, 256);
   std::vector<float> ya(4), yb(4), h(4);
-  const Int4Output parts[2] = {{a.int4(), ya.data()}, {b.int4(), yb.data()}};
-  EXPECT_THROW(matmul_int4_q8_fused_cpu(pool, parts, 2, x.data(), 1, best_kernel_isa()), Error);
+  const FusedPart parts[2] = {{.q4 = a.int4(), .q8 = {}, .y = ya.data()},
+                              {.q4 = b.int4(), .q8 = {}, .y = yb.data()}};
+  EXPECT_THROW(matmul_q8_fused_cpu(pool, parts, 2, x.data(), 1, best_kernel_isa()), Error);
+  const Int8Weights c8 = make_int8_weights(4, 256);  // an INT8 part of other columns
+  const FusedPart mixed[2] = {{.q4 = a.int4(), .q8 = {}, .y = ya.data()},
+                              {.q4 = {}, .q8 = c8.view, .y = yb.data(), .int8 = true}};
+  EXPECT_THROW(matmul_q8_fused_cpu(pool, mixed, 2, x.data(), 1, best_kernel_isa()), Error);
   EXPECT_THROW(matmul_int4_q8_gate_up_cpu(pool, a.int4(), b.int4(), x.data(), 1, ya.data(),
                                           yb.data(), h.data(), best_kernel_isa()),
                Error);
