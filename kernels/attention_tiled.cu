@@ -43,32 +43,6 @@ struct TiledArgs {
   float* out;  // [n, heads, HD]
 };
 
-// 16 bytes global -> shared. cp.async (sm_80+) copies without passing through registers and
-// lets the copy run under the current tile's math; `bytes` 0 fills zeros (rows past the end).
-__device__ __forceinline__ void copy16(uint16_t* dst, const uint16_t* src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-#else
-  *reinterpret_cast<uint4*>(dst) =
-      valid ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
-#endif
-}
-__device__ __forceinline__ void copy_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-// Waits until at most `pending` committed groups are still in flight.
-template <int pending>
-__device__ __forceinline__ void copy_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
-#endif
-}
-
 // Stages positions begin .. begin+BK-1 of K and V (this kv head's HD columns) into kt and vt
 // ([BK][HD] halves each): BK x HD / 8 copies of 16 bytes per matrix, spread over the threads;
 // positions at or past kv_end are zeros (masked later; zeros keep 0 x v finite).
@@ -85,8 +59,8 @@ __device__ __forceinline__ void stage_tile(const TiledArgs& a, const uint16_t* k
                    p = begin + row;
     const bool valid = p < kv_end;
     const size_t at = valid ? p * stride + col : 0;  // row 0 always exists; nothing is read
-    copy16(kt + row * HD + col, k + at, valid);
-    copy16(vt + row * HD + col, v + at, valid);
+    cuda::copy16(kt + row * HD + col, k + at, valid);
+    cuda::copy16(vt + row * HD + col, v + at, valid);
   }
 }
 
@@ -192,15 +166,15 @@ __global__ void __launch_bounds__(kThreads) attention_tiled_kernel(TiledArgs a) 
 
   const uint32_t tiles = (kv_end + BK - 1) / BK;
   stage_tile<HD, BK>(a, k, v, 0, kv_end, kv[0][0], kv[0][1]);
-  copy_commit();
+  cuda::copy_commit();
   for (uint32_t it = 0; it < tiles; ++it) {
     const uint32_t buf = it & 1, begin = it * BK;
     if (it + 1 < tiles) {  // the next tile's copy runs under this one's math
       stage_tile<HD, BK>(a, k, v, begin + BK, kv_end, kv[buf ^ 1][0], kv[buf ^ 1][1]);
-      copy_commit();
-      copy_wait<1>();
+      cuda::copy_commit();
+      cuda::copy_wait<1>();
     } else {
-      copy_wait<0>();
+      cuda::copy_wait<0>();
     }
     __syncthreads();
     const uint16_t *kt = kv[buf][0], *vt = kv[buf][1];

@@ -63,6 +63,35 @@ __device__ inline float f16_to_f32(uint16_t h) {
   return __half2float(__ushort_as_half(h));
 }
 
+// 16 bytes global -> shared, both 16-byte aligned. cp.async (sm_80+) copies without passing
+// through registers, so a thread can have many in flight and the copies run under other work;
+// `valid` false fills zeros (and reads nothing). Older cards: a load and a store.
+__device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+#else
+  *reinterpret_cast<uint4*>(dst) =
+      valid ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
+#endif
+}
+// Closes the group of the copies this thread issued since the last commit.
+__device__ __forceinline__ void copy_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most `pending` of this thread's committed groups are still in flight; its own
+// copies are then visible to it (other threads' after a barrier).
+template <int pending>
+__device__ __forceinline__ void copy_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
+#endif
+}
+
 // Blocks of `threads` to cover `count` elements, one element per thread.
 inline uint32_t grid_for(uint64_t count, uint32_t threads) {
   return uint32_t((count + threads - 1) / threads);

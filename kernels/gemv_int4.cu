@@ -21,12 +21,13 @@
 //    end are skipped whole, so no per-element bounds check remains.
 //  - A warp owns R rows (4 for large matrices, fewer for small ones so their CTAs still cover
 //    the SMs), reading each staged x element once per R rows.
-//  - One token (decode), the deep path: the whole of x is staged once per CTA (up to 113 KB of
-//    shared memory, Qwen2-32B's down projection included) and each warp keeps DEPTH chunks of
-//    codes in flight (2-4, 2-4 KB a warp), with no barrier in the loop; 128 registers, two CTAs
-//    an SM. The first H200 run of the chunked path alone (one chunk in flight, a barrier pair
-//    and an exposed load of x per chunk, 248 registers: one CTA an SM) read 0.5-1.1 TB/s, 12-26%
-//    of the 4.2 TB/s copy bandwidth.
+//  - One token (decode), the deep path: the whole of x is staged once per CTA by cp.async, one
+//    round trip (up to 113 KB of shared memory, Qwen2-32B's down projection included; the second
+//    H200 run staged it a load per round, one trip per 256 float4), and each warp keeps DEPTH
+//    chunks of codes in flight (2-4, 2-4 KB a warp), with no barrier in the loop; 128 registers,
+//    two CTAs an SM. The first H200 run of the chunked path alone (one chunk in flight, a barrier
+//    pair and an exposed load of x per chunk, 248 registers: one CTA an SM) read 0.5-1.1 TB/s,
+//    12-26% of the 4.2 TB/s copy bandwidth.
 //  - The same kernel runs the fused launches of kernels/gemv_fused.hpp: up to three weights in
 //    one grid (each CTA serves one, chosen by gemv_slot_of), or gate and up paired in each warp;
 //    the epilogue (bias, residual add, or silu(gate) * up) is applied in the store, after the
@@ -181,8 +182,11 @@ __device__ __forceinline__ void gemv_chunk(const float* __restrict__ x, uint32_t
 
 // The deep path (DEPTH > 1): x of every chunk staged once per CTA, [N][chunks * 256] float4
 // (zeros past `cols`), and the sums of each 32 columns, [N][chunks * 32], in dynamic shared
-// memory; x 16-byte aligned with cols a multiple of 4 (VEC). The loop over threadIdx.x covers
-// whole multiples of kThreads, so every warp takes part in each round's shuffles.
+// memory; x 16-byte aligned with cols a multiple of 4 (VEC). All of x is copied at once by
+// cp.async, one round trip to L2 however wide x is (a load per float4 and round would cost one
+// trip per 256 float4: 27 for Qwen2-32B's down projection); then each thread sums the float4s
+// it copied (its own copies need no barrier). The loops over i cover whole multiples of
+// kThreads, so every warp takes part in each round's shuffles.
 template <int N>
 __device__ __forceinline__ void stage_whole_x(const float* __restrict__ x, uint32_t cols,
                                               uint32_t chunks, float4* xs, float* sums) {
@@ -190,9 +194,15 @@ __device__ __forceinline__ void stage_whole_x(const float* __restrict__ x, uint3
 #pragma unroll
   for (int t = 0; t < N; ++t)
     for (uint32_t i = threadIdx.x; i < per_token; i += kThreads) {
-      float4 v = make_float4(0, 0, 0, 0);
-      if (4 * i < cols) v = __ldg(reinterpret_cast<const float4*>(x + size_t(t) * cols) + i);
-      xs[t * per_token + i] = v;
+      const bool valid = 4 * i < cols;
+      cuda::copy16(xs + t * per_token + i, valid ? x + size_t(t) * cols + 4 * i : x, valid);
+    }
+  cuda::copy_commit();
+  cuda::copy_wait<0>();
+#pragma unroll
+  for (int t = 0; t < N; ++t)
+    for (uint32_t i = threadIdx.x; i < per_token; i += kThreads) {
+      const float4 v = xs[t * per_token + i];
       float s = (v.x + v.y) + (v.z + v.w);  // the same order as stage_x
       s += __shfl_xor_sync(0xffffffffu, s, 1);
       s += __shfl_xor_sync(0xffffffffu, s, 2);
