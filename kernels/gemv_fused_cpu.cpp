@@ -1,6 +1,6 @@
-// CPU twins of the fused INT4 GEMV launchers (kernels/gemv_fused.hpp): they walk the kernel's
-// grid (gemv_grid, gemv_slot) CTA by CTA, warp by warp, and compute each slot's row with the
-// scalar reference matvec_int4_cpu and the kernel's epilogue, so that a slot computed twice or
+// CPU twins of the fused INT4 (and INT8) GEMV launchers (kernels/gemv_fused.hpp): they walk the
+// kernel's grid (gemv_grid, gemv_slot) CTA by CTA, warp by warp, and compute each slot's row with
+// the scalar reference matvec_int4_cpu and the kernel's epilogue, so that a slot computed twice or
 // never, or an epilogue applied to the wrong part, shows against the unfused steps
 // (tests/test_gemv_fused.cpp). A reference for tests: one thread, no speed asked of it.
 #include <cmath>
@@ -59,6 +59,21 @@ void gemv_int4_fused_cpu(const GemvOut* outs, size_t parts, const float* x, uint
           y = store == GemvStore::add ? y + v : v;
         }
       }
+}
+
+void gemv_int8_fused_cpu(const Int8View& w, const uint16_t* bias, const float* x, uint64_t n,
+                         float* y, GemvStore store) {
+  const uint64_t blocks = w.blocks();
+  for (uint64_t row = 0; row < w.rows; ++row) {
+    const Int8View one{w.q + row * blocks * kBlock, w.scales + row * blocks, 1, w.cols};
+    for (uint64_t t = 0; t < n; ++t) {
+      float v = 0.0f;
+      matvec_int8_cpu(one, x + t * w.cols, &v);
+      if (bias) v += bf16_to_float(bias[row]);
+      float& out = y[t * w.rows + row];
+      out = store == GemvStore::add ? out + v : v;
+    }
+  }
 }
 
 void gemv_int4_silu_mul_cpu(const Int4View& gate, const Int4View& up, const float* x, uint64_t n,

@@ -6,8 +6,10 @@
 // a block, so a warp reads one whole 128-byte block per load instruction: fully coalesced. Per
 // block a lane dots its 4 codes with x and scales the dot once (s * sum(c x), the CPU twin's
 // order per block); the lanes' partial sums are reduced with shuffles at the end: no shared
-// memory, no atomics, results independent of scheduling. 1.016 bytes per weight: decode of an
-// INT8 weight is twice the bytes of INT4's, which is why only lm_head is INT8 by default.
+// memory, no atomics, results independent of scheduling. The bias and the residual add are
+// applied in the store (gemv_int8_fused_cuda, kernels/gemv_fused.hpp). 1.016 bytes per weight:
+// decode of an INT8 weight is twice the bytes of INT4's, which is why only lm_head is INT8 by
+// default.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -17,6 +19,7 @@
 #include "format/int8.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/cuda_common.cuh"
+#include "kernels/gemv_fused.hpp"
 #include "kernels/matmul_int8.hpp"
 
 namespace ferry {
@@ -24,9 +27,11 @@ namespace {
 
 constexpr uint32_t kWarpsPerCta = 8;  // 8 rows per 256-thread CTA
 
+// y = W x (+ bias), or y += W x (+ bias) with `add`: the epilogue of kernels/gemv_fused.hpp.
 template <int N>
 __global__ void gemv_int8_kernel(const Int8View w, const float* __restrict__ x,
-                                 float* __restrict__ y) {
+                                 float* __restrict__ y, const uint16_t* __restrict__ bias,
+                                 bool add) {
   const uint64_t rows = w.rows, cols = w.cols;
   const uint64_t row = uint64_t(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
   if (row >= rows) return;
@@ -53,21 +58,31 @@ __global__ void gemv_int8_kernel(const Int8View w, const float* __restrict__ x,
   }
 #pragma unroll
   for (int t = 0; t < N; ++t) {
-    const float v = cuda::warp_sum(acc[t]);
-    if (lane == 0) y[uint64_t(t) * rows + row] = v;
+    float v = cuda::warp_sum(acc[t]);
+    if (lane != 0) continue;
+    if (bias) v += cuda::bf16_to_f32(bias[row]);
+    float& out = y[uint64_t(t) * rows + row];
+    out = add ? out + v : v;
   }
 }
 
 template <int N>
-void launch(const Int8View& w, const float* x, float* y, cudaStream_t stream) {
+void launch(const Int8View& w, const float* x, float* y, const uint16_t* bias, bool add,
+            cudaStream_t stream) {
   const uint32_t grid = cuda::grid_for(w.rows, kWarpsPerCta);
-  gemv_int8_kernel<N><<<grid, kWarpsPerCta * 32, 0, stream>>>(w, x, y);
+  gemv_int8_kernel<N><<<grid, kWarpsPerCta * 32, 0, stream>>>(w, x, y, bias, add);
 }
 
 }  // namespace
 
 void matmul_int8_cuda(const Int8View& w, const float* x, uint64_t n, float* y,
                       CUstream_st* stream) {
+  gemv_int8_fused_cuda(w, nullptr, x, n, y, GemvStore::set, stream);
+}
+
+void gemv_int8_fused_cuda(const Int8View& w, const uint16_t* bias, const float* x, uint64_t n,
+                          float* y, GemvStore store, CUstream_st* stream) {
+  const bool add = store == GemvStore::add;
   const uint64_t rows = w.rows, cols = w.cols;
   if (rows == 0 || n == 0) return;
   if (rows / kWarpsPerCta >= (1ull << 31))
@@ -78,28 +93,28 @@ void matmul_int8_cuda(const Int8View& w, const float* x, uint64_t n, float* y,
     float* yk = y + t0 * rows;
     switch (k) {
       case 1:
-        launch<1>(w, xk, yk, stream);
+        launch<1>(w, xk, yk, bias, add, stream);
         break;
       case 2:
-        launch<2>(w, xk, yk, stream);
+        launch<2>(w, xk, yk, bias, add, stream);
         break;
       case 3:
-        launch<3>(w, xk, yk, stream);
+        launch<3>(w, xk, yk, bias, add, stream);
         break;
       case 4:
-        launch<4>(w, xk, yk, stream);
+        launch<4>(w, xk, yk, bias, add, stream);
         break;
       case 5:
-        launch<5>(w, xk, yk, stream);
+        launch<5>(w, xk, yk, bias, add, stream);
         break;
       case 6:
-        launch<6>(w, xk, yk, stream);
+        launch<6>(w, xk, yk, bias, add, stream);
         break;
       case 7:
-        launch<7>(w, xk, yk, stream);
+        launch<7>(w, xk, yk, bias, add, stream);
         break;
       default:
-        launch<8>(w, xk, yk, stream);
+        launch<8>(w, xk, yk, bias, add, stream);
         break;
     }
   }

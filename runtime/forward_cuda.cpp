@@ -16,11 +16,11 @@
 //    biases in its store, rope_kv (q and k rotated, k and v stored as f16), attention (2), o with
 //    the residual add in its store, rmsnorm, gate+up paired storing silu(gate)*up, down with the
 //    residual add. The fused kernels give the unfused steps' results (kernels/gemv_fused.hpp).
-//    With the default INT8 v_proj: 11 (q+k one launch; v's INT8 GEMV and its add_bias).
+//    With the default INT8 v_proj: 10 (q+k one launch; v's INT8 GEMV, its bias in its store).
 //  - now, streaming below the model (the cache holds a group only where its free arena
 //    guarantees the placement, WeightSource::can_hold; at the minimum budget never): 13. q, k, v,
-//    gate, up and silu_mul separate; bias and residual still in the INT4 GEMV's store. INT8
-//    weights, the bf16 cache format and prefill (n > 8: dequant + GEMM) keep add_bias and add
+//    gate, up and silu_mul separate; bias and residual still in the INT4 and INT8 GEMVs'
+//    stores. The bf16 cache format and prefill (n > 8: dequant + GEMM) keep add_bias and add
 //    launches; RoPE and the KV store are one launch there too.
 #include "runtime/forward_cuda.hpp"
 
@@ -257,7 +257,7 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
 }
 
 // y = W x (+ b), or y += W x (+ b) with GemvStore::add (the residual adds of o and down), for a
-// held weight. At decode an INT4 weight runs the fused GEMV with bias and residual in its store
+// held weight. At decode an INT4 or INT8 weight runs its GEMV with bias and residual in its store
 // (one launch); the other paths run the product into y, or into proj_ first for add, then
 // add_bias and add.
 void CudaForward::product(const Linear& l, uint32_t id, const float* x, uint64_t n, float* y,
@@ -266,15 +266,15 @@ void CudaForward::product(const Linear& l, uint32_t id, const float* x, uint64_t
     const GemvOut out{l.q4, y, bias_[id]};
     return gemv_int4_fused_cuda(&out, 1, x, n, store, stream_.s);
   }
+  if (l.is_int8() && n <= kGemvMaxBatch)
+    return gemv_int8_fused_cuda(l.q8, bias_[id], x, n, y, store, stream_.s);
   float* to = store == GemvStore::add ? proj_.get() : y;
   if (l.is_int4()) {
     dequant_int4_bf16_cuda(l.q4, prefill_w_.get(), stream_.s);
     blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, to, stream_.s);
-  } else if (l.is_int8() && n > kGemvMaxBatch) {
+  } else if (l.is_int8()) {
     dequant_int8_bf16_cuda(l.q8, prefill_w_.get(), stream_.s);
     blas_.matmul_bf16(prefill_w_.get(), l.rows, l.cols, x, n, to, stream_.s);
-  } else if (l.is_int8()) {
-    matmul_int8_cuda(l.q8, x, n, to, stream_.s);
   } else
     blas_.matmul_bf16(l.bf16, l.rows, l.cols, x, n, to, stream_.s);
   if (bias_[id]) add_bias_cuda(to, bias_[id], n, l.rows, stream_.s);

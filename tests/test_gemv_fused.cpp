@@ -15,6 +15,7 @@
 #include "kernels/gemv_fused.hpp"
 #include "kernels/matvec.hpp"
 #include "quantizer/int4_quantize.hpp"
+#include "quantizer/int8_quantize.hpp"
 #include "tests/test_util.hpp"
 
 namespace ferry {
@@ -138,6 +139,31 @@ TEST(GemvFused, ResidualStoreEqualsProductThenAdd) {
     gemv_int4_fused_cpu(&out, 1, x.data(), n, GemvStore::add);
     EXPECT_EQ(residual, want) << scheme_name(s);
   }
+}
+
+// The INT8 twin's epilogue: y = W x + b and y += W x + b equal matvec_int8_cpu, add_bias and add.
+TEST(GemvFused, Int8EpilogueEqualsProductBiasAndAdd) {
+  const uint64_t rows = 45, cols = 300, n = 3;  // a partial last block
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::vector<float> w(rows * cols);
+  for (float& v : w) v = nd(rng);
+  std::vector<int8_t> q(int8_code_bytes(rows, cols));
+  std::vector<uint16_t> scales(int8_scale_count(rows, cols)), bias(rows);
+  quantize_int8(w.data(), rows, cols, q.data(), scales.data());
+  for (uint16_t& b : bias) b = float_to_bf16(10 * nd(rng));
+  const Int8View view{q.data(), scales.data(), rows, cols};
+  const std::vector<float> x = test::activations(n, cols), residual = test::activations(n, rows);
+  std::vector<float> product(n * rows);
+  for (uint64_t t = 0; t < n; ++t)
+    matvec_int8_cpu(view, x.data() + t * cols, product.data() + t * rows);
+  add_bias_cpu(product.data(), bias.data(), n, rows);
+  std::vector<float> set(n * rows, NAN), added = residual, want_added = residual;
+  gemv_int8_fused_cpu(view, bias.data(), x.data(), n, set.data(), GemvStore::set);
+  EXPECT_EQ(set, product);
+  add_cpu(want_added.data(), product.data(), n * rows);
+  gemv_int8_fused_cpu(view, bias.data(), x.data(), n, added.data(), GemvStore::add);
+  EXPECT_EQ(added, want_added);
 }
 
 TEST(GemvFused, GateUpEqualsTwoProductsAndSiluMul) {

@@ -125,6 +125,22 @@ void int8_case(uint64_t rows, uint64_t cols, uint64_t n) {
   dequant_int8_bf16_cuda({d_q.get(), d_s.get(), rows, cols}, d_b.get(), nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   EXPECT_EQ(d_b.to_host(), bf_want);
+  // The epilogue (gemv_int8_fused_cuda): a bias, and the residual add, against the CPU twin.
+  std::vector<uint16_t> bias(rows);
+  for (uint16_t& b : bias) b = float_to_bf16(0.1f * normal(rng));
+  std::vector<float> residual(n * rows);
+  for (float& v : residual) v = normal(rng);
+  const Int8View host{q.data(), scales.data(), rows, cols};
+  const Int8View dev{d_q.get(), d_s.get(), rows, cols};
+  DeviceArray<uint16_t> d_bias(bias);
+  for (const GemvStore store : {GemvStore::set, GemvStore::add}) {
+    std::vector<float> twin = residual;
+    gemv_int8_fused_cpu(host, bias.data(), x.data(), n, twin.data(), store);
+    DeviceArray<float> d_r(residual);
+    gemv_int8_fused_cuda(dev, d_bias.get(), d_x.get(), n, d_r.get(), store, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_LT(nmse(d_r.to_host(), twin), 1e-10) << (store == GemvStore::add ? "add" : "set");
+  }
 }
 
 TEST(GpuKernels, GemvAndDequantInt8MatchCpuTwins) {
