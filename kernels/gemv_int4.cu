@@ -145,6 +145,30 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, uint32_t co
   }
 }
 
+// A chunk's products of one lane: x4 is the lane's first float4 of the chunk for token 0 (token t
+// at x4 + t * x4_stride), sums its sum of those 32 columns (token t at sums + t * sums_stride).
+// Both paths (chunked and deep) run it, so they give the same bits.
+template <int N, int R>
+__device__ __forceinline__ void dot_chunk(const float4* x4, uint32_t x4_stride, const float* sums,
+                                          uint32_t sums_stride, const LaneCodes (&cur)[R],
+                                          float (&acc)[R][N]) {
+#pragma unroll
+  for (int t = 0; t < N; ++t) {
+    float4 v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = x4[t * x4_stride + j];
+    const float sum = sums[t * sums_stride];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      // Two chains of 16 FMAs, for latency.
+      const float f = dot8(cur[r].q.y, v[2], v[3], dot8(cur[r].q.x, v[0], v[1], 0.0f)) +
+                      dot8(cur[r].q.w, v[6], v[7], dot8(cur[r].q.z, v[4], v[5], 0.0f));
+      const float d = 256.0f * (f - 0.5f * sum);  // sum(code * x), see unit_code
+      acc[r][t] += cur[r].s * d + cur[r].m * sum;
+    }
+  }
+}
+
 // One chunk: stage x, then, while chunk c + 1's codes load, add this chunk's products.
 template <int N, int R, bool VEC, bool GUARD>
 __device__ __forceinline__ void gemv_chunk(const float* __restrict__ x, uint32_t cols,
@@ -159,22 +183,8 @@ __device__ __forceinline__ void gemv_chunk(const float* __restrict__ x, uint32_t
   const bool in_row = (c + 1) * 8 + lane / 4 < blocks;
 #pragma unroll
   for (int r = 0; r < R; ++r) next[r] = load_codes<GUARD>(at[r], c + 1, in_row, m_factor[r]);
-  const uint32_t xi = lane * (kLaneCols / 4);  // this lane's first float4 in the chunk
-#pragma unroll
-  for (int t = 0; t < N; ++t) {
-    float4 v[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = xs[t][xi + j];
-    const float sum = sums[t][lane];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      // Two chains of 16 FMAs, for latency.
-      const float f = dot8(cur[r].q.y, v[2], v[3], dot8(cur[r].q.x, v[0], v[1], 0.0f)) +
-                      dot8(cur[r].q.w, v[6], v[7], dot8(cur[r].q.z, v[4], v[5], 0.0f));
-      const float d = 256.0f * (f - 0.5f * sum);  // sum(code * x), see unit_code
-      acc[r][t] += cur[r].s * d + cur[r].m * sum;
-    }
-  }
+  dot_chunk<N, R>(&xs[0][lane * (kLaneCols / 4)], kChunk / 4, &sums[0][lane], kChunk / 32, cur,
+                  acc);
   __syncthreads();  // the next chunk overwrites xs
 #pragma unroll
   for (int r = 0; r < R; ++r) cur[r] = next[r];
@@ -211,30 +221,6 @@ __device__ __forceinline__ void stage_whole_x(const float* __restrict__ x, uint3
     }
 }
 
-// Chunk c's products from the staged x: the arithmetic of gemv_chunk, so both paths give the
-// same bits.
-template <int N, int R>
-__device__ __forceinline__ void dot_staged(const float4* xs, const float* sums, uint32_t chunks,
-                                           uint32_t c, const LaneCodes (&cur)[R],
-                                           float (&acc)[R][N]) {
-  const uint32_t lane = threadIdx.x % 32, per_token = chunks * (kChunk / 4);
-  const uint32_t xi = c * (kChunk / 4) + lane * (kLaneCols / 4);
-#pragma unroll
-  for (int t = 0; t < N; ++t) {
-    float4 v[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = xs[t * per_token + xi + j];
-    const float sum = sums[t * chunks * 32 + c * 32 + lane];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float f = dot8(cur[r].q.y, v[2], v[3], dot8(cur[r].q.x, v[0], v[1], 0.0f)) +
-                      dot8(cur[r].q.w, v[6], v[7], dot8(cur[r].q.z, v[4], v[5], 0.0f));
-      const float d = 256.0f * (f - 0.5f * sum);
-      acc[r][t] += cur[r].s * d + cur[r].m * sum;
-    }
-  }
-}
-
 // DEPTH chunks [c0, c0 + DEPTH): each consumes its ring slot and refills it with the chunk
 // DEPTH ahead. GUARD: the refills may pass the row's last block and c0 + d the last chunk.
 template <int N, int R, int DEPTH, bool GUARD>
@@ -242,12 +228,13 @@ __device__ __forceinline__ void deep_round(const float4* xs, const float* sums, 
                                            uint32_t blocks, uint32_t c0, const LaneRow (&at)[R],
                                            const float (&m_factor)[R], LaneCodes (&ring)[DEPTH][R],
                                            float (&acc)[R][N]) {
-  const uint32_t lane = threadIdx.x % 32;
+  const uint32_t lane = threadIdx.x % 32, per_token = chunks * (kChunk / 4);
 #pragma unroll
   for (int d = 0; d < DEPTH; ++d) {
     const uint32_t c = c0 + d;
     if (GUARD && c >= chunks) return;
-    dot_staged<N, R>(xs, sums, chunks, c, ring[d], acc);
+    dot_chunk<N, R>(xs + c * (kChunk / 4) + lane * (kLaneCols / 4), per_token, sums + c * 32 + lane,
+                    chunks * 32, ring[d], acc);
     const uint32_t k = c + DEPTH;
     const bool in_row = k * 8 + lane / 4 < blocks;
 #pragma unroll
