@@ -41,8 +41,16 @@ Bpe::Bpe(const json& model) {
   if (!model.contains("vocab") || !model["vocab"].is_object()) {
     throw Error("tokenizer: BPE model has no vocab object");
   }
+  // A vocabulary's ids run from 0 up, one per entry: an id past twice the entries (and 65,536
+  // of slack) is refused, so that a malformed file cannot make the id table gigabytes long (the
+  // fuzzer's 7 GB allocation from one large id).
+  const size_t max_id = 2 * model["vocab"].size() + 65536;
   for (const auto& [tok, id_json] : model["vocab"].items()) {
     const int32_t id = json_token_id(id_json, "vocab entry " + tok);
+    if (size_t(id) > max_id)
+      throw Error("tokenizer: vocab entry " + tok + ": the id " + std::to_string(id) +
+                  " is far past the vocabulary's " + std::to_string(model["vocab"].size()) +
+                  " entries (ids run from 0 up)");
     vocab_[tok] = int32_t(id);
     if (size_t(id) >= id_to_token_.size()) {
       id_to_token_.resize(size_t(id) + 1);
