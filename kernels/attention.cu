@@ -168,13 +168,19 @@ __device__ __forceinline__ void halves8(const uint16_t* p, float (&f)[8]) {
   }
 }
 
+// Rows of K (and of V) each lane group keeps in flight. The first H200 run had 2 of K and 1 of V:
+// a block then held 4-8 KB in flight, and decode attention read 98 / 720 / 1356 GB/s at 512 /
+// 4k / 32k positions (2-32% of the copy bandwidth), the latency of each row's load exposed; 4
+// rows of each hold 16 KB a block.
+constexpr uint32_t kRowsInFlight = 4;
+
 // Scores of the chunk's positions for each of the group's G query heads into sc[G][len]. A row of
-// K is HD / 8 lanes (L) with 8 halves each; a warp takes 32 / L rows at once, two such sets in
-// flight; each lane keeps its 8 elements of the G queries in registers.
+// K is HD / 8 lanes (L) with 8 halves each; a warp takes 32 / L rows at once, kRowsInFlight such
+// sets in flight; each lane keeps its 8 elements of the G queries in registers.
 template <int G, int HD>
 __device__ void group_scores(const AttentionArgs<uint16_t>& a, const float* qs, const uint16_t* k,
                              uint32_t len, float (*sc)[kAttentionChunk]) {
-  constexpr uint32_t L = HD / 8, kRowsPerPass = kWarps * (32 / L);
+  constexpr uint32_t L = HD / 8, kRowsPerPass = kWarps * (32 / L), U = kRowsInFlight;
   const uint32_t lane = threadIdx.x % 32, sub = lane % L;
   const uint32_t kv_dim = uint32_t(a.kv_heads) * HD;
   const float scale = rsqrtf(float(HD));
@@ -185,50 +191,63 @@ __device__ void group_scores(const AttentionArgs<uint16_t>& a, const float* qs, 
     for (int e = 0; e < 8; ++e) qr[g][e] = qs[g * HD + sub * 8 + e];
   // The loop runs on the warp's base row, the same in every lane, so that every lane reaches the
   // shuffles; lanes past the chunk's end dot zeros and write nothing.
-  for (uint32_t base = (threadIdx.x / 32) * (32 / L); base < len; base += 2 * kRowsPerPass) {
-    const uint32_t i0 = base + lane / L, i1 = i0 + kRowsPerPass;
-    float k0[8] = {}, k1[8] = {};
-    if (i0 < len) halves8(k + size_t(i0) * kv_dim + sub * 8, k0);
-    if (i1 < len) halves8(k + size_t(i1) * kv_dim + sub * 8, k1);
+  for (uint32_t base = (threadIdx.x / 32) * (32 / L); base < len; base += U * kRowsPerPass) {
+    float kr[U][8] = {};
+#pragma unroll
+    for (uint32_t u = 0; u < U; ++u) {
+      const uint32_t i = base + lane / L + u * kRowsPerPass;
+      if (i < len) halves8(k + size_t(i) * kv_dim + sub * 8, kr[u]);
+    }
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      float d0 = 0, d1 = 0;
+      float d[U] = {};
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        d0 = fmaf(qr[g][e], k0[e], d0);
-        d1 = fmaf(qr[g][e], k1[e], d1);
-      }
+      for (int e = 0; e < 8; ++e)
 #pragma unroll
-      for (uint32_t off = L / 2; off > 0; off /= 2) {  // over the row's L lanes
-        d0 += __shfl_xor_sync(0xffffffffu, d0, off);
-        d1 += __shfl_xor_sync(0xffffffffu, d1, off);
+        for (uint32_t u = 0; u < U; ++u) d[u] = fmaf(qr[g][e], kr[u][e], d[u]);
+#pragma unroll
+      for (uint32_t off = L / 2; off > 0; off /= 2)  // over the row's L lanes
+#pragma unroll
+        for (uint32_t u = 0; u < U; ++u) d[u] += __shfl_xor_sync(0xffffffffu, d[u], off);
+#pragma unroll
+      for (uint32_t u = 0; u < U; ++u) {
+        const uint32_t i = base + lane / L + u * kRowsPerPass;
+        if (sub == 0 && i < len) sc[g][i] = d[u] * scale;
       }
-      if (sub == 0 && i0 < len) sc[g][i0] = d0 * scale;
-      if (sub == 0 && i1 < len) sc[g][i1] = d1 * scale;
     }
   }
 }
 
 // part(g)[d] = sum over i < len of sc[g][i] * v[i, d] for each query head g, part(g) being
 // part0 + g * head_stride (consecutive query heads). A row of V is L lanes of 8 halves; the
-// block's 256 / L row groups take interleaved positions and `red` ([256 / L][HD] floats) sums
-// them in a fixed order, one query head at a time.
+// block's 256 / L row groups take interleaved positions, kRowsInFlight rows loaded before any is
+// used (added in position order, so the sums are those of one row at a time), and `red`
+// ([256 / L][HD] floats) sums them in a fixed order, one query head at a time.
 template <int G, int HD>
 __device__ void group_values(const AttentionArgs<uint16_t>& a, const uint16_t* v, uint32_t len,
                              const float (*sc)[kAttentionChunk], float* red, float* part0,
                              uint64_t head_stride) {
-  constexpr uint32_t L = HD / 8, kGroups = kThreads / L;
+  constexpr uint32_t L = HD / 8, kGroups = kThreads / L, U = kRowsInFlight;
   const uint32_t sub = threadIdx.x % L, rg = threadIdx.x / L;
   const uint32_t kv_dim = uint32_t(a.kv_heads) * HD;
   float acc[G][8] = {};
-  for (uint32_t i = rg; i < len; i += kGroups) {
-    float vr[8];
-    halves8(v + size_t(i) * kv_dim + sub * 8, vr);
+  for (uint32_t i0 = rg; i0 < len; i0 += U * kGroups) {
+    float vr[U][8] = {};
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      const float p = sc[g][i];
+    for (uint32_t u = 0; u < U; ++u) {
+      const uint32_t i = i0 + u * kGroups;
+      if (i < len) halves8(v + size_t(i) * kv_dim + sub * 8, vr[u]);
+    }
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vr[e], acc[g][e]);
+    for (uint32_t u = 0; u < U; ++u) {
+      const uint32_t i = i0 + u * kGroups;
+      if (i < len)
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float p = sc[g][i];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vr[u][e], acc[g][e]);
+        }
     }
   }
 #pragma unroll

@@ -54,7 +54,6 @@ namespace {
 constexpr uint32_t kWarpsPerCta = kGemvWarps;
 constexpr uint32_t kThreads = kWarpsPerCta * 32;
 constexpr uint32_t kChunk = 1024;            // columns per stage: 8 blocks
-constexpr uint32_t kLaneCols = kChunk / 32;  // 32 columns per lane, a quarter block
 static_assert(kThreads * 4 == kChunk, "one 16-byte load per thread stages a chunk of one token");
 
 // One lane's share of one row in one chunk: 32 codes, the block's scale and min (asym) or -8 s.
@@ -116,6 +115,19 @@ __device__ __forceinline__ float dot8(uint32_t word, const float4& a, const floa
   return fmaf(unit_code(odd, 3), b.w, d);
 }
 
+// Where float4 f of staged x lies in shared memory: each chunk of 256 float4s is stored j-major,
+// float4 j of lane l (columns 32l + 4j..+3) at slot j * 32 + l. Lane l reads float4s 8l..8l+7
+// (its 32 columns); stored in order (lane stride 128 bytes), the 8 lanes of a quarter-warp's
+// LDS.128 all hit the same 4 banks: an 8-way conflict on every load of x. ncu on the H200 run
+// saw it: short-scoreboard (shared memory) stalls 54% of the GEMV's cycles, L1 66% busy at 24%
+// of DRAM. j-major, a quarter-warp's loads are 8 consecutive slots (conflict-free) and j stays an
+// immediate offset (an XOR swizzle cost 4-16 instructions per 1024 weights in sass_check). The
+// staging stores take the conflict instead: one store per thread per chunk against 8 loads per
+// lane per warp.
+__device__ __forceinline__ uint32_t x_slot(uint32_t f) {
+  return (f & ~255u) | ((f & 7u) << 5) | ((f >> 3) & 31u);
+}
+
 // Stages columns [c0, c0 + kChunk) of each token's x (zeros past `cols`) and the sums of each
 // 32 of them. VEC: x is 16-byte aligned and cols a multiple of 4, so each thread's 4 elements are
 // one aligned load, wholly inside or wholly past the row.
@@ -135,7 +147,7 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, uint32_t co
       if (col + 2 < cols) v.z = xt[col + 2];
       if (col + 3 < cols) v.w = xt[col + 3];
     }
-    xs[t][threadIdx.x] = v;
+    xs[t][x_slot(threadIdx.x)] = v;
     // 8 neighbouring threads hold one lane's 32 columns: their sum, in a fixed order.
     float s = (v.x + v.y) + (v.z + v.w);
     s += __shfl_xor_sync(0xffffffffu, s, 1);
@@ -145,9 +157,10 @@ __device__ __forceinline__ void stage_x(const float* __restrict__ x, uint32_t co
   }
 }
 
-// A chunk's products of one lane: x4 is the lane's first float4 of the chunk for token 0 (token t
-// at x4 + t * x4_stride), sums its sum of those 32 columns (token t at sums + t * sums_stride).
-// Both paths (chunked and deep) run it, so they give the same bits.
+// A chunk's products of one lane: x4 is the lane's first float4 slot of the chunk for token 0
+// (token t at x4 + t * x4_stride; the lane's j-th float4 32 slots on, see x_slot), sums
+// its sum of those 32 columns (token t at sums + t * sums_stride). Both paths (chunked and deep)
+// run it, so they give the same bits.
 template <int N, int R>
 __device__ __forceinline__ void dot_chunk(const float4* x4, uint32_t x4_stride, const float* sums,
                                           uint32_t sums_stride, const LaneCodes (&cur)[R],
@@ -156,7 +169,7 @@ __device__ __forceinline__ void dot_chunk(const float4* x4, uint32_t x4_stride, 
   for (int t = 0; t < N; ++t) {
     float4 v[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = x4[t * x4_stride + j];
+    for (int j = 0; j < 8; ++j) v[j] = x4[t * x4_stride + 32 * j];
     const float sum = sums[t * sums_stride];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -183,8 +196,7 @@ __device__ __forceinline__ void gemv_chunk(const float* __restrict__ x, uint32_t
   const bool in_row = (c + 1) * 8 + lane / 4 < blocks;
 #pragma unroll
   for (int r = 0; r < R; ++r) next[r] = load_codes<GUARD>(at[r], c + 1, in_row, m_factor[r]);
-  dot_chunk<N, R>(&xs[0][lane * (kLaneCols / 4)], kChunk / 4, &sums[0][lane], kChunk / 32, cur,
-                  acc);
+  dot_chunk<N, R>(&xs[0][lane], kChunk / 4, &sums[0][lane], kChunk / 32, cur, acc);
   __syncthreads();  // the next chunk overwrites xs
 #pragma unroll
   for (int r = 0; r < R; ++r) cur[r] = next[r];
@@ -205,14 +217,14 @@ __device__ __forceinline__ void stage_whole_x(const float* __restrict__ x, uint3
   for (int t = 0; t < N; ++t)
     for (uint32_t i = threadIdx.x; i < per_token; i += kThreads) {
       const bool valid = 4 * i < cols;
-      cuda::copy16(xs + t * per_token + i, valid ? x + size_t(t) * cols + 4 * i : x, valid);
+      cuda::copy16(xs + t * per_token + x_slot(i), valid ? x + size_t(t) * cols + 4 * i : x, valid);
     }
   cuda::copy_commit();
   cuda::copy_wait<0>();
 #pragma unroll
   for (int t = 0; t < N; ++t)
     for (uint32_t i = threadIdx.x; i < per_token; i += kThreads) {
-      const float4 v = xs[t * per_token + i];
+      const float4 v = xs[t * per_token + x_slot(i)];
       float s = (v.x + v.y) + (v.z + v.w);  // the same order as stage_x
       s += __shfl_xor_sync(0xffffffffu, s, 1);
       s += __shfl_xor_sync(0xffffffffu, s, 2);
@@ -233,8 +245,8 @@ __device__ __forceinline__ void deep_round(const float4* xs, const float* sums, 
   for (int d = 0; d < DEPTH; ++d) {
     const uint32_t c = c0 + d;
     if (GUARD && c >= chunks) return;
-    dot_chunk<N, R>(xs + c * (kChunk / 4) + lane * (kLaneCols / 4), per_token, sums + c * 32 + lane,
-                    chunks * 32, ring[d], acc);
+    dot_chunk<N, R>(xs + c * (kChunk / 4) + lane, per_token, sums + c * 32 + lane, chunks * 32,
+                    ring[d], acc);
     const uint32_t k = c + DEPTH;
     const bool in_row = k * 8 + lane / 4 < blocks;
 #pragma unroll
@@ -289,7 +301,7 @@ __device__ __forceinline__ const T& pick(const T (&a)[kGemvMaxParts], uint32_t p
 // DEPTH 1: x staged chunk by chunk, one chunk of codes in flight (gemv_chunk; any x). DEPTH > 1:
 // the deep path (gemv_deep; aligned x that fits in shared memory), two CTAs an SM.
 template <int N, int R, int DEPTH, bool VEC, bool PAIRED>
-__global__ void __launch_bounds__(kThreads, DEPTH > 1 ? 2 : 1)
+__global__ void __launch_bounds__(kThreads, DEPTH > 1 || N == 1 ? 2 : 1)
     gemv_int4_kernel(const GemvLaunch a, const float* __restrict__ x) {
   const uint32_t cols = uint32_t(a.w[0].cols), blocks = uint32_t(a.w[0].blocks());
   const uint32_t lane = threadIdx.x % 32;
