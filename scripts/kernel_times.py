@@ -4,7 +4,8 @@
     python3 scripts/kernel_times.py NCU.csv
 
 scripts/gpu-check runs ncu so over a short resident `ferry bench` (the prompt in pieces of up to 8
-tokens, then decode) and reads its output with this: each kernel's launches, total and mean time,
+tokens, then decode) and reads its output with this: each kernel's (and grid's: the grid tells the weights of one
+GEMV apart) launches, total and mean time,
 and the kernel time per token made (per argmax launch: one a generated token). Set beside the
 bench's tokens/s, the kernel time per token says whether decode is held by the kernels or by the
 time between them (launches, synchronizations). Lines of the CSV that are not ncu's (ferry's own
@@ -30,7 +31,8 @@ def short_name(name):
                 name = name[:i]
                 break
     name = re.sub(r"^void\s+", "", name)
-    name = re.sub(r"[A-Za-z_0-9]+::|\(anonymous namespace\)::|<unnamed>::", "", name)
+    name = re.sub(r"<?unnamed>::|\(anonymous namespace\)::|\{anonymous\}::", "", name)
+    name = re.sub(r"[A-Za-z_0-9]+::", "", name)
     return name
 
 
@@ -42,7 +44,9 @@ def read(path):
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
         value = float(row["Metric Value"].replace(",", ""))
-        rows.append((short_name(row["Kernel Name"]), value * UNIT_NS.get(row["Metric Unit"], 1.0)))
+        name = short_name(row["Kernel Name"])
+        grid = row.get("Grid Size", "").replace(" ", "")
+        rows.append((f"{name} {grid}", value * UNIT_NS.get(row["Metric Unit"], 1.0)))
     return rows
 
 
@@ -59,8 +63,8 @@ def main():
         count[name] += 1
     all_ns = sum(total.values())
     print(f"{len(rows)} launches, {all_ns / 1e6:.3f} ms of kernel time")
-    print(f"{'kernel':<64} {'launches':>8} {'total ms':>9} {'mean us':>8} {'share':>6}")
-    for name in sorted(total, key=total.get, reverse=True)[:20]:
+    print(f"{'kernel grid':<64} {'launches':>8} {'total ms':>9} {'mean us':>8} {'share':>6}")
+    for name in sorted(total, key=total.get, reverse=True)[:30]:
         print(f"{name[:64]:<64} {count[name]:>8} {total[name] / 1e6:>9.3f} "
               f"{total[name] / count[name] / 1e3:>8.2f} {total[name] / all_ns:>6.1%}")
     tokens = sum(c for n, c in count.items() if n.startswith("argmax"))

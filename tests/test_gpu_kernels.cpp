@@ -149,6 +149,7 @@ TEST(GpuKernels, GemvAndDequantInt8MatchCpuTwins) {
     int8_case(1000, 4096, n);
     int8_case(37, 320, n);  // a partial last block, rows not a multiple of 8
     int8_case(40, 2500, n);
+    int8_case(9, 130, n);  // cols not a multiple of 4: x read element by element
   }
 }
 
@@ -291,6 +292,19 @@ TEST(GpuKernels, ElementwiseOpsMatchCpuTwins) {
   DeviceArray<float> d_h(x);
   rmsnorm_cuda(d_h.get(), d_w.get(), 1e-6f, n * heads, hd, d_h.get(), nullptr);
   expect_close("rmsnorm per head", d_h.to_host(), want, 1e-12);
+  // Each of rmsnorm_cuda's kernels: rows held in 1, 4 or 8 float4s a thread (3584: Qwen2-7B, 8192:
+  // Llama 3 70B), and the loop for a width that is not whole float4s or past 8192.
+  for (const uint64_t wide : {3584u, 8192u, 321u, 9000u}) {
+    const std::vector<float> xw = random_vector(2 * wide, 3);
+    std::vector<uint16_t> ww(wide);
+    for (uint64_t i = 0; i < wide; ++i) ww[i] = float_to_bf16(1.0f - 0.01f * float(i % 5));
+    std::vector<float> want_w(2 * wide);
+    rmsnorm_cpu(xw.data(), ww.data(), 1e-6f, 2, wide, want_w.data());
+    DeviceArray<float> d_xw(xw), d_ow(nans(2 * wide));
+    DeviceArray<uint16_t> d_ww(ww);
+    rmsnorm_cuda(d_xw.get(), d_ww.get(), 1e-6f, 2, wide, d_ow.get(), nullptr);
+    expect_close(("rmsnorm " + std::to_string(wide)).c_str(), d_ow.to_host(), want_w, 1e-12);
+  }
 
   want = x;  // [n, heads, hd] with heads * hd == dim
   rope_cpu(want.data(), n, heads, hd, pos, inv_freq.data(), 1.14f);
