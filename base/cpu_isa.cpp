@@ -18,21 +18,47 @@ bool probe_avx2_fma_f16c() {
 #endif
 }
 
+// __builtin_cpu_supports reports an AVX-512 feature only where the OS saves the zmm state too
+// (libgcc and compiler-rt check XCR0).
+bool probe_avx512_vnni() {
+#if FERRY_X86
+  return probe_avx2_fma_f16c() && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 bool kernel_isa_available(KernelIsa isa) {
   // Probed once: CPUID traps to the hypervisor in a VM (about a microsecond), and the kernels
   // ask on every call, 7 times per layer and token.
   static const bool avx2 = probe_avx2_fma_f16c();
-  return isa == KernelIsa::portable || avx2;
+  static const bool avx512 = probe_avx512_vnni();
+  switch (isa) {
+    case KernelIsa::portable:
+      return true;
+    case KernelIsa::avx2:
+      return avx2;
+    case KernelIsa::avx512:
+      return avx512;
+  }
+  return false;
 }
 
 KernelIsa best_kernel_isa() {
-  return kernel_isa_available(KernelIsa::avx2) ? KernelIsa::avx2 : KernelIsa::portable;
+  return usable_isa(KernelIsa::avx512);
 }
 
 KernelIsa usable_isa(KernelIsa isa) {
+  if (isa == KernelIsa::avx512 && !kernel_isa_available(isa)) isa = KernelIsa::avx2;
   return kernel_isa_available(isa) ? isa : KernelIsa::portable;
+}
+
+bool isa_has_avx2(KernelIsa isa) {
+  return usable_isa(isa) != KernelIsa::portable;
 }
 
 }  // namespace ferry

@@ -109,7 +109,11 @@ void report(benchmark::State& state, double weight_bytes, double seconds) {
 // integer SIMD), 0 for matmul_int4_cpu (fp32 activations). GMAC/s: weight-token products.
 void int4(benchmark::State& state) {
   const uint64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
-  const bool asym = state.range(3) != 0, q8 = state.range(4) != 0;
+  // q8: 0 the fp32-activation path; 1 INT4 x INT8 on the best ISA (the AVX-512 tile where the CPU
+  // has AVX-512 VNNI); 2 INT4 x INT8 held to AVX2, to compare the two tiles on one machine.
+  const bool asym = state.range(3) != 0;
+  const int64_t q8 = state.range(4);
+  const KernelIsa isa = q8 == 2 ? KernelIsa::avx2 : best_kernel_isa();
   const Weights w = make(rows, cols, true, asym);
   const uint64_t q_size = w.q.size() / w.copies, s_size = w.scales.size() / w.copies;
   std::vector<float> x(n * cols, 0.25f), y(n * rows);
@@ -120,7 +124,7 @@ void int4(benchmark::State& state) {
     const uint64_t s_at = c * s_size;
     const Int4View v{w.q.data() + c * q_size, w.scales.data() + s_at,
                      asym ? w.mins.data() + s_at : nullptr, rows, cols};
-    q8 ? matmul_int4_q8_cpu(pool(), v, x.data(), n, y.data())
+    q8 ? matmul_int4_q8_cpu(pool(), v, x.data(), n, y.data(), isa)
        : matmul_int4_cpu(pool(), v, x.data(), n, y.data());
     c = (c + 1) % w.copies;
   }
@@ -286,12 +290,12 @@ BENCHMARK(host_bandwidth)->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(pool_dispatch)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(int4)
     ->ArgNames({"rows", "cols", "n", "asym", "q8"})
-    ->ArgsProduct({{4096}, {4096}, {1, 64}, {1}, {0, 1}})
+    ->ArgsProduct({{4096}, {4096}, {1, 64}, {1}, {0, 1, 2}})
     ->Args({4096, 4096, 1, 0, 1})
     ->Args({11008, 4096, 1, 1, 1})
     ->Args({4096, 11008, 1, 1, 1})
     // SmolLM2-135M's MLP up projection, decode and a 128-token prompt
-    ->ArgsProduct({{1536}, {576}, {1, 128}, {1}, {0, 1}})
+    ->ArgsProduct({{1536}, {576}, {1, 128}, {1}, {0, 1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(int8)

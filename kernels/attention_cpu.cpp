@@ -280,14 +280,14 @@ void attention_cpu(CpuPool& pool, const float* q, const float* k_cache, const fl
                    uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                    float* partials, float* out) {
   attention_rounds(pool, q, k_cache, v_cache, n, pos, heads, kv_heads, head_dim, partials, out,
-                   best_kernel_isa() == KernelIsa::avx2);
+                   isa_has_avx2(best_kernel_isa()));
 }
 
 void attention_cpu(CpuPool& pool, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
                    uint64_t n, uint64_t pos, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
                    float* partials, float* out, KernelIsa isa) {
   attention_rounds(pool, q, k_cache, v_cache, n, pos, heads, kv_heads, head_dim, partials, out,
-                   usable_isa(isa) == KernelIsa::avx2);
+                   isa_has_avx2(isa));
 }
 
 void check_attention_shape(uint64_t heads, uint64_t kv_heads, uint64_t head_dim) {

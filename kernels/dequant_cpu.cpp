@@ -66,7 +66,7 @@ void for_each_block(const Int4View& w, Emit emit) {
   // (code - 8) * scale + -0 is exactly the contract's (code - 8) * scale and one loop serves both.
   const float offset = mins ? 0.0f : 8.0f;
   alignas(32) std::array<float, kBlock> buf;
-  const bool avx2 = best_kernel_isa() == KernelIsa::avx2;
+  const bool avx2 = isa_has_avx2(best_kernel_isa());
   for (uint64_t r = 0; r < rows; ++r) {
     for (uint64_t k = 0; k < blocks; ++k) {
       const uint64_t i = r * blocks + k;
@@ -88,7 +88,7 @@ void dequant_int4_f32_cpu(const Int4View& w, float* out) {
 
 void dequant_int4_bf16_cpu(const Int4View& w, uint16_t* out) {
   alignas(32) std::array<uint16_t, kBlock> tail;
-  const bool avx2 = best_kernel_isa() == KernelIsa::avx2;
+  const bool avx2 = isa_has_avx2(best_kernel_isa());
   for_each_block(w, [out, &tail, avx2](uint64_t at, const float* v, uint64_t n) {
     if (n == kBlock) return to_bf16_block(v, out + at, avx2);
     to_bf16_block(v, tail.data(), avx2);  // a partial block: padding elements are not written

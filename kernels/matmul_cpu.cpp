@@ -52,6 +52,7 @@
 #include "kernels/elementwise.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/matmul_int8.hpp"
+#include "kernels/q8_tile.hpp"
 
 #if FERRY_X86
 #include <immintrin.h>
@@ -192,25 +193,9 @@ void bf16_rows_portable(const Bf16Rows& a, uint64_t r0, uint64_t r1, const float
 // error of ~8 * scale * d per element against a w of ~scale: 2.5-3% relative instead of ~0.5%.
 // In layout order a block holds, per 64 elements, the 32 even ones then the 32 odd ones: the low
 // and high nibbles of 32 packed bytes.
-constexpr uint64_t kQ8MaxBlocks = 256;  // rows up to 32,768 columns: the tile's q sits on the stack
-constexpr uint64_t kQ8MaxCols = kQ8MaxBlocks * kBlock;
-
-// One token tile's quantized activations: [tn, blocks * 128] q in layout order, [tn, blocks] d
-// and d * qsum (zero up to the next multiple of 8 blocks: row_offset reads 8 at a time).
-struct Q8Tile {
-  alignas(32) int8_t q[kMaxTile * kQ8MaxCols];
-  alignas(32) float d[kMaxTile * kQ8MaxBlocks];
-  alignas(32) float sums[kMaxTile * kQ8MaxBlocks];
-  // [tn, blocks, 8]: d * qsum in lane 0, zeros: the AVX2 path adds min * this to its lanes per
-  // block, instead of a per-(row, token) offset dot product that cost as much as the 4.5 blocks
-  // of SmolLM2's 576-column rows.
-  alignas(32) float off[kMaxTile * kQ8MaxBlocks * 8];
-};
-
-// Position of element e (0..127) of a block in layout order.
-constexpr uint64_t q8_pos(uint64_t e) {
-  return e / 64 * 64 + e % 2 * 32 + e % 64 / 2;
-}
+constexpr uint64_t kQ8MaxBlocks = q8::kMaxBlocks;  // the tile (kernels/q8_tile.hpp)
+using Q8Tile = q8::Tile;
+static_assert(q8::kMaxTile == kMaxTile, "a q8 tile holds one token tile");
 
 // One block of len <= 128 elements of x into qi [128] (zeros past len); returns max |x|. NaNs
 // are passed over by the max and become 0 in qi (int32_t(float) of a NaN: cvttss2si's
@@ -229,9 +214,11 @@ __attribute__((target("avx2,fma,f16c"))) float q8_block_avx2(const float* x, uin
                                                              int32_t* qi);
 #endif
 
-// Quantizes tn tokens of x [.., cols] into t; both paths give the same q, d and sums (the AVX2
-// block step is bit-identical to the portable one), so the kernels' results do not depend on it.
-void quantize_q8(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t, bool avx2) {
+// Quantizes tn tokens of x [.., cols] into t, q in layout order (zmm order for the AVX-512 tile);
+// the AVX2 and portable block steps give the same q, d and sums (bit-identical), so the kernels'
+// results do not depend on which ran.
+void quantize_q8(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t, KernelIsa isa) {
+  const bool avx2 = isa_has_avx2(isa), zmm = usable_isa(isa) == KernelIsa::avx512;
   const uint64_t blocks = int4_blocks_per_row(cols);
   for (uint64_t j = 0; j < tn; ++j) {
     const float* xt = x + j * cols;
@@ -248,10 +235,14 @@ void quantize_q8(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t, bool avx
       const float d = amax / 127.0f;
       int8_t* qb = t.q + j * blocks * kBlock + c0;
       int32_t qsum = 0;
-      for (uint64_t e = 0; e < kBlock; ++e) {
-        const int8_t q = int8_t(qi[e]);
-        qb[q8_pos(e)] = q;
-        qsum += q;
+      if (zmm) {
+        qsum = q8::pack_block_avx512(qi, qb);  // this loop took 8% of a SmolLM2 prefill
+      } else {
+        for (uint64_t e = 0; e < kBlock; ++e) {
+          const int8_t q = int8_t(qi[e]);
+          qb[q8::pos(e)] = q;
+          qsum += q;
+        }
       }
       t.d[j * kQ8MaxBlocks + b] = d;
       t.sums[j * kQ8MaxBlocks + b] = d * float(qsum);
@@ -276,7 +267,7 @@ void q8_tile_rows_portable(const Int4View& a, uint64_t r0, uint64_t r1, const Q8
         const uint8_t* cb = a.q + (r * blocks + b) * kBlockBytes;
         int32_t isum = 0;
         for (uint64_t e = 0; e < kBlock; ++e)
-          isum += int32_t((cb[e / 2] >> (e % 2 * 4)) & 15) * qt[b * kBlock + q8_pos(e)];
+          isum += int32_t((cb[e / 2] >> (e % 2 * 4)) & 15) * qt[b * kBlock + q8::pos(e)];
         const float s = f16_to_float(a.scales[r * blocks + b]);
         acc += float(isum) * (s * t.d[j * kQ8MaxBlocks + b]);
         off += (a.mins ? f16_to_float(a.mins[r * blocks + b]) : s) * t.sums[j * kQ8MaxBlocks + b];
@@ -703,20 +694,21 @@ struct Call {
 };
 
 // A fused call on INT8 activations: its parts share x; h (the gate/up epilogue's output) or null.
+// isa is usable (usable_isa): the tiles and quantize_q8 agree on the q order it implies.
 struct FusedCall {
   std::span<const FusedPart> parts;
   const float* x;
   uint64_t n;
   KernelIsa isa;
-  bool avx2;
   float* h;
 };
 
 // Rows [r0, r1) of one INT4 part for the tn quantized tokens from t0 in t.
 void q8_tile_rows(const FusedCall& c, const FusedPart& p, uint64_t r0, uint64_t r1, const Q8Tile& t,
                   uint64_t tn, uint64_t t0) {
+  if (c.isa == KernelIsa::avx512) return q8::tile_rows_avx512(p.q4, r0, r1, t, tn, p.y, t0);
 #if FERRY_X86
-  if (c.avx2) return q8_tile_rows_avx2(p.q4, r0, r1, t, tn, p.y, t0);
+  if (c.isa == KernelIsa::avx2) return q8_tile_rows_avx2(p.q4, r0, r1, t, tn, p.y, t0);
 #endif
   q8_tile_rows_portable(p.q4, r0, r1, t, tn, p.y, t0);
 }
@@ -743,7 +735,7 @@ void fused_rows(const FusedCall& c, uint64_t r0, uint64_t r1) {
   if (!int4_here) return;
   for (uint64_t t0 = 0; t0 < c.n; t0 += kMaxTile) {
     const uint64_t tn = std::min(kMaxTile, c.n - t0);
-    quantize_q8(c.x + t0 * cols, cols, tn, t, c.avx2);
+    quantize_q8(c.x + t0 * cols, cols, tn, t, c.isa);
     base = 0;
     for (const FusedPart& p : c.parts) {
       const uint64_t b0 = std::max(r0, base), b1 = std::min(r1, base + p.rows());
@@ -758,7 +750,7 @@ void fused_rows(const FusedCall& c, uint64_t r0, uint64_t r1) {
 void matmul_bf16_cpu(CpuPool& pool, const uint16_t* w, uint64_t rows, uint64_t cols, const float* x,
                      uint64_t n, float* y, KernelIsa isa) {
   if (rows == 0 || n == 0) return;
-  const Call<Bf16Rows> call{{w, rows, cols}, x, n, y, usable_isa(isa) == KernelIsa::avx2};
+  const Call<Bf16Rows> call{{w, rows, cols}, x, n, y, isa_has_avx2(isa)};
   pool.parallel_for(rows, row_grain(cols, n), [c = &call](uint64_t r0, uint64_t r1) {
 #if FERRY_X86
     if (c->avx2) return rows_avx2(nullptr, &c->a, r0, r1, c->x, c->n, c->y);
@@ -771,7 +763,7 @@ void matmul_int4_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t 
                      KernelIsa isa) {
   const uint64_t rows = w.rows, cols = w.cols;
   if (rows == 0 || n == 0) return;
-  const bool avx2 = usable_isa(isa) == KernelIsa::avx2;
+  const bool avx2 = isa_has_avx2(isa);
   const Call<Int4View> call{w, x, n, y, avx2};
   if (call.a.blocks() > kMaxBlocks)
     throw Error(fmt::format("matmul_int4_cpu: {} columns exceed the kernel's {}", cols,
@@ -822,7 +814,7 @@ void matmul_q8_fused_cpu(CpuPool& pool, const FusedPart* part_list, size_t count
         matmul_q8_fused_cpu(pool, &p, 1, x, n, isa);
     return;
   }
-  const FusedCall call{parts, x, n, usable_isa(isa), usable_isa(isa) == KernelIsa::avx2, nullptr};
+  const FusedCall call{parts, x, n, usable_isa(isa), nullptr};
   pool.parallel_for(rows, row_grain(cols, n),
                     [c = &call](uint64_t r0, uint64_t r1) { fused_rows(*c, r0, r1); });
 }
@@ -840,7 +832,7 @@ void matmul_int4_q8_gate_up_cpu(CpuPool& pool, const Int4View& gate, const Int4V
     silu_mul_cpu(gate_y, up_y, n * gate.rows, h);
     return;
   }
-  const FusedCall call{parts, x, n, usable_isa(isa), usable_isa(isa) == KernelIsa::avx2, h};
+  const FusedCall call{parts, x, n, usable_isa(isa), h};
   // Each index of the range is a row of both weights: half the rows per task for the same work.
   const uint64_t grain = std::max<uint64_t>(1, row_grain(gate.cols, n) / 2);
   pool.parallel_for(gate.rows, grain, [c = &call](uint64_t r0, uint64_t r1) {
@@ -848,7 +840,7 @@ void matmul_int4_q8_gate_up_cpu(CpuPool& pool, const Int4View& gate, const Int4V
     const uint64_t rows = c->parts[0].rows(), cols = c->parts[0].cols();
     for (uint64_t t0 = 0; t0 < c->n; t0 += kMaxTile) {
       const uint64_t tn = std::min(kMaxTile, c->n - t0);
-      quantize_q8(c->x + t0 * cols, cols, tn, t, c->avx2);
+      quantize_q8(c->x + t0 * cols, cols, tn, t, c->isa);
       for (const FusedPart& p : c->parts) q8_tile_rows(*c, p, r0, r1, t, tn, t0);
     }
     // The epilogue on this task's rows of every token: the same function, element by element,
@@ -864,7 +856,7 @@ float quantize_q8_block_cpu(const float* x, uint64_t len, int32_t* q, KernelIsa 
   if (len > kBlock)
     throw Error(fmt::format("quantize_q8_block_cpu: {} > {} elements", len, kBlock));
 #if FERRY_X86
-  if (usable_isa(isa) == KernelIsa::avx2) return q8_block_avx2(x, len, q);
+  if (isa_has_avx2(isa)) return q8_block_avx2(x, len, q);
 #endif
   (void)isa;
   return q8_block_portable(x, len, q);

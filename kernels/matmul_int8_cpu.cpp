@@ -251,7 +251,7 @@ void matmul_int8_cpu(CpuPool& pool, const Int8View& w, const float* x, uint64_t 
                      KernelIsa isa) {
   if (w.rows == 0 || n == 0) return;
   const Call call{w, x, n, y};
-  const bool avx2 = usable_isa(isa) == KernelIsa::avx2;
+  const bool avx2 = isa_has_avx2(isa);
   const uint64_t grain = std::max<uint64_t>(1, kMinWorkPerTask / std::max<uint64_t>(1, w.cols * n));
   pool.parallel_for(w.rows, grain, [c = &call, avx2](uint64_t r0, uint64_t r1) {
 #if FERRY_X86
@@ -279,7 +279,7 @@ void matmul_int8_q8_rows_cpu(const Int8View& w, const float* x, uint64_t n, floa
   const Call c{w, x, n, y};
   Q8Tile t;  // 264 KB of the task's stack (pool threads have 8 MB)
 #if FERRY_X86
-  if (usable_isa(isa) == KernelIsa::avx2) return q8_rows_avx2(c, r0, r1, t);
+  if (isa_has_avx2(isa)) return q8_rows_avx2(c, r0, r1, t);
 #endif
   (void)isa;
   q8_rows_portable(c, r0, r1, t);

@@ -180,7 +180,7 @@ FERRY_TARGET_AVX2 float block_sq_err_avx2(const float* w, const float* mask, Gri
   return block_sq_err_body(w, mask, g, q_lo, q_hi);
 }
 float block_sq_err(const float* w, const float* mask, Grid g, float q_lo, float q_hi) {
-  return best_kernel_isa() == KernelIsa::avx2 ? block_sq_err_avx2(w, mask, g, q_lo, q_hi)
+  return isa_has_avx2(best_kernel_isa()) ? block_sq_err_avx2(w, mask, g, q_lo, q_hi)
                                               : block_sq_err_portable(w, mask, g, q_lo, q_hi);
 }
 
@@ -356,7 +356,7 @@ FERRY_TARGET_AVX2 void add_error_avx2(const Block& b, const float* dq, QuantErro
   add_error_body(b, dq, e);
 }
 void add_error(const Block& b, const float* dq, QuantError& e) {
-  best_kernel_isa() == KernelIsa::avx2 ? add_error_avx2(b, dq, e) : add_error_portable(b, dq, e);
+  isa_has_avx2(best_kernel_isa()) ? add_error_avx2(b, dq, e) : add_error_portable(b, dq, e);
 }
 
 // Writes the block's 64 bytes of codes (padding codes 0, low nibble = even element) and adds

@@ -72,6 +72,7 @@ TEST(Int8Quantize, EveryWeightIsWithinHalfAStepAndPaddingIsZero) {
 std::vector<KernelIsa> isas() {
   std::vector<KernelIsa> v = {KernelIsa::portable};
   if (kernel_isa_available(KernelIsa::avx2)) v.push_back(KernelIsa::avx2);
+  if (kernel_isa_available(KernelIsa::avx512)) v.push_back(KernelIsa::avx512);
   return v;
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -19,6 +20,7 @@
 #include "kernels/matmul.hpp"
 #include "kernels/matmul_int8.hpp"
 #include "kernels/matvec.hpp"
+#include "kernels/q8_tile.hpp"
 #include "quantizer/int4_quantize.hpp"
 #include "quantizer/int8_quantize.hpp"
 #include "tests/alloc_counter.hpp"
@@ -88,6 +90,7 @@ struct Shape {
 std::vector<KernelIsa> isas() {
   std::vector<KernelIsa> v = {KernelIsa::portable};
   if (kernel_isa_available(KernelIsa::avx2)) v.push_back(KernelIsa::avx2);
+  if (kernel_isa_available(KernelIsa::avx512)) v.push_back(KernelIsa::avx512);
   return v;
 }
 
@@ -236,6 +239,27 @@ TEST(MatmulQ8, QuantizerPathsAreBitIdentical) {
     const float mb = quantize_q8_block_cpu(x.data(), len, b.data(), KernelIsa::avx2);
     ASSERT_EQ(std::bit_cast<uint32_t>(ma), std::bit_cast<uint32_t>(mb)) << "round " << round;
     ASSERT_EQ(a, b) << "round " << round << " kind " << kind;
+  }
+}
+
+// The AVX-512 block packer against the scalar definition of zmm order (q8::pos_zmm): random
+// codes, and int32s whose high bytes are not a sign extension (a NaN's 0x80000000), of which
+// only the low byte counts.
+TEST(MatmulQ8, Avx512PackerMatchesZmmOrder) {
+  if (!kernel_isa_available(KernelIsa::avx512)) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  std::mt19937 rng(5);
+  for (int round = 0; round < 200; ++round) {
+    alignas(64) int32_t qi[kBlock];
+    for (int32_t& v : qi)
+      v = round % 2 ? int32_t(rng() % 255) - 127 : int32_t(rng() % 8 == 0 ? 0x80000000u : rng());
+    std::array<int8_t, kBlock> want{}, got{};
+    int32_t want_sum = 0;
+    for (uint64_t e = 0; e < kBlock; ++e) {
+      want[q8::pos_zmm(e)] = int8_t(qi[e]);
+      want_sum += int8_t(qi[e]);
+    }
+    ASSERT_EQ(q8::pack_block_avx512(qi, got.data()), want_sum) << "round " << round;
+    ASSERT_EQ(got, want) << "round " << round;
   }
 }
 
