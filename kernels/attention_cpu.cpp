@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -12,6 +13,7 @@
 #include "base/error.hpp"
 #include "base/simd.hpp"
 #include "kernels/attention.hpp"
+#include "kernels/exp_avx2.hpp"
 
 #if FERRY_X86
 #include <immintrin.h>
@@ -163,6 +165,74 @@ FERRY_F16C void weighted_rows_f16c(const float* w, const uint16_t* rows, uint64_
   }
   if (d0 < n) weighted_rows(w, rows + d0, stride, len, n - d0, out + d0);
 }
+
+// Eight scores at once: keys i0 .. i0+7 (rows `stride` apart) dotted with q over hd (a multiple
+// of 8) dimensions, one accumulator a key (8 independent FMA chains, each step's q loaded once
+// for the 8), then the 8 sums transposed into one vector by a tree of horizontal adds. Per key
+// before: a call, 2 chains and a sum through memory (dot8_f16c): SmolLM2's 64-wide heads spent
+// more on those than on the products.
+FERRY_F16C __m256 scores8_f16c(const float* q, const uint16_t* k, uint64_t stride, uint64_t hd) {
+  __m256 acc[8];
+  for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
+  for (uint64_t d = 0; d < hd; d += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + d);
+    for (int u = 0; u < 8; ++u) acc[u] = _mm256_fmadd_ps(qv, load8_f16(k + u * stride + d), acc[u]);
+  }
+  const __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]), t1 = _mm256_hadd_ps(acc[2], acc[3]);
+  const __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]), t3 = _mm256_hadd_ps(acc[6], acc[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// The largest of 8 lanes.
+FERRY_F16C float max8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+// attention_chunk's scores and softmax numerators over an f16 cache with F16C, head_dim a
+// multiple of 8: scores 8 keys at a time (the last < 8 one by one), e^(s - max) 8 at a time
+// (exp8_avx2); the sum of the numerators in a fixed order. Returns {max, sum}.
+FERRY_F16C std::pair<float, float> softmax_f16c(const float* q, const uint16_t* k, uint64_t stride,
+                                                uint64_t hd, uint64_t len, float scale, float* sc) {
+  const __m256 vscale = _mm256_set1_ps(scale);
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  uint64_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const __m256 s = _mm256_mul_ps(scores8_f16c(q, k + i * stride, stride, hd), vscale);
+    _mm256_storeu_ps(sc + i, s);
+    vmax = _mm256_max_ps(vmax, s);
+  }
+  float max_score = max8(vmax);
+  for (; i < len; ++i) {
+    sc[i] = dot8_f16c(q, k + i * stride, hd) * scale;
+    max_score = std::max(max_score, sc[i]);
+  }
+  const __m256 vm = _mm256_set1_ps(max_score);
+  __m256 vsum = _mm256_setzero_ps();
+  i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const __m256 e = exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(sc + i), vm));
+    _mm256_storeu_ps(sc + i, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  if (i < len) {  // the tail through a zero-padded copy: lanes past len add nothing
+    alignas(32) float tail[8];
+    std::fill(tail, tail + 8, -INFINITY);
+    std::copy(sc + i, sc + len, tail);
+    const __m256 e = exp8_avx2(_mm256_sub_ps(_mm256_load_ps(tail), vm));
+    _mm256_store_ps(tail, e);
+    std::copy(tail, tail + (len - i), sc + i);
+    vsum = _mm256_add_ps(vsum, _mm256_blendv_ps(_mm256_setzero_ps(), e,
+                                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                                                    _mm256_set1_epi32(int32_t(len - i)),
+                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))));
+  }
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(vsum), _mm256_extractf128_ps(vsum, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return {max_score, _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))};
+}
 #endif
 
 float row_dot(const float* q, const float* k, uint64_t n, bool avx2) {
@@ -199,6 +269,20 @@ void attention_chunk(const AttentionCall<T>& a, uint64_t t, uint64_t h, uint64_t
   const float* qh = a.q + (t * a.heads + h) * a.head_dim;
   const float scale = 1.0f / std::sqrt(float(a.head_dim));
   std::array<float, kAttentionChunk> scores;
+  float* part =
+      a.partials + ((t * a.heads + h) * a.chunks + chunk) * attention_partial_floats(a.head_dim);
+#if FERRY_X86
+  if constexpr (std::is_same_v<T, uint16_t>)
+    if (a.avx2 && a.head_dim % 8 == 0) {
+      const auto [max_score, sum] = softmax_f16c(qh, a.k_cache + begin * kv_dim + kvh * a.head_dim,
+                                                 kv_dim, a.head_dim, len, scale, scores.data());
+      row_sums(scores.data(), a.v_cache + begin * kv_dim + kvh * a.head_dim, kv_dim, len,
+               a.head_dim, part, a.avx2);
+      part[a.head_dim] = max_score;
+      part[a.head_dim + 1] = sum;
+      return;
+    }
+#endif
   float max_score = -INFINITY;
   for (uint64_t i = 0; i < len; ++i) {
     const T* k = a.k_cache + (begin + i) * kv_dim + kvh * a.head_dim;
@@ -207,8 +291,6 @@ void attention_chunk(const AttentionCall<T>& a, uint64_t t, uint64_t h, uint64_t
   }
   float sum = 0;
   for (uint64_t i = 0; i < len; ++i) sum += scores[i] = std::exp(scores[i] - max_score);
-  float* part =
-      a.partials + ((t * a.heads + h) * a.chunks + chunk) * attention_partial_floats(a.head_dim);
   row_sums(scores.data(), a.v_cache + begin * kv_dim + kvh * a.head_dim, kv_dim, len, a.head_dim,
            part, a.avx2);
   part[a.head_dim] = max_score;

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "base/cpu_isa.hpp"
 #include "base/dtype.hpp"
 #include "kernels/elementwise.hpp"
+#include "kernels/exp_avx2.hpp"
 
 namespace ferry {
 namespace {
@@ -31,6 +33,31 @@ void rope_row(float* v, uint64_t heads, uint64_t head_dim, uint64_t pos, const f
   }
 }
 
+#if FERRY_X86
+// silu(g) * u = g / (1 + e^-g) * u, 8 at a time with exp8_avx2 (std::exp per element was 3% of a
+// SmolLM2 prefill, as much as a seventh of its products); the division kept (not a reciprocal
+// estimate). The last < 8 elements go through the same lanes by a padded copy: each element's
+// result is the same function of its inputs wherever it lies in the call (the fused gate/up
+// epilogue calls this on each task's rows, and must equal one call over the whole array).
+__attribute__((target("avx2,fma"))) __m256 silu_mul8(__m256 g, __m256 u) {
+  const __m256 e = exp8_avx2(_mm256_xor_ps(g, _mm256_set1_ps(-0.0f)));
+  return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
+
+__attribute__((target("avx2,fma"))) void silu_mul_avx2(const float* gate, const float* up,
+                                                       uint64_t count, float* out) {
+  uint64_t i = 0;
+  for (; i + 8 <= count; i += 8)
+    _mm256_storeu_ps(out + i, silu_mul8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+  if (i == count) return;
+  alignas(32) float g[8] = {}, u[8] = {}, o[8];
+  std::copy(gate + i, gate + count, g);
+  std::copy(up + i, up + count, u);
+  _mm256_store_ps(o, silu_mul8(_mm256_load_ps(g), _mm256_load_ps(u)));
+  std::copy(o, o + (count - i), out + i);
+}
+#endif
+
 }  // namespace
 
 void rmsnorm_cpu(const float* x, const uint16_t* w, float eps, uint64_t n, uint64_t dim,
@@ -55,6 +82,9 @@ void rope_kv_cpu(float* q, float* k, const float* v, uint64_t n, uint64_t heads,
 }
 
 void silu_mul_cpu(const float* gate, const float* up, uint64_t count, float* out) {
+#if FERRY_X86
+  if (isa_has_avx2(best_kernel_isa())) return silu_mul_avx2(gate, up, count, out);
+#endif
   for (uint64_t i = 0; i < count; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 

@@ -131,7 +131,8 @@ FERRY_HOST_DEVICE inline GemvSlot gemv_slot(const GemvGrid& g, uint32_t cta, uin
                   : gemv_slot_of<false>(g, R, cta, warp, r);
 }
 
-// silu(g) * u with the expression of silu_mul_cpu and silu_mul_kernel.
+// silu(g) * u with the expression of silu_mul_kernel and silu_mul_cpu (whose AVX2 path takes e
+// from its vector exp).
 FERRY_HOST_DEVICE inline float silu_times(float g, float u, float e) {  // e = exp(-g)
   return g / (1.0f + e) * u;
 }

@@ -8,6 +8,7 @@
 
 #include "base/dtype.hpp"
 #include "base/error.hpp"
+#include "kernels/elementwise.hpp"
 #include "kernels/gemv_fused.hpp"
 #include "kernels/matvec.hpp"
 
@@ -93,7 +94,9 @@ void gemv_int4_silu_mul_cpu(const Int4View& gate, const Int4View& up, const floa
         for (uint64_t t = 0; t < n; ++t) {
           const float gv = row_dot(gate, sg.row, x + t * gate.cols);
           const float uv = row_dot(up, su.row, x + t * up.cols);
-          out[t * gate.rows + sg.row] = silu_times(gv, uv, std::exp(-gv));
+          // silu_mul_cpu itself (its AVX2 exp where the CPU has it): the same bits as the
+          // separate products and silu_mul_cpu, element by element.
+          silu_mul_cpu(&gv, &uv, 1, out + t * gate.rows + sg.row);
         }
       }
 }

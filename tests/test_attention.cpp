@@ -16,6 +16,7 @@
 #include "kernels/attention.hpp"
 #include "kernels/cpu_pool.hpp"
 #include "kernels/elementwise.hpp"
+#include "kernels/exp_avx2.hpp"
 
 namespace ferry {
 namespace {
@@ -138,6 +139,43 @@ TEST(Attention, ChunkedMatchesTheTextbookSoftmax) {
     // three orders to spare, and a wrong merge (a chunk dropped or unscaled) gives ~1e-2.
     EXPECT_LT(nmse(run_cpu(s, in, 3), want, worst), 1e-10) << "worst element off by " << worst;
   }
+}
+
+#if FERRY_X86
+__attribute__((target("avx2,fma"))) void exp_avx2_many(const float* x, float* y, size_t n) {
+  for (size_t i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, exp8_avx2(_mm256_loadu_ps(x + i)));
+}
+#endif
+
+// The softmax's and SiLU's vector exp (kernels/exp_avx2.hpp) against std::exp: within 2^-22
+// relative over [-87, 88], e^-87.34 (~2^-126) below, NaN kept.
+TEST(Attention, VectorExpMatchesLibm) {
+#if FERRY_X86
+  if (!kernel_isa_available(KernelIsa::avx2)) GTEST_SKIP() << "no AVX2 on this CPU";
+  std::vector<float> x;
+  for (float v = -87.0f; v <= 88.0f; v += 0.0137f) x.push_back(v);
+  for (float v : {0.0f, -0.0f, 1e-30f, -1e-30f, 0.5f, -0.5f, 1.0f, -1.0f}) x.push_back(v);
+  const size_t special = x.size();
+  for (float v : {-1000.0f, -INFINITY, NAN, -87.5f, -88.0f, -100.0f, -90.0f, -95.0f})
+    x.push_back(v);
+  while (x.size() % 8) x.push_back(0.0f);
+  std::vector<float> y(x.size());
+  exp_avx2_many(x.data(), y.data(), x.size());
+  for (size_t i = 0; i < special; ++i) {
+    const double want = std::exp(double(x[i]));
+    ASSERT_LE(std::fabs(y[i] - want), want * 0x1p-22) << "x = " << x[i];
+  }
+  for (size_t i = special; i < special + 8; ++i) {
+    if (std::isnan(x[i])) {
+      EXPECT_TRUE(std::isnan(y[i]));
+    } else {
+      const double floor = std::exp(double(-87.3365448f));  // the clamp, ~2^-126
+      EXPECT_LE(std::fabs(y[i] - floor), floor * 0x1p-22) << "x = " << x[i];
+    }
+  }
+#else
+  GTEST_SKIP() << "the vector exp is x86 only";
+#endif
 }
 
 TEST(Attention, ResultsDoNotDependOnTheThreadCount) {
