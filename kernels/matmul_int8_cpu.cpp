@@ -17,7 +17,9 @@
 // |w| (unsigned) against q with w's sign moved onto it (sign_epi8), each pair at most
 // 2 * 127 * 127 = 32,258 < 32,767, then madd with ones widens the pairs to int32 exactly. Per
 // 32 weights that is 5 instructions, where the fp32 path spends 4 conversions and 4 FMAs: the
-// INT8 lm_head (Qwen2-32B: 790 MB, SmolLM2: 28 MB) stays at the memory's speed.
+// INT8 lm_head (Qwen2-32B: 790 MB, SmolLM2: 28 MB) stays at the memory's speed. With AVX-512
+// VNNI the tile of kernels/matmul_q8_avx512.cpp runs instead (vpdpbusd on w + 128, the 128 qsum
+// taken out per block after the loop).
 #include <algorithm>
 
 #include <fmt/format.h>
@@ -27,6 +29,7 @@
 #include "base/simd.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/matmul_int8.hpp"
+#include "kernels/q8_tile.hpp"
 
 #if FERRY_X86
 #include <immintrin.h>
@@ -117,8 +120,9 @@ constexpr uint64_t kQ8MaxBlocks = 256;  // rows up to 32,768 columns: a tile's q
 // One token tile's quantized activations, [kTile, kQ8MaxBlocks * 128] q and [kTile, kQ8MaxBlocks]
 // d.
 struct Q8Tile {
-  alignas(32) int8_t q[kTile * kQ8MaxBlocks * kBlock];
+  alignas(64) int8_t q[kTile * kQ8MaxBlocks * kBlock];
   float d[kTile * kQ8MaxBlocks];
+  float sums[kTile * kQ8MaxBlocks];  // d * the block's sum of q: the AVX-512 tile's correction
 };
 
 // With the INT4 product's quantizer (quantize_q8_block_cpu: the same q for the same x on every
@@ -133,7 +137,9 @@ void quantize_tile(const float* x, uint64_t cols, uint64_t tn, Q8Tile& t, Kernel
           quantize_q8_block_cpu(x + j * cols + c0, std::min(kBlock, cols - c0), q, isa);
       t.d[j * kQ8MaxBlocks + b] = amax / 127.0f;
       int8_t* out = t.q + (j * kQ8MaxBlocks + b) * kBlock;
-      for (uint64_t e = 0; e < kBlock; ++e) out[e] = int8_t(q[e]);
+      int32_t qsum = 0;
+      for (uint64_t e = 0; e < kBlock; ++e) qsum += out[e] = int8_t(q[e]);
+      t.sums[j * kQ8MaxBlocks + b] = t.d[j * kQ8MaxBlocks + b] * float(qsum);
     }
 }
 
@@ -278,10 +284,17 @@ void matmul_int8_q8_rows_cpu(const Int8View& w, const float* x, uint64_t n, floa
   if (r0 >= r1 || n == 0) return;
   const Call c{w, x, n, y};
   Q8Tile t;  // 264 KB of the task's stack (pool threads have 8 MB)
+  if (usable_isa(isa) == KernelIsa::avx512) {
+    for (uint64_t t0 = 0; t0 < n; t0 += kTile) {
+      const uint64_t tn = std::min(kTile, n - t0);
+      quantize_tile(x + t0 * w.cols, w.cols, tn, t, isa);
+      q8::tile_rows_int8_avx512(w, r0, r1, {t.q, t.d, t.sums, kQ8MaxBlocks}, tn, y, t0);
+    }
+    return;
+  }
 #if FERRY_X86
   if (isa_has_avx2(isa)) return q8_rows_avx2(c, r0, r1, t);
 #endif
-  (void)isa;
   q8_rows_portable(c, r0, r1, t);
 }
 

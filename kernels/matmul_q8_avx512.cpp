@@ -129,6 +129,73 @@ FERRY_AVX512 void panel(const Int4View& a, uint64_t p0, uint64_t p1, const Tile&
 
 }  // namespace
 
+// INT8 x INT8, R rows from r x T tokens from j0. vpdpbusd multiplies unsigned by signed bytes:
+// the weights go in as w + 128 (w xor 0x80), so each block's int32 sum is sum(w q) + 128 qsum;
+// the 128 qsum parts are taken out after the blocks, 16 a step, as the INT4 tile's offsets are
+// added (scale_b * d_b * 128 qsum_b, from the tile's d * qsum). Everything else is the INT4
+// tile's: q of 4 tokens in 8 registers per block, one FMA per row, token and block.
+template <int R, int T>
+FERRY_AVX512 void tile_int8(const Int8View& w, uint64_t r, const Int8Acts& x, uint64_t j0, float* y,
+                            uint64_t t0) {
+  const uint64_t blocks = w.blocks();
+  __m512 acc[R][T];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
+  const __m512i bias = _mm512_set1_epi8(char(0x80));
+  for (uint64_t b = 0; b < blocks; ++b) {
+    __m512i q[T][2];
+#pragma GCC unroll 8
+    for (int j = 0; j < T; ++j) {
+      const int8_t* qb = x.q + ((j0 + j) * x.stride + b) * kBlock;
+      q[j][0] = _mm512_loadu_si512(qb);
+      q[j][1] = _mm512_loadu_si512(qb + 64);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const int8_t* wb = w.q + ((r + i) * blocks + b) * kBlock;
+      const __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wb), bias);
+      const __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(wb + 64), bias);
+      const __m512 s = _mm512_set1_ps(_cvtsh_ss(w.scales[(r + i) * blocks + b]));
+#pragma GCC unroll 8
+      for (int j = 0; j < T; ++j) {
+        __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, q[j][0]);
+        isum = _mm512_dpbusd_epi32(isum, w1, q[j][1]);
+        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), s);
+        acc[i][j] = _mm512_fmadd_ps(f, _mm512_set1_ps(x.d[(j0 + j) * x.stride + b]), acc[i][j]);
+      }
+    }
+  }
+  const __m512 minus128 = _mm512_set1_ps(-128.0f);
+  for (uint64_t b = 0; b < blocks; b += 16) {
+    const __mmask16 k = blocks - b >= 16 ? __mmask16(0xffff) : __mmask16((1u << (blocks - b)) - 1);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const __m512 m = _mm512_mul_ps(
+          _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, w.scales + (r + i) * blocks + b)), minus128);
+#pragma GCC unroll 8
+      for (int j = 0; j < T; ++j)
+        acc[i][j] = _mm512_fmadd_ps(m, _mm512_maskz_loadu_ps(k, x.sums + (j0 + j) * x.stride + b),
+                                    acc[i][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < T; ++j) y[(t0 + j0 + j) * w.rows + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+// INT8 rows per tile: as the INT4 tile's, with two code vectors a row.
+template <int T>
+FERRY_AVX512 void panel_int8(const Int8View& w, uint64_t p0, uint64_t p1, const Int8Acts& x,
+                             uint64_t j0, float* y, uint64_t t0) {
+  constexpr int R = rows_per_tile<T>();
+  uint64_t r = p0;
+  for (; r + R <= p1; r += R) tile_int8<R, T>(w, r, x, j0, y, t0);
+  for (; r < p1; ++r) tile_int8<1, T>(w, r, x, j0, y, t0);
+}
+
 // Element order to zmm order (q8_tile.hpp): the stored block is [evens of 0..63, evens of
 // 64..127, odds of 0..63, odds of 64..127], 32 each; two permutes gather 16 evens (or odds) of
 // 32 int32s, and a truncating vpmovdb keeps each low byte. The sum is of the sign-extended low
@@ -177,11 +244,38 @@ void tile_rows_avx512(const Int4View& a, uint64_t r0, uint64_t r1, const Tile& t
   }
 }
 
+void tile_rows_int8_avx512(const Int8View& w, uint64_t r0, uint64_t r1, const Int8Acts& x,
+                           uint64_t tn, float* y, uint64_t t0) {
+  for (uint64_t p0 = r0; p0 < r1; p0 += kPanel) {
+    const uint64_t p1 = std::min(r1, p0 + kPanel);
+    for (uint64_t j0 = 0; j0 < tn; j0 += 4) {
+      switch (std::min<uint64_t>(4, tn - j0)) {
+        case 1:
+          panel_int8<1>(w, p0, p1, x, j0, y, t0);
+          break;
+        case 2:
+          panel_int8<2>(w, p0, p1, x, j0, y, t0);
+          break;
+        case 3:
+          panel_int8<3>(w, p0, p1, x, j0, y, t0);
+          break;
+        default:
+          panel_int8<4>(w, p0, p1, x, j0, y, t0);
+          break;
+      }
+    }
+  }
+}
+
 #undef FERRY_AVX512
 #undef FERRY_AVX512_INLINE
 #else  // no x86: kernel_isa_available(KernelIsa::avx512) is false, so nothing calls these
 int32_t pack_block_avx512(const int32_t*, int8_t*) {
   throw Error("pack_block_avx512: AVX-512 kernels exist on x86 only");
+}
+void tile_rows_int8_avx512(const Int8View&, uint64_t, uint64_t, const Int8Acts&, uint64_t, float*,
+                           uint64_t) {
+  throw Error("tile_rows_int8_avx512: AVX-512 kernels exist on x86 only");
 }
 void tile_rows_avx512(const Int4View&, uint64_t, uint64_t, const Tile&, uint64_t, float*,
                       uint64_t) {

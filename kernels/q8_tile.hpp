@@ -1,10 +1,12 @@
 // The INT4 x INT8 products' quantized activations, internal to the CPU kernels: quantized by
 // kernels/matmul_cpu.cpp (its INT4 x INT8 section has the arithmetic and its error bound), read
-// there by the portable and AVX2 tiles and by the AVX-512 tile of kernels/matmul_q8_avx512.cpp.
+// there by the portable and AVX2 tiles and by the AVX-512 tile of kernels/matmul_q8_avx512.cpp;
+// and that file's INT8 x INT8 tile, on kernels/matmul_int8_cpu.cpp's activations.
 #pragma once
 #include <cstdint>
 
 #include "format/int4.hpp"
+#include "format/int8.hpp"
 
 namespace ferry::q8 {
 
@@ -48,5 +50,20 @@ int32_t pack_block_avx512(const int32_t* qi, int8_t* qb);
 // order, on AVX-512 VNNI (callers check kernel_isa_available(KernelIsa::avx512)).
 void tile_rows_avx512(const Int4View& a, uint64_t r0, uint64_t r1, const Tile& t, uint64_t tn,
                       float* y, uint64_t t0);
+
+// An INT8 x INT8 product's quantized activations (kernels/matmul_int8_cpu.cpp's tile), in element
+// order: token j's block b at q + (j * stride + b) * 128, its scale d at d[j * stride + b] and
+// d * (the block's sum of q) at sums[j * stride + b], zero past the last block up to a multiple
+// of 16.
+struct Int8Acts {
+  const int8_t* q;
+  const float* d;
+  const float* sums;
+  uint64_t stride;  // blocks between tokens
+};
+
+// Rows [r0, r1) of y [.., w.rows] for the tn tokens from t0 in x, on AVX-512 VNNI.
+void tile_rows_int8_avx512(const Int8View& w, uint64_t r0, uint64_t r1, const Int8Acts& x,
+                           uint64_t tn, float* y, uint64_t t0);
 
 }  // namespace ferry::q8
