@@ -57,7 +57,29 @@ FERRY_AVX512_INLINE __m512 offsets16(const Int4View& a, uint64_t r, uint64_t b, 
   return a.mins ? v : _mm512_mul_ps(v, _mm512_set1_ps(-8.0f));
 }
 
-// R rows from r x T tokens from j0 of the tile, over every block.
+// The offset term, 16 blocks a step into the (row, token) lanes: one reduction per (row, token)
+// after it. (Per (row, token) a separate 8-wide dot with a scalar tail cost 2.5x the whole
+// product on SmolLM2's 576-column rows, 5 blocks.)
+template <int R, int T>
+FERRY_AVX512_INLINE void add_offsets(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0,
+                                     __m512 (&acc)[R][T]) {
+  const uint64_t blocks = a.blocks();
+  for (uint64_t b = 0; b < blocks; b += 16) {
+    const __mmask16 k = blocks - b >= 16 ? __mmask16(0xffff) : __mmask16((1u << (blocks - b)) - 1);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const __m512 m = offsets16(a, r + i, b, k);
+#pragma GCC unroll 8
+      for (int j = 0; j < T; ++j)
+        acc[i][j] = _mm512_fmadd_ps(m, _mm512_maskz_loadu_ps(k, t.sums + (j0 + j) * kMaxBlocks + b),
+                                    acc[i][j]);
+    }
+  }
+}
+
+// R rows from r x T tokens from j0 of the tile, over every block: per block, q of the T tokens
+// loaded once; per row its codes unpacked once; per (row, token) 2 vpdpbusd, and the block's
+// scale times the token's d as one FMA's multiplier.
 template <int R, int T>
 FERRY_AVX512 void tile(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0, float* y,
                        uint64_t t0) {
@@ -82,7 +104,6 @@ FERRY_AVX512 void tile(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0
       // Decode reads each weight once: 2 KB ahead of each of the R rows' streams (bench_kernels
       // 11008 x 4096 at one token: 0.85 -> 0.63-0.77 ms on the 2-core EPYC; 512 B ahead gained
       // less), more than the hardware prefetcher keeps in flight for 8 streams.
-      if constexpr (T == 1) prefetch(codes + 2048);
       const __m512i v = _mm512_loadu_si512(codes);
       const __m512i lo = _mm512_and_si512(v, nibble);
       const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
@@ -91,31 +112,67 @@ FERRY_AVX512 void tile(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0
       for (int j = 0; j < T; ++j) {
         __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, q[j][0]);
         isum = _mm512_dpbusd_epi32(isum, hi, q[j][1]);
-        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), s);
-        acc[i][j] = _mm512_fmadd_ps(f, _mm512_set1_ps(t.d[(j0 + j) * kMaxBlocks + b]), acc[i][j]);
+        const __m512 sd = _mm512_mul_ps(s, _mm512_set1_ps(t.d[(j0 + j) * kMaxBlocks + b]));
+        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sd, acc[i][j]);
       }
     }
   }
-  // The offset term, 16 blocks a step into the same lanes: one reduction per (row, token). (Per
-  // (row, token) a separate 8-wide dot with a scalar tail cost 2.5x the whole product on
-  // SmolLM2's 576-column rows, 5 blocks.)
-  for (uint64_t b = 0; b < blocks; b += 16) {
-    const __mmask16 k = blocks - b >= 16 ? __mmask16(0xffff) : __mmask16((1u << (blocks - b)) - 1);
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
-      const __m512 m = offsets16(a, r + i, b, k);
-#pragma GCC unroll 8
-      for (int j = 0; j < T; ++j)
-        acc[i][j] = _mm512_fmadd_ps(m, _mm512_maskz_loadu_ps(k, t.sums + (j0 + j) * kMaxBlocks + b),
-                                    acc[i][j]);
-    }
-  }
+  add_offsets<R, T>(a, r, t, j0, acc);
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < T; ++j) y[(t0 + j0 + j) * a.rows + r + i] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
+// tile<R, 1>, decode: the same sums (each block's scale times the token's d, rounded as there,
+// then one FMA into the lanes), with the 16 products s * d of a row made by one multiply per 16
+// blocks and picked per block by a permute: 9 instructions per row and block instead of 12, as
+// a token's decode is about as much arithmetic as this CPU's two cores issue at its read
+// bandwidth. Each row's codes are prefetched 2 KB ahead (bench_kernels 11008 x 4096 at one
+// token: 0.85 -> 0.63-0.77 ms on the 2-core EPYC; 512 B ahead gained less): decode reads each
+// weight once, over more streams than the hardware prefetcher keeps ahead.
+template <int R>
+FERRY_AVX512 void tile1(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0, float* y,
+                        uint64_t t0) {
+  const uint64_t blocks = a.blocks();
+  __m512 acc[R][1];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) acc[i][0] = _mm512_setzero_ps();
+  const __m512i nibble = _mm512_set1_epi8(15);
+  const float* d = t.d + j0 * kMaxBlocks;
+  const int8_t* qt = t.q + j0 * blocks * kBlock;
+  for (uint64_t g = 0; g < blocks; g += 16) {
+    const uint64_t in_group = std::min<uint64_t>(16, blocks - g);
+    const __mmask16 k = __mmask16((1u << in_group) - 1);
+    const __m512 d16 = _mm512_maskz_loadu_ps(k, d + g);
+    __m512 sd16[R];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i)
+      sd16[i] = _mm512_mul_ps(
+          _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, a.scales + (r + i) * blocks + g)), d16);
+    for (uint64_t bb = 0; bb < in_group; ++bb) {
+      const uint64_t b = g + bb;
+      const __m512i q0 = _mm512_load_si512(qt + b * kBlock);
+      const __m512i q1 = _mm512_load_si512(qt + b * kBlock + 64);
+      const __m512i pick = _mm512_set1_epi32(int32_t(bb));
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        const uint8_t* codes = a.q + ((r + i) * blocks + b) * kBlockBytes;
+        prefetch(codes + 2048);
+        const __m512i v = _mm512_loadu_si512(codes);
+        const __m512i lo = _mm512_and_si512(v, nibble);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+        __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, q0);
+        isum = _mm512_dpbusd_epi32(isum, hi, q1);
+        acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_permutexvar_ps(pick, sd16[i]),
+                                    acc[i][0]);
+      }
+    }
+  }
+  add_offsets<R, 1>(a, r, t, j0, acc);
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) y[(t0 + j0) * a.rows + r + i] = _mm512_reduce_add_ps(acc[i][0]);
+}
 // Rows per tile for T tokens: 2 T registers of q, R x T accumulators, the row's two code vectors,
 // its scale and two temporaries within 32 zmm.
 template <int T>
@@ -132,8 +189,13 @@ FERRY_AVX512 void panel(const Int4View& a, uint64_t p0, uint64_t p1, const Tile&
                         float* y, uint64_t t0) {
   constexpr int R = rows_per_tile<T>();
   uint64_t r = p0;
-  for (; r + R <= p1; r += R) tile<R, T>(a, r, t, j0, y, t0);
-  for (; r < p1; ++r) tile<1, T>(a, r, t, j0, y, t0);
+  if constexpr (T == 1) {
+    for (; r + R <= p1; r += R) tile1<R>(a, r, t, j0, y, t0);
+    for (; r < p1; ++r) tile1<1>(a, r, t, j0, y, t0);
+  } else {
+    for (; r + R <= p1; r += R) tile<R, T>(a, r, t, j0, y, t0);
+    for (; r < p1; ++r) tile<1, T>(a, r, t, j0, y, t0);
+  }
 }
 
 }  // namespace
