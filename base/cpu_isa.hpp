@@ -14,7 +14,7 @@ namespace ferry {
 
 // avx2: AVX2 with FMA and F16C (every x86-64 since 2013 that has AVX2).
 // avx512: avx2's set plus AVX-512 F, BW, VL and VNNI (Zen 4, Ice Lake and later): the INT4 x INT8
-// products take their 512-bit tile (kernels/matmul_q8_avx512.cpp); every other kernel runs its
+// products take their 512-bit tile (kernels/matmul_q8_avx512_cpu.cpp); every other kernel runs its
 // AVX2 path there.
 enum class KernelIsa { portable, avx2, avx512 };
 bool kernel_isa_available(KernelIsa isa);

@@ -53,7 +53,7 @@ namespace {
 
 constexpr uint32_t kWarpsPerCta = kGemvWarps;
 constexpr uint32_t kThreads = kWarpsPerCta * 32;
-constexpr uint32_t kChunk = 1024;            // columns per stage: 8 blocks
+constexpr uint32_t kChunk = 1024;  // columns per stage: 8 blocks
 static_assert(kThreads * 4 == kChunk, "one 16-byte load per thread stages a chunk of one token");
 
 // One lane's share of one row in one chunk: 32 codes, the block's scale and min (asym) or -8 s.

@@ -30,6 +30,8 @@
 //   4096 x 4096 decode 1.30 -> 0.89 ms, n = 64 52.9 -> 22.7 ms (7.8 -> 19.4 GMAC/s wall);
 //   SmolLM2 1536 x 576 decode 0.138 -> 0.049 ms, n = 128 8.03 -> 3.84 ms (6.68 before the offset
 //   term moved into the block loop); n = 128 3.37 -> 2.45 ms with the AVX2 quantizer (load ~9).
+// On CPUs with AVX-512 VNNI (KernelIsa::avx512) the tiles of kernels/matmul_q8_avx512_cpu.cpp run
+// instead of the AVX2 ones: the same quantized activations, packed in zmm order.
 // The fused variants (q/k/v, gate/up + SiLU * up) run the same per-row code for several weights in
 // one parallel region, each task quantizing its token tile once for all of them.
 // ferry bench --prompt 128 --gen 64 on SmolLM2-135M asym-clip, 2 threads, same load: prefill

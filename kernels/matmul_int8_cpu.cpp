@@ -18,7 +18,7 @@
 // 2 * 127 * 127 = 32,258 < 32,767, then madd with ones widens the pairs to int32 exactly. Per
 // 32 weights that is 5 instructions, where the fp32 path spends 4 conversions and 4 FMAs: the
 // INT8 lm_head (Qwen2-32B: 790 MB, SmolLM2: 28 MB) stays at the memory's speed. With AVX-512
-// VNNI the tile of kernels/matmul_q8_avx512.cpp runs instead (vpdpbusd on w + 128, the 128 qsum
+// VNNI the tile of kernels/matmul_q8_avx512_cpu.cpp runs instead (vpdpbusd on w + 128, the 128 qsum
 // taken out per block after the loop).
 #include <algorithm>
 

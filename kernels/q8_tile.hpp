@@ -1,6 +1,6 @@
 // The INT4 x INT8 products' quantized activations, internal to the CPU kernels: quantized by
 // kernels/matmul_cpu.cpp (its INT4 x INT8 section has the arithmetic and its error bound), read
-// there by the portable and AVX2 tiles and by the AVX-512 tile of kernels/matmul_q8_avx512.cpp;
+// there by the portable and AVX2 tiles and by the AVX-512 tile of kernels/matmul_q8_avx512_cpu.cpp;
 // and that file's INT8 x INT8 tile, on kernels/matmul_int8_cpu.cpp's activations.
 #pragma once
 #include <cstdint>
@@ -43,7 +43,7 @@ constexpr uint64_t pos_zmm(uint64_t e) {
 
 // Block qi [128] (int32 codes in element order, each a byte's worth: only the low byte counts,
 // as in quantize_q8's scalar loop) into qb [128] in zmm order; returns the sum of the bytes as
-// signed values. AVX-512 only (kernels/matmul_q8_avx512.cpp).
+// signed values. AVX-512 only (kernels/matmul_q8_avx512_cpu.cpp).
 int32_t pack_block_avx512(const int32_t* qi, int8_t* qb);
 
 // Rows [r0, r1) of y [.., a.rows] for the tn tokens from t0 whose activations t holds in zmm

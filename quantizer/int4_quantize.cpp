@@ -181,7 +181,7 @@ FERRY_TARGET_AVX2 float block_sq_err_avx2(const float* w, const float* mask, Gri
 }
 float block_sq_err(const float* w, const float* mask, Grid g, float q_lo, float q_hi) {
   return isa_has_avx2(best_kernel_isa()) ? block_sq_err_avx2(w, mask, g, q_lo, q_hi)
-                                              : block_sq_err_portable(w, mask, g, q_lo, q_hi);
+                                         : block_sq_err_portable(w, mask, g, q_lo, q_hi);
 }
 
 void check_f16_range(const Block& b, Grid g, float raw_scale, float raw_min) {
