@@ -198,6 +198,31 @@ FERRY_AVX512 void panel(const Int4View& a, uint64_t p0, uint64_t p1, const Tile&
   }
 }
 
+// Rows [r0, r1) in panels of kPanel rows, each against the tile's tokens in groups of up to 4:
+// f(p0, p1, j0, std::integral_constant<int, T>) per panel and group.
+template <class F>
+void for_panels(uint64_t r0, uint64_t r1, uint64_t tn, F&& f) {
+  for (uint64_t p0 = r0; p0 < r1; p0 += kPanel) {
+    const uint64_t p1 = std::min(r1, p0 + kPanel);
+    for (uint64_t j0 = 0; j0 < tn; j0 += 4) {
+      switch (std::min<uint64_t>(4, tn - j0)) {
+        case 1:
+          f(p0, p1, j0, std::integral_constant<int, 1>());
+          break;
+        case 2:
+          f(p0, p1, j0, std::integral_constant<int, 2>());
+          break;
+        case 3:
+          f(p0, p1, j0, std::integral_constant<int, 3>());
+          break;
+        default:
+          f(p0, p1, j0, std::integral_constant<int, 4>());
+          break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // INT8 x INT8, R rows from r x T tokens from j0. vpdpbusd multiplies unsigned by signed bytes:
@@ -295,48 +320,16 @@ FERRY_AVX512 int32_t pack_block_avx512(const int32_t* qi, int8_t* qb) {
 
 void tile_rows_avx512(const Int4View& a, uint64_t r0, uint64_t r1, const Tile& t, uint64_t tn,
                       float* y, uint64_t t0) {
-  for (uint64_t p0 = r0; p0 < r1; p0 += kPanel) {
-    const uint64_t p1 = std::min(r1, p0 + kPanel);
-    for (uint64_t j0 = 0; j0 < tn; j0 += 4) {
-      switch (std::min<uint64_t>(4, tn - j0)) {
-        case 1:
-          panel<1>(a, p0, p1, t, j0, y, t0);
-          break;
-        case 2:
-          panel<2>(a, p0, p1, t, j0, y, t0);
-          break;
-        case 3:
-          panel<3>(a, p0, p1, t, j0, y, t0);
-          break;
-        default:
-          panel<4>(a, p0, p1, t, j0, y, t0);
-          break;
-      }
-    }
-  }
+  for_panels(r0, r1, tn, [&](uint64_t p0, uint64_t p1, uint64_t j0, auto tile_tokens) {
+    panel<decltype(tile_tokens)::value>(a, p0, p1, t, j0, y, t0);
+  });
 }
 
 void tile_rows_int8_avx512(const Int8View& w, uint64_t r0, uint64_t r1, const Int8Acts& x,
                            uint64_t tn, float* y, uint64_t t0) {
-  for (uint64_t p0 = r0; p0 < r1; p0 += kPanel) {
-    const uint64_t p1 = std::min(r1, p0 + kPanel);
-    for (uint64_t j0 = 0; j0 < tn; j0 += 4) {
-      switch (std::min<uint64_t>(4, tn - j0)) {
-        case 1:
-          panel_int8<1>(w, p0, p1, x, j0, y, t0);
-          break;
-        case 2:
-          panel_int8<2>(w, p0, p1, x, j0, y, t0);
-          break;
-        case 3:
-          panel_int8<3>(w, p0, p1, x, j0, y, t0);
-          break;
-        default:
-          panel_int8<4>(w, p0, p1, x, j0, y, t0);
-          break;
-      }
-    }
-  }
+  for_panels(r0, r1, tn, [&](uint64_t p0, uint64_t p1, uint64_t j0, auto tile_tokens) {
+    panel_int8<decltype(tile_tokens)::value>(w, p0, p1, x, j0, y, t0);
+  });
 }
 
 #undef FERRY_AVX512
