@@ -34,18 +34,22 @@ constexpr uint32_t kLaneCodes = 16;   // codes a lane loads at once: a warp cove
 constexpr uint32_t kBlocksPerLoad = 32 * kLaneCodes / kBlock;
 constexpr uint32_t kLoadsInFlight = 2;
 
+// Word j (0..3) of a lane's 16 codes, by selects, not an indexed local array.
+__device__ __forceinline__ uint32_t code_word(const uint4& c, int j) {
+  return j == 0 ? c.x : j == 1 ? c.y : j == 2 ? c.z : c.w;
+}
+
 // sum over i < 16 of code i * x[i], codes as 16 signed bytes. VEC: x[0..15] are 4 aligned float4
 // (cols a multiple of 4, x 16-byte aligned) inside the row; otherwise each element is checked
 // against `left`, the columns from x to the row's end (the last, partial block).
 template <bool VEC>
 __device__ __forceinline__ float dot16(const uint4& c, const float* x, uint32_t left) {
-  const uint32_t words[4] = {c.x, c.y, c.z, c.w};
   float d = 0.0f;
   if (VEC && left >= kLaneCodes) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const float4 v = __ldg(reinterpret_cast<const float4*>(x) + j);
-      const uint32_t w = words[j];
+      const uint32_t w = code_word(c, j);
       d = fmaf(float(int8_t(w)), v.x, d);
       d = fmaf(float(int8_t(w >> 8)), v.y, d);
       d = fmaf(float(int8_t(w >> 16)), v.z, d);
@@ -54,8 +58,13 @@ __device__ __forceinline__ float dot16(const uint4& c, const float* x, uint32_t 
     return d;
   }
 #pragma unroll
-  for (uint32_t i = 0; i < kLaneCodes; ++i)
-    if (i < left) d = fmaf(float(int8_t(words[i / 4] >> (8 * (i % 4)))), __ldg(x + i), d);
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t w = code_word(c, j);
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (uint32_t(4 * j + k) < left)
+        d = fmaf(float(int8_t(w >> (8 * k))), __ldg(x + 4 * j + k), d);
+  }
   return d;
 }
 
@@ -112,10 +121,15 @@ template <int N>
 void launch(const Int8View& w, const float* x, float* y, const uint16_t* bias, bool add,
             cudaStream_t stream) {
   const uint32_t grid = cuda::grid_for(w.rows, kWarpsPerCta);
-  if (w.cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0)
+  if (w.cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
     gemv_int8_kernel<N, true><<<grid, kWarpsPerCta * 32, 0, stream>>>(w, x, y, bias, add);
-  else
-    gemv_int8_kernel<N, false><<<grid, kWarpsPerCta * 32, 0, stream>>>(w, x, y, bias, add);
+    return;
+  }
+  // x read element by element (odd widths, unaligned x: no model's decode): a launch per token,
+  // each token's sums the same as in a batch (the 7-token kernel spilled here, sass_check found).
+  for (int t = 0; t < N; ++t)
+    gemv_int8_kernel<1, false><<<grid, kWarpsPerCta * 32, 0, stream>>>(
+        w, x + size_t(t) * w.cols, y + size_t(t) * w.rows, bias, add);
 }
 
 }  // namespace

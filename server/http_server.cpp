@@ -7,6 +7,8 @@
 #include <ctime>
 #include <mutex>
 #include <random>
+#include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -18,12 +20,15 @@ namespace {
 using namespace std::chrono_literals;
 
 // A request's output between the scheduler's thread (which writes) and its connection's thread
-// (which waits, then sends what came).
+// (which waits, then sends what came). Each on_text is kept as its own piece, so a stream sends
+// one event per piece as OpenAI's does, however many pieces came between two polls (a small model
+// on the AVX-512 kernels made all of a 16-token reply before the first poll, which then went out
+// as one event).
 class StreamBuffer : public RequestSink {
  public:
   void on_text(std::string_view text, int32_t) override {
     std::lock_guard lock(mu_);
-    pending_ += text;
+    pending_.emplace_back(text);
     cv_.notify_all();
   }
   void on_done(const RequestResult& r) override {
@@ -32,12 +37,12 @@ class StreamBuffer : public RequestSink {
     done_ = true;
     cv_.notify_all();
   }
-  // Waits up to `wait` for text or the end; appends the text that came to `text`. True once the
-  // request is done and all its text taken.
-  bool take(std::string& text, std::chrono::milliseconds wait) {
+  // Waits up to `wait` for text or the end; appends the pieces that came to `pieces`. True once
+  // the request is done and all its text taken.
+  bool take(std::vector<std::string>& pieces, std::chrono::milliseconds wait) {
     std::unique_lock lock(mu_);
     cv_.wait_for(lock, wait, [&] { return done_ || !pending_.empty(); });
-    text += pending_;
+    for (std::string& p : pending_) pieces.push_back(std::move(p));
     pending_.clear();
     return done_;
   }
@@ -49,7 +54,7 @@ class StreamBuffer : public RequestSink {
  private:
   std::mutex mu_;
   std::condition_variable cv_;
-  std::string pending_;
+  std::vector<std::string> pending_;
   RequestResult result_;
   bool done_ = false;
 };
@@ -265,9 +270,11 @@ void HttpServer::completions(Endpoint endpoint, const std::string& body, httplib
     const RequestId id = s->submit(std::move(a.request), buffer);
     const ResponseWriter writer(endpoint, model_.id, serial, std::time(nullptr));
     if (!a.stream) {
-      std::string text;
-      while (!buffer->take(text, kPoll)) {
+      std::vector<std::string> pieces;
+      while (!buffer->take(pieces, kPoll)) {
       }
+      std::string text;
+      for (const std::string& p : pieces) text += p;
       const RequestResult r = buffer->result();
       if (r.reason == StopReason::cancelled) throw ended_early(r);
       res.set_content(writer.completion(text, r), "application/json");
@@ -286,9 +293,9 @@ void HttpServer::completions(Endpoint endpoint, const std::string& body, httplib
         [=](size_t, httplib::DataSink& sink) {
           std::string out = st->started ? std::string() : writer.first_event();
           st->started = true;
-          std::string text;
-          const bool done = buffer->take(text, kPoll);
-          out += writer.text_event(text);
+          std::vector<std::string> pieces;
+          const bool done = buffer->take(pieces, kPoll);
+          for (const std::string& p : pieces) out += writer.text_event(p);
           if (done) {
             const RequestResult r = buffer->result();
             out += r.reason == StopReason::cancelled ? writer.error_event(ended_early(r))
