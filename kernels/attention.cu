@@ -17,8 +17,8 @@
 // the first, attention_group_kernel: one block per (kv head, query token, chunk) serves every
 // query head of the group, so each K and V row is read once for the group instead of once per
 // query head (5x fewer KV bytes for Qwen2-32B), with 16-byte loads (8 halves per lane,
-// head_dim / 8 lanes per row) and two rows in flight per lane group. It writes the same partials,
-// which the same merge reduces.
+// head_dim / 8 lanes per row) and four rows of K and of V in flight per lane group. It writes the
+// same partials, which the same merge reduces.
 //
 // Prefill over the f16 cache with enough queries to fill the GPU (attention_tiled_applies,
 // kernels/attention.hpp) runs the tiled FlashAttention-2 kernel of kernels/attention_tiled.cu

@@ -27,7 +27,9 @@
 //    chunks of codes in flight (2-4, 2-4 KB a warp), with no barrier in the loop; 128 registers,
 //    two CTAs an SM. The first H200 run of the chunked path alone (one chunk in flight, a barrier
 //    pair and an exposed load of x per chunk, 248 registers: one CTA an SM) read 0.5-1.1 TB/s,
-//    12-26% of the 4.2 TB/s copy bandwidth.
+//    12-26% of the 4.2 TB/s copy bandwidth; what held both paths was an 8-way bank conflict on
+//    every load of staged x (x_slot below). With x j-major and the one-token chunked path at 128
+//    registers, the fourth H200 run read 0.79-2.5 TB/s (2039 GB/s at 27648 x 5120).
 //  - The same kernel runs the fused launches of kernels/gemv_fused.hpp: up to three weights in
 //    one grid (each CTA serves one, chosen by gemv_slot_of), or gate and up paired in each warp;
 //    the epilogue (bias, residual add, or silu(gate) * up) is applied in the store, after the
