@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -217,7 +218,7 @@ FERRY_F16C std::pair<float, float> softmax_f16c(const float* q, const uint16_t* 
     _mm256_storeu_ps(sc + i, e);
     vsum = _mm256_add_ps(vsum, e);
   }
-  if (i < len) {  // the tail through a zero-padded copy: lanes past len add nothing
+  if (i < len) {  // the tail through a copy padded with -inf, lanes past len masked out of the sum
     alignas(32) float tail[8];
     std::fill(tail, tail + 8, -INFINITY);
     std::copy(sc + i, sc + len, tail);
@@ -269,28 +270,26 @@ void attention_chunk(const AttentionCall<T>& a, uint64_t t, uint64_t h, uint64_t
   const float* qh = a.q + (t * a.heads + h) * a.head_dim;
   const float scale = 1.0f / std::sqrt(float(a.head_dim));
   std::array<float, kAttentionChunk> scores;
-  float* part =
-      a.partials + ((t * a.heads + h) * a.chunks + chunk) * attention_partial_floats(a.head_dim);
+  float max_score = -INFINITY, sum = 0;
+  bool vector = false;  // the F16C softmax (f16 cache, head_dim a multiple of 8)
 #if FERRY_X86
   if constexpr (std::is_same_v<T, uint16_t>)
     if (a.avx2 && a.head_dim % 8 == 0) {
-      const auto [max_score, sum] = softmax_f16c(qh, a.k_cache + begin * kv_dim + kvh * a.head_dim,
-                                                 kv_dim, a.head_dim, len, scale, scores.data());
-      row_sums(scores.data(), a.v_cache + begin * kv_dim + kvh * a.head_dim, kv_dim, len,
-               a.head_dim, part, a.avx2);
-      part[a.head_dim] = max_score;
-      part[a.head_dim + 1] = sum;
-      return;
+      std::tie(max_score, sum) = softmax_f16c(qh, a.k_cache + begin * kv_dim + kvh * a.head_dim,
+                                              kv_dim, a.head_dim, len, scale, scores.data());
+      vector = true;
     }
 #endif
-  float max_score = -INFINITY;
-  for (uint64_t i = 0; i < len; ++i) {
-    const T* k = a.k_cache + (begin + i) * kv_dim + kvh * a.head_dim;
-    scores[i] = row_dot(qh, k, a.head_dim, a.avx2) * scale;
-    max_score = std::max(max_score, scores[i]);
+  if (!vector) {
+    for (uint64_t i = 0; i < len; ++i) {
+      const T* k = a.k_cache + (begin + i) * kv_dim + kvh * a.head_dim;
+      scores[i] = row_dot(qh, k, a.head_dim, a.avx2) * scale;
+      max_score = std::max(max_score, scores[i]);
+    }
+    for (uint64_t i = 0; i < len; ++i) sum += scores[i] = std::exp(scores[i] - max_score);
   }
-  float sum = 0;
-  for (uint64_t i = 0; i < len; ++i) sum += scores[i] = std::exp(scores[i] - max_score);
+  float* part =
+      a.partials + ((t * a.heads + h) * a.chunks + chunk) * attention_partial_floats(a.head_dim);
   row_sums(scores.data(), a.v_cache + begin * kv_dim + kvh * a.head_dim, kv_dim, len, a.head_dim,
            part, a.avx2);
   part[a.head_dim] = max_score;
