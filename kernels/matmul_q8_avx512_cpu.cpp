@@ -124,60 +124,56 @@ FERRY_AVX512 void tile(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0
     for (int j = 0; j < T; ++j) y[(t0 + j0 + j) * a.rows + r + i] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
-// tile<R, 1>, decode: the same sums (each block's scale times the token's d, rounded as there,
-// then one FMA into the lanes), with the 16 products s * d of a row made by one multiply per 16
-// blocks and picked per block by a permute: 9 instructions per row and block instead of 12, as
-// a token's decode is about as much arithmetic as this CPU's two cores issue at its read
-// bandwidth. Each row's codes are prefetched 2 KB ahead (bench_kernels 11008 x 4096 at one
-// token: 0.85 -> 0.63-0.77 ms on the 2-core EPYC; 512 B ahead gained less): decode reads each
-// weight once, over more streams than the hardware prefetcher keeps ahead.
-template <int R>
-FERRY_AVX512 void tile1(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0, float* y,
-                        uint64_t t0) {
+// tile<1, 1>, decode: one row at a time, the same sums (each block's scale times the token's d,
+// rounded as there, then one FMA into the lanes), with the 16 products s * d made by one multiply
+// per 16 blocks and picked per block by a permute: 9 instructions per block instead of 12.
+// One row, not R: decode reads each weight once, so a core's read bandwidth is the limit, and a
+// row's codes read front to back are one stream the hardware prefetcher follows. Eight rows side
+// by side were eight streams 2.5 KB apart (one 5120-wide row of 40 blocks) that it did not keep
+// ahead of: on the 2-core EPYC, one thread, bench_kernels 11008 x 4096 went 16-19 -> 22-26 GB/s
+// (its plain read loop: 26.5), ferry bench qwen2-32b (16 layers) 6.3-6.4 -> 7.4-7.8 tokens/s.
+// q's two loads a block come from L1. The software prefetch 2 KB ahead still pays on long rows
+// (11008 columns: 19 -> 22-25 GB/s with it).
+FERRY_AVX512 void row1(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0, float* y,
+                       uint64_t t0) {
   const uint64_t blocks = a.blocks();
-  __m512 acc[R][1];
-#pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) acc[i][0] = _mm512_setzero_ps();
+  __m512 acc[1][1] = {{_mm512_setzero_ps()}};
   const __m512i nibble = _mm512_set1_epi8(15);
   const float* d = t.d + j0 * kMaxBlocks;
   const int8_t* qt = t.q + j0 * blocks * kBlock;
+  const uint8_t* codes = a.q + r * blocks * kBlockBytes;
   for (uint64_t g = 0; g < blocks; g += 16) {
     const uint64_t in_group = std::min<uint64_t>(16, blocks - g);
     const __mmask16 k = __mmask16((1u << in_group) - 1);
-    const __m512 d16 = _mm512_maskz_loadu_ps(k, d + g);
-    __m512 sd16[R];
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i)
-      sd16[i] = _mm512_mul_ps(
-          _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, a.scales + (r + i) * blocks + g)), d16);
+    const __m512 sd16 =
+        _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, a.scales + r * blocks + g)),
+                      _mm512_maskz_loadu_ps(k, d + g));
     for (uint64_t bb = 0; bb < in_group; ++bb) {
       const uint64_t b = g + bb;
-      const __m512i q0 = _mm512_load_si512(qt + b * kBlock);
-      const __m512i q1 = _mm512_load_si512(qt + b * kBlock + 64);
-      const __m512i pick = _mm512_set1_epi32(int32_t(bb));
-#pragma GCC unroll 8
-      for (int i = 0; i < R; ++i) {
-        const uint8_t* codes = a.q + ((r + i) * blocks + b) * kBlockBytes;
-        prefetch(codes + 2048);
-        const __m512i v = _mm512_loadu_si512(codes);
-        const __m512i lo = _mm512_and_si512(v, nibble);
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-        __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, q0);
-        isum = _mm512_dpbusd_epi32(isum, hi, q1);
-        acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_permutexvar_ps(pick, sd16[i]),
-                                    acc[i][0]);
-      }
+      const uint8_t* cb = codes + b * kBlockBytes;
+      prefetch(cb + 2048);
+      const __m512i v = _mm512_loadu_si512(cb);
+      const __m512i lo = _mm512_and_si512(v, nibble);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+      __m512i isum =
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(qt + b * kBlock));
+      isum = _mm512_dpbusd_epi32(isum, hi, _mm512_load_si512(qt + b * kBlock + 64));
+      acc[0][0] =
+          _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum),
+                          _mm512_permutexvar_ps(_mm512_set1_epi32(int32_t(bb)), sd16), acc[0][0]);
     }
   }
-  add_offsets<R, 1>(a, r, t, j0, acc);
-#pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) y[(t0 + j0) * a.rows + r + i] = _mm512_reduce_add_ps(acc[i][0]);
+  add_offsets<1, 1>(a, r, t, j0, acc);
+  y[(t0 + j0) * a.rows + r] = _mm512_reduce_add_ps(acc[0][0]);
 }
+
 // Rows per tile for T tokens: 2 T registers of q, R x T accumulators, the row's two code vectors,
-// its scale and two temporaries within 32 zmm.
+// its scale and two temporaries within 32 zmm. One token (decode) walks one row at a time, a
+// single stream through memory (row1's comment; the INT8 tile too: SmolLM2's 49152 x 576 lm_head
+// on one thread 19-20 -> 27-29 GB/s).
 template <int T>
 constexpr int rows_per_tile() {
-  return T == 1 ? 8 : T == 2 ? 6 : 4;
+  return T == 1 ? 1 : T == 2 ? 6 : 4;
 }
 
 // Rows are walked in panels that stay in L1/L2 while the token sub-tiles pass over them: 48
@@ -190,8 +186,7 @@ FERRY_AVX512 void panel(const Int4View& a, uint64_t p0, uint64_t p1, const Tile&
   constexpr int R = rows_per_tile<T>();
   uint64_t r = p0;
   if constexpr (T == 1) {
-    for (; r + R <= p1; r += R) tile1<R>(a, r, t, j0, y, t0);
-    for (; r < p1; ++r) tile1<1>(a, r, t, j0, y, t0);
+    for (; r < p1; ++r) row1(a, r, t, j0, y, t0);
   } else {
     for (; r + R <= p1; r += R) tile<R, T>(a, r, t, j0, y, t0);
     for (; r < p1; ++r) tile<1, T>(a, r, t, j0, y, t0);
@@ -251,7 +246,7 @@ FERRY_AVX512 void tile_int8(const Int8View& w, uint64_t r, const Int8Acts& x, ui
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       const int8_t* wb = w.q + ((r + i) * blocks + b) * kBlock;
-      if constexpr (T == 1) prefetch(wb + 2048);  // as the INT4 tile
+      if constexpr (T == 1) prefetch(wb + 2048);  // as the INT4 decode row
       const __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wb), bias);
       const __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(wb + 64), bias);
       const __m512 s = _mm512_set1_ps(_cvtsh_ss(w.scales[(r + i) * blocks + b]));
