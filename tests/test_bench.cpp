@@ -135,6 +135,7 @@ TEST(BenchCli, BadInvocationsAreOneLineErrors) {
         {"bench", "--synthetic", "no-such-preset"},
         {"bench", "--synthetic", "qwen2-tiny", "--scheme", "bf16"},
         {"bench", "--synthetic", "qwen2-tiny", "--gen", "0"},
+        {"bench", "--synthetic", "qwen2-tiny", "--repeat", "0"},
         {"bench", "--synthetic", "qwen2-tiny", "--device", "tpu"}}) {
     const auto r = test::run_ferry(args);
     EXPECT_EQ(r.exit_code, 1) << args.back() << ": " << r.output;
@@ -304,6 +305,28 @@ TEST(BenchCli, ParallelSweepSharesEachStreamedWeight) {
   EXPECT_NE(gp.find("sequences decoded at once"), std::string::npos) << gp;
   EXPECT_NE(gp.find("budget 40% lru int4"), std::string::npos) << gp;
   EXPECT_NE(gp.find("no cache"), std::string::npos) << gp;
+}
+
+// --repeat times every pass and divides by all of them: what a step uploads and reads is the
+// same figure as for one pass (lru at 40% streams the same each step), not 3 times it.
+TEST(BenchCli, RepeatedPassesReportPerStepFigures) {
+  test::ScratchDir tmp;
+  std::map<std::string, nlohmann::json> by_repeat;
+  for (const std::string repeat : {"1", "3"}) {
+    const auto json = tmp / ("b" + repeat + ".json");
+    const auto r = test::run_ferry({"bench", "--synthetic", "qwen2-tiny", "--prompt", "8", "--gen",
+                                    "8", "--threads", "2", "--budgets", "40%", "--policy", "lru",
+                                    "--repeat", repeat, "--json", json.string()});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    by_repeat[repeat] = nlohmann::json::parse(text_of(json))["runs"][0];
+  }
+  const auto &one = by_repeat.at("1"), &three = by_repeat.at("3");
+  EXPECT_DOUBLE_EQ(three["gb_read_per_step"].get<double>(), one["gb_read_per_step"].get<double>());
+  const double up1 = one["gb_uploaded_per_step"].get<double>();
+  EXPECT_GT(up1, 0);
+  EXPECT_NEAR(three["gb_uploaded_per_step"].get<double>(), up1, 0.1 * up1);
+  EXPECT_GT(three["prefill_tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(three["decode_tokens_per_s"].get<double>(), 0);
 }
 
 // A run whose KV slots (or cache) would not fit in host memory is refused before the first run,

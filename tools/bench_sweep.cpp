@@ -190,14 +190,22 @@ BenchRow run_config(const PackedFile& file, const BenchConfig& c, const SweepSet
   std::vector<float> logits(c.parallel * e.config().vocab);  // [parallel, vocab]
   std::vector<int32_t> next(c.parallel);                     // [parallel] greedy choices
   if (ids.size() > 1) warm_up(e, ids, logits, next);
-  const double prefill_s = prefill_slots(e, ids, logits, next);
+  // Each pass rewrites the same KV rows: every prefill from position 0, every decode from the
+  // prompt's end with the same first tokens.
+  double prefill_s = 0, decode_s = 0;
+  for (uint64_t i = 0; i < s.repeat; ++i) prefill_s += prefill_slots(e, ids, logits, next);
   const CacheStats before = e.paged() ? e.paged()->stats() : CacheStats{};
-  const double decode_s = decode_slots(e, s.prompt, s.gen, logits, next);
+  const std::vector<int32_t> first(next);
+  for (uint64_t i = 0; i < s.repeat; ++i) {
+    std::copy(first.begin(), first.end(), next.begin());
+    decode_s += decode_slots(e, s.prompt, s.gen, logits, next);
+  }
   const double batch = double(c.parallel);
+  const double prompt_tokens = double(s.prompt * s.repeat), gen_tokens = double(s.gen * s.repeat);
   BenchRow r{.config = c,
-             .prefill_tps = batch * double(s.prompt) / prefill_s,
-             .decode_tps = batch * double(s.gen) / decode_s,
-             .seq_decode_tps = double(s.gen) / decode_s};
+             .prefill_tps = batch * prompt_tokens / prefill_s,
+             .decode_tps = batch * gen_tokens / decode_s,
+             .seq_decode_tps = gen_tokens / decode_s};
   // bf16 entries are read at 2 bytes a weight instead of ~0.53: count what the kernels read.
   double w = weight_bytes_per_token(file);
   if (e.paged())
@@ -206,7 +214,7 @@ BenchRow run_config(const PackedFile& file, const BenchConfig& c, const SweepSet
   r.gb_per_step = w / 1e9;
   r.gb_per_token = r.gb_per_step / batch;
   r.budget_gb = w / 1e9;
-  const double streamed = e.paged() ? record_cache(e, before, s.gen, decode_s, r) : 0;
+  const double streamed = e.paged() ? record_cache(e, before, s.gen * s.repeat, decode_s, r) : 0;
   // Attention reads every layer's k and v rows once per token too: small at short contexts, but
   // Qwen2-32B at 4k positions reads 1.1 GB of f16 cache a token beside its 17 GB of weights, and
   // at 32k 8.6 GB, half the weights' bytes. The batch's arithmetic is priced at this run's own
@@ -218,7 +226,7 @@ BenchRow run_config(const PackedFile& file, const BenchConfig& c, const SweepSet
                        .read_bw = bw.read_gbps * 1e9,
                        .copy_bw = bw.upload_gbps * 1e9,
                        .batch = batch,
-                       .compute_seconds = prefill_s / (batch * double(s.prompt))};
+                       .compute_seconds = prefill_s / (batch * prompt_tokens)};
   r.bound_tps = tokens_per_second_bound(t);
   r.ratio = r.bound_tps / r.decode_tps;
   return r;

@@ -60,6 +60,7 @@ std::vector<BenchConfig> sweep_configs(const std::vector<std::string>& budgets,
 struct SweepSetup {
   EngineOptions base;  // ctx, kv, batch, threads
   uint64_t prompt = 0, gen = 0;
+  uint64_t repeat = 1;  // timed passes of the prefill, then of the decode
   uint32_t lookahead = 2;
   bool verify = true;
   // The device for a run's cache options; empty on the CPU.

@@ -47,6 +47,11 @@ void add_bench_options(cxxopts::Options& o) {
       cxxopts::value<std::string>()->default_value("1"))(
       "prompt", "prompt tokens (prefill)", cxxopts::value<uint64_t>()->default_value("128"))(
       "gen", "tokens to decode", cxxopts::value<uint64_t>()->default_value("32"))(
+      "repeat",
+      "time the prefill and the decode this many times each and report tokens over seconds of "
+      "all passes (llama-bench's -r; one 128-token prefill lasts ~0.1 s, which a busy machine "
+      "can skew by 20%)",
+      cxxopts::value<uint64_t>()->default_value("1"))(
       "json", "write the results as JSON", cxxopts::value<std::string>())(
       "csv", "write the results as CSV", cxxopts::value<std::string>())(
       "plot",
@@ -154,6 +159,9 @@ SweepSetup setup_options(const cxxopts::ParseResult& a) {
   SweepSetup s;
   s.prompt = a["prompt"].as<uint64_t>(), s.gen = a["gen"].as<uint64_t>();
   if (s.prompt == 0 || s.gen == 0) throw Error("--prompt and --gen must be at least 1");
+  s.repeat = a["repeat"].as<uint64_t>();
+  if (s.repeat == 0 || s.repeat > 1000)
+    throw Error(fmt::format("--repeat {} is out of range: give 1 to 1000 timed passes", s.repeat));
   s.base.ctx = s.prompt + s.gen;
   if (a.count("ctx")) {
     const uint64_t ctx = a["ctx"].as<uint64_t>();

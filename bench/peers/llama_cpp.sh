@@ -11,6 +11,8 @@
 #     FERRY        the ferry binary (default build/ferry)
 #     PYTHON       python with torch, transformers and gguf (default /work/venv/bin/python)
 #     THREADS      threads for both (default 2); PROMPT, GEN: 128 and 64
+#     REPS         timed passes for both (default 5, llama-bench's own default): each prints
+#                  tokens/s over its passes, so a moment of noise on this shared VM weighs 1/5
 set -euo pipefail
 
 hf=${1:?usage: llama_cpp.sh HF_DIR [NAME]}
@@ -21,6 +23,7 @@ python=${PYTHON:-/work/venv/bin/python}
 threads=${THREADS:-2}
 prompt=${PROMPT:-128}
 gen=${GEN:-64}
+reps=${REPS:-5}
 [[ -d $hf ]] || { echo "llama_cpp.sh: $hf is not a directory: give a Hugging Face checkpoint" >&2; exit 1; }
 [[ -x $ferry ]] || { echo "llama_cpp.sh: $ferry not found: build ferry first (ninja -C build ferry)" >&2; exit 1; }
 mkdir -p "$cache/dl" "$cache/models"
@@ -74,7 +77,7 @@ PY
 [[ -f $pack ]] || nice "$ferry" quantize -q "$hf" -o "$pack"
 
 # 3. Side by side: llama-bench's pp (prompt) and tg (decode) rows, ferry bench's last row.
-lj=$("$cache/build/bin/llama-bench" -m "$gguf4" -p "$prompt" -n "$gen" -t "$threads" -o csv)
+lj=$("$cache/build/bin/llama-bench" -m "$gguf4" -p "$prompt" -n "$gen" -t "$threads" -r "$reps" -o csv)
 # llama-bench's csv: a header row, then one row per test (n_prompt > 0: pp, n_gen > 0: tg).
 field() {
   awk -F, -v want="$1" 'NR == 1 { gsub(/"/, ""); for (i = 1; i <= NF; i++) h[$i] = i; next }
@@ -82,7 +85,7 @@ field() {
 }
 l_pp=$(field n_prompt)
 l_tg=$(field n_gen)
-fb=$("$ferry" bench "$pack" --prompt "$prompt" --gen "$gen" --threads "$threads" | tail -1)
+fb=$("$ferry" bench "$pack" --prompt "$prompt" --gen "$gen" --threads "$threads" --repeat "$reps" | tail -1)
 f_pp=$(awk '{print $5}' <<<"$fb")
 f_tg=$(awk '{print $6}' <<<"$fb")
 printf '| %s | %s | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx |\n' "$name" \
