@@ -132,8 +132,9 @@ FERRY_AVX512 void tile(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0
 // by side were eight streams 2.5 KB apart (one 5120-wide row of 40 blocks) that it did not keep
 // ahead of: on the 2-core EPYC, one thread, bench_kernels 11008 x 4096 went 16-19 -> 22-26 GB/s
 // (its plain read loop: 26.5), ferry bench qwen2-32b (16 layers) 6.3-6.4 -> 7.4-7.8 tokens/s.
-// q's two loads a block come from L1. The software prefetch 2 KB ahead still pays on long rows
-// (11008 columns: 19 -> 22-25 GB/s with it).
+// q's two loads a block come from L1. The software prefetch still pays on long rows (11008
+// columns, one thread: none 19, 1 KB ahead 22, 2 KB 23, 4 KB 24-27, 8 KB 23-27 GB/s; with eight
+// rows a tile 4 KB ahead, 32 KB in all, measured slower than 2 KB).
 FERRY_AVX512 void row1(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0, float* y,
                        uint64_t t0) {
   const uint64_t blocks = a.blocks();
@@ -151,7 +152,7 @@ FERRY_AVX512 void row1(const Int4View& a, uint64_t r, const Tile& t, uint64_t j0
     for (uint64_t bb = 0; bb < in_group; ++bb) {
       const uint64_t b = g + bb;
       const uint8_t* cb = codes + b * kBlockBytes;
-      prefetch(cb + 2048);
+      prefetch(cb + 4096);
       const __m512i v = _mm512_loadu_si512(cb);
       const __m512i lo = _mm512_and_si512(v, nibble);
       const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
