@@ -80,15 +80,17 @@ bool keep_rule_matches(const KeepRule& rule, const std::string& weight_name) {
   return weight_name.find(rule.pattern) != std::string::npos;
 }
 
-// Under an INT4 scheme, a weight no --keep rule names is INT4 but for two, chosen by perplexity
-// (docs/quantization.md): the lm_head, which in INT4 cost SmolLM2 more than any other choice
-// (ratio to bf16 1.99 against 1.53 at 8 bits, within the bf16 lm_head's figure), and the value
-// projections, 3% of SmolLM2's layer weights (1% of Qwen2-32B's) whose INT4 error alone took
-// its ratio from 1.28 to 1.48: at 8 bits they add 0.04-0.12 bits a weight.
+// Under an INT4 scheme, a weight no --keep rule names is INT4 but for three, chosen by
+// perplexity (docs/quantization.md): the lm_head, which in INT4 cost SmolLM2 more than any other
+// choice (ratio to bf16 1.99 against 1.53 at 8 bits, within the bf16 lm_head's figure), the
+// value projections, 3% of SmolLM2's layer weights (1% of Qwen2-32B's) whose INT4 error alone
+// took its ratio from 1.28 to 1.48, and the key projections, as small, 1.28 -> 1.25 (with the
+// norm-aware scales 1.266 -> 1.246): together 0.08-0.24 bits a weight, within Q4_0's 4.5.
 WeightStorage default_int4_plan_storage(const WeightSpec& spec) {
   if (spec.role == WeightRole::lm_head) return WeightStorage::int8;
-  constexpr std::string_view value = "self_attn.v_proj.weight";
-  return spec.name.ends_with(value) ? WeightStorage::int8 : WeightStorage::int4;
+  const bool kv = spec.name.ends_with("self_attn.v_proj.weight") ||
+                  spec.name.ends_with("self_attn.k_proj.weight");
+  return kv ? WeightStorage::int8 : WeightStorage::int4;
 }
 
 StoragePlan storage_plan(const ModelConfig& config, Scheme scheme,

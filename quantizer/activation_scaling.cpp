@@ -46,34 +46,42 @@ struct Group {
   uint64_t head_dim = 0;
 };
 
+// The o group (layer prefix p): one scale per kv channel, from mean |x| averaged over the query
+// heads that share a kv head, then repeated to every head.
+void share_across_query_heads(const ModelConfig& c, const std::string& p, Group& o) {
+  o.group_size = c.heads / c.kv_heads;
+  if (c.qkv_bias) o.fold_bias = p + "self_attn.v_proj.bias";
+  std::vector<float> shared(c.heads * c.head_dim, 0.0f);
+  for (uint64_t h = 0; h < c.heads; ++h)
+    for (uint64_t d = 0; d < c.head_dim; ++d) {
+      const uint64_t kv = h / o.group_size;
+      float sum = 0;
+      for (uint64_t k = 0; k < o.group_size; ++k)
+        sum += o.mean_abs[((kv * o.group_size) + k) * c.head_dim + d];
+      shared[h * c.head_dim + d] = sum / float(o.group_size);
+    }
+  o.mean_abs = std::move(shared);
+}
+
 std::vector<Group> make_groups(const ModelConfig& c, const CalibStats& st) {
   std::vector<Group> g;
   for (uint64_t l = 0; l < c.layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
+    // False for an input the statistics leave out: a file holds every input (read_calib_stats
+    // checks), the norms' proxy only those behind a norm.
     auto add = [&](CalibInput in, std::vector<std::string> w, std::string norm, std::string rows) {
+      if (!st.inputs.contains(calib_input_name(l, in))) return false;
       const ChannelStats& s = st.at(calib_input_name(l, in), calib_input_cols(c, in));
       g.push_back({calib_input_name(l, in), std::move(w), std::move(norm), std::move(rows), "",
                    s.mean_abs, s.mean_sq, 1, c.head_dim});
+      return true;
     };
     add(CalibInput::attn_in,
         {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
          p + "self_attn.v_proj.weight"},
         p + "input_layernorm.weight", "");
-    add(CalibInput::o_in, {p + "self_attn.o_proj.weight"}, "", p + "self_attn.v_proj.weight");
-    Group& o = g.back();
-    o.group_size = c.heads / c.kv_heads;
-    if (c.qkv_bias) o.fold_bias = p + "self_attn.v_proj.bias";
-    // mean |x| averaged over the query heads that share a kv head, then repeated to every head.
-    std::vector<float> shared(c.heads * c.head_dim, 0.0f);
-    for (uint64_t h = 0; h < c.heads; ++h)
-      for (uint64_t d = 0; d < c.head_dim; ++d) {
-        const uint64_t kv = h / o.group_size;
-        float sum = 0;
-        for (uint64_t k = 0; k < o.group_size; ++k)
-          sum += o.mean_abs[((kv * o.group_size) + k) * c.head_dim + d];
-        shared[h * c.head_dim + d] = sum / float(o.group_size);
-      }
-    o.mean_abs = std::move(shared);
+    if (add(CalibInput::o_in, {p + "self_attn.o_proj.weight"}, "", p + "self_attn.v_proj.weight"))
+      share_across_query_heads(c, p, g.back());
     add(CalibInput::mlp_in, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"},
         p + "post_attention_layernorm.weight", "");
     add(CalibInput::down_in, {p + "mlp.down_proj.weight"}, "", p + "mlp.up_proj.weight");
@@ -105,6 +113,9 @@ std::vector<float> sample_rows(const Checkpoint& ckpt, const Group& g, uint64_t 
     const uint64_t rows = t->shape[0], step = std::max<uint64_t>(1, rows / kSampleRows);
     for (uint64_t r = 0; r < rows; r += step, ++n)
       for (uint64_t j = 0; j < cols; ++j) w.push_back(load_float(t->data, t->dtype, r * cols + j));
+    // The sampled rows touched pages across the whole tensor: dropped, the conversion's memory
+    // stays bounded by its chunks (a default quantize of qwen2-small peaked at 160 MB without).
+    ckpt.release(*t, 0, t->nbytes);
   }
   return w;
 }
@@ -223,11 +234,36 @@ void apply_fold(const TensorFold& f, uint64_t row0, uint64_t rows, uint64_t cols
   }
 }
 
+CalibStats norm_proxy_stats(const Checkpoint& ckpt, const ModelConfig& c) {
+  CalibStats st;
+  st.id.model = "the checkpoint's norms (no calibration data)";
+  auto add = [&](const std::string& input, const std::string& norm) {
+    const std::vector<uint64_t> shape = {c.hidden};
+    const TensorView& t = ckpt.require_float_tensor(norm, shape);
+    ChannelStats& s = st.inputs[input];
+    s.mean_abs.resize(c.hidden);
+    s.mean_sq.resize(c.hidden);
+    for (uint64_t j = 0; j < c.hidden; ++j) {
+      const float g = std::fabs(load_float(t.data, t.dtype, j));
+      s.mean_abs[j] = g;
+      s.mean_sq[j] = g * g;
+    }
+  };
+  for (uint64_t l = 0; l < c.layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    add(calib_input_name(l, CalibInput::attn_in), p + "input_layernorm.weight");
+    add(calib_input_name(l, CalibInput::mlp_in), p + "post_attention_layernorm.weight");
+  }
+  add(kLmHeadInput, "model.norm.weight");
+  return st;
+}
+
 FoldPlan plan_activation_scaling(const Checkpoint& ckpt, const ModelConfig& c,
                                  const std::string& config_json, const CalibOptions& o,
                                  Scheme scheme, unsigned threads) {
-  const CalibStats st = read_calib_stats(o.stats, c, config_json);
-  if (st.id.embed_checksum != embedding_checksum(ckpt, c))
+  const CalibStats st =
+      o.norms ? norm_proxy_stats(ckpt, c) : read_calib_stats(o.stats, c, config_json);
+  if (!o.norms && st.id.embed_checksum != embedding_checksum(ckpt, c))
     throw Error(
         fmt::format("{}: was made for another model ({}: its embedding differs from this "
                     "checkpoint's); run `ferry calibrate` on this checkpoint's bf16 "

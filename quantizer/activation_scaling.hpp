@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "format/calib_stats.hpp"
 #include "format/model_config.hpp"
 #include "quantizer/int4_quantize.hpp"
 
@@ -35,9 +36,12 @@ class Checkpoint;
 
 struct CalibOptions {
   std::filesystem::path stats = {};  // `ferry calibrate`'s file; empty: no calibration
-  bool scale = true;                 // AWQ scaling, alpha searched per group
-  bool weighted = true;              // E[x^2] as the objective of the scale/offset searches
-  std::optional<float> alpha = {};   // a fixed alpha for every group instead of the search
+  // Without data: each norm's weights as the mean |x| of the linears behind it (norm_proxy_stats);
+  // the default of the INT4 schemes (docs/quantization.md, "Norm-aware scaling"). Ignores stats.
+  bool norms = false;
+  bool scale = true;                // AWQ scaling, alpha searched per group
+  bool weighted = true;             // E[x^2] as the objective of the scale/offset searches
+  std::optional<float> alpha = {};  // a fixed alpha for every group instead of the search
 };
 
 // How one tensor of the checkpoint is changed before it is stored: w[r][c] * col_mul[c] /
@@ -62,8 +66,17 @@ struct FoldPlan {
   const TensorFold* find(const std::string& name) const;
 };
 
+// The statistics without data, from what the checkpoint says about its inputs: the linears
+// behind a norm (q/k/v after input_layernorm, gate/up after post_attention_layernorm, lm_head
+// after model.norm) see x_j = gamma_j * h_j / rms(h), so |gamma_j| stands for mean |x_j| and
+// gamma_j^2 for E[x_j^2] (the normalised h taken as alike across channels). o and down have no
+// norm in front: they are left out, and plan_activation_scaling leaves them unscaled and
+// unweighted.
+CalibStats norm_proxy_stats(const Checkpoint& ckpt, const ModelConfig& config);
+
 // Reads the statistics (refused with one line when made for another model: config.json's hash,
-// the embedding's checksum, every input's size) and searches the scales. `scheme` is the one the
+// the embedding's checksum, every input's size), or with options.norms makes them
+// (norm_proxy_stats), and searches the scales. `scheme` is the one the
 // weights will be stored in (for bf16, the default INT4 scheme the scales are chosen for).
 FoldPlan plan_activation_scaling(const Checkpoint& ckpt, const ModelConfig& config,
                                  const std::string& config_json, const CalibOptions& options,

@@ -382,7 +382,7 @@ ConvertReport convert_checkpoint(const std::filesystem::path& dir,
   const unsigned threads = thread_count(opt.threads);
 
   // Before the output exists: statistics made for another model are refused without a write.
-  const FoldPlan fold = opt.calib.stats.empty()
+  const FoldPlan fold = opt.calib.stats.empty() && !opt.calib.norms
                             ? FoldPlan{}
                             : plan_activation_scaling(ckpt, report.config, metadata[meta::kConfig],
                                                       opt.calib, opt.scheme, threads);

@@ -161,6 +161,41 @@ TEST(Calibration, FoldingLeavesTheBf16ModelsLogits) {
   }
 }
 
+// Without data the norms stand in for the statistics (norm_proxy_stats): at alpha 1 layer 0's
+// input norm is divided by s = |gamma| (normalised), so the stored norm over the plain one is
+// 1 / s_j, proportional to 1 / |gamma_j| channel for channel; the function is kept (bf16
+// rounding only); only the groups behind a norm are scaled (2 a layer).
+TEST(Calibration, NormAwareScalesComeFromTheNorms) {
+  Calibrated c;
+  CalibOptions calib;
+  calib.norms = true;
+  calib.alpha = 1.0f;
+  const std::filesystem::path folded = c.dir / "norms.ferry";
+  const ConvertReport r = c.convert(folded, Scheme::bf16, calib);
+  ASSERT_EQ(r.calib.size(), 4u * 2u);
+  Engine plain(Calibrated::options(c.bf16)), scaled(Calibrated::options(folded));
+  const ModelConfig& cfg = plain.config();
+  // stored / plain = 1 / s_j = k / |gamma_j|: so stored * |gamma_j| / plain is one constant k.
+  std::vector<double> k(cfg.hidden);
+  for (uint64_t j = 0; j < cfg.hidden; ++j) {
+    const double g = bf16_to_float(plain.weights().layers[0].attn_norm[j]);
+    k[j] = bf16_to_float(scaled.weights().layers[0].attn_norm[j]) * std::fabs(g) / g;
+  }
+  const auto [lo, hi] = std::minmax_element(k.begin(), k.end());
+  EXPECT_LT(*hi / *lo, 1.01);  // bf16 rounding of gamma / s: 2^-8 relative
+  const std::vector<int32_t> prompt = test::spread_prompt(40, 500);
+  const auto a = test::logits_after_prompt(plain, prompt, 4);
+  const auto b = test::logits_after_prompt(scaled, prompt, 4);
+  for (size_t step = 0; step < a.size(); ++step) {
+    double max_logit = 0, max_diff = 0;
+    for (size_t i = 0; i < a[step].size(); ++i) {
+      max_logit = std::max(max_logit, double(std::fabs(a[step][i])));
+      max_diff = std::max(max_diff, double(std::fabs(a[step][i] - b[step][i])));
+    }
+    EXPECT_LT(max_diff, 0.02 * max_logit) << "step " << step;  // as the fold test above
+  }
+}
+
 TEST(Calibration, StatisticsOfAnotherModelAreRefused) {
   Calibrated c;
   // Another configuration: config.json's hash differs.
@@ -264,14 +299,29 @@ TEST(Calibration, CommandLine) {
   r = test::run_ferry({"quantize", c.hf.string(), "-o", q.string(), "--calib", stats.string()});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("calibration: 16 linear groups"), std::string::npos) << r.output;
-  // A quantized model, an empty text, an option without --calib: one line each, no output file.
+  // Without --calib an INT4 scheme is norm-aware (q/k/v and gate/up: 2 groups a layer), and
+  // --calib none is plain.
+  r = test::run_ferry({"quantize", c.hf.string(), "-o", q.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("norm-aware scaling (no calibration data): 8 linear groups"),
+            std::string::npos)
+      << r.output;
+  r = test::run_ferry({"quantize", c.hf.string(), "-o", q.string(), "--calib", "none"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find("norm-aware"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("calibration:"), std::string::npos) << r.output;
+  // A quantized model, an empty text, tuning options with nothing to tune: one line each, no
+  // output file.
   const std::filesystem::path none = c.dir / "none.calib";
   const std::string empty = (c.dir / "empty.txt").string();
   std::ofstream(empty).flush();
   for (const std::vector<std::string>& args :
        {std::vector<std::string>{"calibrate", q.string(), "-f", text, "-o", none.string()},
         {"calibrate", c.bf16.string(), "-f", empty, "-o", none.string()},
-        {"quantize", c.hf.string(), "-o", (c.dir / "x.ferry").string(), "--calib-alpha", "0.5"}}) {
+        {"quantize", c.hf.string(), "-o", (c.dir / "x.ferry").string(), "--calib", "none",
+         "--calib-alpha", "0.5"},
+        {"quantize", c.hf.string(), "-o", (c.dir / "x.ferry").string(), "--scheme", "bf16",
+         "--calib-method", "scale"}}) {
     r = test::run_ferry(args);
     EXPECT_NE(r.exit_code, 0) << r.output;
     EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;

@@ -204,11 +204,13 @@ TEST(Int8Plan, LmHeadAndValueProjectionsAreInt8ByDefaultAndRulesOverrideThem) {
   EXPECT_EQ(def.file.find("lm_head.weight.q8")->dtype, DType::I8);
   EXPECT_NE(def.file.find("model.embed_tokens.weight"), nullptr);  // rows stay bf16
   EXPECT_NE(def.file.find("model.layers.0.mlp.up_proj.weight.q4"), nullptr);
-  // The value projections are INT8 by default too (docs/quantization.md), the other linears INT4.
-  for (const char* name : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.o_proj",
-                           "mlp.gate_proj", "mlp.down_proj"})
+  // The value and key projections are INT8 by default too (docs/quantization.md), the other
+  // linears INT4.
+  for (const char* name :
+       {"self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"})
     EXPECT_NE(def.file.find(fmt::format("model.layers.1.{}.weight.q4", name)), nullptr) << name;
   EXPECT_NE(def.file.find("model.layers.1.self_attn.v_proj.weight.q8"), nullptr);
+  EXPECT_NE(def.file.find("model.layers.1.self_attn.k_proj.weight.q8"), nullptr);
   EXPECT_TRUE(def.verify_checksums(2).empty());
 
   const PackedFile mixed = PackedFile::open(convert(tmp, "m.ferry",
@@ -245,9 +247,10 @@ void set_version(const std::filesystem::path& p, char v) {
 TEST(Int8Plan, Version1FilesStillOpenAndRunButMayNotHoldInt8) {
   test::ScratchDir tmp;
   // What a version 1 writer produced: INT4 everywhere, lm_head included.
-  const auto v1 =
-      convert(tmp, "v1.ferry",
-              {.keep = {{"lm_head", WeightStorage::int4}, {"v_proj", WeightStorage::int4}}});
+  const auto v1 = convert(tmp, "v1.ferry",
+                          {.keep = {{"lm_head", WeightStorage::int4},
+                                    {"v_proj", WeightStorage::int4},
+                                    {"k_proj", WeightStorage::int4}}});
   set_version(v1, '1');
   const PackedFile f = PackedFile::open(v1);
   EXPECT_EQ(f.version, 1);
@@ -255,7 +258,7 @@ TEST(Int8Plan, Version1FilesStillOpenAndRunButMayNotHoldInt8) {
   const ModelWeights w = bind_weights(f);
   EXPECT_TRUE(w.linears.back().is_int4());
 
-  const auto bad = convert(tmp, "v1bad.ferry", {});  // INT8 lm_head and v_proj
+  const auto bad = convert(tmp, "v1bad.ferry", {});  // INT8 lm_head, k_proj and v_proj
   set_version(bad, '1');
   EXPECT_THROW(PackedFile::open(bad), Error);
   set_version(bad, '3');

@@ -68,14 +68,26 @@ void check_chat_template(const std::filesystem::path& dir) {
   }
 }
 
-CalibOptions calib_options(const cxxopts::ParseResult& a) {
+// --calib STATS, --calib none, or (no --calib) the norm-aware default of the INT4 schemes.
+CalibOptions calib_options(const cxxopts::ParseResult& a, Scheme scheme) {
   CalibOptions c;
-  if (!a.count("calib")) {
-    if (a.count("calib-method") || a.count("calib-alpha"))
-      throw Error("--calib-method and --calib-alpha need --calib STATS");
+  const std::string source = a.count("calib") ? a["calib"].as<std::string>() : "";
+  const bool tuned = a.count("calib-method") || a.count("calib-alpha");
+  if (source == "none") {
+    if (tuned)
+      throw Error("--calib-method and --calib-alpha have nothing to tune with --calib none");
     return c;
   }
-  c.stats = a["calib"].as<std::string>();
+  if (source.empty()) {
+    if (!scheme_is_int4(scheme)) {
+      if (tuned)
+        throw Error("--calib-method and --calib-alpha need --calib STATS under the bf16 scheme");
+      return c;  // bf16 stays the checkpoint's function bit for bit
+    }
+    c.norms = true;
+  } else {
+    c.stats = source;
+  }
   const std::string m = a["calib-method"].as<std::string>();
   if (m != "scale" && m != "weighted" && m != "both")
     throw Error(fmt::format("--calib-method: unknown method '{}' (scale, weighted, both)", m));
@@ -88,11 +100,12 @@ CalibOptions calib_options(const cxxopts::ParseResult& a) {
   return c;
 }
 
-void print_calibration(const ConvertReport& r) {
+void print_calibration(const ConvertReport& r, bool norms) {
   if (r.calib.empty()) return;
+  const char* what = norms ? "norm-aware scaling (no calibration data)" : "calibration";
   if (std::all_of(r.calib.begin(), r.calib.end(),
                   [](const GroupChoice& g) { return g.error_plain == 0; }))
-    return (void)std::puts("calibration: E[x^2] as the objective of the searches (no scaling)");
+    return (void)std::printf("%s: E[x^2] as the objective of the searches (no scaling)\n", what);
   double plain = 0, chosen = 0, alpha = 0;
   for (const GroupChoice& g : r.calib) {
     plain += g.error_plain;
@@ -100,9 +113,9 @@ void print_calibration(const ConvertReport& r) {
     alpha += g.alpha;
   }
   std::printf(
-      "calibration: %zu linear groups, mean alpha %.2f, activation-weighted error of the "
+      "%s: %zu linear groups, mean alpha %.2f, activation-weighted error of the "
       "sampled rows %.4e -> %.4e (%.1f%% lower)\n",
-      r.calib.size(), alpha / double(r.calib.size()), plain, chosen,
+      what, r.calib.size(), alpha / double(r.calib.size()), plain, chosen,
       plain > 0 ? 100 * (1 - chosen / plain) : 0.0);
 }
 
@@ -124,8 +137,8 @@ int cmd_quantize(int argc, char** argv) {
       cxxopts::value<std::string>()->default_value(std::string(scheme_name(kDefaultScheme))))(
       "keep",
       "PATTERN=int4|int8|bf16: store the weights whose name matches PATTERN (a glob, or a "
-      "substring) so; repeatable, later ones win. Default: lm_head and v_proj int8, other linears "
-      "INT4",
+      "substring) so; repeatable, later ones win. Default: lm_head, k_proj and v_proj int8, other "
+      "linears INT4",
       cxxopts::value<std::vector<std::string>>())(
       "keep-lm-head",
       "the same as --keep lm_head=bf16 (a tied one is then the embedding, stored once)")(
@@ -133,13 +146,15 @@ int cmd_quantize(int argc, char** argv) {
       "the longest context the packed model may run (tokens); required for a model whose "
       "sliding_window is shorter than its trained context, and at most that window",
       cxxopts::value<uint64_t>()->default_value("0"))(
-      "calib", "activation-aware INT4 with `ferry calibrate`'s statistics file",
-      cxxopts::value<std::string>())(
-      "calib-method",
-      "with --calib: scale (AWQ scales, alpha searched), weighted (E[x^2] as the "
-      "objective of the scale/offset search), or both",
-      cxxopts::value<std::string>()->default_value("both"))(
-      "calib-alpha", "with --calib: one fixed AWQ alpha for every group instead of the search",
+      "calib",
+      "activation-aware INT4 with `ferry calibrate`'s statistics file; `none` for plain INT4. "
+      "Default under an INT4 scheme: norm-aware, each norm's weights standing for its linears' "
+      "input statistics (no data needed)",
+      cxxopts::value<std::string>())("calib-method",
+                                     "scale (AWQ scales, alpha searched), weighted (E[x^2] as the "
+                                     "objective of the scale/offset search), or both",
+                                     cxxopts::value<std::string>()->default_value("both"))(
+      "calib-alpha", "one fixed AWQ alpha for every group instead of the search",
       cxxopts::value<float>())("t,threads", "worker threads (0: every core)",
                                cxxopts::value<unsigned>()->default_value("0"))(
       "q,quiet", "no progress and no per-tensor table")("h,help", "this help");
@@ -161,7 +176,7 @@ int cmd_quantize(int argc, char** argv) {
       opt.keep.push_back(parse_keep_rule(k));
   opt.threads = a["threads"].as<unsigned>();
   opt.max_context = a["max-context"].as<uint64_t>();
-  opt.calib = calib_options(a);
+  opt.calib = calib_options(a, opt.scheme);
   const bool quiet = a.count("quiet") > 0;
   ProgressBar bar(quiet);
   const std::filesystem::path out = a["output"].as<std::string>();
@@ -171,7 +186,7 @@ int cmd_quantize(int argc, char** argv) {
                          [&](std::string_view p, uint64_t d, uint64_t t) { bar.update(p, d, t); });
   bar.finish();
   if (!quiet) print_summary(r, out, opt.scheme);
-  if (!quiet) print_calibration(r);
+  if (!quiet) print_calibration(r, opt.calib.norms);
   return 0;
 }
 
