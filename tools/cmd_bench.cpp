@@ -51,8 +51,8 @@ void add_bench_options(cxxopts::Options& o) {
       "time the prefill and the decode this many times each and report tokens over seconds of "
       "all passes (llama-bench's -r; one 128-token prefill lasts ~0.1 s, which a busy machine "
       "can skew by 20%)",
-      cxxopts::value<uint64_t>()->default_value("1"))(
-      "json", "write the results as JSON", cxxopts::value<std::string>())(
+      cxxopts::value<uint64_t>()->default_value("1"))("json", "write the results as JSON",
+                                                      cxxopts::value<std::string>())(
       "csv", "write the results as CSV", cxxopts::value<std::string>())(
       "plot",
       "draw decode tokens/s per run into this PNG with gnuplot; its data and script are written "
