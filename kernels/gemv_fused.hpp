@@ -45,14 +45,22 @@ void gemv_int4_fused_cuda(const GemvOut* outs, size_t parts, const float* x, uin
 void gemv_int4_fused_cpu(const GemvOut* outs, size_t parts, const float* x, uint64_t n,
                          GemvStore store);
 
-// The INT8 decode GEMV (kernels/gemv_int8.cu) with the same epilogue: y = W x (+ b), or
-// y += W x (+ b), in one launch per 8 tokens instead of the product, add_bias and add (Qwen2's
-// default INT8 v_proj has a bias). bias [w.rows] bf16 bits or nullptr; the twin computes each row
-// with matvec_int8_cpu.
-void gemv_int8_fused_cuda(const Int8View& w, const uint16_t* bias, const float* x, uint64_t n,
-                          float* y, GemvStore store, CUstream_st* stream);
-void gemv_int8_fused_cpu(const Int8View& w, const uint16_t* bias, const float* x, uint64_t n,
-                         float* y, GemvStore store);
+// One INT8 weight of a fused launch: y [n, w.rows]; bias [w.rows] bf16 bits or nullptr.
+struct GemvOut8 {
+  Int8View w;
+  float* y = nullptr;
+  const uint16_t* bias = nullptr;
+};
+
+// The INT8 decode GEMV (kernels/gemv_int8.cu) with the same epilogue: y_i = W_i x (+ b_i), or
+// y_i += ..., for each of the 1..3 outputs (every w.cols equal: the default INT8 k_proj and
+// v_proj in one launch), one launch per 8 tokens instead of a product, add_bias and add each
+// (Qwen2's k and v have biases). Each CTA serves one weight (8 rows of it); the twin computes
+// each row with matvec_int8_cpu.
+void gemv_int8_fused_cuda(const GemvOut8* outs, size_t parts, const float* x, uint64_t n,
+                          GemvStore store, CUstream_st* stream);
+void gemv_int8_fused_cpu(const GemvOut8* outs, size_t parts, const float* x, uint64_t n,
+                         GemvStore store);
 
 // out[t, i] = silu(gate_i . x_t) * (up_i . x_t): gate and up [rows, cols] of equal shape, out
 // [n, rows] (it may not alias x). silu(g) = g / (1 + exp(-g)), as silu_mul_cpu.

@@ -62,17 +62,23 @@ void gemv_int4_fused_cpu(const GemvOut* outs, size_t parts, const float* x, uint
       }
 }
 
-void gemv_int8_fused_cpu(const Int8View& w, const uint16_t* bias, const float* x, uint64_t n,
-                         float* y, GemvStore store) {
-  const uint64_t blocks = w.blocks();
-  for (uint64_t row = 0; row < w.rows; ++row) {
-    const Int8View one{w.q + row * blocks * kBlock, w.scales + row * blocks, 1, w.cols};
-    for (uint64_t t = 0; t < n; ++t) {
-      float v = 0.0f;
-      matvec_int8_cpu(one, x + t * w.cols, &v);
-      if (bias) v += bf16_to_float(bias[row]);
-      float& out = y[t * w.rows + row];
-      out = store == GemvStore::add ? out + v : v;
+void gemv_int8_fused_cpu(const GemvOut8* outs, size_t parts, const float* x, uint64_t n,
+                         GemvStore store) {
+  if (parts == 0 || parts > kGemvMaxParts)
+    throw Error("gemv_int8_fused: 1 to 3 weights a launch, got " + std::to_string(parts));
+  for (size_t p = 0; p < parts; ++p) {
+    const Int8View& w = outs[p].w;
+    if (w.cols != outs[0].w.cols) throw Error("gemv_int8_fused: the weights differ in width");
+    const uint64_t blocks = w.blocks();
+    for (uint64_t row = 0; row < w.rows; ++row) {
+      const Int8View one{w.q + row * blocks * kBlock, w.scales + row * blocks, 1, w.cols};
+      for (uint64_t t = 0; t < n; ++t) {
+        float v = 0.0f;
+        matvec_int8_cpu(one, x + t * w.cols, &v);
+        if (outs[p].bias) v += bf16_to_float(outs[p].bias[row]);
+        float& out = outs[p].y[t * w.rows + row];
+        out = store == GemvStore::add ? out + v : v;
+      }
     }
   }
 }

@@ -11,9 +11,10 @@
 // aligned. Per block a lane dots its 16 codes with x and scales the dot once (s * sum(c x), the
 // CPU twin's per-block scaling); the lanes' partial sums are reduced with shuffles at the end: no
 // shared memory, no atomics, results independent of scheduling. The bias and the residual add
-// are applied in the store (gemv_int8_fused_cuda, kernels/gemv_fused.hpp). 1.016 bytes per
-// weight: decode of an INT8 weight is twice the bytes of INT4's, which is why only lm_head and
-// v_proj are INT8 by default.
+// are applied in the store, and up to three weights of one input (the default INT8 k_proj and
+// v_proj) share a launch (gemv_int8_fused_cuda, kernels/gemv_fused.hpp). 1.016 bytes per
+// weight: decode of an INT8 weight is twice the bytes of INT4's, which is why only lm_head,
+// k_proj and v_proj are INT8 by default.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -68,20 +69,46 @@ __device__ __forceinline__ float dot16(const uint4& c, const float* x, uint32_t 
   return d;
 }
 
+// Up to three weights of one launch (GemvOut8), field by field: part p's rows are CTAs
+// cta_end[p - 1] .. cta_end[p] - 1, 8 rows a CTA, so every CTA (and warp) serves one weight.
+// Passed by value; the kernel picks its part's fields with selects (pick), from the parameter
+// bank. (Selecting whole Int8Views cost a stack slot in the 7-token kernel, sass_check found.)
+struct Int8Parts {
+  const int8_t* q[kGemvMaxParts];
+  const uint16_t* scales[kGemvMaxParts];
+  float* y[kGemvMaxParts];
+  const uint16_t* bias[kGemvMaxParts];
+  uint32_t rows[kGemvMaxParts];
+  uint32_t cta_end[kGemvMaxParts];
+  uint32_t cols;  // every part's
+};
+
+template <class T>
+__device__ __forceinline__ T pick(const T (&a)[kGemvMaxParts], uint32_t p) {
+  return p == 0 ? a[0] : p == 1 ? a[1] : a[2];
+}
+
 // y = W x (+ bias), or y += W x (+ bias) with `add`: the epilogue of kernels/gemv_fused.hpp.
 // 32-bit offsets within a row (the launcher checks); rows beyond 2^32 cannot be launched anyway.
+// token: the per-token launches of the element-by-element path (token t reads x + t * cols and
+// writes y + t * rows of each part; 0 in the batched kernel).
 template <int N, bool VEC>
 __global__ void __launch_bounds__(kWarpsPerCta * 32)
-    gemv_int8_kernel(const Int8View w, const float* __restrict__ x, float* __restrict__ y,
-                     const uint16_t* __restrict__ bias, bool add) {
-  const uint32_t rows = uint32_t(w.rows), cols = uint32_t(w.cols);
-  const uint32_t row = blockIdx.x * kWarpsPerCta + threadIdx.x / 32;
+    gemv_int8_kernel(const Int8Parts parts, const float* __restrict__ x, uint32_t token, bool add) {
+  const uint32_t cta = blockIdx.x;
+  const uint32_t p = cta < parts.cta_end[0] ? 0 : cta < parts.cta_end[1] ? 1 : 2;
+  const uint32_t first = p == 0 ? 0 : p == 1 ? parts.cta_end[0] : parts.cta_end[1];
+  const uint32_t rows = pick(parts.rows, p), cols = parts.cols;
+  const uint32_t row = (cta - first) * kWarpsPerCta + threadIdx.x / 32;
   if (row >= rows) return;
-  const uint32_t lane = threadIdx.x % 32, blocks = uint32_t(w.blocks());
+  const uint16_t* __restrict__ bias = pick(parts.bias, p);
+  float* __restrict__ y = pick(parts.y, p) + size_t(token) * rows;
+  x += size_t(token) * cols;
+  const uint32_t lane = threadIdx.x % 32, blocks = uint32_t(int8_blocks_per_row(cols));
   // Lane l takes codes [16 (l % 8), +16) of block 4k + l / 8 in load k.
-  const uint8_t* q = reinterpret_cast<const uint8_t*>(w.q) + size_t(row) * blocks * kBlock +
-                     (lane / 8) * kBlock + (lane % 8) * kLaneCodes;
-  const uint16_t* scales = w.scales + size_t(row) * blocks + lane / 8;
+  const uint8_t* q = reinterpret_cast<const uint8_t*>(pick(parts.q, p)) +
+                     size_t(row) * blocks * kBlock + (lane / 8) * kBlock + (lane % 8) * kLaneCodes;
+  const uint16_t* scales = pick(parts.scales, p) + size_t(row) * blocks + lane / 8;
   const uint32_t col0 = (lane / 8) * kBlock + (lane % 8) * kLaneCodes;
   float acc[N];
 #pragma unroll
@@ -117,64 +144,82 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32)
   }
 }
 
+// The parts of tokens [t0, t0 + N): x and every y advanced to token t0.
 template <int N>
-void launch(const Int8View& w, const float* x, float* y, const uint16_t* bias, bool add,
+void launch(const Int8Parts& parts, size_t count, uint64_t cols, const float* x, bool add,
             cudaStream_t stream) {
-  const uint32_t grid = cuda::grid_for(w.rows, kWarpsPerCta);
-  if (w.cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
-    gemv_int8_kernel<N, true><<<grid, kWarpsPerCta * 32, 0, stream>>>(w, x, y, bias, add);
+  const uint32_t grid = parts.cta_end[count - 1];
+  if (cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    gemv_int8_kernel<N, true><<<grid, kWarpsPerCta * 32, 0, stream>>>(parts, x, 0, add);
     return;
   }
   // x read element by element (odd widths, unaligned x: no model's decode): a launch per token,
   // each token's sums the same as in a batch (the 7-token kernel spilled here, sass_check found).
   for (int t = 0; t < N; ++t)
-    gemv_int8_kernel<1, false><<<grid, kWarpsPerCta * 32, 0, stream>>>(
-        w, x + size_t(t) * w.cols, y + size_t(t) * w.rows, bias, add);
+    gemv_int8_kernel<1, false><<<grid, kWarpsPerCta * 32, 0, stream>>>(parts, x, uint32_t(t), add);
 }
 
 }  // namespace
 
 void matmul_int8_cuda(const Int8View& w, const float* x, uint64_t n, float* y,
                       CUstream_st* stream) {
-  gemv_int8_fused_cuda(w, nullptr, x, n, y, GemvStore::set, stream);
+  const GemvOut8 out{w, y, nullptr};
+  gemv_int8_fused_cuda(&out, 1, x, n, GemvStore::set, stream);
 }
 
-void gemv_int8_fused_cuda(const Int8View& w, const uint16_t* bias, const float* x, uint64_t n,
-                          float* y, GemvStore store, CUstream_st* stream) {
+void gemv_int8_fused_cuda(const GemvOut8* outs, size_t count, const float* x, uint64_t n,
+                          GemvStore store, CUstream_st* stream) {
+  if (count == 0 || count > kGemvMaxParts)
+    throw Error("gemv_int8_fused_cuda: 1 to 3 weights a launch, got " + std::to_string(count));
   const bool add = store == GemvStore::add;
-  const uint64_t rows = w.rows, cols = w.cols;
-  if (rows == 0 || n == 0) return;
-  if (rows / kWarpsPerCta >= (1ull << 31) || cols >= (1ull << 31))
-    throw Error("matmul_int8_cuda: a " + std::to_string(rows) + " x " + std::to_string(cols) +
-                " weight exceeds the kernel's 32-bit grid and column offsets");
+  const uint64_t cols = outs[0].w.cols;
+  Int8Parts parts{};
+  uint64_t ctas = 0;
+  for (size_t p = 0; p < count; ++p) {
+    const Int8View& w = outs[p].w;
+    if (w.cols != cols) throw Error("gemv_int8_fused_cuda: the weights differ in width");
+    ctas += (w.rows + kWarpsPerCta - 1) / kWarpsPerCta;
+    if (ctas >= (1ull << 31) || w.rows >= (1ull << 32) || cols >= (1ull << 31))
+      throw Error("gemv_int8_fused_cuda: a " + std::to_string(w.rows) + " x " +
+                  std::to_string(cols) +
+                  " weight exceeds the kernel's 32-bit grid and column offsets");
+    parts.q[p] = w.q;
+    parts.scales[p] = w.scales;
+    parts.rows[p] = uint32_t(w.rows);
+    parts.bias[p] = outs[p].bias;
+    parts.cta_end[p] = uint32_t(ctas);
+  }
+  for (size_t p = count; p < kGemvMaxParts; ++p) parts.cta_end[p] = uint32_t(ctas);
+  parts.cols = uint32_t(cols);
+  if (ctas == 0 || n == 0) return;
   for (uint64_t t0 = 0; t0 < n; t0 += 8) {
     const uint64_t k = n - t0 < 8 ? n - t0 : 8;
+    for (size_t p = 0; p < count; ++p) parts.y[p] = outs[p].y + t0 * outs[p].w.rows;
     const float* xk = x + t0 * cols;
-    float* yk = y + t0 * rows;
     switch (k) {
       case 1:
-        launch<1>(w, xk, yk, bias, add, stream);
+        launch<1>(parts, count, cols, xk, add, stream);
         break;
       case 2:
-        launch<2>(w, xk, yk, bias, add, stream);
+        launch<2>(parts, count, cols, xk, add, stream);
         break;
       case 3:
-        launch<3>(w, xk, yk, bias, add, stream);
+        launch<3>(parts, count, cols, xk, add, stream);
         break;
       case 4:
-        launch<4>(w, xk, yk, bias, add, stream);
+        launch<4>(parts, count, cols, xk, add, stream);
         break;
       case 5:
-        launch<5>(w, xk, yk, bias, add, stream);
+        launch<5>(parts, count, cols, xk, add, stream);
         break;
       case 6:
-        launch<6>(w, xk, yk, bias, add, stream);
+        launch<6>(parts, count, cols, xk, add, stream);
         break;
       case 7:
-        launch<7>(w, xk, yk, bias, add, stream);
+        launch<7>(parts, count, cols, xk, add, stream);
         break;
       default:
-        launch<8>(w, xk, yk, bias, add, stream);
+        launch<8>(parts, count, cols, xk, add, stream);
         break;
     }
   }

@@ -266,8 +266,10 @@ void CudaForward::product(const Linear& l, uint32_t id, const float* x, uint64_t
     const GemvOut out{l.q4, y, bias_[id]};
     return gemv_int4_fused_cuda(&out, 1, x, n, store, stream_.s);
   }
-  if (l.is_int8() && n <= kGemvMaxBatch)
-    return gemv_int8_fused_cuda(l.q8, bias_[id], x, n, y, store, stream_.s);
+  if (l.is_int8() && n <= kGemvMaxBatch) {
+    const GemvOut8 out{l.q8, y, bias_[id]};
+    return gemv_int8_fused_cuda(&out, 1, x, n, store, stream_.s);
+  }
   float* to = store == GemvStore::add ? proj_.get() : y;
   if (l.is_int4()) {
     dequant_int4_bf16_cuda(l.q4, prefill_w_.get(), stream_.s);
@@ -303,27 +305,35 @@ bool CudaForward::fusable(const WeightSource& src, uint64_t n, std::initializer_
   return count >= int4;
 }
 
-// q, k and v of xb_: one launch over the rows of the INT4 ones (all three, or q and k beside the
-// default INT8 v_proj), biases in its store, when fusable; the others a product each. All three
-// are acquired before the launch and released after it.
+// q, k and v of xb_: one launch over the rows of the INT4 ones and one over the INT8 ones when
+// two or more are of a kind (the default INT8 k_proj and v_proj beside an INT4 q_proj: two
+// launches), biases in their stores, when the source lets the three be held together; the others
+// a product each. All three are acquired before the launches and released after them.
 void CudaForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
   const uint32_t ids[3] = {linear_id(layer, kQ), linear_id(layer, kK), linear_id(layer, kV)};
   float* ys[3] = {q_.get(), k_.get(), v_.get()};
-  if (!fusable(src, n, {ids[0], ids[1], ids[2]}, 2)) {
+  size_t int4 = 0, int8 = 0;
+  for (uint32_t id : ids) int4 += w_.linears[id].is_int4(), int8 += w_.linears[id].is_int8();
+  if (!fusable(src, n, {ids[0], ids[1], ids[2]}, 0) || (int4 < 2 && int8 < 2)) {
     for (int i = 0; i < 3; ++i) linear(src, ids[i], xb_.get(), n, ys[i], GemvStore::set);
     return;
   }
   HeldWeight q(src, ids[0]), k(src, ids[1]), v(src, ids[2]);
   const Linear* ls[3] = {&q.linear, &k.linear, &v.linear};
-  GemvOut outs[3];
-  size_t fused = 0;
-  for (int i = 0; i < 3; ++i)
-    if (ls[i]->is_int4()) outs[fused++] = {ls[i]->q4, ys[i], bias_[ids[i]]};
-  // A source that changed a weight's format may leave fewer than two: one product each then.
-  if (fused < 2) fused = 0;
-  if (fused) gemv_int4_fused_cuda(outs, fused, xb_.get(), n, GemvStore::set, stream_.s);
-  for (int i = 0; i < 3; ++i)
-    if (!fused || !ls[i]->is_int4()) product(*ls[i], ids[i], xb_.get(), n, ys[i], GemvStore::set);
+  GemvOut outs4[3];
+  GemvOut8 outs8[3];
+  size_t fused4 = 0, fused8 = 0;
+  for (int i = 0; i < 3; ++i) {
+    if (ls[i]->is_int4()) outs4[fused4++] = {ls[i]->q4, ys[i], bias_[ids[i]]};
+    if (ls[i]->is_int8()) outs8[fused8++] = {ls[i]->q8, ys[i], bias_[ids[i]]};
+  }
+  // A source that changed a weight's format may leave fewer than two of a kind: a product each.
+  if (fused4 >= 2) gemv_int4_fused_cuda(outs4, fused4, xb_.get(), n, GemvStore::set, stream_.s);
+  if (fused8 >= 2) gemv_int8_fused_cuda(outs8, fused8, xb_.get(), n, GemvStore::set, stream_.s);
+  for (int i = 0; i < 3; ++i) {
+    const bool done = (ls[i]->is_int4() && fused4 >= 2) || (ls[i]->is_int8() && fused8 >= 2);
+    if (!done) product(*ls[i], ids[i], xb_.get(), n, ys[i], GemvStore::set);
+  }
   q.release();
   k.release();
   v.release();

@@ -159,11 +159,29 @@ TEST(GemvFused, Int8EpilogueEqualsProductBiasAndAdd) {
     matvec_int8_cpu(view, x.data() + t * cols, product.data() + t * rows);
   add_bias_cpu(product.data(), bias.data(), n, rows);
   std::vector<float> set(n * rows, NAN), added = residual, want_added = residual;
-  gemv_int8_fused_cpu(view, bias.data(), x.data(), n, set.data(), GemvStore::set);
+  const GemvOut8 out{view, set.data(), bias.data()};
+  gemv_int8_fused_cpu(&out, 1, x.data(), n, GemvStore::set);
   EXPECT_EQ(set, product);
   add_cpu(want_added.data(), product.data(), n * rows);
-  gemv_int8_fused_cpu(view, bias.data(), x.data(), n, added.data(), GemvStore::add);
+  const GemvOut8 out_add{view, added.data(), bias.data()};
+  gemv_int8_fused_cpu(&out_add, 1, x.data(), n, GemvStore::add);
   EXPECT_EQ(added, want_added);
+  // Two weights of one input in one launch (k and v): each output as its own product.
+  const uint64_t rows2 = 13;
+  std::vector<int8_t> q2(int8_code_bytes(rows2, cols));
+  std::vector<uint16_t> scales2(int8_scale_count(rows2, cols));
+  quantize_int8(w.data(), rows2, cols, q2.data(), scales2.data());
+  const Int8View view2{q2.data(), scales2.data(), rows2, cols};
+  std::vector<float> y1(n * rows, NAN), y2(n * rows2, NAN), want2(n * rows2);
+  for (uint64_t t = 0; t < n; ++t)
+    matvec_int8_cpu(view2, x.data() + t * cols, want2.data() + t * rows2);
+  const GemvOut8 both[2] = {{view, y1.data(), bias.data()}, {view2, y2.data(), nullptr}};
+  gemv_int8_fused_cpu(both, 2, x.data(), n, GemvStore::set);
+  EXPECT_EQ(y1, product);
+  EXPECT_EQ(y2, want2);
+  const Int8View narrow{q2.data(), scales2.data(), rows2, cols - 1};
+  const GemvOut8 mismatched[2] = {{view, y1.data(), nullptr}, {narrow, y2.data(), nullptr}};
+  EXPECT_THROW(gemv_int8_fused_cpu(mismatched, 2, x.data(), n, GemvStore::set), Error);
 }
 
 TEST(GemvFused, GateUpEqualsTwoProductsAndSiluMul) {

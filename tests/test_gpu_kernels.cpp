@@ -135,12 +135,29 @@ void int8_case(uint64_t rows, uint64_t cols, uint64_t n) {
   DeviceArray<uint16_t> d_bias(bias);
   for (const GemvStore store : {GemvStore::set, GemvStore::add}) {
     std::vector<float> twin = residual;
-    gemv_int8_fused_cpu(host, bias.data(), x.data(), n, twin.data(), store);
+    const GemvOut8 host_out{host, twin.data(), bias.data()};
+    gemv_int8_fused_cpu(&host_out, 1, x.data(), n, store);
     DeviceArray<float> d_r(residual);
-    gemv_int8_fused_cuda(dev, d_bias.get(), d_x.get(), n, d_r.get(), store, nullptr);
+    const GemvOut8 dev_out{dev, d_r.get(), d_bias.get()};
+    gemv_int8_fused_cuda(&dev_out, 1, d_x.get(), n, store, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     EXPECT_LT(nmse(d_r.to_host(), twin), 1e-10) << (store == GemvStore::add ? "add" : "set");
   }
+  // Three parts in one launch (k and v, and a third): the same weight thrice, each part with its
+  // own output and bias, so every CTA must find its part (rows not a multiple of 8: a part ends
+  // inside a CTA's rows).
+  std::vector<float> t0(n * rows), t1(n * rows), t2(n * rows);
+  const GemvOut8 host3[3] = {
+      {host, t0.data(), bias.data()}, {host, t1.data(), nullptr}, {host, t2.data(), bias.data()}};
+  gemv_int8_fused_cpu(host3, 3, x.data(), n, GemvStore::set);
+  DeviceArray<float> d0(t0), d1(t1), d2(t2);
+  const GemvOut8 dev3[3] = {
+      {dev, d0.get(), d_bias.get()}, {dev, d1.get(), nullptr}, {dev, d2.get(), d_bias.get()}};
+  gemv_int8_fused_cuda(dev3, 3, d_x.get(), n, GemvStore::set, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_LT(nmse(d0.to_host(), t0), 1e-10) << "part 0";
+  EXPECT_LT(nmse(d1.to_host(), t1), 1e-10) << "part 1";
+  EXPECT_LT(nmse(d2.to_host(), t2), 1e-10) << "part 2";
 }
 
 TEST(GpuKernels, GemvAndDequantInt8MatchCpuTwins) {
