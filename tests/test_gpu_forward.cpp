@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <fstream>
 
 #include <fmt/format.h>
 
@@ -19,6 +20,7 @@
 #include "quantizer/synth.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/forward_cuda.hpp"
+#include "runtime/perplexity.hpp"
 #include "tests/gpu_util.hpp"
 #include "tests/test_util.hpp"
 
@@ -201,6 +203,37 @@ TEST(GpuForward, TinyStoriesMatchesTheCpu) {
   test::ScratchDir tmp;
   convert_checkpoint(dir, tmp / "t.ferry", {}, kQuiet);
   expect_gpu_matches_cpu(tmp / "t.ferry", "tinystories");
+}
+
+// `ferry perplexity --device cuda` (issue 15): TinyStories (the default INT8 k and v, fused in
+// one launch at decode widths) over the perplexity fixture in chunks of 128, batch 8 (the GEMV
+// path, fp32 x as on the CPU: logits within 1e-4), the GPU's log-probabilities against the
+// CPU's as the KL base.
+TEST(GpuForward, PerplexityMatchesTheCpu) {
+  FERRY_REQUIRE_GPU();
+  FERRY_REQUIRE_SHARED_MODEL(dir, "tinystories-656k");
+  test::ScratchDir tmp;
+  convert_checkpoint(dir, tmp / "t.ferry", {}, kQuiet);
+  std::ifstream in(std::filesystem::path(FERRY_SOURCE_DIR) / "tests/fixtures/perplexity/story.txt");
+  const std::string text{std::istreambuf_iterator<char>(in), {}};
+  const CacheOptions all{.enabled = true, .budget_fraction = 1.0};
+  EngineOptions cpu_o = options(all, false), gpu_o = options(all, true);
+  cpu_o.model = gpu_o.model = tmp / "t.ferry";
+  cpu_o.ctx = gpu_o.ctx = 128;
+  Engine cpu(cpu_o), gpu(gpu_o);
+  const PerplexityPlan plan = plan_perplexity(cpu, text, 128, 3);
+  const PerplexityResult want = run_perplexity(cpu, plan, {});
+  const auto base = base_from_engine(cpu, plan);
+  PerplexityRun with_base;
+  with_base.base = base.get();
+  const PerplexityResult got = run_perplexity(gpu, plan, with_base);
+  ASSERT_TRUE(got.kl.has_value());
+  std::printf("perplexity cpu %.4f gpu %.4f, KL mean %.3g max %.3g, top-1 %.4f\n", want.ppl,
+              got.ppl, got.kl->mean, got.kl->max, got.kl->top1);
+  EXPECT_EQ(got.scored, want.scored);
+  EXPECT_NEAR(got.ppl, want.ppl, 1e-3 * want.ppl);
+  EXPECT_LT(got.kl->mean, 1e-5);
+  EXPECT_GE(got.kl->top1, 0.99);
 }
 
 TEST(GpuForward, SynthesizedQwen2AndLlama3MatchTheCpu) {
