@@ -147,11 +147,13 @@ void bf16(benchmark::State& state) {
   report(state, double(w.bytes), since(t0));
 }
 
-// args: rows, cols, n, q8: 1 for matmul_int8_q8_cpu (activations in INT8, integer SIMD), 0 for
+// args: rows, cols, n, q8: 1 for matmul_int8_q8_cpu (activations in INT8, integer SIMD, the
+// best ISA), 2 the same on the AVX2 tile (for comparison on an AVX-512 CPU), 0 for
 // matmul_int8_cpu (codes widened to fp32). INT8 block-128 weights: the lm_head's default format.
 void int8(benchmark::State& state) {
   const uint64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
-  const bool q8 = state.range(3) != 0;
+  const int64_t q8 = state.range(3);
+  const KernelIsa isa = q8 == 2 ? KernelIsa::avx2 : best_kernel_isa();
   const uint64_t blocks = int4_blocks_per_row(cols), one = rows * blocks * kBlock;
   const uint64_t copies = (kWorkingSet + one - 1) / one;
   std::vector<int8_t> q(one);
@@ -165,7 +167,7 @@ void int8(benchmark::State& state) {
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
     const Int8View v{q.data() + c * one, scales.data() + c * rows * blocks, rows, cols};
-    q8 ? matmul_int8_q8_cpu(pool(), v, x.data(), n, y.data())
+    q8 ? matmul_int8_q8_cpu(pool(), v, x.data(), n, y.data(), isa)
        : matmul_int8_cpu(pool(), v, x.data(), n, y.data());
     c = (c + 1) % copies;
   }
@@ -301,7 +303,7 @@ BENCHMARK(int4)
 BENCHMARK(int8)
     ->ArgNames({"rows", "cols", "n", "q8"})
     // SmolLM2's tied lm_head (49,152 x 576) and a slice of Qwen2-32B's (152,064 x 5,120)
-    ->ArgsProduct({{49152}, {576}, {1}, {0, 1}})
+    ->ArgsProduct({{49152}, {576}, {1}, {0, 1, 2}})
     ->ArgsProduct({{16384}, {5120}, {1, 8}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
