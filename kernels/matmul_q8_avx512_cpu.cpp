@@ -247,7 +247,7 @@ FERRY_AVX512 void tile_int8(const Int8View& w, uint64_t r, const Int8Acts& x, ui
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       const int8_t* wb = w.q + ((r + i) * blocks + b) * kBlock;
-      if constexpr (T == 1) prefetch(wb + 2048);  // as the INT4 decode row
+      if constexpr (T == 1) prefetch(wb + 2048);  // one row at a time at decode (rows_per_tile)
       const __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wb), bias);
       const __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(wb + 64), bias);
       const __m512 s = _mm512_set1_ps(_cvtsh_ss(w.scales[(r + i) * blocks + b]));
