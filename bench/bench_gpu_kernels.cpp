@@ -85,11 +85,13 @@ void report_bytes(benchmark::State& state, double bytes_per_iteration, double se
   state.counters["frac_of_hbm"] = gbps / hbm_gbps();
 }
 
-// args: rows, cols, n, asym. Weight bytes as the cache holds them: codes, scales, mins.
+// args: rows, cols, n, asym, q8 (1: activations quantized to INT8 in the kernel, GemvX::q8, as
+// the forward pass runs it by default; 0: fp32). Weight bytes as the cache holds them: codes,
+// scales, mins.
 void gemv_int4(benchmark::State& state) {
   if (!have_gpu(state)) return;
   const uint64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
-  const bool asym = state.range(3) != 0;
+  const bool asym = state.range(3) != 0, q8 = state.range(4) != 0;
   const uint64_t blocks = int4_blocks_per_row(cols);
   const uint64_t q_bytes = rows * blocks * kBlockBytes, s_bytes = rows * blocks * 2;
   // Each copy starts as a cache entry does (256-byte aligned), as the kernel sees it in decode.
@@ -101,9 +103,12 @@ void gemv_int4(benchmark::State& state) {
   const double seconds = timed(state, stream, [&] {
     for (uint64_t c = 0; c < copies; ++c) {
       const uint64_t at = c * one;
-      matmul_int4_cuda({w.as<uint8_t>(at), w.as<uint16_t>(at + q_bytes),
-                        asym ? w.as<uint16_t>(at + q_bytes + s_bytes) : nullptr, rows, cols},
-                       x.as<float>(), n, y.as<float>(), stream);
+      const Int4View v{w.as<uint8_t>(at), w.as<uint16_t>(at + q_bytes),
+                       asym ? w.as<uint16_t>(at + q_bytes + s_bytes) : nullptr, rows, cols};
+      if (q8)
+        matmul_int4_q8_cuda(v, x.as<float>(), n, y.as<float>(), stream);
+      else
+        matmul_int4_cuda(v, x.as<float>(), n, y.as<float>(), stream);
     }
   });
   report_bytes(state, double(copies * one), seconds);
@@ -213,15 +218,27 @@ void launch_floor(benchmark::State& state) {
 }
 
 BENCHMARK(launch_floor)->UseManualTime()->Unit(benchmark::kMicrosecond);
+// Qwen2-32B's shapes, and Qwen2-7B's q+k+v (one launch), o and down; each with fp32 and with
+// INT8 activations, side by side.
+void gemv_shapes(benchmark::internal::Benchmark* b) {
+  const int64_t shapes[][4] = {
+      {5120, 5120, 1, 1},    // q, o
+      {1024, 5120, 1, 1},    // k, v
+      {27648, 5120, 1, 1},   // gate, up
+      {5120, 27648, 1, 1},   // down
+      {27648, 5120, 1, 0},   // gate, sym
+      {152064, 5120, 1, 1},  // lm_head
+      {27648, 5120, 8, 1},   // a batch of 8
+      {4608, 3584, 1, 1},    // 7B q+k+v
+      {3584, 3584, 1, 1},    // 7B o
+      {3584, 18944, 1, 1},   // 7B down
+  };
+  for (const auto& s : shapes)
+    for (int64_t q8 : {0, 1}) b->Args({s[0], s[1], s[2], s[3], q8});
+}
 BENCHMARK(gemv_int4)
-    ->ArgNames({"rows", "cols", "n", "asym"})
-    ->Args({5120, 5120, 1, 1})    // q, o
-    ->Args({1024, 5120, 1, 1})    // k, v
-    ->Args({27648, 5120, 1, 1})   // gate, up
-    ->Args({5120, 27648, 1, 1})   // down
-    ->Args({27648, 5120, 1, 0})   // gate, sym
-    ->Args({152064, 5120, 1, 1})  // lm_head
-    ->Args({27648, 5120, 8, 1})   // a batch of 8
+    ->ArgNames({"rows", "cols", "n", "asym", "q8"})
+    ->Apply(gemv_shapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(attention_decode)

@@ -35,15 +35,22 @@ enum class GemvStore : uint8_t {
   add,  // y += W x (+ b): the residual add
 };
 
+// The INT4 GEMV's activations: fp32 as given, or quantized to INT8 per block of 128 in the
+// kernel as the CPU's matmul_int4_q8_cpu quantizes them (the same q and d, bit for bit) and
+// dotted with the codes in int32 (dp4a): a third of the instructions and a quarter of the
+// shared-memory reads per weight (kernels/gemv_int4.cu), within the q8 error bound of
+// kernels/matmul_cpu.cpp.
+enum class GemvX : uint8_t { f32, q8 };
+
 inline constexpr uint32_t kGemvMaxParts = 3;  // q, k, v
 inline constexpr uint32_t kGemvWarps = 8;     // warps per CTA (256 threads)
 
 // y_i = W_i x (+ b_i), or y_i += ..., for each of the 1..3 outputs (every w.cols equal), in one
 // launch per group of 8 tokens. x [n, cols] fp32; all pointers on the device.
 void gemv_int4_fused_cuda(const GemvOut* outs, size_t parts, const float* x, uint64_t n,
-                          GemvStore store, CUstream_st* stream);
+                          GemvStore store, GemvX xq, CUstream_st* stream);
 void gemv_int4_fused_cpu(const GemvOut* outs, size_t parts, const float* x, uint64_t n,
-                         GemvStore store);
+                         GemvStore store, GemvX xq);
 
 // One INT8 weight of a fused launch: y [n, w.rows]; bias [w.rows] bf16 bits or nullptr.
 struct GemvOut8 {
@@ -65,9 +72,9 @@ void gemv_int8_fused_cpu(const GemvOut8* outs, size_t parts, const float* x, uin
 // out[t, i] = silu(gate_i . x_t) * (up_i . x_t): gate and up [rows, cols] of equal shape, out
 // [n, rows] (it may not alias x). silu(g) = g / (1 + exp(-g)), as silu_mul_cpu.
 void gemv_int4_silu_mul_cuda(const Int4View& gate, const Int4View& up, const float* x, uint64_t n,
-                             float* out, CUstream_st* stream);
+                             float* out, GemvX xq, CUstream_st* stream);
 void gemv_int4_silu_mul_cpu(const Int4View& gate, const Int4View& up, const float* x, uint64_t n,
-                            float* out);
+                            float* out, GemvX xq);
 
 // The grid of one fused launch, shared by the kernel and its CPU twin. Each warp owns R rows
 // (rows_per_warp). Unpaired: part p's rows are split over CTAs cta_end[p-1] .. cta_end[p] - 1,

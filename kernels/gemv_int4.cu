@@ -34,9 +34,19 @@
 //    one grid (each CTA serves one, chosen by gemv_slot_of), or gate and up paired in each warp;
 //    the epilogue (bias, residual add, or silu(gate) * up) is applied in the store, after the
 //    loop, so the main loop is the same for all (sass_check.py weighs the variants decode runs).
+//  - INT8 activations (GemvX::q8, what decode runs by default): the CTA quantizes x per block of
+//    128 while staging it, exactly as the CPU backend's matmul_int4_q8_cpu does (its portable
+//    path is the twin), and each lane dots its 32 codes with its 32 q by 8 dp4a: ~30 instead of
+//    ~99 warp-instructions per 1024 weights, and 1.25 bytes of staged x a column instead of 4.125
+//    (40 bytes of shared-memory reads per lane and chunk instead of 128), so the one-row-a-warp
+//    deep path (a third of a 7B decode token on the H200, 8 rows a CTA) is no longer bound by
+//    shared-memory bandwidth (128 B a clock an SM: at 1 row a warp the fp32 path needs ~136 B a
+//    clock to keep up with HBM). The quantization costs each CTA ~50 warp-instructions per chunk
+//    and warp, once per CTA rather than per row.
 // Each block's codes are dotted with x first and scaled once: s * sum(c x) + m * sum(x), with
-// m = min (asym) or -8 s (sym), as the scalar twin does; partial sums are reduced over the warp
-// with shuffles in a fixed order, so results do not depend on scheduling.
+// m = min (asym) or -8 s (sym), as the scalar twin does (q8: s d sum(c q) + m d sum(q)); partial
+// sums are reduced over the warp with shuffles in a fixed order, so results do not depend on
+// scheduling.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -130,25 +140,32 @@ __device__ __forceinline__ uint32_t x_slot(uint32_t f) {
   return (f & ~255u) | ((f & 7u) << 5) | ((f >> 3) & 31u);
 }
 
+// Token t's columns col .. col + 3 (zeros past `cols`). VEC: x is 16-byte aligned and cols a
+// multiple of 4, so the 4 elements are one aligned load, wholly inside or wholly past the row.
+template <bool VEC>
+__device__ __forceinline__ float4 load_x4(const float* __restrict__ xt, uint32_t col,
+                                          uint32_t cols) {
+  float4 v = make_float4(0, 0, 0, 0);
+  if (VEC) {
+    if (col < cols) v = __ldg(reinterpret_cast<const float4*>(xt + col));
+  } else {
+    if (col + 0 < cols) v.x = xt[col + 0];
+    if (col + 1 < cols) v.y = xt[col + 1];
+    if (col + 2 < cols) v.z = xt[col + 2];
+    if (col + 3 < cols) v.w = xt[col + 3];
+  }
+  return v;
+}
+
 // Stages columns [c0, c0 + kChunk) of each token's x (zeros past `cols`) and the sums of each
-// 32 of them. VEC: x is 16-byte aligned and cols a multiple of 4, so each thread's 4 elements are
-// one aligned load, wholly inside or wholly past the row.
+// 32 of them.
 template <int N, bool VEC>
 __device__ __forceinline__ void stage_x(const float* __restrict__ x, uint32_t cols, uint32_t c0,
                                         float4 (*xs)[kChunk / 4], float (*sums)[kChunk / 32]) {
   const uint32_t col = c0 + 4 * threadIdx.x;
 #pragma unroll
   for (int t = 0; t < N; ++t) {
-    const float* xt = x + size_t(t) * cols;
-    float4 v = make_float4(0, 0, 0, 0);
-    if (VEC) {
-      if (col < cols) v = __ldg(reinterpret_cast<const float4*>(xt + col));
-    } else {
-      if (col + 0 < cols) v.x = xt[col + 0];
-      if (col + 1 < cols) v.y = xt[col + 1];
-      if (col + 2 < cols) v.z = xt[col + 2];
-      if (col + 3 < cols) v.w = xt[col + 3];
-    }
+    const float4 v = load_x4<VEC>(x + size_t(t) * cols, col, cols);
     xs[t][x_slot(threadIdx.x)] = v;
     // 8 neighbouring threads hold one lane's 32 columns: their sum, in a fixed order.
     float s = (v.x + v.y) + (v.z + v.w);
@@ -184,21 +201,134 @@ __device__ __forceinline__ void dot_chunk(const float4* x4, uint32_t x4_stride, 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// INT8 activations (GemvX::q8): x quantized per block of 128 as matmul_int4_q8_cpu does (q =
+// round(x * 127 / max|x|), d = max|x| / 127: the same bits), and each lane's 32 codes dotted with
+// its 32 q in exact int32 by 8 dp4a. Per lane, chunk and row that is 8 masks, 8 IDP4A and ~6
+// instructions of scaling where the fp32 path spends 64 PRMT/FFMA and 8 LDS.128 of x (a quarter
+// of the shared-memory bytes: 32 bytes of q a lane instead of 128 of floats).
+
+// One chunk's quantized x of one token. q: lane l's 32 q (columns 32l .. 32l + 31) as 8 words in
+// the order of its 4 code words' nibbles, [e0, o0, e1, o1, e2, o2, e3, o3]: word e_i holds q of
+// the lane's columns 8i, 8i+2, 8i+4, 8i+6 (code word i's low nibbles), o_i of 8i+1, +3, +5, +7
+// (its high nibbles); words 0-3 at slot l, 4-7 at slot 32 + l, so that a quarter-warp's LDS.128
+// reads 8 consecutive slots. d: {d, d * sum of the lane's 32 q} (the offset term's sum).
+struct XQ8Chunk {
+  int4 q[64];
+  float2 d[32];
+};  // 1280 bytes: 1.25 bytes a column
+
+// Quantizes one float4 of a chunk (columns 4 threadIdx.x .. +3; warp w's 32 threads hold block w
+// of the chunk, 128 columns) into `out`. Every thread of the CTA takes part (shuffles). No clamp
+// is needed: |x| <= max|x| makes |x * 127 / max| round to at most 127; a NaN (or an infinite
+// max, whose inverse is 0) becomes 0, as int32_t(NaN) leaves 0 in the CPU's low byte.
+__device__ __forceinline__ void quantize_q8(const float4 v, XQ8Chunk& out) {
+  float a = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+  const float inv = a > 0.0f ? 127.0f / a : 0.0f;  // quantize_q8_block_cpu's expressions
+  const int q0 = __float2int_rn(v.x * inv), q1 = __float2int_rn(v.y * inv);
+  const int q2 = __float2int_rn(v.z * inv), q3 = __float2int_rn(v.w * inv);
+  // The pair of even columns and the pair of odd ones; the neighbour thread (t ^ 1) holds the
+  // other half of the lane's word i: the low thread builds e_i, the high one o_i.
+  const uint32_t ev = (uint32_t(q0) & 0xFFu) | (uint32_t(q2) & 0xFFu) << 8;
+  const uint32_t od = (uint32_t(q1) & 0xFFu) | (uint32_t(q3) & 0xFFu) << 8;
+  const uint32_t other = __shfl_xor_sync(0xffffffffu, ev | od << 16, 1);
+  const uint32_t t = threadIdx.x, lane = t / 8, w = t % 8;  // w = 2i (low) or 2i + 1 (high)
+  const uint32_t word = (t & 1) ? (other >> 16) | od << 16 : ev | other << 16;
+  reinterpret_cast<uint32_t*>(out.q)[(w / 4 * 32 + lane) * 4 + w % 4] = word;
+  int s = (q0 + q1) + (q2 + q3);  // the lane's sum of q, over its 8 threads
+  s += __shfl_xor_sync(0xffffffffu, s, 1);
+  s += __shfl_xor_sync(0xffffffffu, s, 2);
+  s += __shfl_xor_sync(0xffffffffu, s, 4);
+  const float d = a / 127.0f;
+  if (w == 0) out.d[lane] = make_float2(d, d * float(s));
+}
+
+template <int N, bool VEC>
+__device__ __forceinline__ void stage_q8(const float* __restrict__ x, uint32_t cols, uint32_t c0,
+                                         XQ8Chunk* xc) {
+#pragma unroll
+  for (int t = 0; t < N; ++t)
+    quantize_q8(load_x4<VEC>(x + size_t(t) * cols, c0 + 4 * threadIdx.x, cols), xc[t]);
+}
+
+// sum of a[i] * b[i] over the 4 bytes, a unsigned, b signed (PTX dp4a.u32.s32; the intrinsic
+// __dp4a takes both of one signedness).
+__device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// A chunk's products of one lane on quantized x: xc the chunk of token 0 (token t at xc + t *
+// stride). The low nibbles dot the e words as they are; the high ones are dotted in place, as 16
+// * code (the mask keeps bits 4-7), and the sum shifted back: exact, one mask a word each.
+template <int N, int R>
+__device__ __forceinline__ void dot_chunk_q8(const XQ8Chunk* xc, uint32_t stride,
+                                             const LaneCodes (&cur)[R], float (&acc)[R][N]) {
+  const uint32_t lane = threadIdx.x % 32;
+  uint32_t lo[R][4], hi[R][4];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const uint32_t words[4] = {cur[r].q.x, cur[r].q.y, cur[r].q.z, cur[r].q.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      lo[r][k] = words[k] & 0x0F0F0F0Fu, hi[r][k] = words[k] & 0xF0F0F0F0u;
+  }
+#pragma unroll
+  for (int t = 0; t < N; ++t) {
+    const XQ8Chunk& c = xc[t * stride];
+    const int4 a = c.q[lane], b = c.q[32 + lane];
+    const float2 d = c.d[lane];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      int l = __dp4a(int(lo[r][0]), a.x, 0);
+      l = __dp4a(int(lo[r][1]), a.z, l);
+      l = __dp4a(int(lo[r][2]), b.x, l);
+      l = __dp4a(int(lo[r][3]), b.z, l);
+      int h = dp4a_us(hi[r][0], a.y, 0);
+      h = dp4a_us(hi[r][1], a.w, h);
+      h = dp4a_us(hi[r][2], b.y, h);
+      h = dp4a_us(hi[r][3], b.w, h);
+      const int isum = l + (h >> 4);  // h is 16 times the high nibbles' sum: exact
+      acc[r][t] = fmaf(cur[r].s * d.x, float(isum), fmaf(cur[r].m, d.y, acc[r][t]));
+    }
+  }
+}
+
+// The chunked path's staged x (static shared memory): one chunk of each of N tokens, fp32 with
+// the sums of each 32 columns, or quantized (Q8).
+template <int N, bool Q8>
+struct ChunkX {
+  float4 x[N][kChunk / 4];     // [N][1024] floats, j-major (x_slot)
+  float sums[N][kChunk / 32];  // [N][32]
+};
+template <int N>
+struct ChunkX<N, true> {
+  XQ8Chunk c[N];
+};
+
 // One chunk: stage x, then, while chunk c + 1's codes load, add this chunk's products.
-template <int N, int R, bool VEC, bool GUARD>
+template <int N, int R, bool VEC, bool GUARD, bool Q8>
 __device__ __forceinline__ void gemv_chunk(const float* __restrict__ x, uint32_t cols,
                                            uint32_t blocks, uint32_t c, const LaneRow (&at)[R],
                                            const float (&m_factor)[R], LaneCodes (&cur)[R],
-                                           float (&acc)[R][N], float4 (*xs)[kChunk / 4],
-                                           float (*sums)[kChunk / 32]) {
+                                           float (&acc)[R][N], ChunkX<N, Q8>& xs) {
   const uint32_t lane = threadIdx.x % 32;
-  stage_x<N, VEC>(x, cols, c * kChunk, xs, sums);
+  if constexpr (Q8)
+    stage_q8<N, VEC>(x, cols, c * kChunk, xs.c);
+  else
+    stage_x<N, VEC>(x, cols, c * kChunk, xs.x, xs.sums);
   __syncthreads();
   LaneCodes next[R];
   const bool in_row = (c + 1) * 8 + lane / 4 < blocks;
 #pragma unroll
   for (int r = 0; r < R; ++r) next[r] = load_codes<GUARD>(at[r], c + 1, in_row, m_factor[r]);
-  dot_chunk<N, R>(&xs[0][lane], kChunk / 4, &sums[0][lane], kChunk / 32, cur, acc);
+  if constexpr (Q8)
+    dot_chunk_q8<N, R>(xs.c, 1, cur, acc);
+  else
+    dot_chunk<N, R>(&xs.x[0][lane], kChunk / 4, &xs.sums[0][lane], kChunk / 32, cur, acc);
   __syncthreads();  // the next chunk overwrites xs
 #pragma unroll
   for (int r = 0; r < R; ++r) cur[r] = next[r];
@@ -235,20 +365,45 @@ __device__ __forceinline__ void stage_whole_x(const float* __restrict__ x, uint3
     }
 }
 
+// The deep path's quantized x, [N][chunks] XQ8Chunk: every chunk quantized by the whole CTA, 4
+// chunks' loads issued before the first is quantized (chunks is the same for every thread, so
+// the shuffles see every lane).
+template <int N>
+__device__ __forceinline__ void stage_whole_q8(const float* __restrict__ x, uint32_t cols,
+                                               uint32_t chunks, XQ8Chunk* xc) {
+  constexpr uint32_t kAhead = 4;
+#pragma unroll
+  for (int t = 0; t < N; ++t)
+    for (uint32_t c0 = 0; c0 < chunks; c0 += kAhead) {
+      float4 v[kAhead];
+#pragma unroll
+      for (uint32_t k = 0; k < kAhead; ++k)
+        v[k] = load_x4<true>(x + size_t(t) * cols, (c0 + k) * kChunk + 4 * threadIdx.x, cols);
+#pragma unroll
+      for (uint32_t k = 0; k < kAhead; ++k)
+        if (c0 + k < chunks) quantize_q8(v[k], xc[t * chunks + c0 + k]);
+    }
+}
+
 // DEPTH chunks [c0, c0 + DEPTH): each consumes its ring slot and refills it with the chunk
 // DEPTH ahead. GUARD: the refills may pass the row's last block and c0 + d the last chunk.
-template <int N, int R, int DEPTH, bool GUARD>
-__device__ __forceinline__ void deep_round(const float4* xs, const float* sums, uint32_t chunks,
-                                           uint32_t blocks, uint32_t c0, const LaneRow (&at)[R],
+// `staged` as gemv_deep lays it out.
+template <int N, int R, int DEPTH, bool GUARD, bool Q8>
+__device__ __forceinline__ void deep_round(const float4* staged, uint32_t chunks, uint32_t blocks,
+                                           uint32_t c0, const LaneRow (&at)[R],
                                            const float (&m_factor)[R], LaneCodes (&ring)[DEPTH][R],
                                            float (&acc)[R][N]) {
   const uint32_t lane = threadIdx.x % 32, per_token = chunks * (kChunk / 4);
+  const float* sums = reinterpret_cast<const float*>(staged + N * per_token);
 #pragma unroll
   for (int d = 0; d < DEPTH; ++d) {
     const uint32_t c = c0 + d;
     if (GUARD && c >= chunks) return;
-    dot_chunk<N, R>(xs + c * (kChunk / 4) + lane, per_token, sums + c * 32 + lane, chunks * 32,
-                    ring[d], acc);
+    if constexpr (Q8)
+      dot_chunk_q8<N, R>(reinterpret_cast<const XQ8Chunk*>(staged) + c, chunks, ring[d], acc);
+    else
+      dot_chunk<N, R>(staged + c * (kChunk / 4) + lane, per_token, sums + c * 32 + lane,
+                      chunks * 32, ring[d], acc);
     const uint32_t k = c + DEPTH;
     const bool in_row = k * 8 + lane / 4 < blocks;
 #pragma unroll
@@ -259,11 +414,12 @@ __device__ __forceinline__ void deep_round(const float4* xs, const float* sums, 
 // The deep path's loop: DEPTH chunks of codes in flight per row (DEPTH x R x 512 bytes a warp),
 // x read from shared memory, no barrier. The first DEPTH chunks' loads are issued before x is
 // staged, so the staging hides behind them.
-template <int N, int R, int DEPTH>
+template <int N, int R, int DEPTH, bool Q8>
 __device__ __forceinline__ void gemv_deep(const float* __restrict__ x, uint32_t cols,
                                           uint32_t blocks, const LaneRow (&at)[R],
                                           const float (&m_factor)[R], float (&acc)[R][N]) {
-  extern __shared__ float4 staged[];  // [N][chunks * 256] x, then [N][chunks * 32] sums
+  // fp32: [N][chunks * 256] x, then [N][chunks * 32] sums; Q8: [N][chunks] XQ8Chunk.
+  extern __shared__ float4 staged[];
   const uint32_t lane = threadIdx.x % 32;
   const uint32_t chunks = (cols + kChunk - 1) / kChunk, full = blocks / 8;
   LaneCodes ring[DEPTH][R];
@@ -272,15 +428,18 @@ __device__ __forceinline__ void gemv_deep(const float* __restrict__ x, uint32_t 
 #pragma unroll
     for (int r = 0; r < R; ++r)
       ring[d][r] = load_codes<true>(at[r], d, d * 8 + lane / 4 < blocks, m_factor[r]);
-  float* sums = reinterpret_cast<float*>(staged + N * chunks * (kChunk / 4));
-  stage_whole_x<N>(x, cols, chunks, staged, sums);
+  if constexpr (Q8)
+    stage_whole_q8<N>(x, cols, chunks, reinterpret_cast<XQ8Chunk*>(staged));
+  else
+    stage_whole_x<N>(x, cols, chunks, staged,
+                     reinterpret_cast<float*>(staged + N * chunks * (kChunk / 4)));
   __syncthreads();
   // Unguarded while every refill of the round (chunks up to c0 + 2 DEPTH - 1) is whole.
   uint32_t c0 = 0;
   for (; c0 + 2 * DEPTH <= full; c0 += DEPTH)
-    deep_round<N, R, DEPTH, false>(staged, sums, chunks, blocks, c0, at, m_factor, ring, acc);
+    deep_round<N, R, DEPTH, false, Q8>(staged, chunks, blocks, c0, at, m_factor, ring, acc);
   for (; c0 < chunks; c0 += DEPTH)
-    deep_round<N, R, DEPTH, true>(staged, sums, chunks, blocks, c0, at, m_factor, ring, acc);
+    deep_round<N, R, DEPTH, true, Q8>(staged, chunks, blocks, c0, at, m_factor, ring, acc);
 }
 
 // A launch's arguments: the fused outputs (kernels/gemv_fused.hpp) and its grid.
@@ -302,7 +461,8 @@ __device__ __forceinline__ const T& pick(const T (&a)[kGemvMaxParts], uint32_t p
 // PAIRED: gate (part 0) and up (part 1), each warp R/2 rows of both; silu(gate) * up stored.
 // DEPTH 1: x staged chunk by chunk, one chunk of codes in flight (gemv_chunk; any x). DEPTH > 1:
 // the deep path (gemv_deep; aligned x that fits in shared memory), two CTAs an SM.
-template <int N, int R, int DEPTH, bool VEC, bool PAIRED>
+// Q8: x quantized to INT8 per block (GemvX::q8), else fp32.
+template <int N, int R, int DEPTH, bool VEC, bool PAIRED, bool Q8>
 __global__ void __launch_bounds__(kThreads, DEPTH > 1 || N == 1 ? 2 : 1)
     gemv_int4_kernel(const GemvLaunch a, const float* __restrict__ x) {
   const uint32_t cols = uint32_t(a.w[0].cols), blocks = uint32_t(a.w[0].blocks());
@@ -321,10 +481,9 @@ __global__ void __launch_bounds__(kThreads, DEPTH > 1 || N == 1 ? 2 : 1)
     at[r] = lane_row(w, slot[r].row, uint32_t(w.rows), blocks, lane);
   }
   if constexpr (DEPTH > 1) {
-    gemv_deep<N, R, DEPTH>(x, cols, blocks, at, m_factor, acc);
+    gemv_deep<N, R, DEPTH, Q8>(x, cols, blocks, at, m_factor, acc);
   } else {
-    __shared__ float4 xs[N][kChunk / 4];    // the chunk of x, [N][1024] floats
-    __shared__ float sums[N][kChunk / 32];  // sums of each 32 of them, [N][32]
+    __shared__ ChunkX<N, Q8> xs;
     LaneCodes cur[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) cur[r] = load_codes<true>(at[r], 0, lane / 4 < blocks, m_factor[r]);
@@ -332,9 +491,9 @@ __global__ void __launch_bounds__(kThreads, DEPTH > 1 || N == 1 ? 2 : 1)
     const uint32_t chunks = (cols + kChunk - 1) / kChunk;
     uint32_t c = 0;
     for (; (c + 2) * 8 <= blocks; ++c)
-      gemv_chunk<N, R, VEC, false>(x, cols, blocks, c, at, m_factor, cur, acc, xs, sums);
+      gemv_chunk<N, R, VEC, false, Q8>(x, cols, blocks, c, at, m_factor, cur, acc, xs);
     for (; c < chunks; ++c)
-      gemv_chunk<N, R, VEC, true>(x, cols, blocks, c, at, m_factor, cur, acc, xs, sums);
+      gemv_chunk<N, R, VEC, true, Q8>(x, cols, blocks, c, at, m_factor, cur, acc, xs);
   }
 #pragma unroll
   for (int r = 0; r < R; ++r)
@@ -378,17 +537,18 @@ constexpr int deep_depth(int r) {
 // Shared memory per CTA for x and its sums, and the most two CTAs of an SM can have (sm_90: 228
 // KB an SM, 1 KB of it reserved per CTA). Qwen2-32B's down projection (27648 columns) at one
 // token takes 111 KB; wider x or more tokens take the chunked path.
+// Quantized x takes 1.25 bytes a column (XQ8Chunk), so up to 92,000 columns fit.
 constexpr uint64_t kDeepSharedMax = 113 * 1024;
-uint64_t deep_shared_bytes(int n, uint64_t cols) {
+uint64_t deep_shared_bytes(int n, uint64_t cols, bool q8) {
   const uint64_t chunks = (cols + kChunk - 1) / kChunk;
-  return uint64_t(n) * chunks * (kChunk + kChunk / 32) * sizeof(float);
+  return uint64_t(n) * chunks * (q8 ? sizeof(XQ8Chunk) : (kChunk + kChunk / 32) * sizeof(float));
 }
 
-template <int N, int R, bool PAIRED>
+template <int N, int R, bool PAIRED, bool Q8>
 void launch_rows(const GemvLaunch& a, const float* x, cudaStream_t stream) {
   const uint32_t grid = a.grid.ctas();
   const bool vec = a.w[0].cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  const uint64_t shared = deep_shared_bytes(N, a.w[0].cols);
+  const uint64_t shared = deep_shared_bytes(N, a.w[0].cols, Q8);
   // One token only: above it the deep ring and the accumulators pass the 128 registers that two
   // CTAs an SM leave (the compiler spills), and batched decode reads each weight once per N. So
   // do 4 unpaired rows a warp (lm_head, the streaming path's separate gate or up), which keep the
@@ -400,53 +560,53 @@ void launch_rows(const GemvLaunch& a, const float* x, cudaStream_t stream) {
       // magic static (set before the first launch, never changed) does it once per process,
       // as ferry's CUDA pass runs on one device.
       static const bool opted_in = [] {
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_int4_kernel<N, R, D, true, PAIRED>,
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_int4_kernel<N, R, D, true, PAIRED, Q8>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(kDeepSharedMax)));
         return true;
       }();
       (void)opted_in;
-      gemv_int4_kernel<N, R, D, true, PAIRED><<<grid, kThreads, shared, stream>>>(a, x);
+      gemv_int4_kernel<N, R, D, true, PAIRED, Q8><<<grid, kThreads, shared, stream>>>(a, x);
       return;
     }
   }
   if (vec) {
-    gemv_int4_kernel<N, R, 1, true, PAIRED><<<grid, kThreads, 0, stream>>>(a, x);
+    gemv_int4_kernel<N, R, 1, true, PAIRED, Q8><<<grid, kThreads, 0, stream>>>(a, x);
   } else {
-    gemv_int4_kernel<N, R, 1, false, PAIRED><<<grid, kThreads, 0, stream>>>(a, x);
+    gemv_int4_kernel<N, R, 1, false, PAIRED, Q8><<<grid, kThreads, 0, stream>>>(a, x);
   }
 }
 
-template <int N, bool PAIRED>
+template <int N, bool PAIRED, bool Q8>
 void launch(const GemvLaunch& a, const float* x, cudaStream_t stream) {
   const uint32_t r = a.grid.rows_per_warp;
   if (r == 4)
-    launch_rows<N, 4, PAIRED>(a, x, stream);
+    launch_rows<N, 4, PAIRED, Q8>(a, x, stream);
   else if (r == 2 || PAIRED)  // paired grids have R >= 2 (gemv_grid)
-    launch_rows<N, 2, PAIRED>(a, x, stream);
+    launch_rows<N, 2, PAIRED, Q8>(a, x, stream);
   else if constexpr (!PAIRED)
-    launch_rows<N, 1, false>(a, x, stream);
+    launch_rows<N, 1, false, Q8>(a, x, stream);
 }
 
-template <bool PAIRED>
+template <bool PAIRED, bool Q8>
 void launch_tokens(const GemvLaunch& a, const float* x, uint64_t k, cudaStream_t stream) {
   switch (k) {
     case 1:
-      return launch<1, PAIRED>(a, x, stream);
+      return launch<1, PAIRED, Q8>(a, x, stream);
     case 2:
-      return launch<2, PAIRED>(a, x, stream);
+      return launch<2, PAIRED, Q8>(a, x, stream);
     case 3:
-      return launch<3, PAIRED>(a, x, stream);
+      return launch<3, PAIRED, Q8>(a, x, stream);
     case 4:
-      return launch<4, PAIRED>(a, x, stream);
+      return launch<4, PAIRED, Q8>(a, x, stream);
     case 5:
-      return launch<5, PAIRED>(a, x, stream);
+      return launch<5, PAIRED, Q8>(a, x, stream);
     case 6:
-      return launch<6, PAIRED>(a, x, stream);
+      return launch<6, PAIRED, Q8>(a, x, stream);
     case 7:
-      return launch<7, PAIRED>(a, x, stream);
+      return launch<7, PAIRED, Q8>(a, x, stream);
     default:
-      return launch<8, PAIRED>(a, x, stream);
+      return launch<8, PAIRED, Q8>(a, x, stream);
   }
 }
 
@@ -463,12 +623,16 @@ void check_offsets(const Int4View& w, const char* what) {
 // where reading W once per 8 tokens would waste the tensor cores; here they are split into
 // launches of 8 tokens.
 template <bool PAIRED>
-void launch_groups(GemvLaunch a, const float* x, uint64_t n, cudaStream_t stream) {
+void launch_groups(GemvLaunch a, const float* x, uint64_t n, GemvX xq, cudaStream_t stream) {
   const uint64_t cols = a.w[0].cols;
   float* y0[kGemvMaxParts] = {a.y[0], a.y[1], a.y[2]};
   for (uint64_t t0 = 0; t0 < n; t0 += 8) {
     for (uint32_t p = 0; p < (PAIRED ? 1 : a.grid.parts); ++p) a.y[p] = y0[p] + t0 * a.w[p].rows;
-    launch_tokens<PAIRED>(a, x + t0 * cols, n - t0 < 8 ? n - t0 : 8, stream);
+    const uint64_t k = n - t0 < 8 ? n - t0 : 8;
+    if (xq == GemvX::q8)
+      launch_tokens<PAIRED, true>(a, x + t0 * cols, k, stream);
+    else
+      launch_tokens<PAIRED, false>(a, x + t0 * cols, k, stream);
     CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -476,7 +640,7 @@ void launch_groups(GemvLaunch a, const float* x, uint64_t n, cudaStream_t stream
 }  // namespace
 
 void gemv_int4_fused_cuda(const GemvOut* outs, size_t parts, const float* x, uint64_t n,
-                          GemvStore store, CUstream_st* stream) {
+                          GemvStore store, GemvX xq, CUstream_st* stream) {
   if (parts == 0 || parts > kGemvMaxParts)
     throw Error("gemv_int4_fused_cuda: " + std::to_string(parts) + " outputs, expected 1 to " +
                 std::to_string(kGemvMaxParts));
@@ -497,11 +661,11 @@ void gemv_int4_fused_cuda(const GemvOut* outs, size_t parts, const float* x, uin
     if (p >= parts) a.w[p] = a.w[0];
   a.grid = gemv_grid(rows, uint32_t(parts), false);
   a.add = store == GemvStore::add;
-  if (a.grid.ctas() > 0) launch_groups<false>(a, x, n, stream);
+  if (a.grid.ctas() > 0) launch_groups<false>(a, x, n, xq, stream);
 }
 
 void gemv_int4_silu_mul_cuda(const Int4View& gate, const Int4View& up, const float* x, uint64_t n,
-                             float* out, CUstream_st* stream) {
+                             float* out, GemvX xq, CUstream_st* stream) {
   if (gate.rows != up.rows || gate.cols != up.cols)
     throw Error("gemv_int4_silu_mul_cuda: gate and up differ in shape");
   check_offsets(gate, "gemv_int4_silu_mul_cuda");
@@ -512,13 +676,19 @@ void gemv_int4_silu_mul_cuda(const Int4View& gate, const Int4View& up, const flo
   a.y[0] = out;
   const uint64_t rows[2] = {gate.rows, up.rows};
   a.grid = gemv_grid(rows, 2, true);
-  launch_groups<true>(a, x, n, stream);
+  launch_groups<true>(a, x, n, xq, stream);
 }
 
 void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y,
                       CUstream_st* stream) {
   const GemvOut out{w, y, nullptr};
-  gemv_int4_fused_cuda(&out, 1, x, n, GemvStore::set, stream);
+  gemv_int4_fused_cuda(&out, 1, x, n, GemvStore::set, GemvX::f32, stream);
+}
+
+void matmul_int4_q8_cuda(const Int4View& w, const float* x, uint64_t n, float* y,
+                         CUstream_st* stream) {
+  const GemvOut out{w, y, nullptr};
+  gemv_int4_fused_cuda(&out, 1, x, n, GemvStore::set, GemvX::q8, stream);
 }
 
 }  // namespace ferry

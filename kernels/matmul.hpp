@@ -29,6 +29,10 @@ void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y, C
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y);
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
                         KernelIsa isa);
+// Its CUDA twin: the INT4 GEMV on activations quantized the same way (GemvX::q8,
+// kernels/gemv_fused.hpp), n <= 8 a launch.
+void matmul_int4_q8_cuda(const Int4View& w, const float* x, uint64_t n, float* y,
+                         CUstream_st* stream);
 // One block of len <= 128 activations as matmul_int4_q8_cpu quantizes it: q [128] (zeros past
 // len) = round(x * 127 / max|x|) clamped to [-127, 127]; returns max|x|. The paths give the same
 // bits (tests compare them).

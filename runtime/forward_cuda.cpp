@@ -151,6 +151,7 @@ class CudaForward final : public ForwardPass {
   uint64_t ctx_, batch_, slots_, q_dim_, kv_dim_;
   KvType kv_;
   bool bf16_cache_;    // entries dequantized to bf16 at upload (--cache-format bf16): no INT4 GEMV
+  GemvX gemv_x_;       // the INT4 GEMV's activations (--gpu-activations)
   CudaStream stream_;  // the compute stream; the cache's copy stream belongs to its backend
   DeviceArray<float> x_, xb_;       // [batch, hidden] residual stream, normed block input
   DeviceArray<float> q_, att_out_;  // [batch, heads * head_dim]
@@ -189,6 +190,7 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       kv_dim_(c.kv_heads * c.head_dim),
       kv_(shape.kv),
       bf16_cache_(o.bf16_cache),
+      gemv_x_(o.gemv_x),
       x_(batch_ * c.hidden, "activations"),
       xb_(batch_ * c.hidden, "activations"),
       q_(batch_ * q_dim_, "activations"),
@@ -264,7 +266,7 @@ void CudaForward::product(const Linear& l, uint32_t id, const float* x, uint64_t
                           GemvStore store) {
   if (l.is_int4() && n <= kGemvMaxBatch) {
     const GemvOut out{l.q4, y, bias_[id]};
-    return gemv_int4_fused_cuda(&out, 1, x, n, store, stream_.s);
+    return gemv_int4_fused_cuda(&out, 1, x, n, store, gemv_x_, stream_.s);
   }
   if (l.is_int8() && n <= kGemvMaxBatch) {
     const GemvOut8 out{l.q8, y, bias_[id]};
@@ -328,7 +330,8 @@ void CudaForward::qkv(WeightSource& src, uint64_t layer, uint64_t n) {
     if (ls[i]->is_int8()) outs8[fused8++] = {ls[i]->q8, ys[i], bias_[ids[i]]};
   }
   // A source that changed a weight's format may leave fewer than two of a kind: a product each.
-  if (fused4 >= 2) gemv_int4_fused_cuda(outs4, fused4, xb_.get(), n, GemvStore::set, stream_.s);
+  if (fused4 >= 2)
+    gemv_int4_fused_cuda(outs4, fused4, xb_.get(), n, GemvStore::set, gemv_x_, stream_.s);
   if (fused8 >= 2) gemv_int8_fused_cuda(outs8, fused8, xb_.get(), n, GemvStore::set, stream_.s);
   for (int i = 0; i < 3; ++i) {
     const bool done = (ls[i]->is_int4() && fused4 >= 2) || (ls[i]->is_int8() && fused8 >= 2);
@@ -351,7 +354,8 @@ void CudaForward::gate_up(WeightSource& src, uint64_t layer, uint64_t n) {
   }
   HeldWeight gate(src, ig), up(src, iu);
   if (gate.linear.is_int4() && up.linear.is_int4()) {
-    gemv_int4_silu_mul_cuda(gate.linear.q4, up.linear.q4, xb_.get(), n, gate_.get(), stream_.s);
+    gemv_int4_silu_mul_cuda(gate.linear.q4, up.linear.q4, xb_.get(), n, gate_.get(), gemv_x_,
+                            stream_.s);
   } else {  // as in qkv
     product(gate.linear, ig, xb_.get(), n, gate_.get(), GemvStore::set);
     product(up.linear, iu, xb_.get(), n, up_.get(), GemvStore::set);

@@ -2,6 +2,7 @@
 // runtime/forward_cpu.cpp, each a kernel of kernels/*.cu on one compute stream, with every linear
 // weight acquired from the paging cache in device memory. CUDA builds only.
 #pragma once
+#include "kernels/gemv_fused.hpp"
 #include "runtime/forward_pass.hpp"
 
 namespace ferry {
@@ -20,6 +21,9 @@ struct CudaForwardOptions {
   // false: the host weight store in pageable memory, uploaded through the pinned bounce ring, as
   // when pinning fails (tests take this path on purpose).
   bool pin_host = true;
+  // `--gpu-activations`: the INT4 GEMV's activations at decode, quantized to INT8 per block as
+  // the CPU backend's are (the default) or fp32 (kernels/gemv_fused.hpp).
+  GemvX gemv_x = GemvX::q8;
 };
 
 // Probes the GPU (one clear line when there is none, or the build cannot run on it) and returns

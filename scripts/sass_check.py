@@ -5,8 +5,8 @@ No GPU is needed: `cuobjdump -sass` disassembles the object files the build made
 below is checked on the sm_90 code (the H100/H200 the roofline figures are for):
   - no kernel touches local memory (LDL/STL: register spills or stack arrays, each a round trip
     to DRAM-backed memory inside a loop);
-  - the INT4 GEMV's main loop (the innermost loop with the most FFMAs; the leaner of two such,
-    where the compiler made a guarded copy for the last rounds) reads the weights with
+  - the INT4 GEMV's main loop (the innermost loop with the most FFMAs, IDP.4As for INT8 x; the
+    leaner of two such, where the compiler made a guarded copy for the last rounds) reads the weights with
     128-bit global loads (LDG.E.128) and x with 128-bit shared loads (LDS.128);
   - the GQA attention kernel (attention_group_kernel) reads K and V rows with 128-bit loads
     only, in both its K loop and its V loop;
@@ -25,7 +25,11 @@ below is checked on the sm_90 code (the H100/H200 the roofline figures are for):
     path's separate launches; DEPTH 1, the chunked path, x too wide for shared memory).
     gemv_int4_kernel<1, R, DEPTH, VEC, PAIRED> covers R * DEPTH * 1024 weights per iteration
     (measured with sm_90 code of nvcc 13: 98-101 deep, 104-137 chunked; the old kernel of issue
-    17's desk review spent ~385).
+    17's desk review spent ~385). The INT8-activation variants (Q8, GemvX::q8: what decode runs by
+    default) dot 4 codes an instruction (IDP.4A) and read a quarter of the shared-memory bytes:
+    their deep variants' weighted mean is held to GEMV_Q8_BUDGET, half the fp32 budget (measured
+    35-46, mean 36); their chunked variants quantize each chunk of x inside the loop and are held
+    to the fp32 bound (65-149).
 
 Usage: sass_check.py [--cuobjdump PATH] OBJECT...
 Exit 0: every rule holds; 1: a rule fails (each failure printed); 77: no cuobjdump (skipped,
@@ -40,6 +44,7 @@ import sys
 
 SKIP = 77
 GEMV_BUDGET = 120  # warp-instructions per 1024 weights in the main loop (see above)
+GEMV_Q8_BUDGET = 60  # the INT8-activation variants (GemvX::q8, decode's default): half of it
 # gemv_int4_kernel<N = 1, R, aligned, PAIRED>: the share of a Qwen2-32B decode layer's INT4 bytes
 # each (R, PAIRED) reads, every weight resident (runtime/forward_cuda.cpp's fused launches).
 GEMV_SHARE = {(4, True): 2 * 27648 * 5120, (2, False): (7168 + 5120 + 27648) * 5120}
@@ -112,32 +117,39 @@ def innermost(bodies):
             if not any((l2, h2) != (lo, hi) and lo <= l2 and h2 <= hi for l2, h2 in spans)]
 
 
-def count_ffma(body):
-    return sum(c[1].startswith("FFMA") for c in body)
+def count_dot(body, q8):
+    """The dot product's instructions: FFMA (fp32 x) or IDP.4A (dp4a, INT8 x)."""
+    return sum(c[1].startswith("IDP.4A" if q8 else "FFMA") for c in body)
 
 
-def check_gemv(name, code, r, fail):
-    """Checks one gemv_int4_kernel<1, R, DEPTH>, whose main loop covers r = R x DEPTH chunks of
-    1024 weights (DEPTH 1: the chunked path; above: the deep path's unrolled ring); returns its
-    instructions per 1024 weights."""
+def check_gemv(name, code, r, q8, deep, fail):
+    """Checks one gemv_int4_kernel<1, R, DEPTH, .., Q8>, whose main loop covers r = R x DEPTH
+    chunks of 1024 weights (DEPTH 1: the chunked path; above: the deep path's unrolled ring);
+    returns its instructions per 1024 weights."""
     bodies = innermost(loops(code))
     if not bodies:
         return fail(f"{name}: no loop found")
-    # The main loop: the innermost loop with the most FFMAs; where the compiler also made a
-    # guarded copy of it (the last rounds, whose loads may pass the row's end), the leaner one,
-    # which runs every round but those.
-    ffma = max(count_ffma(b) for b in bodies)
-    main = min((b for b in bodies if count_ffma(b) == ffma), key=lambda b: len(real(b)))
+    # The main loop: the innermost loop with the most FFMAs (q8: IDP4As); where the compiler also
+    # made a guarded copy of it (the last rounds, whose loads may pass the row's end), the leaner
+    # one, which runs every round but those.
+    dots = max(count_dot(b, q8) for b in bodies)
+    if dots == 0:
+        return fail(f"{name}: no loop with {'IDP.4A' if q8 else 'FFMA'} found")
+    main = min((b for b in bodies if count_dot(b, q8) == dots), key=lambda b: len(real(b)))
     ops = [c[1] for c in real(main)]
     per_1024 = len(ops) / r
     wide_global = sum(op.startswith("LDG") and ".128" in op for op in ops)
     narrow_global = sum(op.startswith("LDG") and ".128" not in op and "U16" not in op for op in ops)
     wide_shared = sum(op.startswith("LDS") and ".128" in op for op in ops)
+    # The chunked loop also quantizes each chunk of x (q8: ~60 instructions a warp and chunk,
+    # whatever R): its variants are held to the fp32 budget, the deep ones (x quantized once,
+    # before the loop) to the q8 one.
+    budget = GEMV_Q8_BUDGET if q8 and deep else GEMV_BUDGET
     print(f"  {name}: main loop {len(ops)} instructions = {per_1024:.0f} per 1024 weights "
-          f"(R = {r}); 128-bit loads: {wide_global} global, {wide_shared} shared; "
+          f"(R x DEPTH = {r}); 128-bit loads: {wide_global} global, {wide_shared} shared; "
           f"narrower non-scale global loads {narrow_global}")
-    if per_1024 > 1.25 * GEMV_BUDGET:
-        fail(f"{name}: {per_1024:.0f} warp-instructions per 1024 weights, over 1.25 x {GEMV_BUDGET}")
+    if per_1024 > 1.25 * budget:
+        fail(f"{name}: {per_1024:.0f} warp-instructions per 1024 weights, over 1.25 x {budget}")
     if wide_global == 0 or narrow_global:
         fail(f"{name}: the weights are not read with 128-bit loads only "
              f"({wide_global} LDG.128, {narrow_global} narrower)")
@@ -186,12 +198,12 @@ def check_tiled(name, code, fail):
 
 
 def demangled_gemv(name):
-    """(N, R, DEPTH, aligned x, paired) of gemv_int4_kernel<N, R, DEPTH, VEC, PAIRED>."""
-    m = re.search(r"gemv_int4_kernelILi(\d+)ELi(\d+)ELi(\d+)ELb(\d)ELb(\d)E", name)
+    """(N, R, DEPTH, aligned x, paired, q8) of gemv_int4_kernel<N, R, DEPTH, VEC, PAIRED, Q8>."""
+    m = re.search(r"gemv_int4_kernelILi(\d+)ELi(\d+)ELi(\d+)ELb(\d)ELb(\d)ELb(\d)E", name)
     if not m:
         return None
     return (int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4) == "1",
-            m.group(5) == "1")
+            m.group(5) == "1", m.group(6) == "1")
 
 
 def main():
@@ -226,24 +238,31 @@ def main():
                 check_tiled(name, code, fail)
             g = demangled_gemv(name)
             if g and g[0] == 1 and g[3]:  # the aligned-x variants: every real model's
-                n, r, depth, _, paired = g
-                per = check_gemv(name, code, r * depth, fail)
-                if depth > 1:  # the deep path, which decode runs (the chunked one: its fallback)
-                    per_r[(r, paired)] = per
+                n, r, depth, _, paired, q8 = g
+                per = check_gemv(name, code, r * depth, q8, depth > 1, fail)
+                if depth > 1:  # the deep path (the chunked one: its fallback)
+                    per_r[(r, paired, q8)] = per
     if kernels == 0:
         fail("no sm_90 kernel found in the objects given (was sm_90 compiled in?)")
     if not per_r:
         fail("no gemv_int4_kernel<1, R> found")
-    elif not all(k in per_r for k in GEMV_SHARE):
-        fail("the fused decode GEMV variants are missing: expected gemv_int4_kernel<1, R, DEPTH > 1, "
-             f"true, PAIRED> for (R, PAIRED) in {sorted(GEMV_SHARE)}, found {sorted(per_r)}")
-    elif all(v is not None for v in per_r.values()):
+    for q8, budget in ((False, GEMV_BUDGET), (True, GEMV_Q8_BUDGET)):
+        kind = "INT8 x" if q8 else "fp32 x"
+        want = [(r, paired, q8) for r, paired in GEMV_SHARE]
+        if not all(k in per_r for k in want):
+            fail(f"the fused decode GEMV variants ({kind}) are missing: expected "
+                 f"gemv_int4_kernel<1, R, DEPTH > 1, true, PAIRED, Q8> for (R, PAIRED, Q8) in "
+                 f"{want}, found {sorted(per_r)}")
+            continue
+        if any(per_r[k] is None for k in want):
+            continue
         total = sum(GEMV_SHARE.values())
-        mean = sum(per_r[k] * GEMV_SHARE[k] for k in GEMV_SHARE) / total
-        print(f"  decode GEMV: {mean:.0f} warp-instructions per 1024 weights, weighted by a "
-              f"Qwen2-32B layer's bytes (budget {GEMV_BUDGET})")
-        if mean > GEMV_BUDGET:
-            fail(f"decode GEMV: {mean:.0f} warp-instructions per 1024 weights, over {GEMV_BUDGET}")
+        mean = sum(per_r[(r, p, q8)] * GEMV_SHARE[(r, p)] for r, p in GEMV_SHARE) / total
+        print(f"  decode GEMV, {kind}: {mean:.0f} warp-instructions per 1024 weights, weighted "
+              f"by a Qwen2-32B layer's bytes (budget {budget})")
+        if mean > budget:
+            fail(f"decode GEMV, {kind}: {mean:.0f} warp-instructions per 1024 weights, over "
+                 f"{budget}")
     if kernels and not tiled:
         fail("no attention_tiled_kernel found")
     print(f"sass_check: {kernels} sm_90 kernels, {len(per_r)} decode GEMV variants, {groups} "

@@ -42,7 +42,8 @@ TEST(DeviceCheck, TheMessageNamesTheCardTheBuildAndBothWaysOut) {
 }
 
 // Without a GPU (or without the CUDA backend in the build) `--device cuda` is one line that says
-// what to do, exit 1; a bad device name or --vram-limit on the CPU is an error too.
+// what to do, exit 1; a bad device name, --vram-limit or --gpu-activations on the CPU, or a
+// --gpu-activations that is not int8 or f32 (checked before the GPU is probed) is an error too.
 TEST(DeviceCli, CudaWithoutAGpuIsOneClearLine) {
   test::ScratchDir tmp;
   const std::string hf = (tmp / "hf").string(), model = (tmp / "m.ferry").string();
@@ -55,6 +56,15 @@ TEST(DeviceCli, CudaWithoutAGpuIsOneClearLine) {
   EXPECT_EQ(limit.exit_code, 1);
   EXPECT_NE(limit.output.find("--vram-limit needs --device cuda"), std::string::npos)
       << limit.output;
+  const test::RunResult acts =
+      test::run_ferry({"run", model, "-n", "2", "--gpu-activations", "f32"});
+  EXPECT_EQ(acts.exit_code, 1);
+  EXPECT_NE(acts.output.find("--gpu-activations needs --device cuda"), std::string::npos)
+      << acts.output;
+  const test::RunResult typo =
+      test::run_ferry({"run", model, "-n", "2", "--device", "cuda", "--gpu-activations", "fp8"});
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_NE(typo.output.find("'fp8' is not int8 or f32"), std::string::npos) << typo.output;
 
   const test::RunResult r = test::run_ferry({"run", model, "-n", "2", "--device", "cuda"});
   if (r.exit_code == 0) GTEST_SKIP() << "a usable GPU is present: nothing to refuse";

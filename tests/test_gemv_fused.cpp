@@ -11,8 +11,10 @@
 
 #include "base/dtype.hpp"
 #include "base/error.hpp"
+#include "kernels/cpu_pool.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/gemv_fused.hpp"
+#include "kernels/matmul.hpp"
 #include "kernels/matvec.hpp"
 #include "quantizer/int4_quantize.hpp"
 #include "quantizer/int8_quantize.hpp"
@@ -116,7 +118,7 @@ TEST(GemvFused, QkvWithBiasesEqualsThreeProductsAndAddBias) {
       const GemvOut outs[3] = {{q.view, yq.data(), q.bias.data()},
                                {k.view, yk.data(), k.bias.data()},
                                {v.view, yv.data(), nullptr}};  // v without a bias
-      gemv_int4_fused_cpu(outs, 3, x.data(), n, GemvStore::set);
+      gemv_int4_fused_cpu(outs, 3, x.data(), n, GemvStore::set, GemvX::f32);
       std::vector<float> wq = product(q, x, n), wk = product(k, x, n), wv = product(v, x, n);
       add_bias_cpu(wq.data(), q.bias.data(), n, 96);
       add_bias_cpu(wk.data(), k.bias.data(), n, 40);
@@ -136,7 +138,7 @@ TEST(GemvFused, ResidualStoreEqualsProductThenAdd) {
     const std::vector<float> proj = product(o, x, n);
     add_cpu(want.data(), proj.data(), n * rows);
     const GemvOut out{o.view, residual.data(), nullptr};
-    gemv_int4_fused_cpu(&out, 1, x.data(), n, GemvStore::add);
+    gemv_int4_fused_cpu(&out, 1, x.data(), n, GemvStore::add, GemvX::f32);
     EXPECT_EQ(residual, want) << scheme_name(s);
   }
 }
@@ -193,11 +195,54 @@ TEST(GemvFused, GateUpEqualsTwoProductsAndSiluMul) {
                    up = make_weight(rows, cols, Scheme::sym, 12);  // schemes may differ
       const std::vector<float> x = test::activations(n, cols);
       std::vector<float> got(n * rows, NAN);
-      gemv_int4_silu_mul_cpu(gate.view, up.view, x.data(), n, got.data());
+      gemv_int4_silu_mul_cpu(gate.view, up.view, x.data(), n, got.data(), GemvX::f32);
       std::vector<float> g = product(gate, x, n);
       const std::vector<float> u = product(up, x, n);
       silu_mul_cpu(g.data(), u.data(), n * rows, g.data());
       EXPECT_EQ(got, g);
+    }
+}
+
+// GemvX::q8: the twin is the CPU's own INT4 x INT8 product (matmul_int4_q8_cpu's portable path,
+// the same expression on the same quantized x) bit for bit, through the fused grid and epilogues,
+// for sym and asym weights, a partial last block and 1..8 tokens.
+TEST(GemvFused, Q8TwinEqualsTheCpuInt8ActivationProduct) {
+  CpuPool pool(1);
+  const uint64_t cols = 1100;  // a whole chunk and a partial one, a partial last block
+  auto q8_product = [&](const Weight& w, const std::vector<float>& x, uint64_t n) {
+    std::vector<float> y(n * w.view.rows);
+    matmul_int4_q8_cpu(pool, w.view, x.data(), n, y.data(), KernelIsa::portable);
+    return y;
+  };
+  for (Scheme s : {Scheme::sym, Scheme::asym_hqq})
+    for (uint64_t n : {1u, 3u, 8u}) {
+      SCOPED_TRACE(std::string(scheme_name(s)) + " n=" + std::to_string(n));
+      const Weight q = make_weight(96, cols, s, 21), k = make_weight(40, cols, s, 22);
+      const std::vector<float> x = test::activations(n, cols);
+      std::vector<float> yq(n * 96, NAN), yk(n * 40, NAN);
+      const GemvOut outs[2] = {{q.view, yq.data(), q.bias.data()}, {k.view, yk.data(), nullptr}};
+      gemv_int4_fused_cpu(outs, 2, x.data(), n, GemvStore::set, GemvX::q8);
+      std::vector<float> wq = q8_product(q, x, n);
+      add_bias_cpu(wq.data(), q.bias.data(), n, 96);
+      EXPECT_EQ(yq, wq);
+      EXPECT_EQ(yk, q8_product(k, x, n));
+      // Paired gate/up: silu(gate x) * (up x) of the q8 products.
+      const Weight up = make_weight(40, cols, s, 23);
+      std::vector<float> h(n * 40, NAN), g = q8_product(k, x, n);
+      gemv_int4_silu_mul_cpu(k.view, up.view, x.data(), n, h.data(), GemvX::q8);
+      const std::vector<float> u = q8_product(up, x, n);
+      silu_mul_cpu(g.data(), u.data(), n * 40, g.data());
+      EXPECT_EQ(h, g);
+      // And they differ from the fp32 products by the q8 rounding only: a relative error of ~1%.
+      const std::vector<float> f = product(q, x, n);
+      double num = 0, den = 0;
+      for (size_t i = 0; i < f.size(); ++i) {
+        const double e = double(yq[i]) - double(f[i]) - bf16_to_float(q.bias[i % 96]);
+        num += e * e;
+        den += double(f[i]) * f[i];
+      }
+      EXPECT_LT(num / den, 1e-3);
+      EXPECT_GT(num / den, 0.0);  // the q8 path really ran
     }
 }
 
@@ -206,10 +251,10 @@ TEST(GemvFused, RefusesWhatOneLaunchCannotServe) {
   const std::vector<float> x = test::activations(1, 256);
   std::vector<float> y(8);
   const GemvOut mixed[2] = {{a.view, y.data(), nullptr}, {b.view, y.data(), nullptr}};
-  EXPECT_THROW(gemv_int4_fused_cpu(mixed, 2, x.data(), 1, GemvStore::set), Error);
+  EXPECT_THROW(gemv_int4_fused_cpu(mixed, 2, x.data(), 1, GemvStore::set, GemvX::f32), Error);
   const GemvOut four[4] = {mixed[0], mixed[0], mixed[0], mixed[0]};
-  EXPECT_THROW(gemv_int4_fused_cpu(four, 4, x.data(), 1, GemvStore::set), Error);
-  EXPECT_THROW(gemv_int4_silu_mul_cpu(a.view, b.view, x.data(), 1, y.data()), Error);
+  EXPECT_THROW(gemv_int4_fused_cpu(four, 4, x.data(), 1, GemvStore::set, GemvX::q8), Error);
+  EXPECT_THROW(gemv_int4_silu_mul_cpu(a.view, b.view, x.data(), 1, y.data(), GemvX::q8), Error);
 }
 
 }  // namespace

@@ -36,9 +36,13 @@ double nmse(const std::vector<float>& got, const std::vector<float>& want) {
 // Quantizes Gaussian weights in `scheme`, multiplies n random activations on both devices; the
 // twin is the scalar reference, token by token. `x_offset` floats shift x off its 16-byte
 // alignment (the kernel then stages x element by element).
-void gemv_case(Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n, uint64_t x_offset = 0) {
+// GemvX::q8: the twin is the CPU backend's own INT4 x INT8 product (matmul_int4_q8_cpu, its
+// portable path), on activations quantized the same way.
+void gemv_case(GemvX xq, Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n,
+               uint64_t x_offset = 0) {
+  const char* act = xq == GemvX::q8 ? "q8" : "f32";
   SCOPED_TRACE(std::string(scheme_name(scheme)) + " " + std::to_string(rows) + "x" +
-               std::to_string(cols) + " n=" + std::to_string(n));
+               std::to_string(cols) + " n=" + std::to_string(n) + " " + act);
   std::mt19937 rng(uint32_t(rows * 31 + cols + n));
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const uint64_t blocks = int4_blocks_per_row(cols);
@@ -50,47 +54,60 @@ void gemv_case(Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n, uint64_t
   quantize_int4(w.data(), rows, cols, scheme, q.data(), scales.data(), mins.data());
   const bool has_mins = scheme_has_mins(scheme);
   std::vector<float> want(n * rows), got(n * rows, NAN);  // NaN: an unwritten element shows
-  for (uint64_t t = 0; t < n; ++t)
-    matvec_int4_cpu({q.data(), scales.data(), has_mins ? mins.data() : nullptr, rows, cols},
-                    x.data() + t * cols, want.data() + t * rows);
+  const Int4View host{q.data(), scales.data(), has_mins ? mins.data() : nullptr, rows, cols};
+  if (xq == GemvX::q8) {
+    CpuPool pool(1);
+    matmul_int4_q8_cpu(pool, host, x.data(), n, want.data(), KernelIsa::portable);
+  } else {
+    for (uint64_t t = 0; t < n; ++t)
+      matvec_int4_cpu(host, x.data() + t * cols, want.data() + t * rows);
+  }
   DeviceArray<uint8_t> d_q(q);
   DeviceArray<uint16_t> d_s(scales), d_m(mins);
   std::vector<float> shifted(x_offset, 0.0f);
   shifted.insert(shifted.end(), x.begin(), x.end());
   DeviceArray<float> d_x(shifted), d_y(got);
-  matmul_int4_cuda({d_q.get(), d_s.get(), has_mins ? d_m.get() : nullptr, rows, cols},
-                   d_x.get() + x_offset, n, d_y.get(), nullptr);
+  const Int4View dev{d_q.get(), d_s.get(), has_mins ? d_m.get() : nullptr, rows, cols};
+  if (xq == GemvX::q8)
+    matmul_int4_q8_cuda(dev, d_x.get() + x_offset, n, d_y.get(), nullptr);
+  else
+    matmul_int4_cuda(dev, d_x.get() + x_offset, n, d_y.get(), nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   got = d_y.to_host();
   const double e = nmse(got, want);
-  std::printf("  gemv %-9s %5llux%-5llu n=%llu  NMSE vs CPU twin %.3g\n",
+  std::printf("  gemv %-3s %-9s %5llux%-5llu n=%llu  NMSE vs CPU twin %.3g\n", act,
               std::string(scheme_name(scheme)).c_str(), (unsigned long long)rows,
               (unsigned long long)cols, (unsigned long long)n, e);
   // fp32 sums of up to 8192 terms in two orders, and the kernel's 0.5 + code / 256 form (relative
-  // ~2^-20, kernels/gemv_int4.cu): NMSE ~1e-12, far below 1e-10.
+  // ~2^-20, kernels/gemv_int4.cu): NMSE ~1e-12, far below 1e-10. q8: the same q (bit for bit) and
+  // exact int32 block sums, the float sums over blocks in another order: as small.
   EXPECT_LT(e, 1e-10);
 }
 
 TEST(GpuKernels, GemvInt4MatchesCpuTwin) {
   FERRY_REQUIRE_GPU();
-  for (Scheme s : {Scheme::sym, Scheme::asym_clip})
-    for (uint64_t n : {1u, 3u, 8u, 11u}) {
-      gemv_case(s, 1000, 4096, n);   // 4 whole chunks: the unguarded main loop, 1 row a warp
-      gemv_case(s, 37, 320, n);      // one partial chunk, rows not a multiple of 8 per CTA
-      gemv_case(s, 64, 960, n);      // 8 blocks, the last partial: guarded chunks only
-      gemv_case(s, 40, 2500, n);     // 20 blocks: main loop, then a partial chunk
-      gemv_case(s, 5000, 1024, n);   // 2 rows a warp, one whole chunk, 5000 % 16 rows left over
-      gemv_case(s, 9000, 2176, n);   // 4 rows a warp, 2 chunks + 1 block, 9000 % 32 left over
-      gemv_case(s, 70, 321, n);      // cols not a multiple of 4: x staged element by element
-      gemv_case(s, 70, 2048, n, 1);  // x off its 16-byte alignment
-      // One token: the deep path (x staged whole, DEPTH chunks in flight) with its unguarded
-      // rounds, at 1 and 2 rows a warp; and x too wide for its shared memory (chunked path).
-      if (n == 1) {
-        gemv_case(s, 200, 16384, n);  // R = 1, DEPTH 4: 16 chunks
-        gemv_case(s, 4300, 5200, n);  // R = 2, DEPTH 3: 40.6 blocks, a partial last chunk
-        gemv_case(s, 100, 28800, n);  // 29 chunks: 122 KB of x and sums, over the deep limit
+  for (GemvX xq : {GemvX::f32, GemvX::q8})
+    for (Scheme s : {Scheme::sym, Scheme::asym_clip})
+      for (uint64_t n : {1u, 3u, 8u, 11u}) {
+        const auto gemv_case = [xq](auto... args) { ferry::gemv_case(xq, args...); };
+        gemv_case(s, 1000, 4096, n);   // 4 whole chunks: the unguarded main loop, 1 row a warp
+        gemv_case(s, 37, 320, n);      // one partial chunk, rows not a multiple of 8 per CTA
+        gemv_case(s, 64, 960, n);      // 8 blocks, the last partial: guarded chunks only
+        gemv_case(s, 40, 2500, n);     // 20 blocks: main loop, then a partial chunk
+        gemv_case(s, 5000, 1024, n);   // 2 rows a warp, one whole chunk, 5000 % 16 rows left over
+        gemv_case(s, 9000, 2176, n);   // 4 rows a warp, 2 chunks + 1 block, 9000 % 32 left over
+        gemv_case(s, 70, 321, n);      // cols not a multiple of 4: x staged element by element
+        gemv_case(s, 70, 2048, n, 1);  // x off its 16-byte alignment
+        // One token: the deep path (x staged whole, DEPTH chunks in flight) with its unguarded
+        // rounds, at 1 and 2 rows a warp; and x too wide for its shared memory (chunked path).
+        if (n == 1) {
+          gemv_case(s, 200, 16384, n);  // R = 1, DEPTH 4: 16 chunks
+          gemv_case(s, 4300, 5200, n);  // R = 2, DEPTH 3: 40.6 blocks, a partial last chunk
+          gemv_case(s, 100, 28800, n);  // 29 chunks: 122 KB of fp32 x and sums, over the deep
+                                        // limit (q8: 37 KB, deep)
+          gemv_case(s, 20, 96000, n);   // 94 chunks: 120 KB of q8 x, over its deep limit too
+        }
       }
-    }
 }
 
 // The INT8 GEMV (kernels/gemv_int8.cu) against matmul_int8_cpu, and the INT8 -> bf16 dequant
@@ -222,46 +239,47 @@ struct TwinWeight {
 // residual store, and gate/up paired (2 and 4 rows a warp), for 1, 3, 8 and 11 tokens.
 TEST(GpuKernels, FusedGemvMatchesCpuTwins) {
   FERRY_REQUIRE_GPU();
-  for (Scheme s : {Scheme::sym, Scheme::asym_clip})
-    for (uint64_t n : {1u, 3u, 8u, 11u})
-      for (uint64_t cols : {2176u, 320u, 8320u}) {
-        if (cols == 8320 && n != 1) continue;  // the deep path's unguarded rounds: one token
-        SCOPED_TRACE(std::string(scheme_name(s)) + " n=" + std::to_string(n) +
-                     " cols=" + std::to_string(cols));
-        const std::vector<float> x = random_vector(n * cols, 3);
-        DeviceArray<float> d_x(x);
-        for (uint64_t big : {0u, 1u}) {
-          const uint64_t rq = big ? 5120 : 96, rk = big ? 1024 : 40;
-          TwinWeight q(rq, cols, s, 1), k(rk, cols, s, 2), v(rk, cols, s, 3);
-          std::vector<float> yq(n * rq), yk(n * rk), yv(n * rk);
-          const GemvOut host[3] = {{q.host, yq.data(), q.bias.data()},
-                                   {k.host, yk.data(), k.bias.data()},
-                                   {v.host, yv.data(), nullptr}};
-          gemv_int4_fused_cpu(host, 3, x.data(), n, GemvStore::set);
-          DeviceArray<float> d_q(nans(n * rq)), d_k(nans(n * rk)), d_v(nans(n * rk));
-          const GemvOut dev[3] = {{q.device, d_q.get(), q.d_b.get()},
-                                  {k.device, d_k.get(), k.d_b.get()},
-                                  {v.device, d_v.get(), nullptr}};
-          gemv_int4_fused_cuda(dev, 3, d_x.get(), n, GemvStore::set, nullptr);
-          expect_close("fused q", d_q.to_host(), yq, 1e-10);
-          expect_close("fused k", d_k.to_host(), yk, 1e-10);
-          expect_close("fused v", d_v.to_host(), yv, 1e-10);
-          // The residual store: y += W x.
-          std::vector<float> res = random_vector(n * rq, 4);
-          DeviceArray<float> d_res(res);
-          const GemvOut h1{q.host, res.data(), nullptr}, g1{q.device, d_res.get(), nullptr};
-          gemv_int4_fused_cpu(&h1, 1, x.data(), n, GemvStore::add);
-          gemv_int4_fused_cuda(&g1, 1, d_x.get(), n, GemvStore::add, nullptr);
-          expect_close("residual store", d_res.to_host(), res, 1e-10);
-          // gate/up paired: 5120 rows a weight gives 4 rows a warp, 96 gives 2.
-          TwinWeight up(rq, cols, s, 5);
-          DeviceArray<float> d_out(nans(n * rq));
-          gemv_int4_silu_mul_cuda(q.device, up.device, d_x.get(), n, d_out.get(), nullptr);
-          std::vector<float> want(n * rq);
-          gemv_int4_silu_mul_cpu(q.host, up.host, x.data(), n, want.data());
-          expect_close("gate/up silu", d_out.to_host(), want, 1e-10);
+  for (GemvX xq : {GemvX::f32, GemvX::q8})
+    for (Scheme s : {Scheme::sym, Scheme::asym_clip})
+      for (uint64_t n : {1u, 3u, 8u, 11u})
+        for (uint64_t cols : {2176u, 320u, 8320u}) {
+          if (cols == 8320 && n != 1) continue;  // the deep path's unguarded rounds: one token
+          SCOPED_TRACE(std::string(scheme_name(s)) + " n=" + std::to_string(n) +
+                       " cols=" + std::to_string(cols) + (xq == GemvX::q8 ? " q8" : " f32"));
+          const std::vector<float> x = random_vector(n * cols, 3);
+          DeviceArray<float> d_x(x);
+          for (uint64_t big : {0u, 1u}) {
+            const uint64_t rq = big ? 5120 : 96, rk = big ? 1024 : 40;
+            TwinWeight q(rq, cols, s, 1), k(rk, cols, s, 2), v(rk, cols, s, 3);
+            std::vector<float> yq(n * rq), yk(n * rk), yv(n * rk);
+            const GemvOut host[3] = {{q.host, yq.data(), q.bias.data()},
+                                     {k.host, yk.data(), k.bias.data()},
+                                     {v.host, yv.data(), nullptr}};
+            gemv_int4_fused_cpu(host, 3, x.data(), n, GemvStore::set, xq);
+            DeviceArray<float> d_q(nans(n * rq)), d_k(nans(n * rk)), d_v(nans(n * rk));
+            const GemvOut dev[3] = {{q.device, d_q.get(), q.d_b.get()},
+                                    {k.device, d_k.get(), k.d_b.get()},
+                                    {v.device, d_v.get(), nullptr}};
+            gemv_int4_fused_cuda(dev, 3, d_x.get(), n, GemvStore::set, xq, nullptr);
+            expect_close("fused q", d_q.to_host(), yq, 1e-10);
+            expect_close("fused k", d_k.to_host(), yk, 1e-10);
+            expect_close("fused v", d_v.to_host(), yv, 1e-10);
+            // The residual store: y += W x.
+            std::vector<float> res = random_vector(n * rq, 4);
+            DeviceArray<float> d_res(res);
+            const GemvOut h1{q.host, res.data(), nullptr}, g1{q.device, d_res.get(), nullptr};
+            gemv_int4_fused_cpu(&h1, 1, x.data(), n, GemvStore::add, xq);
+            gemv_int4_fused_cuda(&g1, 1, d_x.get(), n, GemvStore::add, xq, nullptr);
+            expect_close("residual store", d_res.to_host(), res, 1e-10);
+            // gate/up paired: 5120 rows a weight gives 4 rows a warp, 96 gives 2.
+            TwinWeight up(rq, cols, s, 5);
+            DeviceArray<float> d_out(nans(n * rq));
+            gemv_int4_silu_mul_cuda(q.device, up.device, d_x.get(), n, d_out.get(), xq, nullptr);
+            std::vector<float> want(n * rq);
+            gemv_int4_silu_mul_cpu(q.host, up.host, x.data(), n, want.data(), xq);
+            expect_close("gate/up silu", d_out.to_host(), want, 1e-10);
+          }
         }
-      }
 }
 
 TEST(GpuKernels, CublasLtBf16GemmMatchesCpuTwin) {

@@ -181,7 +181,12 @@ void add_engine_options(cxxopts::Options& o, bool cache_options) {
       "given)",
       cxxopts::value<std::string>()->default_value("cpu"))(
       "vram-limit", "with --device cuda: pretend the card has this much memory (e.g. 24G)",
-      cxxopts::value<std::string>());
+      cxxopts::value<std::string>())(
+      "gpu-activations",
+      "with --device cuda: what the INT4 GEMV of decode multiplies the weights with: int8 "
+      "(activations quantized per block of 128, as the CPU backend does; a third of the "
+      "instructions) or f32",
+      cxxopts::value<std::string>()->default_value("int8"));
   if (!cache_options) return;
   o.add_options()(
       "cache-budget",
@@ -221,13 +226,18 @@ DeviceFactory device_factory(const cxxopts::ParseResult& a, const CacheOptions& 
   const std::string device = a["device"].as<std::string>();
   if (device != "cpu" && device != "cuda")
     throw Error("--device: '" + device + "' is not cpu or cuda");
+  const std::string acts = a["gpu-activations"].as<std::string>();
+  if (acts != "int8" && acts != "f32")
+    throw Error("--gpu-activations: '" + acts + "' is not int8 or f32");
   if (device == "cpu") {
     if (a.count("vram-limit")) throw Error("--vram-limit needs --device cuda");
+    if (a.count("gpu-activations")) throw Error("--gpu-activations needs --device cuda");
     return {};
   }
 #ifdef FERRY_HAVE_CUDA
   CudaForwardOptions o;
   o.bf16_cache = c.format == CacheFormat::bf16;
+  o.gemv_x = acts == "int8" ? GemvX::q8 : GemvX::f32;
   if (a.count("vram-limit"))
     o.vram_limit = parse_size(a["vram-limit"].as<std::string>(), "--vram-limit");
   return cuda_forward_factory(o);
