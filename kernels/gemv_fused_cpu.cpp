@@ -66,7 +66,9 @@ struct TwinX {
       const int32_t* qb = q.data() + (t * blocks + b) * kBlock;
       int32_t isum = 0;
       for (uint64_t e = 0; e < kBlock; ++e)
-        isum += int32_t((cb[e / 2] >> (e % 2 * 4)) & 15) * qb[e];
+        // q as the packed int8 the CPU's tiles hold: a NaN of x (INT_MIN from the conversion)
+        // keeps its low byte, 0, as the kernel's conversion gives.
+        isum += int32_t((cb[e / 2] >> (e % 2 * 4)) & 15) * int8_t(qb[e]);
       const float s = f16_to_float(w.scales[row * blocks + b]), db = d[t * blocks + b];
       acc += float(isum) * (s * db);
       off += (w.mins ? f16_to_float(w.mins[row * blocks + b]) : s) *
