@@ -36,8 +36,9 @@ double nmse(const std::vector<float>& got, const std::vector<float>& want) {
 // Quantizes Gaussian weights in `scheme`, multiplies n random activations on both devices; the
 // twin is the scalar reference, token by token. `x_offset` floats shift x off its 16-byte
 // alignment (the kernel then stages x element by element).
-// GemvX::q8: the twin is the CPU backend's own INT4 x INT8 product (matmul_int4_q8_cpu, its
-// portable path), on activations quantized the same way.
+// GemvX::q8: the twin is gemv_int4_fused_cpu's q8 path, the expression of the CPU backend's own
+// INT4 x INT8 product (tests/test_gemv_fused.cpp holds them equal bit for bit), on activations
+// quantized the same way.
 void gemv_case(GemvX xq, Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n,
                uint64_t x_offset = 0) {
   const char* act = xq == GemvX::q8 ? "q8" : "f32";
@@ -55,9 +56,10 @@ void gemv_case(GemvX xq, Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n
   const bool has_mins = scheme_has_mins(scheme);
   std::vector<float> want(n * rows), got(n * rows, NAN);  // NaN: an unwritten element shows
   const Int4View host{q.data(), scales.data(), has_mins ? mins.data() : nullptr, rows, cols};
-  if (xq == GemvX::q8) {
-    CpuPool pool(1);
-    matmul_int4_q8_cpu(pool, host, x.data(), n, want.data(), KernelIsa::portable);
+  if (xq == GemvX::q8) {  // the q8 twin: matmul_int4_q8_cpu's expression at any width (the CPU
+                          // product itself takes fp32 past 32,768 columns)
+    const GemvOut out{host, want.data(), nullptr};
+    gemv_int4_fused_cpu(&out, 1, x.data(), n, GemvStore::set, GemvX::q8);
   } else {
     for (uint64_t t = 0; t < n; ++t)
       matvec_int4_cpu(host, x.data() + t * cols, want.data() + t * rows);
