@@ -338,6 +338,14 @@ void DeviceCache::release(uint32_t id) {
   changed_.notify_all();
 }
 
+void DeviceCache::settle() {
+  Lock lock(mu_);
+  for (Entry& e : entries_)
+    if (e.state == State::queued) e.state = State::absent;  // the prefetcher skips it now
+  changed_.notify_all();  // a prefetch waiting for room sees its entry given up
+  changed_.wait(lock, [&] { return prefetching_ < 0; });
+}
+
 CacheStats DeviceCache::stats() const {
   std::lock_guard lock(mu_);
   CacheStats s = stats_;

@@ -80,6 +80,11 @@ class DeviceCache {
   bool can_hold(std::span<const uint32_t> ids) const;
 
   CacheStats stats() const;
+  // Cancels the prefetches not yet started and waits for the one in flight, so that until the
+  // next acquire stats() agrees with the backend's own counters: a transfer is counted when it
+  // starts and an upload when its fill ends, and the prefetch of the next pass's first weights
+  // (requested ahead from the last) may lie between the two when a pass returns.
+  void settle();
   const Schedule& schedule() const { return schedule_; }
   const PinPlan& pin_plan() const { return plan_; }  // empty under lru
 

@@ -81,7 +81,7 @@ std::unique_ptr<ForwardPass> make_pass(const ModelConfig& c, const ModelWeights&
 // `paged` is set to the cache when the source is one.
 std::unique_ptr<WeightSource> make_source(const PackedFile& f, const ModelWeights& w,
                                           const EngineOptions& o, ForwardPass& pass,
-                                          const PagedWeights*& paged) {
+                                          PagedWeights*& paged) {
   std::shared_ptr<CacheBackend> device = pass.cache_backend();
   if (!device && !o.cache.enabled) return std::make_unique<DirectWeights>(w);
   if (!device) {
@@ -180,6 +180,11 @@ void Engine::run(std::span<const int32_t> tokens, uint64_t pos, int32_t* argmax)
 
 std::optional<CacheStats> Engine::cache_stats() const {
   if (paged_) return paged_->stats();
+  return std::nullopt;
+}
+
+std::optional<CacheStats> Engine::settled_cache_stats() {
+  if (paged_) return paged_->settled_stats();
   return std::nullopt;
 }
 

@@ -77,6 +77,9 @@ class Engine {
   const PagedWeights* paged() const { return paged_; }
   // Its statistics (format_cache_stats() writes them for --stats), or nullopt without a cache.
   std::optional<CacheStats> cache_stats() const;
+  // The same with no prefetch in flight (PagedWeights::settled_stats): for the end of a run, where
+  // a snapshot must agree with the backend's counters. Not while another thread generates.
+  std::optional<CacheStats> settled_cache_stats();
   // What the caller should warn of (Setting::ctx), or empty: a context past the positions the
   // model was trained on. The library prints nothing itself; the command line names its flag.
   std::string context_warning() const;
@@ -95,7 +98,7 @@ class Engine {
   CpuPool pool_;
   PassShape shape_;
   std::unique_ptr<ForwardPass> pass_;
-  const PagedWeights* paged_ = nullptr;  // source_ when it is the paging cache (set by its maker)
+  PagedWeights* paged_ = nullptr;  // source_ when it is the paging cache (set by its maker)
   std::unique_ptr<WeightSource> source_;
   std::vector<float> logits_;  // [vocab]
 };

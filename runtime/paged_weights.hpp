@@ -62,6 +62,11 @@ class PagedWeights final : public WeightSource {
   bool can_hold(std::span<const uint32_t> ids) const override { return cache_->can_hold(ids); }
 
   CacheStats stats() const { return cache_->stats(); }
+  // The statistics with no prefetch in flight (DeviceCache::settle): exact, for the end of a run.
+  CacheStats settled_stats() {
+    cache_->settle();
+    return cache_->stats();
+  }
   uint64_t weight_bytes() const { return cache_->schedule().whole_bytes(); }
   const DeviceCache& cache() const { return *cache_; }
   CacheBackend& backend() { return *backend_; }

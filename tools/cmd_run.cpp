@@ -100,7 +100,7 @@ int run_prompt_file(const cxxopts::ParseResult& a, EngineOptions options,
                seconds, double(st.generated_tokens) / seconds, (unsigned long long)st.steps,
                st.steps ? double(st.step_tokens) / double(st.steps) : 0.0);
   if (a.count("stats")) {
-    std::fputs(format_cache_stats(e.paged()->stats(), st.generated_tokens).c_str(), stderr);
+    std::fputs(format_cache_stats(*e.settled_cache_stats(), st.generated_tokens).c_str(), stderr);
   }
   return 0;
 }
@@ -171,7 +171,7 @@ int cmd_run(int argc, char** argv) {
            : "-",
       std::string(stop_reason_name(st.reason)).c_str());
   if (a.count("stats")) {
-    std::fputs(format_cache_stats(e.paged()->stats(), st.generated).c_str(), stderr);
+    std::fputs(format_cache_stats(*e.settled_cache_stats(), st.generated).c_str(), stderr);
   }
   return 0;
 }
