@@ -38,7 +38,7 @@ enum class GemvStore : uint8_t {
 // The INT4 GEMV's activations: fp32 as given, or quantized to INT8 per block of 128 in the
 // kernel as the CPU's matmul_int4_q8_cpu quantizes them (the same q and d, bit for bit) and
 // dotted with the codes in int32 (dp4a): a third of the instructions and a quarter of the
-// shared-memory reads per weight (kernels/gemv_int4.cu), within the q8 error bound of
+// shared-memory reads per weight (kernels/gemv_int4_kernel.cuh), within the q8 error bound of
 // kernels/matmul_cpu.cpp.
 enum class GemvX : uint8_t { f32, q8 };
 

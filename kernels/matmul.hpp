@@ -29,8 +29,9 @@ void matmul_int4_cuda(const Int4View& w, const float* x, uint64_t n, float* y, C
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y);
 void matmul_int4_q8_cpu(CpuPool& pool, const Int4View& w, const float* x, uint64_t n, float* y,
                         KernelIsa isa);
-// Its CUDA twin: the INT4 GEMV on activations quantized the same way (GemvX::q8,
-// kernels/gemv_fused.hpp), n <= 8 a launch.
+// The INT4 GEMV on activations quantized the same way (GemvX::q8, kernels/gemv_fused.hpp), n <= 8
+// a launch, at every width: its twin is gemv_int4_fused_cpu with GemvX::q8, which equals
+// matmul_int4_q8_cpu's portable path up to 32,768 columns (where the latter turns to fp32).
 void matmul_int4_q8_cuda(const Int4View& w, const float* x, uint64_t n, float* y,
                          CUstream_st* stream);
 // One block of len <= 128 activations as matmul_int4_q8_cpu quantizes it: q [128] (zeros past

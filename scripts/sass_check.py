@@ -14,22 +14,22 @@ below is checked on the sm_90 code (the H100/H200 the roofline figures are for):
     copies only (LDGSTS.128, cp.async, on sm_90; no narrower global load anywhere in it), waits
     for them (LDGDEPBAR/DEPBAR: the double buffer), and reads the staged tiles in its score and
     p.v loops with 128-bit shared loads (LDS.128);
-  - the GEMV's instruction budget. Derived in kernels/gemv_int4.cu's header: an H200 streams 18 bytes,
-    34 weights, per SM per clock, and an SM issues 4 warp-instructions per clock, so keeping up
-    with HBM leaves ~120 warp-instructions per 1024 weights. Reading x costs each warp the same
-    per chunk whatever its rows per warp R, so the variants differ: the bound is on the mean of
-    the deep one-token variants (DEPTH > 1, which decode runs) weighted by the bytes each one
-    reads in a Qwen2-32B decode layer with every weight resident (kernels/gemv_fused.hpp: gate
+  - the GEMV's instruction budget. Derived in kernels/gemv_int4_kernel.cuh's header: an H200 streams
+    18 bytes, 34 weights, per SM per clock, and an SM issues 4 warp-instructions per clock, so
+    keeping up with HBM leaves ~120 warp-instructions per 1024 weights. Reading x costs each warp
+    the same per chunk whatever its rows per warp R, so the variants differ: the bound is on the
+    mean of the deep one-token variants (DEPTH > 1, which decode runs) weighted by the bytes each
+    one reads in a Qwen2-32B decode layer with every weight resident (kernels/gemv_fused.hpp: gate
     and up paired, R = 4: 58%; q+k+v as one launch, 7168 rows, o and down, R = 2: 42%), and no
-    variant may exceed it by more than a quarter (R = 1 runs small models' and the streaming
-    path's separate launches; DEPTH 1, the chunked path, x too wide for shared memory).
-    gemv_int4_kernel<1, R, DEPTH, VEC, PAIRED> covers R * DEPTH * 1024 weights per iteration
-    (measured with sm_90 code of nvcc 13: 98-101 deep, 104-137 chunked; the old kernel of issue
-    17's desk review spent ~385). The INT8-activation variants (Q8, GemvX::q8: what decode runs by
-    default) dot 4 codes an instruction (IDP.4A) and read a quarter of the shared-memory bytes:
-    their deep variants' weighted mean is held to GEMV_Q8_BUDGET, half the fp32 budget (measured
-    35-46, mean 36); their chunked variants quantize each chunk of x inside the loop and are held
-    to the fp32 bound (65-149).
+    variant may exceed it by more than a quarter (R = 1 runs small models' and the streaming path's
+    separate launches; DEPTH 1, the chunked path, x too wide for shared memory). gemv_int4_kernel<1,
+    R, DEPTH, VEC, PAIRED> covers R * DEPTH * 1024 weights per iteration (measured with sm_90 code
+    of nvcc 13: 98-101 deep, 104-137 chunked; the old kernel of issue 17's desk review spent ~385).
+    The INT8-activation variants (Q8, GemvX::q8: what decode runs by default) dot 4 codes an
+    instruction (IDP.4A) and read a quarter of the shared-memory bytes: their deep variants'
+    weighted mean is held to GEMV_Q8_BUDGET, half the fp32 budget (measured 35-46, mean 36); their
+    chunked variants quantize each chunk of x inside the loop and are held to the fp32 bound
+    (65-149).
 
 Usage: sass_check.py [--cuobjdump PATH] OBJECT...
 Exit 0: every rule holds; 1: a rule fails (each failure printed); 77: no cuobjdump (skipped,

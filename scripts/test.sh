@@ -17,7 +17,7 @@ bash scripts/setup.sh
 jobs=$(nproc)
 
 echo "== clang-format check"
-clang-format --dry-run --Werror $(git ls-files '*.cpp' '*.hpp' '*.cu')
+clang-format --dry-run --Werror $(git ls-files '*.cpp' '*.hpp' '*.cu' '*.cuh')
 
 echo "== build and test (build/)"
 bash scripts/build.sh -DFERRY_WERROR=ON

@@ -81,8 +81,8 @@ void gemv_case(GemvX xq, Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n
               std::string(scheme_name(scheme)).c_str(), (unsigned long long)rows,
               (unsigned long long)cols, (unsigned long long)n, e);
   // fp32 sums of up to 8192 terms in two orders, and the kernel's 0.5 + code / 256 form (relative
-  // ~2^-20, kernels/gemv_int4.cu): NMSE ~1e-12, far below 1e-10. q8: the same q (bit for bit) and
-  // exact int32 block sums, the float sums over blocks in another order: as small.
+  // ~2^-20, kernels/gemv_int4_kernel.cuh): NMSE ~1e-12, far below 1e-10. q8: the same q (bit for
+  // bit) and exact int32 block sums, the float sums over blocks in another order: as small.
   EXPECT_LT(e, 1e-10);
 }
 
