@@ -540,6 +540,18 @@ constexpr int deep_depth(int r) {
 // token takes 111 KB; wider x or more tokens take the chunked path.
 // Quantized x takes 1.25 bytes a column (XQ8Chunk), so up to 92,000 columns fit.
 constexpr uint64_t kDeepSharedMax = 113 * 1024;
+// The deep path's limit on this card: kDeepSharedMax, or less where a CTA may not opt in to as
+// much (sm_86 and sm_89: 99 KB, sm_75: 64 KB; asking for 113 KB there fails every launch). Read
+// once per process (a magic static: ferry's CUDA pass runs on one device).
+inline uint64_t deep_shared_limit() {
+  static const uint64_t limit = [] {
+    int device = 0, optin = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return uint64_t(optin) < kDeepSharedMax ? uint64_t(optin) : kDeepSharedMax;
+  }();
+  return limit;
+}
 inline uint64_t deep_shared_bytes(int n, uint64_t cols, bool q8) {
   const uint64_t chunks = (cols + kChunk - 1) / kChunk;
   return uint64_t(n) * chunks * (q8 ? sizeof(XQ8Chunk) : (kChunk + kChunk / 32) * sizeof(float));
@@ -555,7 +567,7 @@ void launch_rows(const GemvLaunch& a, const float* x, cudaStream_t stream) {
   // do 4 unpaired rows a warp (lm_head, the streaming path's separate gate or up), which keep the
   // chunked path: on the H200 it read 27648 x 5120 at 1.0 TB/s, the deep path at 2 rows 0.82.
   if constexpr (N == 1 && (R <= 2 || PAIRED)) {
-    if (vec && shared <= kDeepSharedMax) {
+    if (vec && shared <= deep_shared_limit()) {
       constexpr int D = deep_depth(R);
       // Above 48 KB of dynamic shared memory a kernel must opt in, once per device function; a
       // magic static (set before the first launch, never changed) does it once per process,
@@ -563,7 +575,7 @@ void launch_rows(const GemvLaunch& a, const float* x, cudaStream_t stream) {
       static const bool opted_in = [] {
         CUDA_CHECK(cudaFuncSetAttribute(gemv_int4_kernel<N, R, D, true, PAIRED, Q8>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(kDeepSharedMax)));
+                                        int(deep_shared_limit())));
         return true;
       }();
       (void)opted_in;
