@@ -2,13 +2,13 @@
 // chunks of the context (flash-decoding, kernels/attention.hpp): the CPU twin is attention_cpu
 // (kernels/attention_cpu.cpp), the same chunks and the same merge.
 //
-// Two kernels. attention_chunk_kernel: one block per (head, query token, chunk of 256 positions);
-// a warp per position dots q with k (lanes along head_dim, so a warp reads one k row of 512 bytes
-// coalesced at head_dim 128), the chunk's scores stay in shared memory (1 KB), and groups of
-// threads accumulate e^(s - m) v over interleaved positions, reduced in shared memory. It writes
+// Two kernels. attention_chunk_kernel: one block per (head, query token, chunk of 32-256
+// positions); a warp per position dots q with k (lanes along head_dim, so a warp reads one k row of
+// 512 bytes coalesced at head_dim 128), the chunk's scores stay in shared memory (1 KB), and groups
+// of threads accumulate e^(s - m) v over interleaved positions, reduced in shared memory. It writes
 // the chunk's partial state (sum, max, weight). attention_merge_kernel: one block per (head,
 // token) rescales its chunks to the common max and normalizes. Decode of Qwen2-32B at 4k tokens
-// is 40 heads x 16 chunks = 640 blocks instead of 40: the KV cache read (2 x 4096 x 1024 x 4
+// is 40 heads x 32 chunks = 1280 blocks instead of 40: the KV cache read (2 x 4096 x 1024 x 4
 // bytes per layer in f32, half that in f16) then spreads over every SM. Both take the cache's
 // element type T: float, or uint16_t holding f16 bits, widened to fp32 as each element is read.
 //
@@ -54,7 +54,7 @@ struct AttentionArgs {
   const float* q;
   const T *k_cache, *v_cache;
   uint64_t pos, heads, kv_heads, head_dim;
-  uint64_t chunks;  // per (token, head) in `partials`: attention_chunks(pos + n)
+  uint64_t chunks;  // per (token, head) in `partials`: attention_max_chunks(pos + n)
   float* partials;  // [n, heads, chunks, attention_partial_floats(head_dim)]
   float* out;       // [n, heads, head_dim]
 };
@@ -111,9 +111,9 @@ __global__ void attention_chunk_kernel(AttentionArgs<T> a) {
   __shared__ float acc[kThreads];
   __shared__ float red[kWarps];
   const uint64_t h = blockIdx.x, t = blockIdx.y, chunk = blockIdx.z;
-  const uint64_t n_ctx = a.pos + t + 1, begin = chunk * kAttentionChunk;
-  if (begin >= n_ctx) return;  // the whole block: this query sees fewer chunks than the last
-  const uint64_t len = n_ctx - begin < kAttentionChunk ? n_ctx - begin : kAttentionChunk;
+  const uint64_t n_ctx = a.pos + t + 1, step = attention_chunk_len(n_ctx), begin = chunk * step;
+  if (begin >= n_ctx) return;  // the whole block: this query has fewer chunks than the most
+  const uint64_t len = n_ctx - begin < step ? n_ctx - begin : step;
   const uint64_t kv_off = begin * a.kv_heads * a.head_dim + h / (a.heads / a.kv_heads) * a.head_dim;
   for (uint64_t d = threadIdx.x; d < a.head_dim; d += kThreads)
     qs[d] = a.q[(t * a.heads + h) * a.head_dim + d];
@@ -271,9 +271,10 @@ __global__ void __launch_bounds__(kThreads) attention_group_kernel(AttentionArgs
   __shared__ float red[kThreads * 8];       // the value sums' reduction, [256 / L][HD]
   __shared__ float stats[2][G];             // each query head's max and sum
   const uint32_t kvh = blockIdx.x, t = blockIdx.y, chunk = blockIdx.z;
-  const uint64_t n_ctx = a.pos + t + 1, begin = uint64_t(chunk) * kAttentionChunk;
-  if (begin >= n_ctx) return;  // the whole block: this query sees fewer chunks than the last
-  const uint32_t len = uint32_t(n_ctx - begin < kAttentionChunk ? n_ctx - begin : kAttentionChunk);
+  const uint64_t n_ctx = a.pos + t + 1, step = attention_chunk_len(n_ctx);
+  const uint64_t begin = uint64_t(chunk) * step;
+  if (begin >= n_ctx) return;  // the whole block: this query has fewer chunks than the most
+  const uint32_t len = uint32_t(n_ctx - begin < step ? n_ctx - begin : step);
   const uint64_t kv_off = begin * a.kv_heads * HD + uint64_t(kvh) * HD;
   const uint64_t h0 = uint64_t(kvh) * G;  // the group's first query head
   for (uint32_t i = threadIdx.x; i < G * HD; i += kThreads)
@@ -358,7 +359,7 @@ void attention_rounds(const float* q, const T* k_cache, const T* v_cache, uint64
   if (n == 0 || heads == 0) return;
   check_attention_shape(heads, kv_heads, head_dim);
   // Grid z is limited to 65,535 chunks: 16.7 M positions of context.
-  if (attention_chunks(pos + n) > 65535)
+  if (attention_max_chunks(pos + n) > 65535)
     throw Error(Setting::ctx, "attention_cuda: a context of " + std::to_string(pos + n) +
                                   " positions exceeds the grid; lower it");
   // Prefill of enough queries over the f16 cache: the tiled kernel (kernels/attention_tiled.cu),
@@ -372,7 +373,7 @@ void attention_rounds(const float* q, const T* k_cache, const T* v_cache, uint64
     const uint64_t q_dim = heads * head_dim;
     const AttentionArgs<T> a{
         q + t0 * q_dim, k_cache,         v_cache,  pos + t0,
-        heads,          kv_heads,        head_dim, attention_chunks(pos + t0 + m),
+        heads,          kv_heads,        head_dim, attention_max_chunks(pos + t0 + m),
         partials,       out + t0 * q_dim};
     if (!launch_group(a, m, stream)) {
       const dim3 chunk_grid{uint32_t(heads), uint32_t(m), uint32_t(a.chunks)};

@@ -17,14 +17,34 @@ struct CUstream_st;
 
 namespace ferry {
 
-// Attention runs over the context in chunks of kAttentionChunk positions (flash-decoding): each
-// (query, head, chunk) leaves a partial softmax state, and a merge rescales and sums the chunks of
-// a head. Decode of one token then spreads over heads x chunks threads or blocks instead of one per
-// head: Qwen2-32B has 40 heads for the 132 SMs of an H100, and a 32k context is 128 chunks.
-// 256 positions: 1 KB of scores per chunk (the GPU keeps them in shared memory).
-inline constexpr uint64_t kAttentionChunk = 256;
+// Attention runs over the context in chunks (flash-decoding): each (query, head, chunk) leaves a
+// partial softmax state, and a merge rescales and sums the chunks of a head. Decode of one token
+// then spreads over heads x chunks threads or blocks instead of one per head: Qwen2-32B has 40
+// heads for the 132 SMs of an H100, and a 32k context is 128 chunks. A chunk is at most
+// kAttentionChunk = 256 positions (1 KB of scores: the GPU keeps them in shared memory); below
+// 8k positions it is the power of two from 32 that splits the context into at most 32 chunks,
+// because 256-position chunks left a short context with a handful of blocks: at 512 positions
+// Qwen2-7B's 4 kv heads x 2 chunks were 8 CTAs on 132 SMs (128 GB/s of KV read on an H200),
+// and are now 4 x 16. Each query's chunks follow from its own context length alone, so its
+// result does not depend on the batch it was computed in.
+inline constexpr uint64_t kAttentionChunk = 256;  // the longest chunk
+inline constexpr uint64_t kAttentionMinChunk = 32;
+inline constexpr uint64_t kAttentionSplit = 32;  // chunks of a context shorter than 8k, at most
+FERRY_HOST_DEVICE constexpr uint64_t attention_chunk_len(uint64_t n_ctx) {
+  uint64_t len = kAttentionMinChunk;
+  while (len < kAttentionChunk && len * kAttentionSplit < n_ctx) len *= 2;
+  return len;
+}
+// The chunks of a query that sees n_ctx positions.
 FERRY_HOST_DEVICE constexpr uint64_t attention_chunks(uint64_t n_ctx) {
-  return (n_ctx + kAttentionChunk - 1) / kAttentionChunk;
+  const uint64_t len = attention_chunk_len(n_ctx);
+  return (n_ctx + len - 1) / len;
+}
+// The most chunks of any query that sees up to n_ctx positions (not monotonic in n_ctx: 1024
+// positions are 32 chunks of 32, 1025 are 17 of 64): the partials' room per (query, head).
+FERRY_HOST_DEVICE constexpr uint64_t attention_max_chunks(uint64_t n_ctx) {
+  const uint64_t c = attention_chunks(n_ctx);
+  return n_ctx <= kAttentionMinChunk * kAttentionSplit || c > kAttentionSplit ? c : kAttentionSplit;
 }
 // A chunk's partial state: [hd] sum over its positions p of e^(s_p - m) v_p, then m (the chunk's
 // largest score), then sum of e^(s_p - m).
@@ -32,14 +52,14 @@ FERRY_HOST_DEVICE constexpr uint64_t attention_partial_floats(uint64_t head_dim)
   return head_dim + 2;
 }
 // Queries run through the chunks and the merge in rounds of at most 64, so that the partials
-// scratch [64, heads, attention_chunks(ctx), head_dim + 2] is bounded by this rather than by the
-// prefill batch: Qwen2-32B at a 32k context takes 170 MB, where a batch of 512 in one round would
-// take 1.4 GB of a 24 GB card.
+// scratch [64, heads, attention_max_chunks(ctx), head_dim + 2] is bounded by this rather than by
+// the prefill batch: Qwen2-32B at a 32k context takes 170 MB, where a batch of 512 in one round
+// would take 1.4 GB of a 24 GB card.
 inline constexpr uint64_t kAttentionQueries = 64;
 constexpr uint64_t attention_scratch_floats(uint64_t batch, uint64_t ctx, uint64_t heads,
                                             uint64_t head_dim) {
-  return (batch < kAttentionQueries ? batch : kAttentionQueries) * heads * attention_chunks(ctx) *
-         attention_partial_floats(head_dim);
+  return (batch < kAttentionQueries ? batch : kAttentionQueries) * heads *
+         attention_max_chunks(ctx) * attention_partial_floats(head_dim);
 }
 
 // Throws ferry::Error unless heads is a multiple of kv_heads > 0 and head_dim > 0 (both twins
@@ -96,7 +116,7 @@ bool attention_tiled_supports(uint64_t heads, uint64_t kv_heads, uint64_t head_d
 // Whether attention_cuda runs n queries of the f16 cache tiled: a supported shape with at least
 // kAttentionTiledMinCtas CTAs. The tiled kernel does not split the context, so each CTA walks
 // the whole prefix alone: with fewer CTAs than the GPU has SMs (132 on an H100/H200) it leaves
-// SMs idle for the whole call, where the group kernel still spreads 256-position chunks over all
+// SMs idle for the whole call, where the group kernel still spreads its chunks over all
 // of them. From 128 CTAs on (Qwen2-32B: n >= 181, 16 blocks of 12 queries x 8 kv heads;
 // Llama 3 70B: n >= 121) the tiled kernel fills the GPU and reads each K/V tile once per Bq
 // queries instead of once per query.

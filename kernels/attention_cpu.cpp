@@ -264,8 +264,8 @@ void row_sums(const float* w, const T* rows, uint64_t stride, uint64_t len, uint
 // The partial state (attention.hpp) of query t, head h over the positions of chunk `chunk`.
 template <typename T>
 void attention_chunk(const AttentionCall<T>& a, uint64_t t, uint64_t h, uint64_t chunk) {
-  const uint64_t n_ctx = a.pos + t + 1, begin = chunk * kAttentionChunk;
-  const uint64_t len = std::min(kAttentionChunk, n_ctx - begin);
+  const uint64_t n_ctx = a.pos + t + 1, step = attention_chunk_len(n_ctx), begin = chunk * step;
+  const uint64_t len = std::min(step, n_ctx - begin);
   const uint64_t kv_dim = a.kv_heads * a.head_dim, kvh = h / (a.heads / a.kv_heads);
   const float* qh = a.q + (t * a.heads + h) * a.head_dim;
   const float scale = 1.0f / std::sqrt(float(a.head_dim));
@@ -349,7 +349,7 @@ void attention_rounds(CpuPool& pool, const float* q, const T* k_cache, const T* 
     const uint64_t m = std::min(kAttentionQueries, n - t0), q_dim = heads * head_dim;
     const AttentionCall<T> call{
         q + t0 * q_dim, k_cache,          v_cache,  pos + t0,
-        heads,          kv_heads,         head_dim, attention_chunks(pos + t0 + m),
+        heads,          kv_heads,         head_dim, attention_max_chunks(pos + t0 + m),
         partials,       out + t0 * q_dim, avx2};
     attention_round(pool, call, m);
   }

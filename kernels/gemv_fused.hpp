@@ -42,6 +42,12 @@ enum class GemvStore : uint8_t {
 // kernels/matmul_cpu.cpp.
 enum class GemvX : uint8_t { f32, q8 };
 
+// A block of activations whose max |x| is at or below this quantizes to zero (q = 0; d stays
+// max / 127), on every path and device. 127 / max overflows to infinity below ~3.7e-37, where
+// the CPU's clamp and the GPU's saturating conversion would part ways (+-127 against a packed -1
+// or 0); a block this small adds under 128 x 1e-30 x max|w| to a dot product.
+inline constexpr float kQ8MinBlockMax = 1e-30f;
+
 inline constexpr uint32_t kGemvMaxParts = 3;  // q, k, v
 inline constexpr uint32_t kGemvWarps = 8;     // warps per CTA (256 threads)
 

@@ -221,13 +221,17 @@ struct XQ8Chunk {
 
 // Quantizes one float4 of a chunk (columns 4 threadIdx.x .. +3; warp w's 32 threads hold block w
 // of the chunk, 128 columns) into `out`. Every thread of the CTA takes part (shuffles). No clamp
-// is needed: |x| <= max|x| makes |x * 127 / max| round to at most 127; a NaN (or an infinite
-// max, whose inverse is 0) becomes 0, as int32_t(NaN) leaves 0 in the CPU's low byte.
+// is needed: |x| <= max|x| makes |x * 127 / max| round to at most 127, and a max at or below
+// kQ8MinBlockMax (where 127 / max could overflow, and __float2int_rn(inf) would pack -1 where the
+// CPU clamps to 127) zeroes the block; a NaN (or an infinite max, whose inverse is 0) becomes 0,
+// as int32_t(NaN) leaves 0 in the CPU's low byte. fmaxf skips NaNs but for a block of nothing
+// else: the max is then seeded with 0, as the CPU's is (d = 0, not NaN).
 __device__ __forceinline__ void quantize_q8(const float4 v, XQ8Chunk& out) {
   float a = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-  const float inv = a > 0.0f ? 127.0f / a : 0.0f;  // quantize_q8_block_cpu's expressions
+  a = fmaxf(a, 0.0f);                                        // an all-NaN block
+  const float inv = a > kQ8MinBlockMax ? 127.0f / a : 0.0f;  // quantize_q8_block_cpu's expressions
   const int q0 = __float2int_rn(v.x * inv), q1 = __float2int_rn(v.y * inv);
   const int q2 = __float2int_rn(v.z * inv), q3 = __float2int_rn(v.w * inv);
   // The pair of even columns and the pair of odd ones; the neighbour thread (t ^ 1) holds the

@@ -52,6 +52,7 @@
 #include "base/error.hpp"
 #include "format/int4.hpp"
 #include "kernels/elementwise.hpp"
+#include "kernels/gemv_fused.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/matmul_int8.hpp"
 #include "kernels/q8_tile.hpp"
@@ -205,7 +206,7 @@ static_assert(q8::kMaxTile == kMaxTile, "a q8 tile holds one token tile");
 float q8_block_portable(const float* x, uint64_t len, int32_t* qi) {
   float amax = 0.0f;
   for (uint64_t e = 0; e < len; ++e) amax = std::max(amax, std::fabs(x[e]));
-  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  const float inv = amax > kQ8MinBlockMax ? 127.0f / amax : 0.0f;
   for (uint64_t e = 0; e < kBlock; ++e)
     qi[e] = e < len ? int32_t(std::clamp(std::nearbyint(x[e] * inv), -127.0f, 127.0f)) : 0;
   return amax;
@@ -643,7 +644,7 @@ FERRY_AVX2 float q8_block_avx2(const float* x, uint64_t len, int32_t* qi) {
   h = _mm_max_ss(h, _mm_movehdup_ps(h));
   float amax = _mm_cvtss_f32(h);
   for (uint64_t e = full; e < len; ++e) amax = std::max(amax, std::fabs(x[e]));
-  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  const float inv = amax > kQ8MinBlockMax ? 127.0f / amax : 0.0f;
   const __m256 iv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
   for (uint64_t e = 0; e < full; e += 8) {
     const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + e), iv),

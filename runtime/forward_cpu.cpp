@@ -36,7 +36,7 @@ struct CpuState {
   std::vector<float> att_out;   // [batch, heads * head_dim]
   std::vector<float> proj;      // [batch, hidden] attention / MLP output
   std::vector<float> gate, up;  // [batch, intermediate]
-  std::vector<float> partials;  // [min(batch, 64), heads, attention_chunks(ctx), head_dim + 2]
+  std::vector<float> partials;  // [min(batch, 64), heads, attention_max_chunks(ctx), head_dim + 2]
   std::vector<float> inv_freq;  // [head_dim / 2] RoPE frequencies (scaling applied)
   std::vector<int32_t> ids;     // [batch] the call's tokens, sequence after sequence
   // [slots, layers, ctx, kv_heads * head_dim] keys and values: the pair of the KV type is sized

@@ -1,11 +1,12 @@
-// The CPU attention (kernels/attention_cpu.cpp), which runs the context in chunks of
-// kAttentionChunk positions and merges them (flash-decoding), queries in rounds of 64, against the
+// The CPU attention (kernels/attention_cpu.cpp), which runs the context in chunks of 32 to 256
+// positions and merges them (flash-decoding), queries in rounds of 64, against the
 // textbook softmax computed here in double precision: decode and prefill batches, contexts within
 // one chunk and across many, grouped-query heads; and its results do not depend on the number of
 // threads. The f16 KV cache: attention over it (F16C and portable paths) against the textbook
 // softmax over the rounded keys and values, and store_f16_cpu's rounding and saturation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -128,7 +129,9 @@ TEST(Attention, ChunkedMatchesTheTextbookSoftmax) {
       {6, 3, 32, 1, 1500},  // decode over 6 chunks
       {4, 1, 48, 20, 240},  // a prefill batch crossing a chunk boundary
       {2, 2, 128, 64, 0},   // a prefill batch from the start
-      {4, 2, 32, 9, 1020},  // the last query in a fourth chunk, the first in the fourth too
+      {4, 2, 32, 9, 1020},  // queries before and after 1024 positions (32 chunks of 32, then
+                            // 17 of 64): the partials sized for the most, not the last
+      {2, 1, 64, 1, 4096},  // 4097 positions: 17 chunks of 256
   };
   for (const Shape& s : shapes) {
     SCOPED_TRACE(describe(s));
@@ -138,6 +141,43 @@ TEST(Attention, ChunkedMatchesTheTextbookSoftmax) {
     // fp32 sums over at most 1.5k positions: ~1e-7 relative per term, so 1e-10 NMSE holds with
     // three orders to spare, and a wrong merge (a chunk dropped or unscaled) gives ~1e-2.
     EXPECT_LT(nmse(run_cpu(s, in, 3), want, worst), 1e-10) << "worst element off by " << worst;
+  }
+}
+
+// The chunk arithmetic (kernels/attention.hpp): chunks of 32 to 256 positions, at most 32 of them
+// below 8k positions, none empty; attention_max_chunks is the most of any shorter context.
+TEST(Attention, ChunksSplitShortContextsAndBoundTheScratch) {
+  uint64_t most = 0;
+  for (uint64_t n_ctx = 1; n_ctx <= 40000; ++n_ctx) {
+    const uint64_t len = attention_chunk_len(n_ctx), chunks = attention_chunks(n_ctx);
+    ASSERT_TRUE(len >= kAttentionMinChunk && len <= kAttentionChunk) << n_ctx;
+    ASSERT_LT((chunks - 1) * len, n_ctx) << n_ctx;  // the last chunk holds a position
+    ASSERT_GE(chunks * len, n_ctx) << n_ctx;
+    ASSERT_TRUE(n_ctx > 8192 || chunks <= kAttentionSplit) << n_ctx;
+    most = std::max(most, chunks);
+    ASSERT_EQ(attention_max_chunks(n_ctx), most) << n_ctx;
+  }
+  EXPECT_EQ(attention_chunks(512), 16u);  // was 2 (256 each): 8 CTAs for Qwen2-7B's 4 kv heads
+  EXPECT_EQ(attention_chunks(32768), 128u);
+}
+
+// A query's result depends on its own context alone, not on the batch it ran in (its chunks
+// follow from its own length): a prefill of 6 across the change of chunk length at 1024
+// positions, bit for bit the 6 queries run one at a time.
+TEST(Attention, AQueryGivesTheSameBitsInAnyBatch) {
+  const Shape s{4, 2, 32, 6, 1021};
+  const Inputs in = random_inputs(s, 3);
+  const std::vector<float> batch = run_cpu(s, in, 2);
+  const uint64_t q_dim = s.heads * s.hd;
+  for (uint64_t t = 0; t < s.n; ++t) {
+    const Shape one{s.heads, s.kv_heads, s.hd, 1, s.pos + t};
+    const Inputs in1{std::vector<float>(in.q.begin() + ptrdiff_t(t * q_dim),
+                                        in.q.begin() + ptrdiff_t((t + 1) * q_dim)),
+                     in.k, in.v};
+    const std::vector<float> got = run_cpu(one, in1, 2);
+    EXPECT_EQ(got, std::vector<float>(batch.begin() + ptrdiff_t(t * q_dim),
+                                      batch.begin() + ptrdiff_t((t + 1) * q_dim)))
+        << "query " << t;
   }
 }
 

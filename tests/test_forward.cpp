@@ -84,7 +84,7 @@ TEST(Forward, BatchedPrefillEqualsTokenByToken) {
   }
 }
 
-// Past one attention chunk (256 positions) and one round of queries (64): a 600-token prompt of a
+// Past several attention chunks and one round of queries (64): a 600-token prompt of a
 // synthesized Qwen2 in batches of 1, 64 and 600 leaves the same logits (sums in another order
 // only), and so do decode steps over the KV caches they wrote.
 TEST(Forward, LongPromptGivesTheSameLogitsInAnyBatch) {

@@ -290,7 +290,7 @@ TEST(GpuForward, F32KvCacheMatchesTheCpu) {
   }
 }
 
-// Past one attention chunk (256 positions) and one round of queries (64): a 600-token prompt in
+// Past several attention chunks and one round of queries (64): a 600-token prompt in
 // batches of 512 (the GPU's default: GEMM, rounds of the chunked attention) and of 8 (GEMV), then
 // decode steps over the KV cache they wrote, against the CPU at batch 64, half the model cached.
 TEST(GpuForward, LongPromptMatchesTheCpu) {

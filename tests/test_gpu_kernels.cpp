@@ -3,6 +3,7 @@
 // a message where no GPU is present.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -39,9 +40,11 @@ double nmse(const std::vector<float>& got, const std::vector<float>& want) {
 // GemvX::q8: the twin is gemv_int4_fused_cpu's q8 path, the expression of the CPU backend's own
 // INT4 x INT8 product (tests/test_gemv_fused.cpp holds them equal bit for bit), on activations
 // quantized the same way.
+// `edge`: each token's blocks 1, 2 and 3 made all zero, tiny (max ~1e-37, where 127 / max is
+// infinite: kQ8MinBlockMax) and all NaN, which the q8 quantizer must meet as the CPU's does.
 void gemv_case(GemvX xq, Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n,
-               uint64_t x_offset = 0) {
-  const char* act = xq == GemvX::q8 ? "q8" : "f32";
+               uint64_t x_offset = 0, bool edge = false) {
+  const char* act = edge ? "q8e" : xq == GemvX::q8 ? "q8" : "f32";
   SCOPED_TRACE(std::string(scheme_name(scheme)) + " " + std::to_string(rows) + "x" +
                std::to_string(cols) + " n=" + std::to_string(n) + " " + act);
   std::mt19937 rng(uint32_t(rows * 31 + cols + n));
@@ -50,6 +53,11 @@ void gemv_case(GemvX xq, Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n
   std::vector<float> w(rows * cols), x(n * cols);  // [rows, cols], [n, cols]
   for (float& v : w) v = 0.02f * normal(rng);
   for (float& v : x) v = normal(rng);
+  for (uint64_t t = 0; edge && t < n; ++t)
+    for (uint64_t c = kBlock; c < 4 * kBlock && c < cols; ++c) {
+      float& v = x[t * cols + c];
+      v = c < 2 * kBlock ? 0.0f : c < 3 * kBlock ? v * 1e-37f : NAN;
+    }
   std::vector<uint8_t> q(rows * blocks * kBlockBytes);               // [rows, blocks * 64]
   std::vector<uint16_t> scales(rows * blocks), mins(rows * blocks);  // [rows, blocks]
   quantize_int4(w.data(), rows, cols, scheme, q.data(), scales.data(), mins.data());
@@ -76,6 +84,7 @@ void gemv_case(GemvX xq, Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n
     matmul_int4_cuda(dev, d_x.get() + x_offset, n, d_y.get(), nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   got = d_y.to_host();
+  for (float v : want) ASSERT_FALSE(std::isnan(v));  // the twin skips the NaN block
   const double e = nmse(got, want);
   std::printf("  gemv %-3s %-9s %5llux%-5llu n=%llu  NMSE vs CPU twin %.3g\n", act,
               std::string(scheme_name(scheme)).c_str(), (unsigned long long)rows,
@@ -110,6 +119,15 @@ TEST(GpuKernels, GemvInt4MatchesCpuTwin) {
           gemv_case(s, 20, 96000, n);   // 94 chunks: 120 KB of q8 x, over its deep limit too
         }
       }
+  // Zero, tiny and all-NaN blocks of x: the deep path (1 token), the chunked one at 3 and 8, and
+  // the element-by-element staging (odd width, x off its alignment).
+  for (auto [rows, cols, n] : {std::array<uint64_t, 3>{200, 16384, 1},
+                               {100, 28800, 1},
+                               {1000, 4096, 3},
+                               {40, 2500, 8},
+                               {70, 1001, 2}})
+    gemv_case(GemvX::q8, Scheme::asym_clip, rows, cols, n, 0, true);
+  gemv_case(GemvX::q8, Scheme::sym, 70, 2048, 1, 1, true);
 }
 
 // The INT8 GEMV (kernels/gemv_int8.cu) against matmul_int8_cpu, and the INT8 -> bf16 dequant
@@ -134,6 +152,7 @@ void int8_case(uint64_t rows, uint64_t cols, uint64_t n) {
   matmul_int8_cuda({d_q.get(), d_s.get(), rows, cols}, d_x.get(), n, d_y.get(), nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   got = d_y.to_host();
+  for (float v : want) ASSERT_FALSE(std::isnan(v));  // the twin skips the NaN block
   const double e = nmse(got, want);
   std::printf("  gemv int8 %5llux%-5llu n=%llu  NMSE vs CPU twin %.3g\n", (unsigned long long)rows,
               (unsigned long long)cols, (unsigned long long)n, e);
@@ -407,10 +426,14 @@ TEST(GpuKernels, AttentionMatchesCpuTwin) {
   struct Case {
     uint64_t heads, kv_heads, hd, n, pos;
   };
-  for (const Case& k : {Case{8, 2, 64, 4, 29}, Case{8, 2, 128, 1, 1000}, Case{4, 4, 80, 7, 508},
-                        Case{6, 3, 128, 40, 700}, Case{2, 1, 256, 1, 0}, Case{4, 2, 64, 150, 200},
-                        Case{4, 2, 96, 3, 300}, Case{2, 2, 320, 2, 600}, Case{40, 8, 128, 1, 4000},
-                        Case{16, 2, 128, 3, 600}, Case{3, 3, 64, 2, 257}, Case{7, 1, 256, 1, 90}}) {
+  for (const Case& k :
+       {Case{8, 2, 64, 4, 29}, Case{8, 2, 128, 1, 1000}, Case{4, 4, 80, 7, 508},
+        Case{6, 3, 128, 40, 700}, Case{2, 1, 256, 1, 0}, Case{4, 2, 64, 150, 200},
+        Case{4, 2, 96, 3, 300}, Case{2, 2, 320, 2, 600}, Case{40, 8, 128, 1, 4000},
+        Case{16, 2, 128, 3, 600}, Case{3, 3, 64, 2, 257}, Case{7, 1, 256, 1, 90},
+        // across the chunk lengths' steps: 1024 -> 1025 positions (32 chunks of
+        // 32, then 17 of 64) in one round, 8192 -> 8193 (the 33rd chunk of 256)
+        Case{8, 2, 128, 4, 1022}, Case{4, 4, 80, 3, 1022}, Case{8, 1, 64, 2, 8191}}) {
     SCOPED_TRACE("heads " + std::to_string(k.heads) + " hd " + std::to_string(k.hd) + " n " +
                  std::to_string(k.n) + " pos " + std::to_string(k.pos));
     const uint64_t ctx = k.pos + k.n, q_dim = k.heads * k.hd;

@@ -17,6 +17,7 @@
 #include "base/dtype.hpp"
 #include "base/error.hpp"
 #include "kernels/elementwise.hpp"
+#include "kernels/gemv_fused.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/matmul_int8.hpp"
 #include "kernels/matvec.hpp"
@@ -240,6 +241,59 @@ TEST(MatmulQ8, QuantizerPathsAreBitIdentical) {
     ASSERT_EQ(std::bit_cast<uint32_t>(ma), std::bit_cast<uint32_t>(mb)) << "round " << round;
     ASSERT_EQ(a, b) << "round " << round << " kind " << kind;
   }
+}
+
+// The edge blocks the GPU's quantizer must meet the same way (kernels/gemv_int4_kernel.cuh): a
+// max at or below kQ8MinBlockMax zeroes the block (127 / 1e-37 is infinite), a NaN is skipped by
+// the max and quantizes to a 0 byte, and a block of nothing but NaNs has max 0.
+TEST(MatmulQ8, TinyAndNanBlocksQuantizeAsDefined) {
+  const auto low_bytes = [](const std::vector<int32_t>& q) {
+    std::vector<int> b;
+    for (int32_t v : q) b.push_back(int8_t(v));
+    return b;
+  };
+  const std::vector<int> zeros(128, 0);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (KernelIsa isa : isas()) {
+    SCOPED_TRACE(int(isa));
+    std::vector<float> x(128);
+    std::vector<int32_t> q(128);
+    for (float& v : x) v = 1e-37f * nd(rng);
+    x[3] = 0.0f;
+    float m = 0;
+    for (float v : x) m = std::max(m, std::fabs(v));
+    EXPECT_EQ(quantize_q8_block_cpu(x.data(), 128, q.data(), isa), m);
+    EXPECT_EQ(low_bytes(q), zeros);  // was +-127 for every nonzero x
+    x.assign(128, 1e-31f);
+    x[7] = -kQ8MinBlockMax;  // at the floor: still zero
+    EXPECT_EQ(quantize_q8_block_cpu(x.data(), 128, q.data(), isa), kQ8MinBlockMax);
+    EXPECT_EQ(low_bytes(q), zeros);
+    x[7] = -2 * kQ8MinBlockMax;  // above it: quantized
+    quantize_q8_block_cpu(x.data(), 128, q.data(), isa);
+    EXPECT_EQ(q[7], -127);
+    EXPECT_EQ(q[0], 6);  // 1e-31 * 127 / 2e-30 = 6.35
+    x.assign(128, NAN);
+    EXPECT_EQ(quantize_q8_block_cpu(x.data(), 100, q.data(), isa), 0.0f);
+    EXPECT_EQ(low_bytes(q), zeros);
+    x[1] = 2.0f;
+    x[2] = -1.0f;
+    EXPECT_EQ(quantize_q8_block_cpu(x.data(), 100, q.data(), isa), 2.0f);
+    EXPECT_EQ(int8_t(q[0]), 0);
+    EXPECT_EQ(q[1], 127);
+    EXPECT_EQ(q[2], -64);  // -63.5 rounds to even
+  }
+}
+
+// In a product, a tiny block adds exactly what a zero block does.
+TEST(MatmulQ8, TinyBlockAddsWhatAZeroBlockDoes) {
+  const Weights w = make_weights(Scheme::asym_clip, 21, 640);
+  std::vector<float> x = activations(2, 640), zeroed = x;
+  for (uint64_t c = 128; c < 256; ++c) {
+    x[c] *= 1e-38f;  // token 0, block 1
+    zeroed[c] = 0.0f;
+  }
+  for (KernelIsa isa : isas()) EXPECT_EQ(run_q8(w, x, 2, 2, isa), run_q8(w, zeroed, 2, 2, isa));
 }
 
 // The AVX-512 block packer against the scalar definition of zmm order (q8::pos_zmm): random
