@@ -36,7 +36,7 @@ void matmul_int4_q8_cuda(const Int4View& w, const float* x, uint64_t n, float* y
                          CUstream_st* stream);
 // One block of len <= 128 activations as matmul_int4_q8_cpu quantizes it: q [128] (zeros past
 // len) = round(x * 127 / max|x|) clamped to [-127, 127], all zero where max|x| <= kQ8MinBlockMax
-// (kernels/gemv_fused.hpp); NaNs count as 0 in the max and quantize to 0; returns max|x|. The
+// (kernels/gemv_fused.hpp); NaNs count as 0 in the max and leave a 0 low byte; returns max|x|. The
 // paths give the same bits (tests compare them).
 float quantize_q8_block_cpu(const float* x, uint64_t len, int32_t* q, KernelIsa isa);
 
