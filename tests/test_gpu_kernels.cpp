@@ -152,7 +152,6 @@ void int8_case(uint64_t rows, uint64_t cols, uint64_t n) {
   matmul_int8_cuda({d_q.get(), d_s.get(), rows, cols}, d_x.get(), n, d_y.get(), nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   got = d_y.to_host();
-  for (float v : want) ASSERT_FALSE(std::isnan(v));  // the twin skips the NaN block
   const double e = nmse(got, want);
   std::printf("  gemv int8 %5llux%-5llu n=%llu  NMSE vs CPU twin %.3g\n", (unsigned long long)rows,
               (unsigned long long)cols, (unsigned long long)n, e);
