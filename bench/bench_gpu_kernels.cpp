@@ -20,6 +20,7 @@
 #include "kernels/cuda_timer.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/elementwise.hpp"
+#include "kernels/gemv_fused.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/spin.hpp"
 #include "runtime/machine/cuda_device.hpp"
@@ -86,12 +87,15 @@ void report_bytes(benchmark::State& state, double bytes_per_iteration, double se
 }
 
 // args: rows, cols, n, asym, q8 (1: activations quantized to INT8 in the kernel, GemvX::q8, as
-// the forward pass runs it by default; 0: fp32). Weight bytes as the cache holds them: codes,
-// scales, mins.
+// the forward pass runs it by default; 0: fp32), full (1: one CTA per row group, kGemvGridFull,
+// each staging x; 0: the default grid, on the one-token deep path as many CTAs as the card holds
+// at once, each staging x once and looping over row groups). Weight bytes as the cache holds
+// them: codes, scales, mins.
 void gemv_int4(benchmark::State& state) {
   if (!have_gpu(state)) return;
   const uint64_t rows = state.range(0), cols = state.range(1), n = state.range(2);
   const bool asym = state.range(3) != 0, q8 = state.range(4) != 0;
+  const uint32_t max_ctas = state.range(5) != 0 ? kGemvGridFull : kGemvGridResident;
   const uint64_t blocks = int4_blocks_per_row(cols);
   const uint64_t q_bytes = rows * blocks * kBlockBytes, s_bytes = rows * blocks * 2;
   // Each copy starts as a cache entry does (256-byte aligned), as the kernel sees it in decode.
@@ -105,10 +109,9 @@ void gemv_int4(benchmark::State& state) {
       const uint64_t at = c * one;
       const Int4View v{w.as<uint8_t>(at), w.as<uint16_t>(at + q_bytes),
                        asym ? w.as<uint16_t>(at + q_bytes + s_bytes) : nullptr, rows, cols};
-      if (q8)
-        matmul_int4_q8_cuda(v, x.as<float>(), n, y.as<float>(), stream);
-      else
-        matmul_int4_cuda(v, x.as<float>(), n, y.as<float>(), stream);
+      const GemvOut out{v, y.as<float>(), nullptr};
+      gemv_int4_fused_cuda(&out, 1, x.as<float>(), n, GemvStore::set, q8 ? GemvX::q8 : GemvX::f32,
+                           stream, max_ctas);
     }
   });
   report_bytes(state, double(copies * one), seconds);
@@ -219,7 +222,8 @@ void launch_floor(benchmark::State& state) {
 
 BENCHMARK(launch_floor)->UseManualTime()->Unit(benchmark::kMicrosecond);
 // Qwen2-32B's shapes, and Qwen2-7B's q+k+v (one launch), o and down; each with fp32 and with
-// INT8 activations, side by side.
+// INT8 activations, side by side, and one token with INT8 activations also on a grid of one CTA
+// per row group (full = 1: the grid before CTAs looped), to read what the loop gains.
 void gemv_shapes(benchmark::internal::Benchmark* b) {
   const int64_t shapes[][4] = {
       {5120, 5120, 1, 1},    // q, o
@@ -233,11 +237,13 @@ void gemv_shapes(benchmark::internal::Benchmark* b) {
       {3584, 3584, 1, 1},    // 7B o
       {3584, 18944, 1, 1},   // 7B down
   };
-  for (const auto& s : shapes)
-    for (int64_t q8 : {0, 1}) b->Args({s[0], s[1], s[2], s[3], q8});
+  for (const auto& s : shapes) {
+    for (int64_t q8 : {0, 1}) b->Args({s[0], s[1], s[2], s[3], q8, 0});
+    if (s[2] == 1) b->Args({s[0], s[1], s[2], s[3], 1, 1});
+  }
 }
 BENCHMARK(gemv_int4)
-    ->ArgNames({"rows", "cols", "n", "asym", "q8"})
+    ->ArgNames({"rows", "cols", "n", "asym", "q8", "full"})
     ->Apply(gemv_shapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);

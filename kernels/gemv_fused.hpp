@@ -51,10 +51,33 @@ inline constexpr float kQ8MinBlockMax = 1e-30f;
 inline constexpr uint32_t kGemvMaxParts = 3;  // q, k, v
 inline constexpr uint32_t kGemvWarps = 8;     // warps per CTA (256 threads)
 
+// How many CTAs a one-token deep-path launch may use (max_ctas below; kernels/
+// gemv_int4_kernel.cuh). Each of its CTAs stages (and quantizes) all of x once, then loops over
+// row groups of its grid (GemvGrid: kGemvWarps * R rows each), cta, cta + grid, ...; so a grid of
+// as many CTAs as the card holds at once stages x once per SM slot instead of once per row
+// group: Qwen2-7B's paired gate/up is 1184 row groups, 4.5 per slot of an H200's 264.
+// kGemvGridResident (the default): that many; kGemvGridFull: one CTA per group; another value:
+// at most that many CTAs (tests: 1 and 3 make every CTA loop). The chunked path (batches, x too
+// wide or misaligned) stages x chunk by chunk in every group anyway: one CTA per group whatever
+// max_ctas. The rows' results do not depend on it, bit for bit: each row is computed whole by
+// one warp in the same order whichever CTA runs it.
+inline constexpr uint32_t kGemvGridResident = 0;
+inline constexpr uint32_t kGemvGridFull = ~0u;
+
+// The grid of a launch of `groups` row groups: max_ctas as above, `resident` the CTAs the card
+// holds at once for this launch (given the groups for paths that do not loop).
+FERRY_HOST_DEVICE inline uint32_t gemv_launch_ctas(uint32_t groups, uint32_t max_ctas,
+                                                   uint32_t resident) {
+  uint32_t cap = max_ctas == kGemvGridResident ? resident : max_ctas;
+  if (cap < 1) cap = 1;
+  return groups < cap ? groups : cap;
+}
+
 // y_i = W_i x (+ b_i), or y_i += ..., for each of the 1..3 outputs (every w.cols equal), in one
 // launch per group of 8 tokens. x [n, cols] fp32; all pointers on the device.
 void gemv_int4_fused_cuda(const GemvOut* outs, size_t parts, const float* x, uint64_t n,
-                          GemvStore store, GemvX xq, CUstream_st* stream);
+                          GemvStore store, GemvX xq, CUstream_st* stream,
+                          uint32_t max_ctas = kGemvGridResident);
 void gemv_int4_fused_cpu(const GemvOut* outs, size_t parts, const float* x, uint64_t n,
                          GemvStore store, GemvX xq);
 
@@ -78,7 +101,8 @@ void gemv_int8_fused_cpu(const GemvOut8* outs, size_t parts, const float* x, uin
 // out[t, i] = silu(gate_i . x_t) * (up_i . x_t): gate and up [rows, cols] of equal shape, out
 // [n, rows] (it may not alias x). silu(g) = g / (1 + exp(-g)), as silu_mul_cpu.
 void gemv_int4_silu_mul_cuda(const Int4View& gate, const Int4View& up, const float* x, uint64_t n,
-                             float* out, GemvX xq, CUstream_st* stream);
+                             float* out, GemvX xq, CUstream_st* stream,
+                             uint32_t max_ctas = kGemvGridResident);
 void gemv_int4_silu_mul_cpu(const Int4View& gate, const Int4View& up, const float* x, uint64_t n,
                             float* out, GemvX xq);
 

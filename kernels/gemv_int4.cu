@@ -48,7 +48,7 @@ void launch_groups(gemv_int4::GemvLaunch a, const float* x, uint64_t n, GemvX xq
 }  // namespace
 
 void gemv_int4_fused_cuda(const GemvOut* outs, size_t parts, const float* x, uint64_t n,
-                          GemvStore store, GemvX xq, CUstream_st* stream) {
+                          GemvStore store, GemvX xq, CUstream_st* stream, uint32_t max_ctas) {
   if (parts == 0 || parts > kGemvMaxParts)
     throw Error("gemv_int4_fused_cuda: " + std::to_string(parts) + " outputs, expected 1 to " +
                 std::to_string(kGemvMaxParts));
@@ -69,11 +69,12 @@ void gemv_int4_fused_cuda(const GemvOut* outs, size_t parts, const float* x, uin
     if (p >= parts) a.w[p] = a.w[0];
   a.grid = gemv_grid(rows, uint32_t(parts), false);
   a.add = store == GemvStore::add;
+  a.max_ctas = max_ctas;
   if (a.grid.ctas() > 0) launch_groups<false>(a, x, n, xq, stream);
 }
 
 void gemv_int4_silu_mul_cuda(const Int4View& gate, const Int4View& up, const float* x, uint64_t n,
-                             float* out, GemvX xq, CUstream_st* stream) {
+                             float* out, GemvX xq, CUstream_st* stream, uint32_t max_ctas) {
   if (gate.rows != up.rows || gate.cols != up.cols)
     throw Error("gemv_int4_silu_mul_cuda: gate and up differ in shape");
   check_offsets(gate, "gemv_int4_silu_mul_cuda");
@@ -84,6 +85,7 @@ void gemv_int4_silu_mul_cuda(const Int4View& gate, const Int4View& up, const flo
   a.y[0] = out;
   const uint64_t rows[2] = {gate.rows, up.rows};
   a.grid = gemv_grid(rows, 2, true);
+  a.max_ctas = max_ctas;
   launch_groups<true>(a, x, n, xq, stream);
 }
 

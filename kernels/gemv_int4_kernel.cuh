@@ -34,6 +34,12 @@
 //    12-26% of the 4.2 TB/s copy bandwidth; what held both paths was an 8-way bank conflict on
 //    every load of staged x (x_slot below). With x j-major and the one-token chunked path at 128
 //    registers, the fourth H200 run read 0.79-2.5 TB/s (2039 GB/s at 27648 x 5120).
+//    Staging (and quantizing) x costs a CTA as much as one row a warp's dots (~50 against ~35
+//    warp-instructions per chunk and warp for q8), and a CTA of Qwen2-7B's q/k/v or down lives
+//    for one group of 8-16 rows: so the deep path launches as many CTAs as the card holds at
+//    once, and each stages x once and loops over row groups (gemv_launch_ctas in
+//    kernels/gemv_fused.hpp). The chunked path, which stages x per chunk anyway, keeps one
+//    row group a CTA.
 //  - The same kernel runs the fused launches of kernels/gemv_fused.hpp: up to three weights in
 //    one grid (each CTA serves one, chosen by gemv_slot_of), or gate and up paired in each warp;
 //    the epilogue (bias, residual add, or silu(gate) * up) is applied in the store, after the
@@ -302,6 +308,85 @@ __device__ __forceinline__ void dot_chunk_q8(const XQ8Chunk* xc, uint32_t stride
   }
 }
 
+// A launch's arguments: the fused outputs (kernels/gemv_fused.hpp) and its grid.
+struct GemvLaunch {
+  Int4View w[kGemvMaxParts];
+  float* y[kGemvMaxParts];
+  const uint16_t* bias[kGemvMaxParts];
+  GemvGrid grid;
+  bool add;           // GemvStore::add
+  uint32_t max_ctas;  // the launchers' cap on the grid (gemv_launch_ctas); the kernel loops over
+                      // grid.ctas() row groups whatever its gridDim
+};
+
+// a[p] by selects, not an indexed read of the kernel's parameters (which could copy them to
+// local memory); p < kGemvMaxParts.
+template <typename T>
+__device__ __forceinline__ const T& pick(const T (&a)[kGemvMaxParts], uint32_t p) {
+  return p == 0 ? a[0] : p == 1 ? a[1] : a[2];
+}
+
+// The R rows one warp computes in row group `cta` (a CTA index of the grid, GemvGrid): which
+// part and row, where its lane reads them, and their weight's m factor (see LaneRow).
+template <int R>
+struct WarpRows {
+  GemvSlot slot[R];
+  LaneRow at[R];
+  float m_factor[R];
+};
+
+template <bool PAIRED, int R>
+__device__ __forceinline__ WarpRows<R> warp_rows(const GemvLaunch& a, uint32_t cta,
+                                                 uint32_t blocks) {
+  WarpRows<R> w;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    w.slot[r] = gemv_slot_of<PAIRED>(a.grid, R, cta, threadIdx.x / 32, r);
+    const Int4View& v = pick(a.w, w.slot[r].part);
+    w.m_factor[r] = v.mins ? 1.0f : -8.0f;
+    w.at[r] = lane_row(v, w.slot[r].row, uint32_t(v.rows), blocks, threadIdx.x % 32);
+  }
+  return w;
+}
+
+// Reduces each row's partial sums over the warp (every lane takes part) and lane 0 stores them
+// through the launch's epilogue.
+template <int N, int R, bool PAIRED>
+__device__ __forceinline__ void store_rows(const GemvLaunch& a, const GemvSlot (&slot)[R],
+                                           float (&acc)[R][N]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < N; ++t) acc[r][t] = cuda::warp_sum(acc[r][t]);
+  if (threadIdx.x % 32 != 0) return;
+  if constexpr (PAIRED) {  // the epilogue of gemv_int4_silu_mul_cpu
+    const uint32_t rows = uint32_t(a.w[0].rows);
+#pragma unroll
+    for (int r = 0; r < R / 2; ++r)
+      if (slot[r].row < rows)
+#pragma unroll
+        for (int t = 0; t < N; ++t) {
+          const float g = acc[r][t], u = acc[r + R / 2][t];
+          a.y[0][size_t(t) * rows + slot[r].row] = silu_times(g, u, expf(-g));
+        }
+  } else {  // the epilogue of gemv_int4_fused_cpu
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint32_t p = slot[r].part, row = slot[r].row, rows = uint32_t(pick(a.w, p).rows);
+      if (row >= rows) continue;
+      float* y = pick(a.y, p);
+      const uint16_t* bias = pick(a.bias, p);
+#pragma unroll
+      for (int t = 0; t < N; ++t) {
+        float v = acc[r][t];
+        if (bias) v += cuda::bf16_to_f32(bias[row]);
+        float& out = y[size_t(t) * rows + row];
+        out = a.add ? out + v : v;
+      }
+    }
+  }
+}
+
 // The chunked path's staged x (static shared memory): one chunk of each of N tokens, fp32 with
 // the sums of each 32 columns, or quantized (Q8).
 template <int N, bool Q8>
@@ -416,51 +501,86 @@ __device__ __forceinline__ void deep_round(const float4* staged, uint32_t chunks
   }
 }
 
-// The deep path's loop: DEPTH chunks of codes in flight per row (DEPTH x R x 512 bytes a warp),
-// x read from shared memory, no barrier. The first DEPTH chunks' loads are issued before x is
-// staged, so the staging hides behind them.
-template <int N, int R, int DEPTH, bool Q8>
-__device__ __forceinline__ void gemv_deep(const float* __restrict__ x, uint32_t cols,
-                                          uint32_t blocks, const LaneRow (&at)[R],
-                                          const float (&m_factor)[R], float (&acc)[R][N]) {
-  // fp32: [N][chunks * 256] x, then [N][chunks * 32] sums; Q8: [N][chunks] XQ8Chunk.
-  extern __shared__ float4 staged[];
+// The first DEPTH chunks of a warp's rows, into the ring.
+template <int R, int DEPTH>
+__device__ __forceinline__ void deep_prime(const WarpRows<R>& rows, uint32_t blocks,
+                                           LaneCodes (&ring)[DEPTH][R]) {
   const uint32_t lane = threadIdx.x % 32;
-  const uint32_t chunks = (cols + kChunk - 1) / kChunk, full = blocks / 8;
-  LaneCodes ring[DEPTH][R];
 #pragma unroll
   for (int d = 0; d < DEPTH; ++d)
 #pragma unroll
     for (int r = 0; r < R; ++r)
-      ring[d][r] = load_codes<true>(at[r], d, d * 8 + lane / 4 < blocks, m_factor[r]);
+      ring[d][r] = load_codes<true>(rows.at[r], d, d * 8 + lane / 4 < blocks, rows.m_factor[r]);
+}
+
+// The deep path: DEPTH chunks of codes in flight per row (DEPTH x R x 512 bytes a warp), x read
+// from shared memory, no barrier in the loop. x is staged once per CTA, which then loops over
+// its row groups (cta, cta + gridDim.x, ...: gemv_launch_ctas). The first group's first DEPTH
+// chunks are loaded before x is staged, so the staging hides behind them; the next group's are
+// loaded after the last group's sums are stored (before it, the two groups' registers spilled
+// the fp32 gate/up variant: 17 local stores at 128 registers).
+template <int N, int R, int DEPTH, bool PAIRED, bool Q8>
+__device__ __forceinline__ void gemv_deep(const GemvLaunch& a, const float* __restrict__ x) {
+  // fp32: [N][chunks * 256] x, then [N][chunks * 32] sums; Q8: [N][chunks] XQ8Chunk.
+  extern __shared__ float4 staged[];
+  const uint32_t cols = uint32_t(a.w[0].cols), blocks = uint32_t(a.w[0].blocks());
+  const uint32_t chunks = (cols + kChunk - 1) / kChunk, full = blocks / 8, groups = a.grid.ctas();
+  uint32_t cta = blockIdx.x;
+  WarpRows<R> rows = warp_rows<PAIRED, R>(a, cta, blocks);
+  LaneCodes ring[DEPTH][R];
+  deep_prime<R, DEPTH>(rows, blocks, ring);
   if constexpr (Q8)
     stage_whole_q8<N>(x, cols, chunks, reinterpret_cast<XQ8Chunk*>(staged));
   else
     stage_whole_x<N>(x, cols, chunks, staged,
                      reinterpret_cast<float*>(staged + N * chunks * (kChunk / 4)));
   __syncthreads();
-  // Unguarded while every refill of the round (chunks up to c0 + 2 DEPTH - 1) is whole.
-  uint32_t c0 = 0;
-  for (; c0 + 2 * DEPTH <= full; c0 += DEPTH)
-    deep_round<N, R, DEPTH, false, Q8>(staged, chunks, blocks, c0, at, m_factor, ring, acc);
-  for (; c0 < chunks; c0 += DEPTH)
-    deep_round<N, R, DEPTH, true, Q8>(staged, chunks, blocks, c0, at, m_factor, ring, acc);
+  for (;;) {
+    float acc[R][N];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < N; ++t) acc[r][t] = 0.0f;
+    // Unguarded while every refill of the round (chunks up to c0 + 2 DEPTH - 1) is whole.
+    uint32_t c0 = 0;
+    for (; c0 + 2 * DEPTH <= full; c0 += DEPTH)
+      deep_round<N, R, DEPTH, false, Q8>(staged, chunks, blocks, c0, rows.at, rows.m_factor, ring,
+                                         acc);
+    for (; c0 < chunks; c0 += DEPTH)
+      deep_round<N, R, DEPTH, true, Q8>(staged, chunks, blocks, c0, rows.at, rows.m_factor, ring,
+                                        acc);
+    store_rows<N, R, PAIRED>(a, rows.slot, acc);
+    cta += gridDim.x;
+    if (cta >= groups) return;  // the same for the whole CTA
+    rows = warp_rows<PAIRED, R>(a, cta, blocks);
+    deep_prime<R, DEPTH>(rows, blocks, ring);
+  }
 }
 
-// A launch's arguments: the fused outputs (kernels/gemv_fused.hpp) and its grid.
-struct GemvLaunch {
-  Int4View w[kGemvMaxParts];
-  float* y[kGemvMaxParts];
-  const uint16_t* bias[kGemvMaxParts];
-  GemvGrid grid;
-  bool add;  // GemvStore::add
-};
-
-// a[p] by selects, not an indexed read of the kernel's parameters (which could copy them to
-// local memory); p < kGemvMaxParts.
-template <typename T>
-__device__ __forceinline__ const T& pick(const T (&a)[kGemvMaxParts], uint32_t p) {
-  return p == 0 ? a[0] : p == 1 ? a[1] : a[2];
+// The chunked path: x staged chunk by chunk, one chunk of codes in flight (gemv_chunk; any x),
+// one row group a CTA (its staging is per group anyway; a loop here cost the 7-token fp32
+// variant a spill).
+template <int N, int R, bool VEC, bool PAIRED, bool Q8>
+__device__ __forceinline__ void gemv_chunked(const GemvLaunch& a, const float* __restrict__ x) {
+  __shared__ ChunkX<N, Q8> xs;
+  const uint32_t cols = uint32_t(a.w[0].cols), blocks = uint32_t(a.w[0].blocks());
+  const uint32_t lane = threadIdx.x % 32, chunks = (cols + kChunk - 1) / kChunk;
+  const WarpRows<R> rows = warp_rows<PAIRED, R>(a, blockIdx.x, blocks);
+  float acc[R][N];
+  LaneCodes cur[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int t = 0; t < N; ++t) acc[r][t] = 0.0f;
+    cur[r] = load_codes<true>(rows.at[r], 0, lane / 4 < blocks, rows.m_factor[r]);
+  }
+  // The main loop: chunk c + 1 is whole (its 8 blocks exist), so its loads need no guard.
+  uint32_t c = 0;
+  for (; (c + 2) * 8 <= blocks; ++c)
+    gemv_chunk<N, R, VEC, false, Q8>(x, cols, blocks, c, rows.at, rows.m_factor, cur, acc, xs);
+  for (; c < chunks; ++c)
+    gemv_chunk<N, R, VEC, true, Q8>(x, cols, blocks, c, rows.at, rows.m_factor, cur, acc, xs);
+  store_rows<N, R, PAIRED>(a, rows.slot, acc);
 }
 
 // PAIRED: gate (part 0) and up (part 1), each warp R/2 rows of both; silu(gate) * up stored.
@@ -470,67 +590,10 @@ __device__ __forceinline__ const T& pick(const T (&a)[kGemvMaxParts], uint32_t p
 template <int N, int R, int DEPTH, bool VEC, bool PAIRED, bool Q8>
 __global__ void __launch_bounds__(kThreads, DEPTH > 1 || N == 1 ? 2 : 1)
     gemv_int4_kernel(const GemvLaunch a, const float* __restrict__ x) {
-  const uint32_t cols = uint32_t(a.w[0].cols), blocks = uint32_t(a.w[0].blocks());
-  const uint32_t lane = threadIdx.x % 32;
-  float acc[R][N];
-  float m_factor[R];
-  GemvSlot slot[R];
-  LaneRow at[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-#pragma unroll
-    for (int t = 0; t < N; ++t) acc[r][t] = 0.0f;
-    slot[r] = gemv_slot_of<PAIRED>(a.grid, R, blockIdx.x, threadIdx.x / 32, r);
-    const Int4View& w = pick(a.w, slot[r].part);
-    m_factor[r] = w.mins ? 1.0f : -8.0f;
-    at[r] = lane_row(w, slot[r].row, uint32_t(w.rows), blocks, lane);
-  }
-  if constexpr (DEPTH > 1) {
-    gemv_deep<N, R, DEPTH, Q8>(x, cols, blocks, at, m_factor, acc);
-  } else {
-    __shared__ ChunkX<N, Q8> xs;
-    LaneCodes cur[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) cur[r] = load_codes<true>(at[r], 0, lane / 4 < blocks, m_factor[r]);
-    // The main loop: chunk c + 1 is whole (its 8 blocks exist), so its loads need no guard.
-    const uint32_t chunks = (cols + kChunk - 1) / kChunk;
-    uint32_t c = 0;
-    for (; (c + 2) * 8 <= blocks; ++c)
-      gemv_chunk<N, R, VEC, false, Q8>(x, cols, blocks, c, at, m_factor, cur, acc, xs);
-    for (; c < chunks; ++c)
-      gemv_chunk<N, R, VEC, true, Q8>(x, cols, blocks, c, at, m_factor, cur, acc, xs);
-  }
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int t = 0; t < N; ++t) acc[r][t] = cuda::warp_sum(acc[r][t]);
-  if (lane != 0) return;
-  if constexpr (PAIRED) {  // the epilogue of gemv_int4_silu_mul_cpu
-    const uint32_t rows = uint32_t(a.w[0].rows);
-#pragma unroll
-    for (int r = 0; r < R / 2; ++r)
-      if (slot[r].row < rows)
-#pragma unroll
-        for (int t = 0; t < N; ++t) {
-          const float g = acc[r][t], u = acc[r + R / 2][t];
-          a.y[0][size_t(t) * rows + slot[r].row] = silu_times(g, u, expf(-g));
-        }
-  } else {  // the epilogue of gemv_int4_fused_cpu
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const uint32_t p = slot[r].part, row = slot[r].row, rows = uint32_t(pick(a.w, p).rows);
-      if (row >= rows) continue;
-      float* y = pick(a.y, p);
-      const uint16_t* bias = pick(a.bias, p);
-#pragma unroll
-      for (int t = 0; t < N; ++t) {
-        float v = acc[r][t];
-        if (bias) v += cuda::bf16_to_f32(bias[row]);
-        float& out = y[size_t(t) * rows + row];
-        out = a.add ? out + v : v;
-      }
-    }
-  }
+  if constexpr (DEPTH > 1)
+    gemv_deep<N, R, DEPTH, PAIRED, Q8>(a, x);
+  else
+    gemv_chunked<N, R, VEC, PAIRED, Q8>(a, x);
 }
 
 // The deep path's ring: chunks in flight per row, so that a warp keeps 2-4 KB of codes in flight
@@ -544,17 +607,39 @@ constexpr int deep_depth(int r) {
 // token takes 111 KB; wider x or more tokens take the chunked path.
 // Quantized x takes 1.25 bytes a column (XQ8Chunk), so up to 92,000 columns fit.
 constexpr uint64_t kDeepSharedMax = 113 * 1024;
-// The deep path's limit on this card: kDeepSharedMax, or less where a CTA may not opt in to as
-// much (sm_86 and sm_89: 99 KB, sm_75: 64 KB; asking for 113 KB there fails every launch). Read
-// once per process (a magic static: ferry's CUDA pass runs on one device).
-inline uint64_t deep_shared_limit() {
-  static const uint64_t limit = [] {
-    int device = 0, optin = 0;
+// What the deep path's launches need to know of this card, read once per process (a magic
+// static: ferry's CUDA pass runs on one device).
+struct DeepLimits {
+  uint64_t shared;     // the most dynamic shared memory a CTA may take: kDeepSharedMax, or less
+                       // where a CTA may not opt in to as much (sm_86 and sm_89: 99 KB, sm_75:
+                       // 64 KB; asking for 113 KB there fails every launch)
+  uint32_t sms;        // multiprocessors
+  uint64_t sm_shared;  // shared memory an SM has for its CTAs
+  uint64_t reserved;   // shared memory the system reserves per CTA (1 KB since sm_80)
+};
+inline const DeepLimits& deep_limits() {
+  static const DeepLimits limits = [] {
+    int device = 0, optin = 0, sms = 0, sm_shared = 0, reserved = 0;
     CUDA_CHECK(cudaGetDevice(&device));
     CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return uint64_t(optin) < kDeepSharedMax ? uint64_t(optin) : kDeepSharedMax;
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    CUDA_CHECK(
+        cudaDeviceGetAttribute(&sm_shared, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
+    return DeepLimits{uint64_t(optin) < kDeepSharedMax ? uint64_t(optin) : kDeepSharedMax,
+                      uint32_t(sms), uint64_t(sm_shared), uint64_t(reserved)};
   }();
-  return limit;
+  return limits;
+}
+inline uint64_t deep_shared_limit() {
+  return deep_limits().shared;
+}
+// The deep path's CTAs this card holds at once with `shared` bytes of x each: two an SM (the
+// kernel's launch bounds: 128 registers) where the SM's shared memory takes two, else one.
+// Qwen2-7B's down projection (18944 columns) stages 24 KB of q8 x (75 KB fp32): two an SM.
+inline uint32_t deep_resident_ctas(uint64_t shared) {
+  const DeepLimits& l = deep_limits();
+  return l.sms * (2 * (shared + l.reserved) <= l.sm_shared ? 2u : 1u);
 }
 inline uint64_t deep_shared_bytes(int n, uint64_t cols, bool q8) {
   const uint64_t chunks = (cols + kChunk - 1) / kChunk;
@@ -563,7 +648,7 @@ inline uint64_t deep_shared_bytes(int n, uint64_t cols, bool q8) {
 
 template <int N, int R, bool PAIRED, bool Q8>
 void launch_rows(const GemvLaunch& a, const float* x, cudaStream_t stream) {
-  const uint32_t grid = a.grid.ctas();
+  const uint32_t groups = a.grid.ctas();
   const bool vec = a.w[0].cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   const uint64_t shared = deep_shared_bytes(N, a.w[0].cols, Q8);
   // One token only: above it the deep ring and the accumulators pass the 128 registers that two
@@ -583,14 +668,16 @@ void launch_rows(const GemvLaunch& a, const float* x, cudaStream_t stream) {
         return true;
       }();
       (void)opted_in;
-      gemv_int4_kernel<N, R, D, true, PAIRED, Q8><<<grid, kThreads, shared, stream>>>(a, x);
+      const uint32_t ctas = gemv_launch_ctas(groups, a.max_ctas, deep_resident_ctas(shared));
+      gemv_int4_kernel<N, R, D, true, PAIRED, Q8><<<ctas, kThreads, shared, stream>>>(a, x);
       return;
     }
   }
+  const uint32_t ctas = groups;  // the chunked path: one CTA a group, whatever max_ctas
   if (vec) {
-    gemv_int4_kernel<N, R, 1, true, PAIRED, Q8><<<grid, kThreads, 0, stream>>>(a, x);
+    gemv_int4_kernel<N, R, 1, true, PAIRED, Q8><<<ctas, kThreads, 0, stream>>>(a, x);
   } else {
-    gemv_int4_kernel<N, R, 1, false, PAIRED, Q8><<<grid, kThreads, 0, stream>>>(a, x);
+    gemv_int4_kernel<N, R, 1, false, PAIRED, Q8><<<ctas, kThreads, 0, stream>>>(a, x);
   }
 }
 

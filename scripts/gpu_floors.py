@@ -51,7 +51,10 @@ def main():
         a = args_of(b["name"])
         if b["name"].startswith("gemv_int4/") and a.get("n") == 1 and a.get("rows", 0) >= 5120:
             what = f"GEMV {a['rows']}x{a['cols']} asym={a.get('asym')} of the copy bandwidth"
-            if a.get("q8", 1):  # the floor holds the kernel decode runs (INT8 activations)
+            if a.get("full"):  # the grid of one CTA per row group: for comparison only
+                print(f"info {what}, one CTA per row group (not the default; no floor): "
+                      f"{100 * b['frac_of_hbm']:.0f}%")
+            elif a.get("q8", 1):  # the floor holds the kernel decode runs (INT8 activations)
                 check(what, b["frac_of_hbm"], GEMV_FLOOR)
             else:
                 print(f"info {what}, fp32 activations (not the default; no floor): "

@@ -75,6 +75,28 @@ TEST(GemvFused, GridComputesEveryRowOnce) {
   EXPECT_EQ(gemv_grid(small, 2, true).rows_per_warp, 2u);  // a pair needs two rows a warp
 }
 
+// The CUDA launchers' grid: at most max_ctas CTAs (the card's resident count by default), never
+// more than the groups, never none; and the kernel's loop over cta, cta + grid, ... serves each
+// group once.
+TEST(GemvFused, LaunchGridCapsAndEveryGroupIsServedOnce) {
+  EXPECT_EQ(gemv_launch_ctas(1184, kGemvGridResident, 264), 264u);  // 7B gate/up on an H200
+  EXPECT_EQ(gemv_launch_ctas(100, kGemvGridResident, 264), 100u);   // fewer groups than slots
+  EXPECT_EQ(gemv_launch_ctas(1184, kGemvGridFull, 264), 1184u);
+  EXPECT_EQ(gemv_launch_ctas(1184, 3, 264), 3u);
+  EXPECT_EQ(gemv_launch_ctas(2, 3, 264), 2u);
+  EXPECT_EQ(gemv_launch_ctas(5, kGemvGridResident, 0), 1u);  // a resident count of 0: one CTA
+  for (uint32_t groups : {1u, 7u, 264u, 265u, 1184u})
+    for (uint32_t cap : {kGemvGridResident, kGemvGridFull, 1u, 3u, 100u}) {
+      const uint32_t grid = gemv_launch_ctas(groups, cap, 264);
+      ASSERT_GE(grid, 1u);
+      ASSERT_LE(grid, groups);
+      std::vector<int> served(groups, 0);
+      for (uint32_t block = 0; block < grid; ++block)
+        for (uint32_t cta = block; cta < groups; cta += grid) ++served[cta];
+      EXPECT_EQ(served, std::vector<int>(groups, 1)) << groups << " groups, cap " << cap;
+    }
+}
+
 struct Weight {
   std::vector<uint8_t> q;
   std::vector<uint16_t> scales, mins, bias;

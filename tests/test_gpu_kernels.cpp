@@ -84,6 +84,14 @@ void gemv_case(GemvX xq, Scheme scheme, uint64_t rows, uint64_t cols, uint64_t n
     matmul_int4_cuda(dev, d_x.get() + x_offset, n, d_y.get(), nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   got = d_y.to_host();
+  // Grids capped at 1 and 3 CTAs (each loops over many row groups, staging x once) and one CTA
+  // per group give the same bits as the default grid.
+  for (uint32_t cap : {1u, 3u, kGemvGridFull}) {
+    DeviceArray<float> d_c(std::vector<float>(n * rows, NAN));
+    const GemvOut out{dev, d_c.get(), nullptr};
+    gemv_int4_fused_cuda(&out, 1, d_x.get() + x_offset, n, GemvStore::set, xq, nullptr, cap);
+    EXPECT_EQ(d_c.to_host(), got) << "grid capped at " << cap << " CTAs";
+  }
   for (float v : want) ASSERT_FALSE(std::isnan(v));  // the twin skips the NaN block
   const double e = nmse(got, want);
   std::printf("  gemv %-3s %-9s %5llux%-5llu n=%llu  NMSE vs CPU twin %.3g\n", act,
@@ -284,6 +292,16 @@ TEST(GpuKernels, FusedGemvMatchesCpuTwins) {
             expect_close("fused q", d_q.to_host(), yq, 1e-10);
             expect_close("fused k", d_k.to_host(), yk, 1e-10);
             expect_close("fused v", d_v.to_host(), yv, 1e-10);
+            for (uint32_t cap : {1u, 3u, kGemvGridFull}) {  // a CTA's groups span the parts
+              DeviceArray<float> c_q(nans(n * rq)), c_k(nans(n * rk)), c_v(nans(n * rk));
+              const GemvOut capped[3] = {{q.device, c_q.get(), q.d_b.get()},
+                                         {k.device, c_k.get(), k.d_b.get()},
+                                         {v.device, c_v.get(), nullptr}};
+              gemv_int4_fused_cuda(capped, 3, d_x.get(), n, GemvStore::set, xq, nullptr, cap);
+              EXPECT_EQ(c_q.to_host(), d_q.to_host()) << "q, grid capped at " << cap;
+              EXPECT_EQ(c_k.to_host(), d_k.to_host()) << "k, grid capped at " << cap;
+              EXPECT_EQ(c_v.to_host(), d_v.to_host()) << "v, grid capped at " << cap;
+            }
             // The residual store: y += W x.
             std::vector<float> res = random_vector(n * rq, 4);
             DeviceArray<float> d_res(res);
@@ -298,6 +316,12 @@ TEST(GpuKernels, FusedGemvMatchesCpuTwins) {
             std::vector<float> want(n * rq);
             gemv_int4_silu_mul_cpu(q.host, up.host, x.data(), n, want.data(), xq);
             expect_close("gate/up silu", d_out.to_host(), want, 1e-10);
+            for (uint32_t cap : {1u, 3u, kGemvGridFull}) {
+              DeviceArray<float> c_out(nans(n * rq));
+              gemv_int4_silu_mul_cuda(q.device, up.device, d_x.get(), n, c_out.get(), xq, nullptr,
+                                      cap);
+              EXPECT_EQ(c_out.to_host(), d_out.to_host()) << "gate/up, grid capped at " << cap;
+            }
           }
         }
 }
