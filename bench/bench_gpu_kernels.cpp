@@ -223,7 +223,8 @@ void launch_floor(benchmark::State& state) {
 BENCHMARK(launch_floor)->UseManualTime()->Unit(benchmark::kMicrosecond);
 // Qwen2-32B's shapes, and Qwen2-7B's q+k+v (one launch), o and down; each with fp32 and with
 // INT8 activations, side by side, and one token with INT8 activations also on a grid of one CTA
-// per row group (full = 1: the grid before CTAs looped), to read what the loop gains.
+// per row group (full = 1: the grid before CTAs looped), to read what the loop gains, for the
+// shapes of the deep path.
 void gemv_shapes(benchmark::internal::Benchmark* b) {
   const int64_t shapes[][4] = {
       {5120, 5120, 1, 1},    // q, o
@@ -239,7 +240,10 @@ void gemv_shapes(benchmark::internal::Benchmark* b) {
   };
   for (const auto& s : shapes) {
     for (int64_t q8 : {0, 1}) b->Args({s[0], s[1], s[2], s[3], q8, 0});
-    if (s[2] == 1) b->Args({s[0], s[1], s[2], s[3], 1, 1});
+    // Only where the one-token deep path runs (R <= 2: gemv_int4_kernel.cuh's launch_rows); the
+    // chunked path (R = 4: gate/up alone, lm_head) keeps one CTA a group either way.
+    if (s[2] == 1 && gemv_rows_per_warp(uint64_t(s[0])) <= 2)
+      b->Args({s[0], s[1], s[2], s[3], 1, 1});
   }
 }
 BENCHMARK(gemv_int4)

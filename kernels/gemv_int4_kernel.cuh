@@ -524,7 +524,7 @@ __device__ __forceinline__ void gemv_deep(const GemvLaunch& a, const float* __re
   // fp32: [N][chunks * 256] x, then [N][chunks * 32] sums; Q8: [N][chunks] XQ8Chunk.
   extern __shared__ float4 staged[];
   const uint32_t cols = uint32_t(a.w[0].cols), blocks = uint32_t(a.w[0].blocks());
-  const uint32_t chunks = (cols + kChunk - 1) / kChunk, full = blocks / 8, groups = a.grid.ctas();
+  const uint32_t chunks = (cols + kChunk - 1) / kChunk, full = blocks / 8;
   uint32_t cta = blockIdx.x;
   WarpRows<R> rows = warp_rows<PAIRED, R>(a, cta, blocks);
   LaneCodes ring[DEPTH][R];
@@ -550,8 +550,9 @@ __device__ __forceinline__ void gemv_deep(const GemvLaunch& a, const float* __re
       deep_round<N, R, DEPTH, true, Q8>(staged, chunks, blocks, c0, rows.at, rows.m_factor, ring,
                                         acc);
     store_rows<N, R, PAIRED>(a, rows.slot, acc);
+    if constexpr (!Q8) return;  // fp32 x: one group a CTA (launch_rows)
     cta += gridDim.x;
-    if (cta >= groups) return;  // the same for the whole CTA
+    if (cta >= a.grid.ctas()) return;  // the same for the whole CTA
     rows = warp_rows<PAIRED, R>(a, cta, blocks);
     deep_prime<R, DEPTH>(rows, blocks, ring);
   }
@@ -668,7 +669,11 @@ void launch_rows(const GemvLaunch& a, const float* x, cudaStream_t stream) {
         return true;
       }();
       (void)opted_in;
-      const uint32_t ctas = gemv_launch_ctas(groups, a.max_ctas, deep_resident_ctas(shared));
+      // fp32 x (GemvX::f32, for comparison) keeps one group a CTA: its loop's registers spilled
+      // the paired variants on sm_75 and sm_80 (24 bytes at R = 4), and it stages 4.1 bytes a
+      // column where q8 x takes 1.25 and no quantization to save.
+      const uint32_t ctas =
+          Q8 ? gemv_launch_ctas(groups, a.max_ctas, deep_resident_ctas(shared)) : groups;
       gemv_int4_kernel<N, R, D, true, PAIRED, Q8><<<ctas, kThreads, shared, stream>>>(a, x);
       return;
     }
