@@ -83,6 +83,9 @@ class CacheBackend {
   void evicted(uint8_t* memory, uint64_t bytes);
   // The compute side.
   virtual void wait_ready(uint32_t entry) = 0;
+  // Whether the entry's fill has completed on the copy side now (a GPU: its ready event has
+  // passed), so that reading it needs no wait at all. After record_ready only.
+  virtual bool ready_now(uint32_t entry) = 0;
   void record_last_use(uint32_t entry);  // after the stress delay, do_record_last_use
   uint64_t last_use_records() const { return last_use_records_.load(); }  // tests
   // Called once by the cache before any signal is used, with the number of entries.

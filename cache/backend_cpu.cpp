@@ -71,6 +71,11 @@ void CpuBackend::wait_ready(uint32_t entry) {
   readers_[entry].fetch_add(1, std::memory_order_relaxed);
 }
 
+bool CpuBackend::ready_now(uint32_t entry) {
+  check(entry);
+  return ready_[entry].load(std::memory_order_acquire);
+}
+
 void CpuBackend::do_record_last_use(uint32_t entry) {
   check(entry);
   readers_[entry].fetch_sub(1, std::memory_order_release);

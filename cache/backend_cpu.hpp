@@ -22,6 +22,7 @@ class CpuBackend final : public CacheBackend {
   void record_ready(uint32_t entry) override;
   void wait_last_use(uint32_t entry) override;
   void wait_ready(uint32_t entry) override;
+  bool ready_now(uint32_t entry) override;
   void create_signals(uint32_t entries) override;
 
  protected:

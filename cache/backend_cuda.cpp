@@ -93,16 +93,21 @@ void CudaBackend::wait_last_use(uint32_t entry) {
 // pending uploads are waited on, and timed, so no phantom microseconds are added (two events
 // around a wait that is already satisfied still read ~1-2 us apart).
 void CudaBackend::wait_ready(uint32_t entry) {
+  if (ready_now(entry)) return;
   CUevent_st* ready = ready_.at(entry);
-  const cudaError_t done = cudaEventQuery(ready);
-  if (done == cudaSuccess) return;
-  if (done != cudaErrorNotReady) CUDA_CHECK(done);
-  // Not a failure: clear it, or the next launch check would report it (and nothing else).
-  if (cudaPeekAtLastError() == cudaErrorNotReady) cudaGetLastError();
   const bool timed = timed_ < wait_begin_.size();
   if (timed) CUDA_CHECK(cudaEventRecord(wait_begin_[timed_], compute_));
   CUDA_CHECK(cudaStreamWaitEvent(compute_, ready, 0));
   if (timed) CUDA_CHECK(cudaEventRecord(wait_end_[timed_++], compute_));
+}
+
+bool CudaBackend::ready_now(uint32_t entry) {
+  const cudaError_t done = cudaEventQuery(ready_.at(entry));
+  if (done == cudaSuccess) return true;
+  if (done != cudaErrorNotReady) CUDA_CHECK(done);
+  // Not a failure: clear it, or the next launch check would report it (and nothing else).
+  if (cudaPeekAtLastError() == cudaErrorNotReady) cudaGetLastError();
+  return false;
 }
 
 // Never throws: it also runs after a failed call has drained its stream, where a pair whose

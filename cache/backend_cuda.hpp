@@ -47,6 +47,7 @@ class CudaBackend final : public CacheBackend {
   void record_ready(uint32_t entry) override;
   void wait_last_use(uint32_t entry) override;
   void wait_ready(uint32_t entry) override;
+  bool ready_now(uint32_t entry) override;
   void create_signals(uint32_t entries) override;
   double device_wait_seconds() const override { return 1e-9 * double(device_wait_ns_.load()); }
   // Adds up the compute stream's timed waits since the last call; call it with the compute

@@ -27,6 +27,7 @@
 // caller waits for an entry that will never come. The destructor stops the prefetch thread after
 // at most the fill in progress (one weight's copy).
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -78,6 +79,12 @@ class DeviceCache {
   // takes the next entry (first fit): (2g - 1) * M. Below that the caller acquires one at a time
   // (schedule.minimum_budget() counts one weight held).
   bool can_hold(std::span<const uint32_t> ids) const;
+  // Whether every weight is in the arena with its fill complete and will stay there (lru with the
+  // whole model in the budget, or every entry pinned: nothing is evicted, no last use signalled),
+  // so that a pass acquires each without any wait or signal (the CUDA pass then records its
+  // decode step as a graph). Under lru false until a pass has filled everything; once true, true
+  // for good.
+  bool resident();
 
   CacheStats stats() const;
   // Cancels the prefetches not yet started and waits for the one in flight, so that until the
@@ -133,6 +140,7 @@ class DeviceCache {
   int64_t prefetching_ = -1;         // the id the prefetch thread is filling, or -1
   uint64_t clock_ = 0;
   std::string error_;  // the first fill failure; thrown by every acquire from then on
+  std::atomic<bool> resident_{false};  // resident() said true: checked entry by entry until then
   CacheStats stats_;
   bool stop_ = false;
   // Requests to the prefetch thread, in schedule order; kStop ends it. Sized for two passes of

@@ -80,6 +80,7 @@ class Engine {
   // The same with no prefetch in flight (PagedWeights::settled_stats): for the end of a run, where
   // a snapshot must agree with the backend's counters. Not while another thread generates.
   std::optional<CacheStats> settled_cache_stats();
+  PassStats pass_stats() const { return pass_->stats(); }
   // What the caller should warn of (Setting::ctx), or empty: a context past the positions the
   // model was trained on. The library prints nothing itself; the command line names its flag.
   std::string context_warning() const;

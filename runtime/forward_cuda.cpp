@@ -6,7 +6,8 @@
 // token. Every step is a kernel enqueued on one compute stream; each linear weight comes from the
 // paging cache, whose acquire makes the stream wait on the entry's ready event and whose release
 // records its last use. The host runs ahead of the GPU and blocks once per call, on the logits'
-// copy back.
+// copy back. With --cuda-graph, a pass of up to 8 tokens whose weights are all resident is
+// recorded by the same calls and launched as one CUDA graph (run_pass).
 //
 // Launches per layer at decode (n <= 8 tokens; INT4 weights, f16 KV cache, Qwen2 with q/k/v
 // biases; Qwen3's per-head norms add 2 to each count; attention is 2 kernels, group and merge):
@@ -37,6 +38,7 @@
 #include "cache/backend_cuda.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/cuda_check.hpp"
+#include "kernels/cuda_graph.hpp"
 #include "kernels/cuda_memory.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/elementwise.hpp"
@@ -117,13 +119,20 @@ class CudaForward final : public ForwardPass {
   ~CudaForward() override { cudaStreamSynchronize(stream_.s); }
 
   std::shared_ptr<CacheBackend> cache_backend() override { return backend_; }
+  PassStats stats() const override {
+    const CudaGraphStats& g = graph_.stats();
+    return {.graph_launches = g.launches, .graph_builds = g.builds, .graph_updates = g.updates};
+  }
   void forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs, std::span<float> logits,
                     int32_t* argmax, LogitRows rows) override;
 
  private:
   void run_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
                 std::span<float> logits, int32_t* argmax, LogitRows rows);
+  uint64_t enqueue_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
+                        std::span<float> logits, int32_t* argmax, LogitRows rows);
   void output_logits(WeightSource& src, uint64_t rows, std::span<float> logits, int32_t* argmax);
+  void copy_back(uint64_t rows, std::span<float> logits, int32_t* argmax, uint64_t r);
   void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y,
               GemvStore store);
   void product(const Linear& l, uint32_t id, const float* x, uint64_t n, float* y, GemvStore store);
@@ -151,6 +160,8 @@ class CudaForward final : public ForwardPass {
   uint64_t ctx_, batch_, slots_, q_dim_, kv_dim_;
   KvType kv_;
   bool bf16_cache_;    // entries dequantized to bf16 at upload (--cache-format bf16): no INT4 GEMV
+  bool use_graph_;     // --cuda-graph: resident decode steps recorded and launched as a graph
+  CudaGraph graph_;    // the decode step's executable graph, updated step by step
   GemvX gemv_x_;       // the INT4 GEMV's activations (--gpu-activations)
   CudaStream stream_;  // the compute stream; the cache's copy stream belongs to its backend
   DeviceArray<float> x_, xb_;       // [batch, hidden] residual stream, normed block input
@@ -190,6 +201,7 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       kv_dim_(c.kv_heads * c.head_dim),
       kv_(shape.kv),
       bf16_cache_(o.bf16_cache),
+      use_graph_(o.cuda_graph),
       gemv_x_(o.gemv_x),
       x_(batch_ * c.hidden, "activations"),
       xb_(batch_ * c.hidden, "activations"),
@@ -431,6 +443,11 @@ void CudaForward::forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs
   }
 }
 
+// The host's part first (the batch's embedding rows), then every kernel of the pass enqueued on
+// the compute stream, then one wait for what comes back. A decode step whose weights are all
+// resident (no upload to wait for, no last use to signal: WeightSource::resident) is recorded
+// instead and launched as one graph with --cuda-graph; the same calls build it, so it does what
+// the stream would, launch for launch.
 void CudaForward::run_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
                            std::span<float> logits, int32_t* argmax, LogitRows rows) {
   uint64_t row = 0;
@@ -439,6 +456,24 @@ void CudaForward::run_pass(WeightSource& src, std::span<const SeqChunk> seqs, ui
     row += q.tokens.size();
   }
   embed_rows_cpu(w_.embed, ids_.data(), n, c_.hidden, embed_rows_.get());
+  const bool graphed = use_graph_ && n <= kGemvMaxBatch && !bf16_cache_ && src.resident();
+  if (graphed) graph_.begin(stream_.s);
+  uint64_t last = 0;
+  try {
+    last = enqueue_pass(src, seqs, n, logits, argmax, rows);
+  } catch (...) {
+    if (graphed) graph_.abandon(stream_.s);
+    throw;
+  }
+  if (graphed) graph_.launch(stream_.s);
+  copy_back(rows == LogitRows::all ? n : seqs.size(), logits, argmax, last);
+  backend_->collect_device_waits();
+}
+
+// Enqueues the pass up to the copy back of its last group of logits (or of its greedy tokens);
+// returns that group's first row.
+uint64_t CudaForward::enqueue_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
+                                   std::span<float> logits, int32_t* argmax, LogitRows rows) {
   CUDA_CHECK(cudaMemcpyAsync(x_.get(), embed_rows_.get(), n * c_.hidden * sizeof(float),
                              cudaMemcpyHostToDevice, stream_.s));
   for (uint64_t l = 0; l < c_.layers; ++l) {
@@ -449,7 +484,8 @@ void CudaForward::run_pass(WeightSource& src, std::span<const SeqChunk> seqs, ui
   const float eps = float(c_.rms_eps);
   if (rows == LogitRows::all) {
     rmsnorm_cuda(x_.get(), norm(c_.layers, 0), eps, n, c_.hidden, xb_.get(), stream_.s);
-    return output_logits(src, n, logits, nullptr);
+    output_logits(src, n, logits, nullptr);
+    return (n - 1) / kGemvMaxBatch * kGemvMaxBatch;
   }
   for (uint64_t i = 0, last = 0; i < seqs.size(); ++i) {
     last += seqs[i].tokens.size();
@@ -457,13 +493,15 @@ void CudaForward::run_pass(WeightSource& src, std::span<const SeqChunk> seqs, ui
                  xb_.get() + i * c_.hidden, stream_.s);
   }
   output_logits(src, seqs.size(), logits, argmax);
+  return (seqs.size() - 1) / kGemvMaxBatch * kGemvMaxBatch;
 }
 
 // lm_head over the first `rows` rows of xb_, in groups of up to kGemvMaxBatch through the INT4
 // GEMV (a GEMM would need the whole lm_head dequantized: 1.56 GB for Qwen2-32B). Greedy: the
 // argmax of each row is made on the device and only the ids cross the bus (4 bytes a sequence
 // instead of 608 KB for Qwen2's 152,064 logits); otherwise each group's logits are copied back
-// as it is done.
+// as it is done, every group but the last waited for here (they share logits_host_), the last
+// by copy_back.
 void CudaForward::output_logits(WeightSource& src, uint64_t rows, std::span<float> logits,
                                 int32_t* argmax) {
   for (uint64_t r = 0; r < rows; r += kGemvMaxBatch) {
@@ -476,16 +514,20 @@ void CudaForward::output_logits(WeightSource& src, uint64_t rows, std::span<floa
     }
     CUDA_CHECK(cudaMemcpyAsync(logits_host_.get(), logits_.get(), g * c_.vocab * sizeof(float),
                                cudaMemcpyDeviceToHost, stream_.s));
-    CUDA_CHECK(cudaStreamSynchronize(stream_.s));  // also surfaces a failed kernel of this call
-    std::copy_n(logits_host_.get(), g * c_.vocab, logits.begin() + ptrdiff_t(r * c_.vocab));
+    if (r + g < rows) copy_back(rows, logits, nullptr, r);  // never in a graph: rows <= 8 there
   }
-  if (argmax) {
+  if (argmax)
     CUDA_CHECK(cudaMemcpyAsync(token_host_.get(), token_.get(), rows * sizeof(int32_t),
                                cudaMemcpyDeviceToHost, stream_.s));
-    CUDA_CHECK(cudaStreamSynchronize(stream_.s));
-    std::copy_n(token_host_.get(), rows, argmax);
-  }
-  backend_->collect_device_waits();
+}
+
+// Waits for the stream (which also surfaces a failed kernel of the call) and hands out what its
+// last copy brought back: the greedy tokens, or the logits of the group of rows from `r`.
+void CudaForward::copy_back(uint64_t rows, std::span<float> logits, int32_t* argmax, uint64_t r) {
+  CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+  if (argmax) return (void)std::copy_n(token_host_.get(), rows, argmax);
+  const uint64_t g = std::min<uint64_t>(kGemvMaxBatch, rows - r);
+  std::copy_n(logits_host_.get(), g * c_.vocab, logits.begin() + ptrdiff_t(r * c_.vocab));
 }
 
 }  // namespace

@@ -24,6 +24,10 @@ struct CudaForwardOptions {
   // `--gpu-activations`: the INT4 GEMV's activations at decode, quantized to INT8 per block as
   // the CPU backend's are (the default) or fp32 (kernels/gemv_fused.hpp).
   GemvX gemv_x = GemvX::q8;
+  // `--cuda-graph`: a decode step (up to 8 tokens) with every weight resident is recorded and
+  // launched as one CUDA graph (kernels/cuda_graph.hpp) instead of ~10 launches a layer.
+  // Off by default until a GPU has measured it.
+  bool cuda_graph = false;
 };
 
 // Probes the GPU (one clear line when there is none, or the build cannot run on it) and returns

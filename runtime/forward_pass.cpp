@@ -33,4 +33,11 @@ uint64_t check_forward_seqs(const ModelConfig& c, const PassShape& shape,
   return total;
 }
 
+std::string format_pass_stats(const PassStats& s) {
+  if (!s.graph_launches) return {};
+  return fmt::format(
+      "cuda graph: {} steps launched as one graph each ({} instantiations, {} updated in place)\n",
+      s.graph_launches, s.graph_builds, s.graph_updates);
+}
+
 }  // namespace ferry

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 
 #include "cache/backend.hpp"
 #include "runtime/model.hpp"
@@ -33,9 +34,20 @@ struct SeqChunk {
   std::span<const int32_t> tokens;
 };
 
+// What a pass counts of its own work (`--stats`): the CUDA pass's decode steps run as graphs.
+struct PassStats {
+  uint64_t graph_launches = 0;  // steps launched as one CUDA graph (--cuda-graph)
+  uint64_t graph_builds = 0;    // graph instantiations: the first step, then each new topology
+  uint64_t graph_updates = 0;   // steps that updated the instantiated graph in place
+};
+
+// One line for --stats ("cuda graph: ..."), or empty when no step ran as a graph.
+std::string format_pass_stats(const PassStats& s);
+
 class ForwardPass {
  public:
   virtual ~ForwardPass() = default;
+  virtual PassStats stats() const { return {}; }
   // The paging cache's backend on this pass's device: its arena in device memory, its ready and
   // last-use signals on the compute stream. nullptr on the CPU, where the cache, when there is
   // one, runs its own host backend (and the weights may also be read in place from the file).

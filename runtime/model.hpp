@@ -70,6 +70,10 @@ class WeightSource {
     (void)ids;
     return true;
   }
+  // Whether every weight is on the pass's device for good, its upload done: acquire and release
+  // then put nothing on a device stream (DeviceCache::resident). False where a pass reads the
+  // weights in place on the host.
+  virtual bool resident() { return false; }
 };
 
 // One weight acquired for one product. release() after the product; if the product throws

@@ -60,6 +60,7 @@ class PagedWeights final : public WeightSource {
   Linear acquire(uint32_t id) override;
   void release(uint32_t id) override;
   bool can_hold(std::span<const uint32_t> ids) const override { return cache_->can_hold(ids); }
+  bool resident() override { return cache_->resident(); }
 
   CacheStats stats() const { return cache_->stats(); }
   // The statistics with no prefetch in flight (DeviceCache::settle): exact, for the end of a run.

@@ -474,6 +474,38 @@ TEST(CacheBackendSignals, LastUseIsSignalledOnlyForEntriesThatCanBeEvicted) {
   }
 }
 
+// resident() (the CUDA pass's condition for a decode step as one graph) holds once every weight
+// is filled and can never be evicted: lru with the whole model in the budget after a pass, pin
+// with every weight pinned from the start (loaded at construction); never where an entry can
+// still be evicted or refilled (below the whole model).
+TEST(CacheBackendSignals, ResidentOnlyOnceEveryWeightIsFilledForGood) {
+  const Schedule s = make_schedule(std::vector<uint64_t>(6, 256), {0, 0, 0, 1, 1, 1});
+  struct Case {
+    uint64_t budget;
+    CachePolicy policy;
+    bool before, after;  // after one acquire, after two passes
+  };
+  for (const Case& k :
+       {Case{6 * 256, CachePolicy::lru, false, true}, Case{8 * 256, CachePolicy::lru, false, true},
+        Case{6 * 256, CachePolicy::pin, true, true}, Case{1024, CachePolicy::pin, false, false},
+        Case{512, CachePolicy::lru, false, false}}) {
+    CpuBackend b;
+    DeviceCache c(b, s, config(k.budget, k.policy, 1), pattern_fill(s));
+    const std::string what = fmt::format("budget {} {}", k.budget, policy_name(k.policy));
+    const uint8_t* first = c.acquire(0);  // weight 0 filled, the rest at most requested ahead
+    EXPECT_EQ(c.resident(), k.before) << what;
+    ASSERT_TRUE(holds_pattern(first, 0, 256));
+    c.release(0);
+    run_passes(c, 2);
+    EXPECT_EQ(c.resident(), k.after) << what;
+    EXPECT_EQ(c.resident(), k.after) << what << " (asked again)";
+    if (k.after)
+      EXPECT_EQ(c.stats().evictions, 0u) << what;
+    else
+      EXPECT_GT(c.stats().evictions, 0u) << what;
+  }
+}
+
 TEST(CacheBackendSignals, CpuBackendChecksTheProtocol) {
   CpuBackend b;
   b.create_signals(2);

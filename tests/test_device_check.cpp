@@ -42,8 +42,9 @@ TEST(DeviceCheck, TheMessageNamesTheCardTheBuildAndBothWaysOut) {
 }
 
 // Without a GPU (or without the CUDA backend in the build) `--device cuda` is one line that says
-// what to do, exit 1; a bad device name, --vram-limit or --gpu-activations on the CPU, or a
-// --gpu-activations that is not int8 or f32 (checked before the GPU is probed) is an error too.
+// what to do, exit 1; a bad device name, --vram-limit, --gpu-activations or --cuda-graph on the
+// CPU, or a --gpu-activations that is not int8 or f32 (checked before the GPU is probed) is an
+// error too.
 TEST(DeviceCli, CudaWithoutAGpuIsOneClearLine) {
   test::ScratchDir tmp;
   const std::string hf = (tmp / "hf").string(), model = (tmp / "m.ferry").string();
@@ -61,6 +62,10 @@ TEST(DeviceCli, CudaWithoutAGpuIsOneClearLine) {
   EXPECT_EQ(acts.exit_code, 1);
   EXPECT_NE(acts.output.find("--gpu-activations needs --device cuda"), std::string::npos)
       << acts.output;
+  const test::RunResult graph = test::run_ferry({"run", model, "-n", "2", "--cuda-graph"});
+  EXPECT_EQ(graph.exit_code, 1);
+  EXPECT_NE(graph.output.find("--cuda-graph needs --device cuda"), std::string::npos)
+      << graph.output;
   const test::RunResult typo =
       test::run_ferry({"run", model, "-n", "2", "--device", "cuda", "--gpu-activations", "fp8"});
   EXPECT_EQ(typo.exit_code, 1);

@@ -4,8 +4,8 @@
 // Llama 3 (llama3 rope scaling) models, for both cache formats, both policies and budgets from
 // the minimum to the whole model. On the GPU, paging must not change a bit either: every budget
 // and policy of a format gives the same logits. A 600-token prompt crosses attention chunks and
-// query rounds. The default f16 KV cache throughout, and the f32 one once. Skipped when no GPU
-// is present.
+// query rounds. The default f16 KV cache throughout, and the f32 one once; decode steps as CUDA
+// graphs against the stream. Skipped when no GPU is present.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -194,6 +194,41 @@ TEST(GpuForward, BatchedSequencesMatchTheCpuAndThemselvesAlone) {
     }
     for (size_t step = 0; step < one.picks.size(); ++step)
       EXPECT_EQ(one.picks[step][0], got.picks[step][slot]) << "slot " << slot << " step " << step;
+  }
+}
+
+// --cuda-graph (kernels/cuda_graph.hpp): once every weight is resident, each pass of up to 8
+// tokens is recorded and launched as one graph, updated in place as positions change. Its
+// results must equal the stream's bit for bit (the same launches, only replayed): prompt chunks,
+// single-sequence decode and three sequences decoded together, logits and the device's argmax,
+// for Qwen2 (biases) and Qwen3 (per-head norms), the whole model under lru and every weight
+// pinned.
+TEST(GpuForward, CudaGraphStepsEqualTheStreamsBitForBit) {
+  FERRY_REQUIRE_GPU();
+  test::ScratchDir tmp;
+  for (const std::string preset : {"qwen2-tiny", "qwen3-tiny"}) {
+    const PackedFile f = PackedFile::open(synthesized(tmp, preset));
+    for (const CachePolicy policy : {CachePolicy::lru, CachePolicy::pin}) {
+      const CacheOptions all{.enabled = true, .budget_fraction = 1.0, .policy = policy};
+      EngineOptions stream_o = options(all, true), graph_o = options(all, true);
+      graph_o.device = cuda_forward_factory({.cuda_graph = true});
+      stream_o.parallel = graph_o.parallel = 3;
+      Engine stream(PackedFile::from_mapping(f.file.mapping()), stream_o);
+      Engine graph(PackedFile::from_mapping(f.file.mapping()), graph_o);
+      const std::string what = fmt::format("{} {}", preset, policy_name(policy));
+      for (int round = 0; round < 2; ++round) {  // under lru the first fills the cache
+        EXPECT_EQ(run_tokens(graph), run_tokens(stream)) << what << " round " << round;
+        const SlotRun a = run_slots(stream, {0, 1, 2}), b = run_slots(graph, {0, 1, 2});
+        EXPECT_EQ(b.logits, a.logits) << what << " round " << round;
+        EXPECT_EQ(b.picks, a.picks) << what << " round " << round;
+      }
+      // The second round alone is 14 passes: 2 + 4 of run_tokens, 4 + 4 of run_slots.
+      const PassStats g = graph.pass_stats();
+      EXPECT_GE(g.graph_launches, 14u) << what;
+      EXPECT_GT(g.graph_updates, 0u) << what;
+      EXPECT_LT(g.graph_builds, g.graph_launches) << what;
+      EXPECT_EQ(stream.pass_stats().graph_launches, 0u) << what;
+    }
   }
 }
 

@@ -309,6 +309,14 @@ TEST(GpuKernels, FusedGemvMatchesCpuTwins) {
             gemv_int4_fused_cpu(&h1, 1, x.data(), n, GemvStore::add, xq);
             gemv_int4_fused_cuda(&g1, 1, d_x.get(), n, GemvStore::add, xq, nullptr);
             expect_close("residual store", d_res.to_host(), res, 1e-10);
+            // A group served twice by a looping CTA would add W x twice: only the add store shows
+            // it (set writes the same value again).
+            for (uint32_t cap : {1u, 3u, kGemvGridFull}) {
+              DeviceArray<float> c_res(random_vector(n * rq, 4));
+              const GemvOut c1{q.device, c_res.get(), nullptr};
+              gemv_int4_fused_cuda(&c1, 1, d_x.get(), n, GemvStore::add, xq, nullptr, cap);
+              EXPECT_EQ(c_res.to_host(), d_res.to_host()) << "residual, grid capped at " << cap;
+            }
             // gate/up paired: 5120 rows a weight gives 4 rows a warp, 96 gives 2.
             TwinWeight up(rq, cols, s, 5);
             DeviceArray<float> d_out(nans(n * rq));

@@ -186,7 +186,10 @@ void add_engine_options(cxxopts::Options& o, bool cache_options) {
       "with --device cuda: what the INT4 GEMV of decode multiplies the weights with: int8 "
       "(activations quantized per block of 128, as the CPU backend does; a third of the "
       "instructions) or f32",
-      cxxopts::value<std::string>()->default_value("int8"));
+      cxxopts::value<std::string>()->default_value("int8"))(
+      "cuda-graph",
+      "with --device cuda: run each decode step as one CUDA graph once every weight is resident "
+      "(--cache-budget all), instead of ~10 launches a layer");
   if (!cache_options) return;
   o.add_options()(
       "cache-budget",
@@ -232,12 +235,14 @@ DeviceFactory device_factory(const cxxopts::ParseResult& a, const CacheOptions& 
   if (device == "cpu") {
     if (a.count("vram-limit")) throw Error("--vram-limit needs --device cuda");
     if (a.count("gpu-activations")) throw Error("--gpu-activations needs --device cuda");
+    if (a.count("cuda-graph")) throw Error("--cuda-graph needs --device cuda");
     return {};
   }
 #ifdef FERRY_HAVE_CUDA
   CudaForwardOptions o;
   o.bf16_cache = c.format == CacheFormat::bf16;
   o.gemv_x = acts == "int8" ? GemvX::q8 : GemvX::f32;
+  o.cuda_graph = a.count("cuda-graph") > 0;
   if (a.count("vram-limit"))
     o.vram_limit = parse_size(a["vram-limit"].as<std::string>(), "--vram-limit");
   return cuda_forward_factory(o);

@@ -101,6 +101,7 @@ int run_prompt_file(const cxxopts::ParseResult& a, EngineOptions options,
                st.steps ? double(st.step_tokens) / double(st.steps) : 0.0);
   if (a.count("stats")) {
     std::fputs(format_cache_stats(*e.settled_cache_stats(), st.generated_tokens).c_str(), stderr);
+    std::fputs(format_pass_stats(e.pass_stats()).c_str(), stderr);
   }
   return 0;
 }
@@ -172,6 +173,7 @@ int cmd_run(int argc, char** argv) {
       std::string(stop_reason_name(st.reason)).c_str());
   if (a.count("stats")) {
     std::fputs(format_cache_stats(*e.settled_cache_stats(), st.generated).c_str(), stderr);
+    std::fputs(format_pass_stats(e.pass_stats()).c_str(), stderr);
   }
   return 0;
 }
