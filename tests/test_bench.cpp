@@ -60,6 +60,7 @@ TEST(BenchCli, SyntheticRunWritesTableJsonAndCsv) {
   EXPECT_GT(run["prefill_tokens_per_s"].get<double>(), 0);
   EXPECT_GT(run["gb_read_per_token"].get<double>(), 0.001);  // qwen2-tiny: ~3 MB packed
   EXPECT_EQ(run["gb_uploaded_per_token"].get<double>(), 0);  // no cache, nothing copied
+  EXPECT_EQ(run["graph_step_fraction"].get<double>(), 0);    // CUDA graphs: GPU only
   const auto& paged = j["runs"][1];
   EXPECT_EQ(paged["budget"], "50%");
   EXPECT_EQ(paged["policy"], "pin");

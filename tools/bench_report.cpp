@@ -107,6 +107,9 @@ void BenchTable::print(const BenchRow& r) {
                (unsigned long long)r.config.parallel, r.prefill_tps, r.decode_tps, r.seq_decode_tps,
                scale * r.gb_per_step, scale * r.upload_gb_per_step, scale * r.upload_gb_per_token,
                100 * r.hit_rate, 100 * r.wait_fraction, r.bound_tps, r.ratio);
+  if (r.graph_fraction > 0)  // --cuda-graph: whether the steps above ran as graphs
+    std::fprintf(out_, "%8s %.0f%% of the decode steps above ran as one CUDA graph each\n", "",
+                 100 * r.graph_fraction);
   std::fflush(out_);
 }
 
@@ -139,7 +142,8 @@ std::string bench_json(const std::string& model, const Bandwidths& bw,
                          {"hit_rate", r.hit_rate},
                          {"wait_fraction", r.wait_fraction},
                          {"bound_tokens_per_s", r.bound_tps},
-                         {"ratio_to_bound", r.ratio}});
+                         {"ratio_to_bound", r.ratio},
+                         {"graph_step_fraction", r.graph_fraction}});
   return j.dump(2) + "\n";
 }
 
@@ -147,15 +151,16 @@ std::string bench_csv(const std::vector<BenchRow>& rows) {
   std::string s =
       "budget,budget_gb,policy,format,parallel,prefill_tokens_per_s,decode_tokens_per_s,"
       "decode_tokens_per_s_per_sequence,gb_read_per_step,gb_read_per_token,gb_uploaded_per_step,"
-      "gb_uploaded_per_token,hit_rate,wait_fraction,bound_tokens_per_s,ratio_to_bound\n";
+      "gb_uploaded_per_token,hit_rate,wait_fraction,bound_tokens_per_s,ratio_to_bound,"
+      "graph_step_fraction\n";
   for (const BenchRow& r : rows)
     s += fmt::format(
         "{},{:.4f},{},{},{},{:.3f},{:.3f},{:.3f},{:.5f},{:.5f},{:.5f},{:.5f},{:.4f},{:.4f},{:.3f},"
-        "{:.3f}\n",
+        "{:.3f},{:.3f}\n",
         r.config.budget, r.budget_gb, r.config.policy, r.config.format, r.config.parallel,
         r.prefill_tps, r.decode_tps, r.seq_decode_tps, r.gb_per_step, r.gb_per_token,
         r.upload_gb_per_step, r.upload_gb_per_token, r.hit_rate, r.wait_fraction, r.bound_tps,
-        r.ratio);
+        r.ratio, r.graph_fraction);
   return s;
 }
 

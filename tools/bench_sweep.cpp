@@ -195,6 +195,7 @@ BenchRow run_config(const PackedFile& file, const BenchConfig& c, const SweepSet
   double prefill_s = 0, decode_s = 0;
   for (uint64_t i = 0; i < s.repeat; ++i) prefill_s += prefill_slots(e, ids, logits, next);
   const CacheStats before = e.paged() ? e.paged()->stats() : CacheStats{};
+  const uint64_t graphs_before = e.pass_stats().graph_launches;
   const std::vector<int32_t> first(next);
   for (uint64_t i = 0; i < s.repeat; ++i) {
     std::copy(first.begin(), first.end(), next.begin());
@@ -205,7 +206,8 @@ BenchRow run_config(const PackedFile& file, const BenchConfig& c, const SweepSet
   BenchRow r{.config = c,
              .prefill_tps = batch * prompt_tokens / prefill_s,
              .decode_tps = batch * gen_tokens / decode_s,
-             .seq_decode_tps = gen_tokens / decode_s};
+             .seq_decode_tps = gen_tokens / decode_s,
+             .graph_fraction = double(e.pass_stats().graph_launches - graphs_before) / gen_tokens};
   // bf16 entries are read at 2 bytes a weight instead of ~0.53: count what the kernels read.
   double w = weight_bytes_per_token(file);
   if (e.paged())

@@ -41,8 +41,9 @@ struct BenchRow {
   double upload_gb_per_step = 0;   // of them, copied into the cache per decode step
   double upload_gb_per_token = 0;  // ... per decoded token
   double hit_rate = 0, wait_fraction = 0;
-  double bound_tps = 0;  // the performance model's ceiling for decode
-  double ratio = 0;      // decode time per token / bound time per token (>= 1)
+  double bound_tps = 0;       // the performance model's ceiling for decode
+  double ratio = 0;           // decode time per token / bound time per token (>= 1)
+  double graph_fraction = 0;  // of the decode steps, those launched as one CUDA graph
 };
 
 // The bandwidths, printed to stderr as they are measured. Throws for a GPU without CUDA.
