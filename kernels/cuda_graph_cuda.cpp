@@ -21,12 +21,15 @@ void CudaGraph::launch(cudaStream_t s) {
   } owned{graph};
   if (exec_) {
     cudaGraphExecUpdateResultInfo info{};
-    if (cudaGraphExecUpdate(exec_, graph, &info) == cudaSuccess) {
+    const cudaError_t updated = cudaGraphExecUpdate(exec_, graph, &info);
+    if (updated == cudaSuccess) {
       ++stats_.updates;
-    } else {  // another topology: not an error, a new instantiation
+    } else if (updated == cudaErrorGraphExecUpdateFailure) {  // another topology: instantiate
       cudaGetLastError();
       cudaGraphExecDestroy(exec_);
       exec_ = nullptr;
+    } else {
+      CUDA_CHECK(updated);
     }
   }
   if (!exec_) {

@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <string>
 #include <vector>
 
 #include <fmt/format.h>
@@ -121,7 +122,11 @@ class CudaForward final : public ForwardPass {
   std::shared_ptr<CacheBackend> cache_backend() override { return backend_; }
   PassStats stats() const override {
     const CudaGraphStats& g = graph_.stats();
-    return {.graph_launches = g.launches, .graph_builds = g.builds, .graph_updates = g.updates};
+    return {.graph_launches = g.launches,
+            .graph_builds = g.builds,
+            .graph_updates = g.updates,
+            .graph_failures = graph_failures_,
+            .graph_error = graph_error_};
   }
   void forward_seqs(WeightSource& src, std::span<const SeqChunk> seqs, std::span<float> logits,
                     int32_t* argmax, LogitRows rows) override;
@@ -130,6 +135,9 @@ class CudaForward final : public ForwardPass {
   void run_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
                 std::span<float> logits, int32_t* argmax, LogitRows rows);
   uint64_t enqueue_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
+                        std::span<float> logits, int32_t* argmax, LogitRows rows);
+  bool graph_wanted(WeightSource& src, uint64_t n, bool greedy);
+  uint64_t graphed_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
                         std::span<float> logits, int32_t* argmax, LogitRows rows);
   void output_logits(WeightSource& src, uint64_t rows, std::span<float> logits, int32_t* argmax);
   void copy_back(uint64_t rows, std::span<float> logits, int32_t* argmax, uint64_t r);
@@ -159,12 +167,16 @@ class CudaForward final : public ForwardPass {
   const ModelWeights& w_;
   uint64_t ctx_, batch_, slots_, q_dim_, kv_dim_;
   KvType kv_;
-  bool bf16_cache_;    // entries dequantized to bf16 at upload (--cache-format bf16): no INT4 GEMV
-  bool use_graph_;     // --cuda-graph: resident decode steps recorded and launched as a graph
-  CudaGraph graph_;    // the decode step's executable graph, updated step by step
-  GemvX gemv_x_;       // the INT4 GEMV's activations (--gpu-activations)
-  CudaStream stream_;  // the compute stream; the cache's copy stream belongs to its backend
-  DeviceArray<float> x_, xb_;       // [batch, hidden] residual stream, normed block input
+  bool bf16_cache_;  // entries dequantized to bf16 at upload (--cache-format bf16): no INT4 GEMV
+  bool use_graph_;   // --cuda-graph: resident decode steps recorded and launched as a graph
+  bool graphable_;   // every linear INT4 or INT8: no cuBLASLt in a decode step
+  uint32_t stream_shapes_ = 0;  // bit 2(n-1)+greedy: a pass of that shape ran on the stream
+  CudaGraph graph_;             // the decode step's executable graph, updated step by step
+  uint64_t graph_failures_ = 0;
+  std::string graph_error_;
+  GemvX gemv_x_;               // the INT4 GEMV's activations (--gpu-activations)
+  CudaStream stream_;          // the compute stream; the cache's copy stream belongs to its backend
+  DeviceArray<float> x_, xb_;  // [batch, hidden] residual stream, normed block input
   DeviceArray<float> q_, att_out_;  // [batch, heads * head_dim]
   DeviceArray<float> k_, v_;        // [batch, kv_heads * head_dim] before they enter the cache
   DeviceArray<float> proj_;         // [batch, hidden]
@@ -202,6 +214,9 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       kv_(shape.kv),
       bf16_cache_(o.bf16_cache),
       use_graph_(o.cuda_graph),
+      graphable_(std::all_of(w.linears.begin(), w.linears.end(),
+                             [](const Linear& l) { return l.is_int4() || l.is_int8(); }) &&
+                 !o.bf16_cache),
       gemv_x_(o.gemv_x),
       x_(batch_ * c.hidden, "activations"),
       xb_(batch_ * c.hidden, "activations"),
@@ -456,18 +471,45 @@ void CudaForward::run_pass(WeightSource& src, std::span<const SeqChunk> seqs, ui
     row += q.tokens.size();
   }
   embed_rows_cpu(w_.embed, ids_.data(), n, c_.hidden, embed_rows_.get());
-  const bool graphed = use_graph_ && n <= kGemvMaxBatch && !bf16_cache_ && src.resident();
-  if (graphed) graph_.begin(stream_.s);
-  uint64_t last = 0;
-  try {
-    last = enqueue_pass(src, seqs, n, logits, argmax, rows);
-  } catch (...) {
-    if (graphed) graph_.abandon(stream_.s);
-    throw;
-  }
-  if (graphed) graph_.launch(stream_.s);
+  const uint64_t last = graph_wanted(src, n, argmax != nullptr)
+                            ? graphed_pass(src, seqs, n, logits, argmax, rows)
+                            : enqueue_pass(src, seqs, n, logits, argmax, rows);
   copy_back(rows == LogitRows::all ? n : seqs.size(), logits, argmax, last);
   backend_->collect_device_waits();
+}
+
+// Whether this pass is recorded as a graph: --cuda-graph, up to 8 tokens over INT4 and INT8
+// weights only (cuBLASLt's bf16 GEMM stays on the stream), every weight resident for good, and
+// a pass of this shape (tokens, greedy or not) run on the stream once before, so that the
+// kernels it launches are loaded before a recording meets them (drivers before CUDA 12.3 cannot
+// load a module during a capture).
+bool CudaForward::graph_wanted(WeightSource& src, uint64_t n, bool greedy) {
+  if (!use_graph_ || !graphable_ || n > kGemvMaxBatch) return false;
+  const uint32_t shape = 1u << (2 * (n - 1) + (greedy ? 1 : 0));
+  if (!(stream_shapes_ & shape)) {
+    stream_shapes_ |= shape;
+    return false;
+  }
+  return src.resident();
+}
+
+// Records the pass and launches it as one graph. A recording that fails (an operation the
+// capture refused, a graph that cannot be made) has run nothing: the same pass then goes on the
+// stream, where a real error throws again; after 4 failures graphs are off for good, and
+// --stats says why.
+uint64_t CudaForward::graphed_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
+                                   std::span<float> logits, int32_t* argmax, LogitRows rows) {
+  try {
+    graph_.begin(stream_.s);
+    const uint64_t last = enqueue_pass(src, seqs, n, logits, argmax, rows);
+    graph_.launch(stream_.s);
+    return last;
+  } catch (const std::exception& e) {
+    graph_.abandon(stream_.s);
+    graph_error_ = e.what();
+    if (++graph_failures_ >= 4) use_graph_ = false;
+  }
+  return enqueue_pass(src, seqs, n, logits, argmax, rows);
 }
 
 // Enqueues the pass up to the copy back of its last group of logits (or of its greedy tokens);

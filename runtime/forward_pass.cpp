@@ -34,10 +34,17 @@ uint64_t check_forward_seqs(const ModelConfig& c, const PassShape& shape,
 }
 
 std::string format_pass_stats(const PassStats& s) {
-  if (!s.graph_launches) return {};
-  return fmt::format(
-      "cuda graph: {} steps launched as one graph each ({} instantiations, {} updated in place)\n",
-      s.graph_launches, s.graph_builds, s.graph_updates);
+  std::string out;
+  if (s.graph_launches)
+    out = fmt::format(
+        "cuda graph: {} steps launched as one graph each ({} instantiations, {} updated in "
+        "place)\n",
+        s.graph_launches, s.graph_builds, s.graph_updates);
+  if (s.graph_failures)
+    out +=
+        fmt::format("cuda graph: {} recordings failed, their steps ran on the stream (last: {})\n",
+                    s.graph_failures, s.graph_error);
+  return out;
 }
 
 }  // namespace ferry

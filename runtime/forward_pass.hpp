@@ -39,9 +39,11 @@ struct PassStats {
   uint64_t graph_launches = 0;  // steps launched as one CUDA graph (--cuda-graph)
   uint64_t graph_builds = 0;    // graph instantiations: the first step, then each new topology
   uint64_t graph_updates = 0;   // steps that updated the instantiated graph in place
+  uint64_t graph_failures = 0;  // recordings that failed, their steps run on the stream instead
+  std::string graph_error;      // the last failure's message
 };
 
-// One line for --stats ("cuda graph: ..."), or empty when no step ran as a graph.
+// Lines for --stats ("cuda graph: ..."), or empty when no step ran as a graph or tried to.
 std::string format_pass_stats(const PassStats& s);
 
 class ForwardPass {

@@ -202,33 +202,38 @@ TEST(GpuForward, BatchedSequencesMatchTheCpuAndThemselvesAlone) {
 // results must equal the stream's bit for bit (the same launches, only replayed): prompt chunks,
 // single-sequence decode and three sequences decoded together, logits and the device's argmax,
 // for Qwen2 (biases) and Qwen3 (per-head norms), the whole model under lru and every weight
-// pinned.
+// pinned, the f16 KV cache and the f32 one (whose store is a copy node, its address moving).
+// A shape (tokens, greedy or not) runs on the stream the first time, so the kernels are loaded.
 TEST(GpuForward, CudaGraphStepsEqualTheStreamsBitForBit) {
   FERRY_REQUIRE_GPU();
   test::ScratchDir tmp;
   for (const std::string preset : {"qwen2-tiny", "qwen3-tiny"}) {
     const PackedFile f = PackedFile::open(synthesized(tmp, preset));
-    for (const CachePolicy policy : {CachePolicy::lru, CachePolicy::pin}) {
-      const CacheOptions all{.enabled = true, .budget_fraction = 1.0, .policy = policy};
-      EngineOptions stream_o = options(all, true), graph_o = options(all, true);
-      graph_o.device = cuda_forward_factory({.cuda_graph = true});
-      stream_o.parallel = graph_o.parallel = 3;
-      Engine stream(PackedFile::from_mapping(f.file.mapping()), stream_o);
-      Engine graph(PackedFile::from_mapping(f.file.mapping()), graph_o);
-      const std::string what = fmt::format("{} {}", preset, policy_name(policy));
-      for (int round = 0; round < 2; ++round) {  // under lru the first fills the cache
-        EXPECT_EQ(run_tokens(graph), run_tokens(stream)) << what << " round " << round;
-        const SlotRun a = run_slots(stream, {0, 1, 2}), b = run_slots(graph, {0, 1, 2});
-        EXPECT_EQ(b.logits, a.logits) << what << " round " << round;
-        EXPECT_EQ(b.picks, a.picks) << what << " round " << round;
+    for (const CachePolicy policy : {CachePolicy::lru, CachePolicy::pin})
+      for (const KvType kv : {KvType::f16, KvType::f32}) {
+        const CacheOptions all{.enabled = true, .budget_fraction = 1.0, .policy = policy};
+        EngineOptions stream_o = options(all, true), graph_o = options(all, true);
+        graph_o.device = cuda_forward_factory({.cuda_graph = true});
+        stream_o.parallel = graph_o.parallel = 3;
+        stream_o.kv = graph_o.kv = kv;
+        Engine stream(PackedFile::from_mapping(f.file.mapping()), stream_o);
+        Engine graph(PackedFile::from_mapping(f.file.mapping()), graph_o);
+        const std::string what = fmt::format("{} {} kv {}", preset, policy_name(policy),
+                                             kv == KvType::f16 ? "f16" : "f32");
+        for (int round = 0; round < 2; ++round) {  // under lru the first fills the cache
+          EXPECT_EQ(run_tokens(graph), run_tokens(stream)) << what << " round " << round;
+          const SlotRun a = run_slots(stream, {0, 1, 2}), b = run_slots(graph, {0, 1, 2});
+          EXPECT_EQ(b.logits, a.logits) << what << " round " << round;
+          EXPECT_EQ(b.picks, a.picks) << what << " round " << round;
+        }
+        // The second round alone is 14 passes: 2 + 4 of run_tokens, 4 + 4 of run_slots.
+        const PassStats g = graph.pass_stats();
+        EXPECT_GE(g.graph_launches, 14u) << what;
+        EXPECT_GT(g.graph_updates, 0u) << what;
+        EXPECT_LT(g.graph_builds, g.graph_launches) << what;
+        EXPECT_EQ(g.graph_failures, 0u) << what << ": " << g.graph_error;
+        EXPECT_EQ(stream.pass_stats().graph_launches, 0u) << what;
       }
-      // The second round alone is 14 passes: 2 + 4 of run_tokens, 4 + 4 of run_slots.
-      const PassStats g = graph.pass_stats();
-      EXPECT_GE(g.graph_launches, 14u) << what;
-      EXPECT_GT(g.graph_updates, 0u) << what;
-      EXPECT_LT(g.graph_builds, g.graph_launches) << what;
-      EXPECT_EQ(stream.pass_stats().graph_launches, 0u) << what;
-    }
   }
 }
 

@@ -12,6 +12,7 @@
 
 #include "base/dtype.hpp"
 #include "kernels/attention.hpp"
+#include "kernels/cuda_graph.hpp"
 #include "kernels/dequant.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/gemv_fused.hpp"
@@ -589,6 +590,39 @@ TEST(GpuKernels, StoreF16MatchesCpuTwin) {
     else
       EXPECT_EQ(got[i], want[i]) << "element " << i << " = " << x[i];
   }
+}
+
+// kernels/cuda_graph.hpp: a first recording instantiates the graph; the next, with other
+// parameters only (a count), updates it in place; another topology (two launches) instantiates
+// anew; abandon() after a recording leaves the stream running work again and runs nothing of
+// what was recorded.
+TEST(GpuKernels, CudaGraphUpdatesRebuildsAndAbandons) {
+  FERRY_REQUIRE_GPU();
+  CudaStream s;
+  DeviceArray<float> a(std::vector<float>(64, 0.0f)), b(std::vector<float>(64, 1.0f));
+  const auto add = [&](uint64_t count) { add_cuda(a.get(), b.get(), count, s.s); };
+  CudaGraph g;
+  g.begin(s.s);
+  add(64);
+  g.launch(s.s);
+  g.begin(s.s);
+  add(32);
+  g.launch(s.s);
+  g.begin(s.s);
+  add(64);
+  add(16);
+  g.launch(s.s);
+  g.begin(s.s);
+  add(64);
+  g.abandon(s.s);
+  add(8);  // on the stream, not recorded
+  CUDA_CHECK(cudaStreamSynchronize(s.s));
+  std::vector<float> want(64, 2.0f);
+  for (size_t i = 0; i < 64; ++i) want[i] += float(i < 32) + float(i < 16) + float(i < 8);
+  EXPECT_EQ(a.to_host(), want);
+  EXPECT_EQ(g.stats().launches, 3u);
+  EXPECT_EQ(g.stats().builds, 2u);
+  EXPECT_EQ(g.stats().updates, 1u);
 }
 
 }  // namespace
