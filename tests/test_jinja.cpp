@@ -122,6 +122,12 @@ TEST(Jinja, UnsupportedConstructsAreErrorsNamingLineAndConstruct) {
   EXPECT_EQ(parse_error("{{ a +  }}"), "chat template line 1: expected an expression, found '}}'");
   EXPECT_EQ(parse_error("{{ a ; b }}"), "chat template line 1: unexpected character ';' in a tag");
   EXPECT_EQ(parse_error("{# never closed"), "chat template line 1: a {# comment #} is not closed");
+  // Numbers past int64: a literal, and the index form x.N (found by fuzz_jinja, which std::stoll
+  // escaped as std::out_of_range).
+  EXPECT_EQ(parse_error("{{ 99999999999999999999 }}"),
+            "chat template line 1: the number 99999999999999999999 is out of range");
+  EXPECT_EQ(parse_error("\n{{ m.55555555555555555555555 }}"),
+            "chat template line 2: the number 55555555555555555555555 is out of range");
   EXPECT_EQ(parse_error("{% macro m() %}{% endmacro %}{{ m() }}\n{{ lipsum(2) }}"),
             "chat template line 2: the function lipsum() is not supported (ferry's Jinja has "
             "raise_exception, strftime_now, namespace, dict, range and the template's macros)");

@@ -15,6 +15,17 @@ namespace {
   throw Error(Setting::chat_template, "chat template line " + std::to_string(line) + ": " + what);
 }
 
+// An integer or number token's value; one past int64 or double is a template error, not a throw
+// of std::stoll's (the fuzzer found `m.5555...5` escaping as std::out_of_range).
+Value number_literal(const Token& t) {
+  try {
+    return t.type == Tok::integer ? Value::integer(std::stoll(t.text))
+                                  : Value::number(std::stod(t.text));
+  } catch (const std::exception&) {
+    fail(t.line, "the number " + t.text + " is out of range");
+  }
+}
+
 ExprPtr make(ExprKind k, int line, std::string name = {}) {
   auto e = std::make_unique<Expr>();
   e->kind = k;
@@ -389,12 +400,7 @@ class Parser {
       case Tok::integer:
       case Tok::number: {
         ExprPtr e = make(ExprKind::literal, t.line);
-        try {
-          e->value = t.type == Tok::integer ? Value::integer(std::stoll(t.text))
-                                            : Value::number(std::stod(t.text));
-        } catch (const std::exception&) {
-          fail(t.line, "the number " + t.text + " is out of range");
-        }
+        e->value = number_literal(t);
         return e;
       }
       case Tok::op:
@@ -451,7 +457,7 @@ class Parser {
         const Token& t = next();
         if (t.type == Tok::integer) {  // x.0 is x[0]
           ExprPtr k = make(ExprKind::literal, line);
-          k->value = Value::integer(std::stoll(t.text));
+          k->value = number_literal(t);
           e = make(ExprKind::item, line, "", std::move(e), std::move(k));
         } else if (t.type == Tok::name) {
           e = make(ExprKind::attr, line, t.text, std::move(e));
