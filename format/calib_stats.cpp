@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <charconv>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -30,6 +31,19 @@ std::string meta_value(const SafetensorsFile& f, const char* key) {
                     "with `ferry calibrate`",
                     f.path().string(), key));
   return it->second;
+}
+
+// A count in the metadata (tokens, context): a decimal number, or the file is not one of ours.
+uint64_t meta_count(const SafetensorsFile& f, const char* key) {
+  const std::string s = meta_value(f, key);
+  uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || s.empty())
+    throw Error(
+        fmt::format("{}: metadata {} is '{}', not a number; make the file again with "
+                    "`ferry calibrate`",
+                    f.path().string(), key, s));
+  return v;
 }
 
 std::vector<float> read_f32(const SafetensorsFile& f, const std::string& name, uint64_t cols) {
@@ -108,12 +122,8 @@ CalibStats read_calib_stats(const std::filesystem::path& path, const ModelConfig
                     "`ferry calibrate`",
                     path.string(), meta_value(f, "format")));
   CalibStats s;
-  s.id = {meta_value(f, kModel),
-          meta_value(f, kConfigHash),
-          meta_value(f, kEmbedChecksum),
-          meta_value(f, kTextHash),
-          std::stoull(meta_value(f, kTokens)),
-          std::stoull(meta_value(f, kCtx))};
+  s.id = {meta_value(f, kModel),    meta_value(f, kConfigHash), meta_value(f, kEmbedChecksum),
+          meta_value(f, kTextHash), meta_count(f, kTokens),     meta_count(f, kCtx)};
   if (s.id.config_hash != xxh3_hex(config_json))
     throw Error(
         fmt::format("{}: was made for another model ({}: its config.json differs); run "

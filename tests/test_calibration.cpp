@@ -215,6 +215,29 @@ TEST(Calibration, StatisticsOfAnotherModelAreRefused) {
   EXPECT_FALSE(std::filesystem::exists(d / "y.ferry"));
 }
 
+// A statistics file whose token count is not a number (edited, or not ferry's): one clear error
+// naming the key, not std::stoull's exception, and no output.
+TEST(Calibration, MalformedCountInTheStatisticsIsAClearError) {
+  Calibrated c;
+  std::vector<uint8_t> bytes = test::read_file(c.stats_path);
+  const std::string text(bytes.begin(), bytes.end()), key = "\"ferry.calib.tokens\":\"";
+  const size_t at = text.find(key);
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + key.size()] = 'x';  // the same length: the header still parses
+  const std::filesystem::path bad = c.dir / "bad.calib";
+  test::write_file(bad, bytes);
+  CalibOptions o = c.calib();
+  o.stats = bad;
+  try {
+    c.convert(c.dir / "z.ferry", Scheme::asym, o);
+    FAIL() << "a malformed token count was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("metadata ferry.calib.tokens is 'x"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(c.dir / "z.ferry"));
+}
+
 // sum_ij E[x_j^2] (W_ij - W_eff_ij)^2 over q, k and gate of every layer, W_eff the stored INT4
 // weight in the source's input coordinates: the stored columns divided by the scale the norm fold
 // implies (source norm / stored norm; 1 without calibration). v and up are left out: their rows
