@@ -134,11 +134,11 @@ class CudaForward final : public ForwardPass {
  private:
   void run_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
                 std::span<float> logits, int32_t* argmax, LogitRows rows);
-  uint64_t enqueue_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
-                        std::span<float> logits, int32_t* argmax, LogitRows rows);
+  void enqueue_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
+                    std::span<float> logits, int32_t* argmax, LogitRows rows);
   bool graph_wanted(WeightSource& src, uint64_t n, bool greedy);
-  uint64_t graphed_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
-                        std::span<float> logits, int32_t* argmax, LogitRows rows);
+  void graphed_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
+                    std::span<float> logits, int32_t* argmax, LogitRows rows);
   void output_logits(WeightSource& src, uint64_t rows, std::span<float> logits, int32_t* argmax);
   void copy_back(uint64_t rows, std::span<float> logits, int32_t* argmax, uint64_t r);
   void linear(WeightSource& src, uint32_t id, const float* x, uint64_t n, float* y,
@@ -167,9 +167,9 @@ class CudaForward final : public ForwardPass {
   const ModelWeights& w_;
   uint64_t ctx_, batch_, slots_, q_dim_, kv_dim_;
   KvType kv_;
-  bool bf16_cache_;  // entries dequantized to bf16 at upload (--cache-format bf16): no INT4 GEMV
-  bool use_graph_;   // --cuda-graph: resident decode steps recorded and launched as a graph
-  bool graphable_;   // every linear INT4 or INT8: no cuBLASLt in a decode step
+  bool bf16_cache_;     // entries dequantized to bf16 at upload (--cache-format bf16): no INT4 GEMV
+  bool use_graph_;      // --cuda-graph: resident decode steps recorded and launched as a graph
+  bool all_quantized_;  // every linear INT4 or INT8: no cuBLASLt in a decode step
   uint32_t stream_shapes_ = 0;  // bit 2(n-1)+greedy: a pass of that shape ran on the stream
   CudaGraph graph_;             // the decode step's executable graph, updated step by step
   uint64_t graph_failures_ = 0;
@@ -214,9 +214,8 @@ CudaForward::CudaForward(const CudaForwardOptions& o, const ModelConfig& c, cons
       kv_(shape.kv),
       bf16_cache_(o.bf16_cache),
       use_graph_(o.cuda_graph),
-      graphable_(std::all_of(w.linears.begin(), w.linears.end(),
-                             [](const Linear& l) { return l.is_int4() || l.is_int8(); }) &&
-                 !o.bf16_cache),
+      all_quantized_(std::all_of(w.linears.begin(), w.linears.end(),
+                                 [](const Linear& l) { return l.is_int4() || l.is_int8(); })),
       gemv_x_(o.gemv_x),
       x_(batch_ * c.hidden, "activations"),
       xb_(batch_ * c.hidden, "activations"),
@@ -471,10 +470,13 @@ void CudaForward::run_pass(WeightSource& src, std::span<const SeqChunk> seqs, ui
     row += q.tokens.size();
   }
   embed_rows_cpu(w_.embed, ids_.data(), n, c_.hidden, embed_rows_.get());
-  const uint64_t last = graph_wanted(src, n, argmax != nullptr)
-                            ? graphed_pass(src, seqs, n, logits, argmax, rows)
-                            : enqueue_pass(src, seqs, n, logits, argmax, rows);
-  copy_back(rows == LogitRows::all ? n : seqs.size(), logits, argmax, last);
+  if (graph_wanted(src, n, argmax != nullptr))
+    graphed_pass(src, seqs, n, logits, argmax, rows);
+  else
+    enqueue_pass(src, seqs, n, logits, argmax, rows);
+  // The rows with logits; the last group of them (output_logits) is what the last copy holds.
+  const uint64_t out = rows == LogitRows::all ? n : seqs.size();
+  copy_back(out, logits, argmax, (out - 1) / kGemvMaxBatch * kGemvMaxBatch);
   backend_->collect_device_waits();
 }
 
@@ -484,7 +486,7 @@ void CudaForward::run_pass(WeightSource& src, std::span<const SeqChunk> seqs, ui
 // kernels it launches are loaded before a recording meets them (drivers before CUDA 12.3 cannot
 // load a module during a capture).
 bool CudaForward::graph_wanted(WeightSource& src, uint64_t n, bool greedy) {
-  if (!use_graph_ || !graphable_ || n > kGemvMaxBatch) return false;
+  if (!use_graph_ || !all_quantized_ || bf16_cache_ || n > kGemvMaxBatch) return false;
   const uint32_t shape = 1u << (2 * (n - 1) + (greedy ? 1 : 0));
   if (!(stream_shapes_ & shape)) {
     stream_shapes_ |= shape;
@@ -497,25 +499,24 @@ bool CudaForward::graph_wanted(WeightSource& src, uint64_t n, bool greedy) {
 // capture refused, a graph that cannot be made) has run nothing: the same pass then goes on the
 // stream, where a real error throws again; after 4 failures graphs are off for good, and
 // --stats says why.
-uint64_t CudaForward::graphed_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
-                                   std::span<float> logits, int32_t* argmax, LogitRows rows) {
+void CudaForward::graphed_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
+                               std::span<float> logits, int32_t* argmax, LogitRows rows) {
   try {
     graph_.begin(stream_.s);
-    const uint64_t last = enqueue_pass(src, seqs, n, logits, argmax, rows);
+    enqueue_pass(src, seqs, n, logits, argmax, rows);
     graph_.launch(stream_.s);
-    return last;
+    return;
   } catch (const std::exception& e) {
     graph_.abandon(stream_.s);
     graph_error_ = e.what();
     if (++graph_failures_ >= 4) use_graph_ = false;
   }
-  return enqueue_pass(src, seqs, n, logits, argmax, rows);
+  enqueue_pass(src, seqs, n, logits, argmax, rows);
 }
 
-// Enqueues the pass up to the copy back of its last group of logits (or of its greedy tokens);
-// returns that group's first row.
-uint64_t CudaForward::enqueue_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
-                                   std::span<float> logits, int32_t* argmax, LogitRows rows) {
+// Enqueues the pass up to the copy back of its last group of logits (or of its greedy tokens).
+void CudaForward::enqueue_pass(WeightSource& src, std::span<const SeqChunk> seqs, uint64_t n,
+                               std::span<float> logits, int32_t* argmax, LogitRows rows) {
   CUDA_CHECK(cudaMemcpyAsync(x_.get(), embed_rows_.get(), n * c_.hidden * sizeof(float),
                              cudaMemcpyHostToDevice, stream_.s));
   for (uint64_t l = 0; l < c_.layers; ++l) {
@@ -526,8 +527,7 @@ uint64_t CudaForward::enqueue_pass(WeightSource& src, std::span<const SeqChunk> 
   const float eps = float(c_.rms_eps);
   if (rows == LogitRows::all) {
     rmsnorm_cuda(x_.get(), norm(c_.layers, 0), eps, n, c_.hidden, xb_.get(), stream_.s);
-    output_logits(src, n, logits, nullptr);
-    return (n - 1) / kGemvMaxBatch * kGemvMaxBatch;
+    return output_logits(src, n, logits, nullptr);
   }
   for (uint64_t i = 0, last = 0; i < seqs.size(); ++i) {
     last += seqs[i].tokens.size();
@@ -535,7 +535,6 @@ uint64_t CudaForward::enqueue_pass(WeightSource& src, std::span<const SeqChunk> 
                  xb_.get() + i * c_.hidden, stream_.s);
   }
   output_logits(src, seqs.size(), logits, argmax);
-  return (seqs.size() - 1) / kGemvMaxBatch * kGemvMaxBatch;
 }
 
 // lm_head over the first `rows` rows of xb_, in groups of up to kGemvMaxBatch through the INT4
